@@ -1,0 +1,175 @@
+//! The one error type of the capture crate.
+//!
+//! Every error answers one question for the supervisor loop in
+//! [`crate::run`]: can retrying help? Connection losses, a broker that is not
+//! there yet, or a slot held by a previous session that is still shutting down
+//! get better by themselves and are retried with backoff. A configuration
+//! mistake (wal_level, privileges, a table that does not exist) or bytes that
+//! cannot be decoded do not: capture exits with a message saying what to fix.
+
+use std::time::Duration;
+
+/// Result alias for the capture crate.
+pub type Result<T, E = CaptureError> = std::result::Result<T, E>;
+
+/// Everything that can stop capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The configuration (or the source database's setup) must be fixed by a person.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// A query on the ordinary (non-replication) connection failed.
+    #[error("postgres: {context}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The replication stream failed.
+    #[error("replication stream: {context}")]
+    Replication {
+        context: String,
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+
+    /// A pgoutput message could not be decoded. Retrying would read the same
+    /// bytes again, so this is definite.
+    #[error("undecodable pgoutput message at wal position {lsn}")]
+    Decode {
+        lsn: crate::checkpoint::Lsn,
+        #[source]
+        source: crate::pgoutput::DecodeError,
+    },
+
+    /// The stream referred to a relation that no Relation message described.
+    #[error("pgoutput protocol: {0}")]
+    Protocol(String),
+
+    /// Kafka refused or failed to deliver.
+    #[error("kafka: {context}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// The event contract could not be loaded.
+    #[error("event schema")]
+    Schema(#[source] schemas::Error),
+
+    /// In-flight deliveries did not finish within the shutdown budget.
+    #[error("shutdown: deliveries still in flight after {0:?}; the slot was acknowledged up to the last complete transaction")]
+    ShutdownTimeout(Duration),
+}
+
+impl CaptureError {
+    /// Whether the supervisor should retry the session after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CaptureError::Config(_)
+            | CaptureError::Decode { .. }
+            | CaptureError::Protocol(_)
+            | CaptureError::Schema(_)
+            | CaptureError::ShutdownTimeout(_) => false,
+            CaptureError::Postgres { source, .. } => postgres_error_is_transient(source),
+            CaptureError::Replication { source, .. } => {
+                source.is_transient()
+                    || source.is_io()
+                    || replication_server_error_is_transient(source)
+            }
+            CaptureError::Kafka { source, .. } => kafka_error_is_transient(source),
+        }
+    }
+
+    /// A short, stable name for the kind of error, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CaptureError::Config(_) => "config",
+            CaptureError::Postgres { .. } => "postgres",
+            CaptureError::Replication { .. } => "replication",
+            CaptureError::Decode { .. } => "decode",
+            CaptureError::Protocol(_) => "protocol",
+            CaptureError::Kafka { .. } => "kafka",
+            CaptureError::Schema(_) => "schema",
+            CaptureError::ShutdownTimeout(_) => "shutdown",
+        }
+    }
+
+    pub(crate) fn postgres(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        CaptureError::Postgres {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn replication(
+        context: impl Into<String>,
+        source: pgwire_replication::PgWireError,
+    ) -> Self {
+        CaptureError::Replication {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        CaptureError::Kafka {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A connection-level failure (no SQLSTATE, or class 08 / 57P, or too many
+/// connections) is transient; a statement the server rejected is not.
+fn postgres_error_is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => true,
+        Some(state) => {
+            let code = state.code();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300" // too_many_connections
+                || code == "55006" // object_in_use: the slot is still held by an old session
+                || code == "40001"
+                || code == "40P01"
+        }
+    }
+}
+
+fn replication_server_error_is_transient(error: &pgwire_replication::PgWireError) -> bool {
+    // The slot can still be active for a few moments after a previous session
+    // died; the server answers "replication slot ... is active for PID ...".
+    if !error.is_server() {
+        return false;
+    }
+    let text = error.to_string();
+    [
+        "is active for PID",
+        "shutting down",
+        "starting up",
+        "terminating connection",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+fn kafka_error_is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        Some(
+            Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication
+            | Code::MessageSizeTooLarge
+            | Code::InvalidConfig
+            | Code::UnknownTopicOrPartition
+            | Code::UnknownTopic,
+        ) => false,
+        _ => !matches!(error, rdkafka::error::KafkaError::ClientCreation(_)),
+    }
+}

@@ -1,0 +1,160 @@
+//! The Kafka side: the topic, the idempotent producer, and delivery futures.
+//!
+//! Partitioning rule: every event of a source is produced with the same key
+//! (the source name), so all of a source's events land in one partition,
+//! whatever the topic's partition count. Kafka keeps order within a
+//! partition, and capture produces in commit order with an idempotent
+//! producer (`enable.idempotence=true`, `acks=all`, at most 5 requests in
+//! flight, so retries never reorder). A consumer therefore reads each
+//! source's transactions whole and in commit order, and a foreign-key parent
+//! written by an earlier transaction (or earlier in the same transaction) is
+//! always read before its children. Per-row keys would spread a transaction
+//! over partitions and lose exactly that.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tracing::info;
+
+use crate::config::KafkaConfig;
+use crate::error::{CaptureError, Result};
+
+/// librdkafka settings for a client of `config`, extra properties applied.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.properties {
+        client.set(key, value.expose());
+    }
+    client
+}
+
+/// Creates the producer: idempotent, `acks=all`, bounded queue, and no
+/// delivery timeout, so a broker outage stalls capture (which keeps its
+/// replication session alive) instead of failing deliveries.
+pub fn producer(config: &KafkaConfig, max_in_flight: usize) -> Result<FutureProducer> {
+    let mut client = client_config(config);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set(
+            "queue.buffering.max.messages",
+            (max_in_flight.saturating_mul(2)).max(1000).to_string(),
+        )
+        .set("queue.buffering.max.kbytes", "262144");
+    client
+        .create()
+        .map_err(|e| CaptureError::kafka("create the producer", e))
+}
+
+/// Makes sure `topic` exists, creating it with one partition when allowed.
+pub async fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(|e| CaptureError::kafka("create the admin client", e))?;
+    let exists = topic_exists(config, topic).await?;
+    if exists {
+        return Ok(());
+    }
+    if !config.create_topic {
+        return Err(CaptureError::Config(format!(
+            "topic {topic} does not exist and kafka.create_topic is false: create it (one partition keeps commit order)"
+        )));
+    }
+    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(config.replication_factor));
+    let results = admin
+        .create_topics(&[new_topic], &AdminOptions::new())
+        .await
+        .map_err(|e| CaptureError::kafka("create the topic", e))?;
+    for result in results {
+        match result {
+            Ok(_) => info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(CaptureError::kafka(
+                    format!("create topic {topic}"),
+                    KafkaError::AdminOp(code),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` exists with at least one partition. librdkafka's metadata
+/// call blocks, so it runs on the blocking pool.
+pub async fn topic_exists(config: &KafkaConfig, topic: &str) -> Result<bool> {
+    let client = client_config(config);
+    let name = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client
+            .create()
+            .map_err(|e| CaptureError::kafka("create a metadata client", e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&name), Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| CaptureError::kafka("fetch topic metadata", e))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()))
+    })
+    .await
+    .map_err(|e| CaptureError::Protocol(format!("metadata task failed: {e}")))?
+}
+
+/// Hands one encoded event to the producer, waiting while its queue is full.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<Delivered> {
+    loop {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match producer.send_result(record) {
+            Ok(future) => return Ok(Delivered(future)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // The queue drains as the broker acknowledges; give it a moment.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) => return Err(CaptureError::kafka("produce", error)),
+        }
+    }
+}
+
+/// A pending delivery: resolves when the broker has the event (acks=all).
+pub struct Delivered(DeliveryFuture);
+
+impl Future for Delivered {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_unpin(cx).map(|outcome| match outcome {
+            Ok(Ok(_delivery)) => Ok(()),
+            Ok(Err((error, _message))) => Err(CaptureError::kafka("deliver", error)),
+            Err(_canceled) => Err(CaptureError::kafka("deliver", KafkaError::Canceled)),
+        })
+    }
+}
+
+/// Waits until every queued message is delivered or `timeout` passes.
+pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
+    producer
+        .flush(Timeout::After(timeout))
+        .map_err(|e| CaptureError::kafka("flush", e))
+}

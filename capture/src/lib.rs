@@ -1,0 +1,105 @@
+//! Capture: PostgreSQL logical replication into Kafka as Avro change events.
+//!
+//! ```text
+//!   Postgres slot ──► stream (pgoutput ► event ► codec) ──► Kafka topic
+//!        ▲                                                      │
+//!        └─────────── acknowledged only after delivery ◄────────┘
+//! ```
+//!
+//! - [`slot`]: checks the source, creates the publication and slot, heartbeats.
+//! - [`pgoutput`]: decodes the replication protocol; never panics on bad bytes.
+//! - [`pgtype`]: turns Postgres text values into typed values.
+//! - [`event`]: builds change events, one transaction at a time, in bounded memory.
+//! - [`kafka`]: the topic and the idempotent producer.
+//! - [`checkpoint`]: positions that only move forward, released in order.
+//! - [`stream`]: one session, wiring the above together.
+//! - [`tail`]: prints the events on a topic for a person.
+//!
+//! [`run`] supervises sessions: transient failures are retried with backoff
+//! and logged once per change of state; configuration errors end the run.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod kafka;
+pub mod pgoutput;
+pub mod pgtype;
+pub mod slot;
+pub mod stream;
+pub mod tail;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use schemas::codec::Codec;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use error::{CaptureError, Result};
+
+/// A session that streamed for this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Runs capture until `shutdown` is cancelled (Ok) or a definite error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let codec = Codec::new().map_err(CaptureError::Schema)?;
+    let connection = config.connection()?;
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(config.capture.max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    // The last failure logged, so that a failure repeating itself is logged once.
+    let mut failing: Option<String> = None;
+
+    loop {
+        let started = Instant::now();
+        let streaming = AtomicBool::new(false);
+        let on_streaming = || {
+            streaming.store(true, Ordering::Release);
+        };
+        let outcome = stream::session(&config, &connection, &codec, &shutdown, &on_streaming).await;
+        let streamed = streaming.load(Ordering::Acquire);
+        if streamed && failing.take().is_some() {
+            info!("capture recovered");
+        }
+        match outcome {
+            Ok(stream::SessionEnd::Shutdown) => return Ok(()),
+            Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
+                let description = error_chain(&error);
+                if failing.as_deref() != Some(description.as_str()) {
+                    warn!(kind = error.kind(), error = %description, "capture interrupted; retrying with backoff");
+                    failing = Some(description);
+                }
+                if streamed && started.elapsed() >= HEALTHY_AFTER {
+                    backoff = backoff_builder.build();
+                }
+                let delay = backoff.next().unwrap_or(config.capture.max_backoff);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// An error and its sources, joined: `a: b: c`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

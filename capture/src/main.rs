@@ -1,0 +1,135 @@
+//! `capture`: streams one PostgreSQL database's changes into Kafka.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Streams one PostgreSQL database's changes into Kafka as Avro change events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The TOML configuration file; every key can be overridden by a
+    /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
+    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format: `json` (default when stderr is not a terminal) or `text`.
+    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream changes into Kafka (the default).
+    Run,
+    /// Print the change events on one or more topics, one line each.
+    Tail {
+        /// Bootstrap servers.
+        #[arg(long, env = "SYNC_BRIDGE_KAFKA__BROKERS")]
+        brokers: String,
+        /// Topics to read.
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// Start at the beginning rather than the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Print the row after the change too.
+        #[arg(long)]
+        values: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_telemetry(args.log_format.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("capture: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let outcome = runtime.block_on(async {
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match args.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let config = capture::Config::load(args.config.as_deref())?;
+                capture::run(config, shutdown).await
+            }
+            Command::Tail {
+                brokers,
+                topics,
+                from_beginning,
+                values,
+                limit,
+            } => {
+                let options = capture::tail::TailOptions {
+                    brokers,
+                    topics,
+                    from_beginning,
+                    values,
+                    limit,
+                };
+                capture::tail::tail(options, shutdown).await
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = capture::error_chain(&error);
+            error!(kind = error.kind(), error = %text, "capture stopped");
+            eprintln!("capture: {text}");
+            if matches!(error, capture::CaptureError::Config(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn init_telemetry(format: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

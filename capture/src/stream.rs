@@ -1,0 +1,287 @@
+//! One replication session: from the slot to Kafka and back to the slot.
+//!
+//! ```text
+//!   slot ──pgoutput──► Assembler ──event──► Codec ──► producer ──► topic
+//!    ▲                                                   │ delivery reports
+//!    └──── update_applied_lsn ◄──── Ledger (in order) ◄──┘
+//! ```
+//!
+//! The slot is acknowledged only up to the end of the last transaction whose
+//! every event Kafka confirmed (and, between transactions, up to keepalive
+//! and heartbeat positions once everything before them is confirmed). A
+//! session that dies anywhere resumes from the slot's `confirmed_flush_lsn`;
+//! Postgres then resends every transaction that committed after it, whole,
+//! with the same commit LSN and event positions, so duplicates can be
+//! recognised by `(commit_lsn, position)` and nothing is lost.
+//!
+//! Memory is bounded: at most `max_in_flight` events wait for delivery, the
+//! replication client buffers a bounded number of messages, and the
+//! assembler holds one event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pgwire_replication::{
+    FeedbackObserver, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use schemas::codec::Codec;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{Acknowledged, Ledger};
+use crate::config::{Config, Connection};
+use crate::error::{CaptureError, Result};
+use crate::event::{Assembler, Step};
+use crate::kafka::{self, Delivered};
+use crate::pgoutput::{self, Message, Relation, ReplicaIdentity};
+use crate::slot::Source;
+
+/// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Session settings that pin how values are rendered in text, so the value
+/// parser sees one format whatever the server's defaults are.
+const SESSION_OPTIONS: &str =
+    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex";
+
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Shutdown was requested; everything delivered was acknowledged.
+    Shutdown,
+}
+
+/// Signals the feedback the replication client sends to the server.
+#[derive(Default)]
+struct FeedbackSignal {
+    sent: AtomicU64,
+    notify: Notify,
+}
+
+/// Runs one session until shutdown or an error.
+pub async fn session(
+    config: &Config,
+    connection: &Connection,
+    codec: &Codec,
+    shutdown: &CancellationToken,
+    on_streaming: &(dyn Fn() + Sync),
+) -> Result<SessionEnd> {
+    let slot = config.slot_name();
+    let publication = config.publication_name();
+    let topic = config.topic();
+
+    let source = Source::connect(connection).await?;
+    let confirmed = source.prepare(config).await?;
+    source.warn_about_replica_identity(&publication).await?;
+
+    kafka::ensure_topic(&config.kafka, &topic).await?;
+    let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
+
+    let feedback = Arc::new(FeedbackSignal::default());
+    let observer = {
+        let feedback = Arc::clone(&feedback);
+        FeedbackObserver::new(move |_| {
+            feedback.sent.fetch_add(1, Ordering::Release);
+            feedback.notify.notify_waiters();
+        })
+    };
+    let replication = ReplicationConfig::new(
+        connection.host.clone(),
+        connection.user.clone(),
+        connection.password.expose().to_owned(),
+        connection.dbname.clone(),
+        slot.clone(),
+        publication.clone(),
+    )
+    .with_port(connection.port)
+    .with_tls(TlsConfig::disabled())
+    .with_start_lsn(pgwire_replication::Lsn::ZERO)
+    .with_status_interval(config.capture.status_interval)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(format!("syncbridge-capture-{}", config.source.name))
+    .with_feedback_observer(observer);
+
+    let mut client = ReplicationClient::connect(replication)
+        .await
+        .map_err(|e| CaptureError::replication(format!("connect to {connection}"), e))?;
+    client
+        .wait_started()
+        .await
+        .map_err(|e| CaptureError::replication(format!("start streaming from slot {slot}"), e))?;
+    let resume_from = confirmed.unwrap_or_default();
+    info!(slot = %slot, topic = %topic, resume_from = %resume_from, "streaming");
+    on_streaming();
+
+    let mut acknowledged = Acknowledged::new(resume_from);
+    let mut ledger: Ledger<Delivered> = Ledger::default();
+    let mut assembler = Assembler::new(
+        &config.source.name,
+        &connection.dbname,
+        &config.capture.marker_prefix,
+    );
+    let heartbeat_prefix = format!("{}.heartbeat", config.capture.marker_prefix);
+    let heartbeat_every = config.capture.heartbeat_interval;
+    let mut heartbeat = tokio::time::interval(if heartbeat_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        heartbeat_every
+    });
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let max_in_flight = config.capture.max_in_flight;
+    let key = config.source.name.clone().into_bytes();
+    let mut payload = Vec::with_capacity(4096);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            released = ledger.released(), if !ledger.is_empty() => {
+                if let Some(lsn) = released? {
+                    if acknowledged.advance(lsn) {
+                        client.update_applied_lsn(lsn.into());
+                    }
+                }
+            }
+            event = client.recv(), if ledger.in_flight() < max_in_flight => {
+                let event = event.map_err(|e| CaptureError::replication("read the stream", e))?;
+                let Some(event) = event else {
+                    return Err(CaptureError::replication(
+                        "read the stream",
+                        pgwire_replication::PgWireError::Io(Arc::new(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the server ended the replication stream",
+                        ))),
+                    ));
+                };
+                if let Some(relation) = handle(&mut assembler, &mut ledger, event)? {
+                    // REPLICA IDENTITY FULL flags every column as key: ask the
+                    // catalog which columns the primary key really has.
+                    let primary_key = source.primary_key(relation.oid).await?;
+                    assembler.remember(relation, Some(&primary_key));
+                }
+                while let Some(step) = assembler.next_step() {
+                    match step {
+                        Step::Produce { event, then_safe } => {
+                            payload.clear();
+                            codec.encode_into(&event, &mut payload);
+                            let delivered = kafka::send(&producer, &topic, &key, &payload).await?;
+                            ledger.push_delivery(delivered, then_safe);
+                        }
+                        Step::Safe(lsn) => ledger.push_position(lsn),
+                    }
+                }
+            }
+            _ = heartbeat.tick(), if !heartbeat_every.is_zero() => {
+                let lsn = source.heartbeat(&heartbeat_prefix).await?;
+                debug!(lsn = %lsn, "heartbeat written");
+            }
+        }
+    }
+
+    // Shutdown: let in-flight deliveries land, acknowledge them, make sure the
+    // server heard it, then end the stream.
+    let deadline = tokio::time::Instant::now() + config.capture.shutdown_timeout;
+    while !ledger.is_empty() {
+        match tokio::time::timeout_at(deadline, ledger.released()).await {
+            Ok(released) => {
+                if let Some(lsn) = released? {
+                    if acknowledged.advance(lsn) {
+                        client.update_applied_lsn(lsn.into());
+                    }
+                }
+            }
+            Err(_) => {
+                client.stop();
+                return Err(CaptureError::ShutdownTimeout(
+                    config.capture.shutdown_timeout,
+                ));
+            }
+        }
+    }
+    if client.feedback_pending_since().is_some() {
+        let before = feedback.sent.load(Ordering::Acquire);
+        let wait = config.capture.status_interval * 2 + Duration::from_secs(1);
+        let notified = feedback.notify.notified();
+        if feedback.sent.load(Ordering::Acquire) == before
+            && tokio::time::timeout(wait, notified).await.is_err()
+        {
+            warn!(lsn = %acknowledged.get(), "acknowledged position may not have reached the server before shutdown; the next start replays from the previous one");
+        }
+    }
+    client.stop();
+    if let Err(error) = client.shutdown().await {
+        debug!(%error, "replication stream ended with an error during shutdown");
+    }
+    info!(acknowledged = %acknowledged.get(), "capture stopped");
+    Ok(SessionEnd::Shutdown)
+}
+
+/// Feeds one replication event to the assembler and the ledger. Returns a
+/// Relation message with `REPLICA IDENTITY FULL`, which needs a catalog
+/// lookup before the assembler can take it.
+fn handle(
+    assembler: &mut Assembler,
+    ledger: &mut Ledger<Delivered>,
+    event: ReplicationEvent,
+) -> Result<Option<Relation>> {
+    match event {
+        ReplicationEvent::Begin {
+            final_lsn,
+            xid,
+            commit_time_micros,
+        } => assembler.begin(
+            final_lsn.into(),
+            xid,
+            commit_time_micros.saturating_add(PG_EPOCH_OFFSET_MICROS),
+        )?,
+        ReplicationEvent::Commit { end_lsn, .. } => assembler.commit(end_lsn.into())?,
+        ReplicationEvent::Message {
+            transactional,
+            lsn,
+            prefix,
+            content,
+        } => {
+            if transactional {
+                assembler.message(true, &prefix, &content);
+            } else if !assembler.in_transaction() {
+                // A heartbeat (or anyone's non-transactional message): every
+                // transaction before it has been received.
+                ledger.push_position(lsn.into());
+            }
+        }
+        ReplicationEvent::XLogData {
+            data, wal_start, ..
+        } => {
+            let message = pgoutput::decode(&data).map_err(|source| CaptureError::Decode {
+                lsn: wal_start.into(),
+                source,
+            })?;
+            match message {
+                Message::Relation(relation)
+                    if relation.replica_identity == ReplicaIdentity::Full =>
+                {
+                    return Ok(Some(relation));
+                }
+                message => assembler.apply(message, now_micros())?,
+            }
+        }
+        ReplicationEvent::KeepAlive { wal_end, .. } => {
+            if !assembler.in_transaction() && !wal_end.is_zero() {
+                ledger.push_position(wal_end.into());
+            }
+        }
+        ReplicationEvent::StoppedAt { .. } => {}
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+    Ok(None)
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,131 @@
+//! `capture tail`: prints the change events on a topic, one line each, for a
+//! person watching the bridge (what `kafka-avro-console-consumer` is to a
+//! registry-based pipeline). Row values are printed only when asked for.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::codec::Codec;
+use schemas::event::{ChangeEvent, Column, Op, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Lsn;
+use crate::error::{CaptureError, Result};
+
+/// What to tail.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// Start at the beginning of each topic rather than its end.
+    pub from_beginning: bool,
+    /// Print the row images too.
+    pub values: bool,
+    /// Stop after this many events.
+    pub limit: Option<u64>,
+}
+
+/// Prints events until `shutdown`, the limit, or an error.
+pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<()> {
+    let codec = Codec::new().map_err(CaptureError::Schema)?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", "syncbridge-tail")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| CaptureError::kafka("create the consumer", e))?;
+    let mut assignment = TopicPartitionList::new();
+    let start = if options.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    for topic in &options.topics {
+        assignment
+            .add_partition_offset(topic, 0, start)
+            .map_err(|e| CaptureError::kafka("assign", e))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| CaptureError::kafka("assign", e))?;
+    let mut stream = consumer.stream();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = tokio::time::timeout(Duration::from_secs(3600), stream.next()) => match next {
+                Err(_) | Ok(None) => continue,
+                Ok(Some(message)) => message.map_err(|e| CaptureError::kafka("consume", e))?,
+            },
+        };
+        let line = match codec.decode(message.payload().unwrap_or_default()) {
+            Ok(event) => describe(&event, options.values),
+            Err(error) => format!(
+                "{} offset {}: undecodable message: {error}",
+                message.topic(),
+                message.offset()
+            ),
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").is_err() {
+            return Ok(()); // stdout closed (a pipe): nothing more to do
+        }
+        printed += 1;
+        if options.limit.is_some_and(|limit| printed >= limit) {
+            return Ok(());
+        }
+    }
+}
+
+/// One line describing an event.
+pub fn describe(event: &ChangeEvent, values: bool) -> String {
+    let op = match event.op {
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+        Op::Truncate => "truncate",
+        Op::Read => "read",
+    };
+    let t = &event.transaction;
+    let mut line = format!(
+        "{source:<9} {op:<8} {schema}.{table} key({key}) tx {lsn} #{pos}{last}",
+        source = event.source,
+        schema = event.schema,
+        table = event.table,
+        key = columns(&event.key),
+        lsn = Lsn(t.commit_lsn),
+        pos = t.position,
+        last = match t.event_count {
+            Some(count) => format!(" of {count}"),
+            None => String::new(),
+        },
+    );
+    if let Some(marker) = &event.marker {
+        line.push_str(&format!(" echo({marker})"));
+    }
+    if values {
+        if let Some(after) = &event.after {
+            line.push_str(&format!(" after({})", columns(after)));
+        }
+    }
+    line
+}
+
+fn columns(row: &[Column]) -> String {
+    row.iter()
+        .map(|c| format!("{}={}", c.name, show(&c.value)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_owned(),
+        Value::Unchanged => "<unchanged>".to_owned(),
+        other => crate::pgtype::to_text(other).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,526 @@
+//! The test harness: the local stack started by `scripts/test`, a fresh
+//! database and topic per test, capture run in-process or as a process, and a
+//! reader of the events on a topic.
+//!
+//! Every test gets its own database (on the legacy or platform cluster), its
+//! own slot, publication and topic, so tests run in parallel without seeing
+//! each other. Waits are on conditions, polled, with a deadline.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::codec::Codec;
+use schemas::event::ChangeEvent;
+use tokio_postgres::{Client, NoTls};
+
+/// The services `scripts/test` (or `scripts/stack up`) started.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub legacy_admin_url: String,
+    pub platform_admin_url: String,
+    pub brokers: String,
+    pub pg_bindir: PathBuf,
+    pub pg_run_as: Option<String>,
+    pub stack_dir: PathBuf,
+    pub reference_dir: PathBuf,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/test, which starts the stack they need")
+    })
+}
+
+impl Stack {
+    /// The stack described by the `SYNC_BRIDGE_*` environment.
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| Stack {
+            legacy_admin_url: env("SYNC_BRIDGE_LEGACY_ADMIN_URL"),
+            platform_admin_url: env("SYNC_BRIDGE_PLATFORM_ADMIN_URL"),
+            brokers: env("SYNC_BRIDGE_KAFKA_BROKERS"),
+            pg_bindir: PathBuf::from(env("SYNC_BRIDGE_PG_BINDIR")),
+            pg_run_as: std::env::var("SYNC_BRIDGE_PG_RUN_AS")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            stack_dir: PathBuf::from(env("SYNC_BRIDGE_STACK_DIR")),
+            reference_dir: PathBuf::from(env("SYNC_BRIDGE_REFERENCE_DIR")),
+        })
+    }
+}
+
+/// Which of the two clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    Platform,
+}
+
+impl Side {
+    pub fn admin_url(self) -> &'static str {
+        match self {
+            Side::Legacy => &Stack::get().legacy_admin_url,
+            Side::Platform => &Stack::get().platform_admin_url,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::Platform => "platform",
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses: `<hint>_<pid>_<n>_<time>`.
+pub fn unique(hint: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let hint: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    format!("{hint}_{}_{n}_{nanos:x}", std::process::id())
+}
+
+/// Replaces the database name in a `postgres://` URL.
+pub fn with_database(url: &str, dbname: &str) -> String {
+    match url.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => format!("{}/{dbname}", &url[..slash]),
+        _ => format!("{url}/{dbname}"),
+    }
+}
+
+/// Connects and drives the connection in the background.
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A database created for one test.
+pub struct TestDb {
+    pub side: Side,
+    pub name: String,
+    pub url: String,
+    client: Client,
+}
+
+impl TestDb {
+    /// Creates an empty database on `side`'s cluster.
+    pub async fn create(side: Side, hint: &str) -> Result<TestDb> {
+        let name = unique(hint);
+        let admin = connect(side.admin_url()).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("create database {name}"))?;
+        let url = with_database(side.admin_url(), &name);
+        let client = connect(&url).await?;
+        Ok(TestDb {
+            side,
+            name,
+            url,
+            client,
+        })
+    }
+
+    /// Creates a database holding the reference schema of `side`.
+    pub async fn with_reference_schema(side: Side, hint: &str) -> Result<TestDb> {
+        let db = TestDb::create(side, hint).await?;
+        let path = Stack::get()
+            .reference_dir
+            .join(format!("{}.sql", side.name()));
+        let sql =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        db.client
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("load {}", path.display()))?;
+        Ok(db)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs statements (no results).
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("execute: {sql}"))
+    }
+
+    /// The slot's confirmed position as a number, if the slot exists.
+    pub async fn confirmed_flush_lsn(&self, slot: &str) -> Result<Option<u64>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|v| v as u64))
+    }
+
+    /// The server's current WAL position as a number.
+    pub async fn current_wal_lsn(&self) -> Result<u64> {
+        let row = self
+            .client
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Drops a slot once it is no longer in use (best effort, bounded).
+    pub async fn drop_slot(&self, slot: &str) -> Result<()> {
+        eventually(
+            "the slot to become inactive",
+            Duration::from_secs(30),
+            || async {
+                let row = self
+                    .client
+                    .query_opt(
+                        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await?;
+                Ok(match row {
+                    None => Some(()),
+                    Some(row) if !row.get::<_, bool>(0) => {
+                        self.client
+                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                            .await?;
+                        Some(())
+                    }
+                    Some(_) => None,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Waits until `check` returns `Some`, polling, or fails after `timeout`
+/// naming what it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if started.elapsed() > timeout {
+            match last_error {
+                Some(error) => bail!("timed out after {timeout:?} waiting for {what}: {error:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a topic with one partition.
+pub async fn create_topic(name: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            bail!("create topic {topic}: {code:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Everything a capture under test needs: its database, names and config.
+pub struct CaptureSetup {
+    pub db: TestDb,
+    pub source: String,
+    pub slot: String,
+    pub publication: String,
+    pub topic: String,
+    pub tables: Vec<String>,
+    /// Extra TOML appended to the `[capture]` section.
+    pub capture_options: String,
+}
+
+impl CaptureSetup {
+    /// Names derived from the database's unique name.
+    pub fn new(db: TestDb, tables: &[&str]) -> CaptureSetup {
+        let source = db.side.name().to_owned();
+        let slot = format!("s_{}", db.name);
+        let publication = format!("p_{}", db.name);
+        let topic = format!("{}.changes", db.name);
+        CaptureSetup {
+            db,
+            source,
+            slot,
+            publication,
+            topic,
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            capture_options: String::from("heartbeat_interval = \"0s\"\n"),
+        }
+    }
+
+    /// The capture configuration as TOML.
+    pub fn toml(&self) -> String {
+        let tables: Vec<String> = self.tables.iter().map(|t| format!("{t:?}")).collect();
+        format!(
+            "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n\n\
+             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}",
+            self.source,
+            self.db.url,
+            tables.join(", "),
+            self.slot,
+            self.publication,
+            Stack::get().brokers,
+            self.topic,
+            self.capture_options,
+        )
+    }
+
+    pub fn config(&self) -> Result<capture::Config> {
+        Ok(capture::Config::from_toml(&self.toml())?)
+    }
+
+    /// Starts capture in this process.
+    pub fn start(&self) -> Result<RunningCapture> {
+        let config = self.config()?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(capture::run(config, shutdown.clone()));
+        Ok(RunningCapture { shutdown, task })
+    }
+
+    /// Writes the config to a file and starts the `capture` binary with it.
+    pub fn spawn_process(&self) -> Result<CaptureProcess> {
+        CaptureProcess::spawn(&self.toml(), &self.db.name)
+    }
+}
+
+/// Capture running as a task of the test's runtime.
+pub struct RunningCapture {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<capture::Result<()>>,
+}
+
+impl RunningCapture {
+    /// Requests a clean shutdown and waits for it.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Where the workspace's built binaries are.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(format!("SYNC_BRIDGE_{}_BIN", name.to_uppercase())) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(name)
+}
+
+/// The `capture` binary running as a child process.
+pub struct CaptureProcess {
+    child: tokio::process::Child,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(hint: &str) -> Result<TempDir> {
+        let path = std::env::temp_dir().join(unique(hint));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl CaptureProcess {
+    pub fn spawn(toml: &str, hint: &str) -> Result<CaptureProcess> {
+        let dir = TempDir::new(hint)?;
+        let config = dir.0.join("capture.toml");
+        std::fs::write(&config, toml)?;
+        let log = dir.0.join("capture.log");
+        let stderr = std::fs::File::create(&log)?;
+        let bin = binary("capture");
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it first (scripts/test does)",
+                bin.display()
+            );
+        }
+        let child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("SYNC_BRIDGE_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(CaptureProcess {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub async fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub async fn terminate(&mut self) -> Result<Option<i32>> {
+        if let Some(pid) = self.child.id() {
+            let status = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()?;
+            if !status.success() {
+                bail!("kill -TERM {pid} failed");
+            }
+        }
+        self.wait(Duration::from_secs(60)).await
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("capture did not exit in time")??;
+        Ok(status.code())
+    }
+}
+
+/// Reads and decodes the events of one topic from the beginning.
+pub struct EventReader {
+    consumer: StreamConsumer,
+    codec: Codec,
+    pub events: Vec<ChangeEvent>,
+}
+
+impl EventReader {
+    pub fn new(topic: &str) -> Result<EventReader> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &Stack::get().brokers)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+        consumer.assign(&assignment)?;
+        Ok(EventReader {
+            consumer,
+            codec: Codec::new()?,
+            events: Vec::new(),
+        })
+    }
+
+    /// Reads until `done(events so far)` holds, or fails after `timeout`.
+    pub async fn read_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[ChangeEvent]) -> bool,
+    ) -> Result<&[ChangeEvent]> {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.events) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; read {} events",
+                    self.events.len()
+                );
+            }
+            match tokio::time::timeout(
+                remaining.min(Duration::from_millis(500)),
+                self.consumer.recv(),
+            )
+            .await
+            {
+                Err(_) => continue,
+                Ok(message) => {
+                    let message = message?;
+                    let payload = message.payload().unwrap_or_default();
+                    self.events.push(self.codec.decode(payload)?);
+                }
+            }
+        }
+        Ok(&self.events)
+    }
+
+    /// Reads until at least `count` events arrived.
+    pub async fn read_at_least(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<&[ChangeEvent]> {
+        self.read_until(&format!("{count} events"), timeout, |events| {
+            events.len() >= count
+        })
+        .await
+    }
+}

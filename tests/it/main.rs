@@ -1,0 +1,10 @@
+//! End-to-end tests against the real stack (two PostgreSQL 15 clusters and a
+//! Kafka-protocol broker) that `scripts/test` starts. One module per theme.
+
+#![allow(clippy::unwrap_used)]
+
+mod capture_config;
+mod capture_events;
+mod capture_recovery;
+mod capture_slot;
+mod capture_transactions;
