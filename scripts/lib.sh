@@ -14,17 +14,19 @@
 #   sb_die MSG...           prints "error: MSG" on stderr and exits 1
 #   sb_is_root              true when running as uid 0
 #   sb_as_root CMD...       runs CMD as root (directly, or through sudo when not root)
-#   sb_apt_install PKG...   apt-get update && apt-get install -y PKG... (non-interactive)
+#   sb_apt_install PKG...   apt-get update (once per script) && apt-get install -y PKG...
 #   pg_bindir               prints the PostgreSQL 15 bindir, or fails (never trusts `pg_config`,
 #                           which may belong to libpq-dev of another version)
-#   ensure_postgres         installs postgresql-15 with apt when its server binary is absent;
-#                           sets SB_PG_BINDIR
+#   ensure_postgres         installs postgresql-15 with apt when its server binary is absent
+#                           (without Debian's auto-created "main" cluster); sets SB_PG_BINDIR
 #   ensure_postgres_user    (root only) creates the `postgres` OS user when missing
 #   pg_run CMD...           runs CMD as the `postgres` OS user when root (Postgres refuses root),
 #                           directly otherwise
 #   pg_run_as               prints "postgres" when root, "" otherwise (for SYNC_BRIDGE_PG_RUN_AS)
 #   ensure_broker           builds the broker (cargo install tansu, once, ~15 minutes) when the
 #                           cached binary is missing; sets SB_TANSU_BIN
+#   ensure_build_tools      installs build-essential and pkg-config when cc, c++ or make is missing
+#                           (C code is compiled by the broker's and the workspace's -sys crates)
 #   free_port [EXCLUDED...] prints a free TCP port on 127.0.0.1 (asks the OS), not in EXCLUDED
 #   port_open PORT          true when 127.0.0.1:PORT accepts a TCP connection
 #   wait_port PORT SECS [PID] waits until PORT accepts connections; fails after SECS seconds or
@@ -57,10 +59,14 @@ sb_as_root() {
     fi
 }
 
+SB_APT_UPDATED=0
 sb_apt_install() {
     command -v apt-get >/dev/null 2>&1 || sb_die "apt-get not found; install these yourself: $*"
     sb_log "installing with apt: $*"
-    sb_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    if ((SB_APT_UPDATED == 0)); then
+        sb_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        SB_APT_UPDATED=1
+    fi
     sb_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
 }
 
@@ -81,6 +87,13 @@ pg_bindir() {
 ensure_postgres() {
     if ! SB_PG_BINDIR="$(pg_bindir)"; then
         sb_log "PostgreSQL ${SB_PG_VERSION} not found; installing postgresql-${SB_PG_VERSION}"
+        # Only the binaries are wanted: stop Debian's package from creating (and starting) a
+        # system-wide "main" cluster on port 5432.
+        local conf=/etc/postgresql-common/createcluster.conf
+        if [[ ! -f "$conf" ]]; then sb_apt_install postgresql-common; fi
+        if [[ -f "$conf" ]] && ! grep -q '^create_main_cluster *= *false' "$conf"; then
+            sb_as_root sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' "$conf"
+        fi
         sb_apt_install "postgresql-${SB_PG_VERSION}"
         SB_PG_BINDIR="$(pg_bindir)" || sb_die "postgresql-${SB_PG_VERSION} installed but its bindir has no server binaries"
     fi
@@ -112,9 +125,7 @@ ensure_broker() {
         return 0
     fi
     command -v cargo >/dev/null 2>&1 || sb_die "cargo not found: install the Rust toolchain (https://rustup.rs) to build the broker"
-    if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
-        sb_apt_install build-essential pkg-config
-    fi
+    ensure_build_tools
     mkdir -p "$SB_TANSU_ROOT"
     # One build at a time, even when several scripts start at once.
     local lock_fd
@@ -130,6 +141,12 @@ ensure_broker() {
     fi
     exec {lock_fd}>&-
     [[ -x "$SB_TANSU_BIN" ]] || sb_die "cargo install finished but $SB_TANSU_BIN is missing"
+}
+
+ensure_build_tools() {
+    if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+        sb_apt_install build-essential pkg-config
+    fi
 }
 
 port_open() {

@@ -1,1 +1,184 @@
+//! Apply: both sides' change events into the other side's database, through
+//! the mapping, exactly once, last writer wins, without echoes.
+//!
+//! ```text
+//!  legacy topic ──► direction(legacy→platform) ──► platform db
+//!  platform topic ─► direction(platform→legacy) ──► legacy db
+//! ```
+//!
+//! - [`mapping`]: the correspondence between the schemas (configuration).
+//! - [`writer`]: events into multi-row statements; the id correspondence.
+//! - [`conflict`]: the statements that decide last-writer-wins as they write.
+//! - [`checkpoint`]: the bookkeeping schema and the position, stored with the rows.
+//! - [`direction`]: one source topic into one target database.
+//! - [`deadletter`]: what cannot be applied, with the reason.
+//! - [`stats`]: counters of what apply did.
+
+pub mod checkpoint;
+pub mod config;
+pub mod conflict;
+pub mod deadletter;
+pub mod direction;
+pub mod error;
 pub mod mapping;
+pub mod stats;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use schemas::codec::Codec;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use error::{ApplyError, Result};
+use mapping::{Mapping, Side};
+use stats::Stats;
+
+/// The counters of both directions.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub legacy_to_platform: Arc<Stats>,
+    pub platform_to_legacy: Arc<Stats>,
+}
+
+impl Counters {
+    pub fn of(&self, from: Side) -> &Arc<Stats> {
+        match from {
+            Side::Legacy => &self.legacy_to_platform,
+            Side::Platform => &self.platform_to_legacy,
+        }
+    }
+}
+
+/// Runs both directions until `shutdown` (Ok) or a definite error.
+pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken) -> Result<()> {
+    let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
+    let codec = Codec::new().map_err(ApplyError::Schema)?;
+    let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
+    let shared = Arc::new(direction::Shared {
+        config,
+        mapping,
+        codec,
+        dead_letters,
+    });
+    let mut tasks = Vec::new();
+    for from in [Side::Legacy, Side::Platform] {
+        let shared = Arc::clone(&shared);
+        let stats = Arc::clone(counters.of(from));
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let outcome = supervise(&shared, from, stats, &shutdown).await;
+            if outcome.is_err() {
+                // One direction failing for good stops the other cleanly.
+                shutdown.cancel();
+            }
+            outcome
+        }));
+    }
+    let progress = tokio::spawn(log_progress(counters.clone(), shutdown.clone()));
+    let mut result = Ok(());
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+            Err(join) => {
+                if result.is_ok() {
+                    result = Err(ApplyError::Config(format!("a direction panicked: {join}")));
+                }
+            }
+        }
+    }
+    progress.abort();
+    result
+}
+
+/// Runs one direction, retrying transient failures with backoff, logging
+/// each new failure once.
+async fn supervise(
+    shared: &direction::Shared,
+    from: Side,
+    stats: Arc<Stats>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(shared.config.apply.max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut failing: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        let outcome = async {
+            let catalog =
+                direction::check_mapping(&shared.config, &shared.mapping, from.other()).await?;
+            direction::check_mapping(&shared.config, &shared.mapping, from).await?;
+            direction::session(shared, from, catalog, Arc::clone(&stats), shutdown).await
+        }
+        .await;
+        match outcome {
+            Ok(direction::SessionEnd::Shutdown) => return Ok(()),
+            Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
+                let description = capture::error_chain(&error);
+                if failing.as_deref() != Some(description.as_str()) {
+                    warn!(from = from.as_str(), kind = error.kind(), error = %description, "apply interrupted; retrying with backoff");
+                    failing = Some(description);
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = backoff_builder.build();
+                }
+                let delay = backoff.next().unwrap_or(shared.config.apply.max_backoff);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn log_progress(counters: Counters, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        for from in [Side::Legacy, Side::Platform] {
+            let s = counters.of(from).snapshot();
+            let lag_ms = if s.last_commit_micros > 0 {
+                (now_micros() - s.last_commit_micros) / 1000
+            } else {
+                0
+            };
+            info!(
+                direction = %format!("{}->{}", from.as_str(), from.other().as_str()),
+                transactions = s.transactions,
+                applied = s.applied,
+                deleted = s.deleted,
+                conflicts_lost = s.skipped_older,
+                orphans = s.conflict_orphans,
+                echoes = s.echoes,
+                dead_lettered = s.dead_lettered,
+                last_commit_age_ms = lag_ms,
+                "progress"
+            );
+        }
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -267,11 +267,14 @@ fn handle(
                 message => assembler.apply(message, now_micros())?,
             }
         }
-        ReplicationEvent::KeepAlive { wal_end, .. } => {
-            if !assembler.in_transaction() && !wal_end.is_zero() {
-                ledger.push_position(wal_end.into());
-            }
+        // Between transactions, everything before a keepalive's position has
+        // been received: it is safe once what came before is delivered.
+        ReplicationEvent::KeepAlive { wal_end, .. }
+            if !assembler.in_transaction() && !wal_end.is_zero() =>
+        {
+            ledger.push_position(wal_end.into());
         }
+        ReplicationEvent::KeepAlive { .. } => {}
         ReplicationEvent::StoppedAt { .. } => {}
         #[allow(unreachable_patterns)]
         _ => {}

@@ -66,7 +66,7 @@ async fn an_unknown_configuration_key_is_rejected_before_connecting() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_logical_wal_level_is_told_what_to_set() -> anyhow::Result<()> {
-    let cluster = ReplicaCluster::start().await?;
+    let cluster = ReplicaCluster::start()?;
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
     let client = sync_bridge_tests::connect(&url).await?;
     client
@@ -87,7 +87,7 @@ struct ReplicaCluster {
 }
 
 impl ReplicaCluster {
-    async fn start() -> anyhow::Result<ReplicaCluster> {
+    fn start() -> anyhow::Result<ReplicaCluster> {
         let stack = Stack::get();
         let dir = TempDir::new("walreplica")?;
         let data = dir.0.join("data");

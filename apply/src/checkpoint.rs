@@ -1,0 +1,140 @@
+//! Apply's bookkeeping in each target database, and its position.
+//!
+//! Everything apply needs to remember lives in the schema `syncbridge` of the
+//! database it writes, and is written in the same transaction as the rows:
+//!
+//! - `apply_position`: per source, the Kafka offset and commit LSN of the last
+//!   source transaction applied. A restart resumes right after it, so a crash
+//!   at any point neither loses nor repeats a change.
+//! - `id_map`: the id correspondence (legacy bigint <-> platform uuid) of the
+//!   rows this database received.
+//! - `row_version`: per row apply wrote, who wrote it (`origin`), the
+//!   `updated_at` it carried and the row version (`xmin`) it left, plus
+//!   tombstones of deleted rows. Conflict resolution reads it inside the
+//!   writing statement.
+
+use tokio_postgres::Client;
+
+use crate::error::{ApplyError, Result};
+
+/// Creates the bookkeeping schema if it is missing (idempotent).
+pub async fn install(client: &Client, side: &'static str) -> Result<()> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS syncbridge;
+             CREATE TABLE IF NOT EXISTS syncbridge.apply_position (
+               source          text PRIMARY KEY,
+               topic           text NOT NULL,
+               kafka_partition integer NOT NULL,
+               kafka_offset    bigint NOT NULL,
+               commit_lsn      bigint NOT NULL,
+               applied_at      timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS syncbridge.id_map (
+               entity      text NOT NULL,
+               legacy_id   bigint NOT NULL,
+               platform_id uuid NOT NULL,
+               created_at  timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (entity, legacy_id),
+               UNIQUE (entity, platform_id)
+             );
+             CREATE TABLE IF NOT EXISTS syncbridge.row_version (
+               entity       text NOT NULL,
+               row_key      text NOT NULL,
+               origin       text NOT NULL,
+               updated_at   timestamptz NOT NULL,
+               deleted      boolean NOT NULL DEFAULT false,
+               written_xmin text NOT NULL DEFAULT '',
+               PRIMARY KEY (entity, row_key)
+             );
+             CREATE INDEX IF NOT EXISTS row_version_tombstones
+               ON syncbridge.row_version (updated_at) WHERE deleted;",
+        )
+        .await
+        .map_err(|e| match e.code().map(|c| c.code()) {
+            Some("42501") => ApplyError::Config(format!(
+                "the apply role may not create the bookkeeping schema syncbridge in the {side} database: GRANT CREATE ON DATABASE to it, or create the schema for it"
+            )),
+            _ => ApplyError::postgres(side, "install the bookkeeping schema", e),
+        })
+}
+
+/// Where apply stands in one source's topic. Only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// The offset of the last message applied, if any.
+    pub offset: Option<i64>,
+    /// The commit LSN of the last source transaction applied.
+    pub commit_lsn: u64,
+}
+
+impl Position {
+    /// The offset to resume reading from.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.offset.map(|o| o + 1)
+    }
+
+    /// Moves past `offset`; never backwards.
+    pub fn consumed(&mut self, offset: i64) {
+        if self.offset.is_none_or(|current| offset > current) {
+            self.offset = Some(offset);
+        }
+    }
+
+    /// Records that the source transaction `commit_lsn` is applied.
+    pub fn applied(&mut self, commit_lsn: u64) {
+        debug_assert!(
+            commit_lsn >= self.commit_lsn,
+            "commit LSNs only move forward"
+        );
+        self.commit_lsn = self.commit_lsn.max(commit_lsn);
+    }
+
+    /// Whether a source transaction was applied already (a replay).
+    pub fn covers(&self, commit_lsn: u64) -> bool {
+        commit_lsn <= self.commit_lsn && self.offset.is_some()
+    }
+}
+
+/// Reads the stored position of `source`.
+pub async fn read(client: &Client, side: &'static str, source: &str) -> Result<Position> {
+    let row = client
+        .query_opt(
+            "SELECT kafka_offset, commit_lsn FROM syncbridge.apply_position WHERE source = $1",
+            &[&source],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side, "read the apply position", e))?;
+    Ok(match row {
+        Some(row) => Position {
+            offset: Some(row.get(0)),
+            commit_lsn: row.get::<_, i64>(1) as u64,
+        },
+        None => Position::default(),
+    })
+}
+
+/// The statement that stores a position; run inside the applying transaction.
+pub const STORE: &str = "INSERT INTO syncbridge.apply_position (source, topic, kafka_partition, kafka_offset, commit_lsn, applied_at)
+     VALUES ($1, $2, $3, $4, $5, now())
+     ON CONFLICT (source) DO UPDATE SET topic = EXCLUDED.topic, kafka_partition = EXCLUDED.kafka_partition,
+       kafka_offset = EXCLUDED.kafka_offset, commit_lsn = EXCLUDED.commit_lsn, applied_at = now()";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_moves_only_forward_and_covers_applied_transactions() {
+        let mut position = Position::default();
+        assert_eq!(position.next_offset(), None);
+        assert!(!position.covers(0));
+        position.consumed(10);
+        position.consumed(7);
+        position.applied(500);
+        assert_eq!(position.next_offset(), Some(11));
+        assert!(position.covers(500));
+        assert!(position.covers(499));
+        assert!(!position.covers(501));
+    }
+}

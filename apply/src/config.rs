@@ -1,0 +1,214 @@
+//! Configuration: a TOML file, then `SYNC_BRIDGE_<SECTION>__<KEY>` overrides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use capture::config::Secret;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::error::{ApplyError, Result};
+use crate::mapping::Side;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub legacy: DatabaseConfig,
+    pub platform: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+}
+
+/// One database: where apply writes that side's rows, and the topic that
+/// side's capture produces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The topic this side's capture writes; default `<topic_prefix>.<source>.changes`.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// The consumer group offsets are committed under (for lag monitoring;
+    /// apply's own position lives in the target database).
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Where changes that cannot be applied go, with the reason.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter_topic: String,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    #[serde(default)]
+    pub properties: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// The directory of mapping files.
+    #[serde(default = "default_mapping_dir")]
+    pub mapping_dir: PathBuf,
+    /// The prefix of the logical message apply writes first in each of its
+    /// transactions (capture flags those transactions as echoes).
+    #[serde(default = "default_marker_prefix")]
+    pub marker_prefix: String,
+    /// The most source events one target transaction carries.
+    #[serde(default = "default_batch_events")]
+    pub batch_max_events: usize,
+    /// How long a target transaction stays open waiting for more source
+    /// transactions once the topic is drained.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// The most rows one statement writes.
+    #[serde(default = "default_statement_rows")]
+    pub statement_max_rows: usize,
+    /// Events of a source transaction kept to dead-letter it whole if it fails.
+    #[serde(default = "default_dead_letter_buffer")]
+    pub dead_letter_buffer: usize,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            mapping_dir: default_mapping_dir(),
+            marker_prefix: default_marker_prefix(),
+            batch_max_events: default_batch_events(),
+            batch_linger: default_linger(),
+            statement_max_rows: default_statement_rows(),
+            dead_letter_buffer: default_dead_letter_buffer(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_topic_prefix() -> String {
+    "syncbridge".into()
+}
+fn default_group() -> String {
+    "syncbridge-apply".into()
+}
+fn default_dead_letter() -> String {
+    "syncbridge.dead-letter".into()
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_mapping_dir() -> PathBuf {
+    PathBuf::from("schemas/mapping")
+}
+fn default_marker_prefix() -> String {
+    "syncbridge.apply".into()
+}
+fn default_batch_events() -> usize {
+    5000
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_statement_rows() -> usize {
+    1000
+}
+fn default_dead_letter_buffer() -> usize {
+    10_000
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ApplyError::Config(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed(capture::config::ENV_PREFIX)
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::from_figment(figment)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ApplyError::Config(e.to_string()))?;
+        for side in [Side::Legacy, Side::Platform] {
+            config.pg_config(side)?;
+        }
+        if config.apply.batch_max_events == 0 || config.apply.statement_max_rows == 0 {
+            return Err(ApplyError::Config(
+                "apply.batch_max_events and apply.statement_max_rows must be at least 1".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    pub fn database(&self, side: Side) -> &DatabaseConfig {
+        match side {
+            Side::Legacy => &self.legacy,
+            Side::Platform => &self.platform,
+        }
+    }
+
+    /// The topic of `side`'s changes, given its source name.
+    pub fn topic(&self, side: Side, source: &str) -> String {
+        self.database(side)
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.topic_prefix))
+    }
+
+    /// Connection settings for `side`, password applied, sessions in UTC.
+    pub fn pg_config(&self, side: Side) -> Result<tokio_postgres::Config> {
+        let database = self.database(side);
+        let mut pg = tokio_postgres::Config::from_str(database.url.expose()).map_err(|_| {
+            ApplyError::Config(format!(
+                "{}.url is not a valid postgres:// URL or connection string",
+                side.as_str()
+            ))
+        })?;
+        if let Some(password) = &database.password {
+            pg.password(password.expose());
+        } else if let Some(path) = &database.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ApplyError::Config(format!(
+                    "cannot read {}.password_file {}: {e}",
+                    side.as_str(),
+                    path.display()
+                ))
+            })?;
+            pg.password(text.lines().next().unwrap_or_default());
+        }
+        pg.application_name("syncbridge-apply");
+        pg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
+        Ok(pg)
+    }
+}

@@ -1,0 +1,332 @@
+//! Last writer wins, decided inside the target database.
+//!
+//! Every write is one statement that decides and writes at once, so no other
+//! writer can slip in between a read and a write:
+//!
+//! - **Upsert** (insert or update): `INSERT ... ON CONFLICT (key) DO UPDATE
+//!   ... WHERE <incoming is newer>`. Timestamps are compared at the coarser
+//!   precision of the two sides (whole seconds). On a tie the change wins when
+//!   its source is the configured `tie_winner`, or when the target row is still
+//!   exactly as apply last wrote it from the same source (its `xmin` equals the
+//!   one recorded in `syncbridge.row_version`): a source's later change never
+//!   loses a tie to its own earlier one.
+//! - An insert never resurrects a row whose tombstone is at least as new as
+//!   the incoming `updated_at`.
+//! - A row whose referenced parent does not exist in the target (deleted there
+//!   meanwhile) is not written: the delete wins; it is counted as a conflict.
+//! - **Delete**: removes the target row unless the target row is newer than the
+//!   delete (the source's commit time), and leaves a tombstone.
+//! - **Partial update** (a TOAST value unchanged at the source): an `UPDATE`
+//!   of the other columns under the same rule; unchanged columns keep their
+//!   target value.
+//!
+//! All values travel as text arrays (`unnest`) cast to the target column
+//! types, so one statement writes many rows in one round trip.
+
+use std::fmt::Write;
+
+use crate::mapping::{Entity, Side};
+
+/// How a target column is written on update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// `col = incoming`.
+    Replace,
+    /// `col = CASE WHEN incoming IS NULL THEN NULL ELSE COALESCE(existing, incoming) END`.
+    KeepExistingNonNull,
+}
+
+/// One column of a statement.
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub type_name: String,
+    pub merge: Merge,
+}
+
+/// A foreign key the statement must find in the target before writing.
+#[derive(Debug, Clone)]
+pub struct ParentCheck {
+    /// The column of the row being written.
+    pub column: String,
+    /// The parent table, quoted.
+    pub table: String,
+    /// The parent's key column.
+    pub key: String,
+}
+
+/// What a statement writes: the target table of `entity`.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub entity: String,
+    pub table: String,
+    pub key: ColumnSpec,
+    pub updated_at: String,
+    /// Columns other than the key, `updated_at` included, in order.
+    pub columns: Vec<ColumnSpec>,
+    pub parents: Vec<ParentCheck>,
+}
+
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+pub fn quote_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote(schema), quote(table))
+}
+
+impl Shape {
+    /// The shape of `entity`'s table on `side`, for the given columns.
+    pub fn new(
+        entity: &Entity,
+        side: Side,
+        key_type: &str,
+        columns: Vec<ColumnSpec>,
+        parents: Vec<ParentCheck>,
+    ) -> Shape {
+        let table = entity.table(side);
+        Shape {
+            entity: entity.name().to_owned(),
+            table: quote_table(&table.schema, &table.table),
+            key: ColumnSpec {
+                name: table.key.clone(),
+                type_name: key_type.to_owned(),
+                merge: Merge::Replace,
+            },
+            updated_at: table.updated_at.clone(),
+            columns,
+            parents,
+        }
+    }
+
+    /// `$n::text[]` inputs cast per column, as a typed row source `i`:
+    /// parameter 1 is the keys, 2.. the columns in order.
+    fn input(&self) -> String {
+        let mut select = format!(
+            "SELECT k::{} AS {}",
+            self.key.type_name,
+            quote(&self.key.name)
+        );
+        for (index, column) in self.columns.iter().enumerate() {
+            let _ = write!(
+                select,
+                ", c{index}::{} AS {}",
+                column.type_name,
+                quote(&column.name)
+            );
+        }
+        let mut names = String::from("k");
+        let mut arrays = String::from("$1::text[]");
+        for index in 0..self.columns.len() {
+            let _ = write!(names, ", c{index}");
+            let _ = write!(arrays, ", ${}::text[]", index + 2);
+        }
+        format!("{select}, ord FROM unnest({arrays}) WITH ORDINALITY AS raw({names}, ord)")
+    }
+
+    fn tie_condition(
+        &self,
+        incoming: &str,
+        existing: &str,
+        origin_param: usize,
+        tie_param: usize,
+    ) -> String {
+        let ua = quote(&self.updated_at);
+        format!(
+            "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
+             OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) \
+                 AND (${tie_param}::bool OR EXISTS (SELECT 1 FROM syncbridge.row_version rv \
+                      WHERE rv.entity = {entity} AND rv.row_key = {existing}.{key}::text \
+                        AND rv.origin = ${origin_param}::text AND rv.written_xmin = {existing}.xmin::text)))",
+            entity = literal(&self.entity),
+            key = quote(&self.key.name),
+        )
+    }
+
+    fn parents_exist(&self, row: &str) -> String {
+        let mut condition = String::new();
+        for parent in &self.parents {
+            let column = quote(&parent.column);
+            let _ = write!(
+                condition,
+                " AND ({row}.{column} IS NULL OR EXISTS (SELECT 1 FROM {} p WHERE p.{} = {row}.{column}))",
+                parent.table,
+                quote(&parent.key)
+            );
+        }
+        condition
+    }
+
+    fn record_versions(&self, written: &str, origin_param: usize) -> String {
+        format!(
+            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin) \
+             SELECT {entity}, w.k, ${origin_param}::text, w.u, false, w.x FROM {written} w \
+             ON CONFLICT (entity, row_key) DO UPDATE SET origin = EXCLUDED.origin, updated_at = EXCLUDED.updated_at, \
+               deleted = false, written_xmin = EXCLUDED.written_xmin",
+            entity = literal(&self.entity),
+        )
+    }
+
+    /// Insert-or-update of many rows. Parameters: `$1` keys, `$2..` columns
+    /// (text arrays), then origin (text) and tie (bool). Returns one row: the
+    /// number of rows written.
+    pub fn upsert_sql(&self) -> String {
+        let origin = self.columns.len() + 2;
+        let tie = origin + 1;
+        let key = quote(&self.key.name);
+        let ua = quote(&self.updated_at);
+        let mut names = key.clone();
+        let mut values = format!("i.{key}");
+        let mut sets = Vec::new();
+        for column in &self.columns {
+            let name = quote(&column.name);
+            let _ = write!(names, ", {name}");
+            let _ = write!(values, ", i.{name}");
+            sets.push(match column.merge {
+                Merge::Replace => format!("{name} = EXCLUDED.{name}"),
+                Merge::KeepExistingNonNull => format!(
+                    "{name} = CASE WHEN EXCLUDED.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, EXCLUDED.{name}) END"
+                ),
+            });
+        }
+        format!(
+            "WITH i AS ({input}), \
+             w AS (INSERT INTO {table} AS t ({names}) \
+                   SELECT {values} FROM i \
+                   WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
+                         AND rv.row_key = i.{key}::text AND rv.deleted \
+                         AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)){parents} \
+                   ORDER BY i.ord \
+                   ON CONFLICT ({key}) DO UPDATE SET {sets} \
+                   WHERE {tie_condition} \
+                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x), \
+             v AS ({versions}) \
+             SELECT count(*) FROM w",
+            input = self.input(),
+            table = self.table,
+            entity = literal(&self.entity),
+            parents = self.parents_exist("i"),
+            sets = sets.join(", "),
+            tie_condition = self.tie_condition("EXCLUDED", "t", origin, tie),
+            versions = self.record_versions("w", origin),
+        )
+    }
+
+    /// Update-only of many rows (some source columns were unchanged TOAST
+    /// values and are not in `columns`). Same parameters as [`Self::upsert_sql`].
+    pub fn update_sql(&self) -> String {
+        let origin = self.columns.len() + 2;
+        let tie = origin + 1;
+        let key = quote(&self.key.name);
+        let ua = quote(&self.updated_at);
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .map(|column| {
+                let name = quote(&column.name);
+                match column.merge {
+                    Merge::Replace => format!("{name} = i.{name}"),
+                    Merge::KeepExistingNonNull => format!(
+                        "{name} = CASE WHEN i.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, i.{name}) END"
+                    ),
+                }
+            })
+            .collect();
+        format!(
+            "WITH i AS ({input}), \
+             w AS (UPDATE {table} AS t SET {sets} FROM i \
+                   WHERE t.{key} = i.{key}{parents} AND ({tie_condition}) \
+                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x), \
+             v AS ({versions}) \
+             SELECT count(*) FROM w",
+            input = self.input(),
+            table = self.table,
+            sets = sets.join(", "),
+            parents = self.parents_exist("i"),
+            tie_condition = self.tie_condition("i", "t", origin, tie),
+            versions = self.record_versions("w", origin),
+        )
+    }
+}
+
+/// Delete of many rows. Parameters: `$1` keys (text[]), `$2` delete times
+/// (text[] of timestamptz), `$3` origin. Returns the number of rows deleted.
+pub fn delete_sql(
+    entity: &str,
+    table: &str,
+    key: &str,
+    key_type: &str,
+    updated_at: &str,
+) -> String {
+    let key = quote(key);
+    let ua = quote(updated_at);
+    format!(
+        "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
+         d AS (DELETE FROM {table} AS t USING i WHERE t.{key} = i.k \
+               AND date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
+               RETURNING t.{key}::text AS k), \
+         gone AS (SELECT i.k::text AS k, i.at FROM i \
+                  WHERE i.k::text IN (SELECT k FROM d) OR NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.k)), \
+         v AS (INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin) \
+               SELECT {entity}, gone.k, $3::text, gone.at, true, '' FROM gone \
+               ON CONFLICT (entity, row_key) DO UPDATE SET origin = EXCLUDED.origin, \
+                 updated_at = GREATEST(syncbridge.row_version.updated_at, EXCLUDED.updated_at), \
+                 deleted = true, written_xmin = '') \
+         SELECT count(*) FROM d",
+        entity = literal(entity),
+    )
+}
+
+/// An SQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            entity: "user".into(),
+            table: quote_table("identity", "identities"),
+            key: ColumnSpec {
+                name: "id".into(),
+                type_name: "uuid".into(),
+                merge: Merge::Replace,
+            },
+            updated_at: "updated_at".into(),
+            columns: vec![
+                ColumnSpec {
+                    name: "email".into(),
+                    type_name: "text".into(),
+                    merge: Merge::Replace,
+                },
+                ColumnSpec {
+                    name: "updated_at".into(),
+                    type_name: "timestamptz".into(),
+                    merge: Merge::Replace,
+                },
+            ],
+            parents: vec![],
+        }
+    }
+
+    #[test]
+    fn the_upsert_decides_in_the_same_statement_that_writes() {
+        let sql = shape().upsert_sql();
+        assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\""));
+        assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\")"));
+        assert!(
+            sql.contains("$4::bool"),
+            "tie flag after keys, two columns and origin: {sql}"
+        );
+        assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(literal("o'clock"), "'o''clock'");
+    }
+}

@@ -1,0 +1,518 @@
+//! One direction: a source's topic into the other side's database.
+//!
+//! ```text
+//!  topic ──► decode ──► source transaction? ──► echo? skip
+//!                                  │                 │
+//!                                  ▼                 ▼
+//!          target: BEGIN; marker; SAVEPOINT ─► staged runs ─► RELEASE ─► ... ─► position; COMMIT
+//!                                                                                   │
+//!                                              Kafka group offset (monitoring) ◄────┘
+//! ```
+//!
+//! Each source transaction is applied whole inside a savepoint of a target
+//! transaction that can carry several source transactions (batching); the
+//! position (offset, commit LSN) is written in the same target transaction.
+//! Restarting reads the position and continues right after it: a crash at any
+//! point neither loses nor repeats a change. Events of transactions already
+//! applied (capture replays after its own crash) are recognised by their
+//! commit LSN and skipped; a transaction cut short by a capture crash and
+//! replayed from its start is abandoned (savepoint rolled back) and applied
+//! from the replay.
+//!
+//! A source transaction that cannot be applied (a value that does not
+//! convert, a constraint the mapping cannot satisfy) is rolled back to its
+//! savepoint and its events go to the dead-letter topic with the reason; the
+//! stream continues. Memory is bounded: a transaction streams through its
+//! savepoint however large it is; at most `dead_letter_buffer` of its
+//! messages are kept to dead-letter it whole, beyond which the dead letter
+//! names the offset range instead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schemas::codec::Codec;
+use schemas::event::ChangeEvent;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::{self, Position};
+use crate::config::Config;
+use crate::deadletter::{DeadLetters, Origin};
+use crate::error::{ApplyError, Result};
+use crate::mapping::{Catalog, Mapping, Side};
+use crate::stats::Stats;
+use crate::writer::Writer;
+
+/// Everything the two directions share.
+pub struct Shared {
+    pub config: Config,
+    pub mapping: Arc<Mapping>,
+    pub codec: Codec,
+    pub dead_letters: DeadLetters,
+}
+
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    Shutdown,
+}
+
+/// The source transaction being applied.
+struct Open {
+    commit_lsn: u64,
+    commit_micros: i64,
+    next_position: u64,
+    echo: bool,
+    /// Set when the transaction failed: its remaining events are dead-lettered.
+    failed: Option<String>,
+    first_offset: i64,
+    /// Raw messages kept to dead-letter the transaction whole if it fails.
+    kept: Vec<(i64, Vec<u8>)>,
+    kept_all: bool,
+}
+
+/// One direction's session state.
+struct Session<'a> {
+    shared: &'a Shared,
+    from: Side,
+    topic: String,
+    source_name: String,
+    target: Client,
+    source: Client,
+    writer: Writer,
+    stats: Arc<Stats>,
+    position: Position,
+    /// The last offset at a transaction boundary: what the position may store.
+    boundary: Option<i64>,
+    batch_open: bool,
+    batch_events: usize,
+    batch_started: Instant,
+    open: Option<Open>,
+}
+
+async fn connect(config: &Config, side: Side) -> Result<Client> {
+    let (client, connection) = config
+        .pg_config(side)?
+        .connect(NoTls)
+        .await
+        .map_err(|e| ApplyError::postgres(side.as_str(), "connect", e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Reads `side`'s catalog and checks the mapping against it.
+pub async fn check_mapping(config: &Config, mapping: &Mapping, side: Side) -> Result<Catalog> {
+    let client = connect(config, side).await?;
+    let catalog = Catalog::read(&client)
+        .await
+        .map_err(|e| ApplyError::postgres(side.as_str(), "read the catalog", e))?;
+    mapping.check(side, &catalog)?;
+    checkpoint::install(&client, side.as_str()).await?;
+    Ok(catalog)
+}
+
+/// Runs one session of the direction `from` -> `from.other()`.
+pub async fn session(
+    shared: &Shared,
+    from: Side,
+    catalog: Catalog,
+    stats: Arc<Stats>,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd> {
+    let config = &shared.config;
+    let to = from.other();
+    let source_name = shared.mapping.side(from).source.clone();
+    let topic = config.topic(from, &source_name);
+    let target = connect(config, to).await?;
+    let source = connect(config, from).await?;
+    let position = checkpoint::read(&target, to.as_str(), &source_name).await?;
+
+    let consumer = consumer(config, &topic, position)?;
+    info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, "applying");
+
+    let writer = Writer::new(
+        from,
+        Arc::clone(&shared.mapping),
+        catalog,
+        config.apply.statement_max_rows,
+        Arc::clone(&stats),
+    );
+    let mut session = Session {
+        shared,
+        from,
+        topic,
+        source_name,
+        target,
+        source,
+        writer,
+        stats,
+        position,
+        boundary: position.offset,
+        batch_open: false,
+        batch_events: 0,
+        batch_started: Instant::now(),
+        open: None,
+    };
+    let linger = config.apply.batch_linger;
+    let max_age = (linger * 10).max(Duration::from_millis(200));
+    loop {
+        let wait = if session.batch_open && session.open.is_none() {
+            linger
+        } else {
+            Duration::from_secs(3600)
+        };
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            received = tokio::time::timeout(wait, consumer.recv()) => Some(received),
+        };
+        match received {
+            None => {
+                if session.open.is_none() {
+                    session.commit(&consumer).await?;
+                } else {
+                    session.rollback().await?;
+                }
+                return Ok(SessionEnd::Shutdown);
+            }
+            Some(Err(_elapsed)) => session.commit(&consumer).await?,
+            Some(Ok(message)) => {
+                let message = message.map_err(|e| ApplyError::kafka("consume", e))?;
+                session.handle(&message).await?;
+                let full = session.batch_events >= config.apply.batch_max_events
+                    || session.batch_started.elapsed() >= max_age;
+                if session.open.is_none() && full {
+                    session.commit(&consumer).await?;
+                }
+            }
+        }
+    }
+}
+
+fn consumer(config: &Config, topic: &str, position: Position) -> Result<StreamConsumer> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10");
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value.expose());
+    }
+    let consumer: StreamConsumer = client
+        .create()
+        .map_err(|e| ApplyError::kafka("create the consumer", e))?;
+    let mut assignment = TopicPartitionList::new();
+    let offset = match position.next_offset() {
+        Some(offset) => Offset::Offset(offset),
+        None => Offset::Beginning,
+    };
+    assignment
+        .add_partition_offset(topic, 0, offset)
+        .map_err(|e| ApplyError::kafka("assign", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| ApplyError::kafka("assign", e))?;
+    Ok(consumer)
+}
+
+impl Session<'_> {
+    fn target_side(&self) -> &'static str {
+        self.from.other().as_str()
+    }
+
+    async fn sql(&self, sql: &str) -> Result<()> {
+        self.target.batch_execute(sql).await.map_err(|e| {
+            ApplyError::postgres(
+                self.target_side(),
+                sql.split_whitespace().next().unwrap_or("sql").to_owned(),
+                e,
+            )
+        })
+    }
+
+    async fn begin_batch(&mut self) -> Result<()> {
+        if self.batch_open {
+            return Ok(());
+        }
+        self.sql("BEGIN").await?;
+        let content = format!("{}:{}", self.source_name, self.position.commit_lsn);
+        self.target
+            .execute(
+                "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)",
+                &[&self.shared.config.apply.marker_prefix, &content],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.target_side(), "write the echo marker", e))?;
+        self.batch_open = true;
+        self.batch_events = 0;
+        self.batch_started = Instant::now();
+        Ok(())
+    }
+
+    /// Stores the position and commits the target transaction, then the
+    /// consumer group offset.
+    async fn commit(&mut self, consumer: &StreamConsumer) -> Result<()> {
+        debug_assert!(
+            self.open.is_none(),
+            "commit only between source transactions"
+        );
+        let Some(offset) = self.boundary else {
+            return Ok(());
+        };
+        if self.position.offset == Some(offset) && !self.batch_open {
+            return Ok(());
+        }
+        self.begin_batch().await?;
+        self.target
+            .execute(
+                checkpoint::STORE,
+                &[
+                    &self.source_name,
+                    &self.topic,
+                    &0i32,
+                    &offset,
+                    &(self.position.commit_lsn as i64),
+                ],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.target_side(), "store the position", e))?;
+        self.sql("COMMIT").await?;
+        self.batch_open = false;
+        self.writer.committed();
+        self.position.consumed(offset);
+        let mut offsets = TopicPartitionList::new();
+        if offsets
+            .add_partition_offset(&self.topic, 0, Offset::Offset(offset + 1))
+            .is_ok()
+        {
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                debug!(%error, "committing the consumer group offset failed; the next commit carries it");
+            }
+        }
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        if self.batch_open {
+            self.sql("ROLLBACK").await?;
+            self.batch_open = false;
+        }
+        self.writer.rolled_back();
+        self.open = None;
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        let offset = message.offset();
+        let payload = message.payload().unwrap_or_default();
+        let event = match self.shared.codec.decode(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                self.dead_letter(offset, payload, &format!("undecodable message: {error}"))
+                    .await?;
+                if self.open.is_none() {
+                    self.boundary = Some(offset);
+                }
+                return Ok(());
+            }
+        };
+        let tx = event.transaction;
+        if self.position.covers(tx.commit_lsn) {
+            // Already applied: a replay of capture after its own restart.
+            if self.open.is_none() {
+                self.boundary = Some(offset);
+            }
+            return Ok(());
+        }
+        if let Some(open) = &self.open {
+            if open.commit_lsn != tx.commit_lsn || (tx.position == 0 && open.next_position > 0) {
+                warn!(
+                    commit_lsn = open.commit_lsn,
+                    events = open.next_position,
+                    "source transaction cut short and replayed; applying it from the replay"
+                );
+                self.abandon().await?;
+            }
+        }
+        if self.open.is_none() {
+            if tx.position != 0 {
+                self.dead_letter(
+                    offset,
+                    payload,
+                    "event without the start of its transaction",
+                )
+                .await?;
+                self.boundary = Some(offset);
+                return Ok(());
+            }
+            self.begin_batch().await?;
+            let echo = event.marker.is_some();
+            if !echo {
+                self.sql("SAVEPOINT source_tx").await?;
+            }
+            self.open = Some(Open {
+                commit_lsn: tx.commit_lsn,
+                commit_micros: tx.commit_time_micros,
+                next_position: 0,
+                echo,
+                failed: None,
+                first_offset: offset,
+                kept: Vec::new(),
+                kept_all: true,
+            });
+        }
+        let keep_limit = self.shared.config.apply.dead_letter_buffer;
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        if tx.position != open.next_position {
+            let reason = format!(
+                "event {} of transaction {} arrived where event {} was expected",
+                tx.position, tx.commit_lsn, open.next_position
+            );
+            self.fail(&reason).await?;
+        }
+        if let Some(open) = self.open.as_mut() {
+            open.next_position = tx.position + 1;
+            if open.failed.is_none() && !open.echo {
+                if open.kept.len() < keep_limit {
+                    open.kept.push((offset, payload.to_vec()));
+                } else {
+                    open.kept_all = false;
+                }
+            }
+        }
+        self.apply_event(&event, offset, payload).await?;
+        self.batch_events += 1;
+        if tx.last {
+            self.finish(offset).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_event(
+        &mut self,
+        event: &ChangeEvent,
+        offset: i64,
+        payload: &[u8],
+    ) -> Result<()> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(());
+        };
+        if open.echo {
+            self.stats.echoes(1);
+            return Ok(());
+        }
+        if let Some(reason) = open.failed.clone() {
+            return self.dead_letter(offset, payload, &reason).await;
+        }
+        match self.writer.stage(&self.target, &self.source, event).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_retryable() => Err(error),
+            Err(error) => {
+                let reason = format!(
+                    "{}.{}: {}",
+                    event.schema,
+                    event.table,
+                    capture::error_chain(&error)
+                );
+                self.fail(&reason).await
+            }
+        }
+    }
+
+    /// The open source transaction cannot be applied: roll it back and
+    /// dead-letter what was kept of it.
+    async fn fail(&mut self, reason: &str) -> Result<()> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        if open.failed.is_some() || open.echo {
+            return Ok(());
+        }
+        open.failed = Some(reason.to_owned());
+        let kept = std::mem::take(&mut open.kept);
+        let kept_all = open.kept_all;
+        let first_offset = open.first_offset;
+        warn!(topic = %self.topic, first_offset, reason = %reason, "source transaction dead-lettered");
+        self.sql("ROLLBACK TO SAVEPOINT source_tx").await?;
+        self.writer.forget_transaction();
+        if !kept_all {
+            let note = format!("{reason} (offsets from {first_offset} not kept in memory: replay them from the source topic)");
+            if let Some((offset, payload)) = kept.first() {
+                self.dead_letter(*offset, payload, &note).await?;
+            }
+        }
+        for (offset, payload) in &kept {
+            self.dead_letter(*offset, payload, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// The source transaction's last event arrived.
+    async fn finish(&mut self, offset: i64) -> Result<()> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(());
+        };
+        if !open.echo && open.failed.is_none() {
+            match self.writer.flush(&self.target, &self.source).await {
+                Ok(()) => {}
+                Err(error) if error.is_retryable() => return Err(error),
+                Err(error) => {
+                    let reason = capture::error_chain(&error);
+                    self.fail(&reason).await?;
+                }
+            }
+        }
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        if !open.echo {
+            self.sql("RELEASE SAVEPOINT source_tx").await?;
+            if open.failed.is_none() {
+                self.writer.keep_transaction();
+                self.stats.transaction(open.commit_micros);
+            }
+        }
+        self.position.applied(open.commit_lsn);
+        self.boundary = Some(offset);
+        Ok(())
+    }
+
+    /// Drops the open transaction's work (it is being replayed).
+    async fn abandon(&mut self) -> Result<()> {
+        if let Some(open) = self.open.take() {
+            if !open.echo {
+                self.sql("ROLLBACK TO SAVEPOINT source_tx; RELEASE SAVEPOINT source_tx")
+                    .await?;
+                self.writer.forget_transaction();
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, offset: i64, payload: &[u8], reason: &str) -> Result<()> {
+        let origin = Origin {
+            topic: &self.topic,
+            partition: 0,
+            offset,
+        };
+        self.shared
+            .dead_letters
+            .send(&origin, payload, reason)
+            .await?;
+        self.stats.dead_lettered(1);
+        Ok(())
+    }
+}

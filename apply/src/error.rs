@@ -1,0 +1,110 @@
+//! The one error type of the apply crate.
+//!
+//! A transient error (a lost connection, a deadlock, a broker that is not
+//! there) ends the session and is retried from the position stored in the
+//! target database, so nothing is lost or applied twice. A definite error in
+//! one source transaction (a value that does not convert, a constraint the
+//! mapping cannot satisfy) never stops the stream: that transaction goes to
+//! the dead-letter topic. What remains definite here (a bad mapping, bad
+//! configuration) ends apply with a message saying what to fix.
+
+/// Result alias for the apply crate.
+pub type Result<T, E = ApplyError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Configuration or mapping must be fixed by a person.
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error(transparent)]
+    Mapping(#[from] crate::mapping::MappingError),
+
+    #[error("postgres ({side}): {context}")]
+    Postgres {
+        side: &'static str,
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("kafka: {context}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    #[error("event schema")]
+    Schema(#[source] schemas::Error),
+
+    /// A source transaction could not be applied for a reason retrying cannot fix.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl ApplyError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApplyError::Config(_) | ApplyError::Mapping(_) | ApplyError::Schema(_) => false,
+            ApplyError::Rejected(_) => false,
+            ApplyError::Postgres { source, .. } => postgres_is_transient(source),
+            ApplyError::Kafka { .. } => true,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApplyError::Config(_) => "config",
+            ApplyError::Mapping(_) => "mapping",
+            ApplyError::Postgres { .. } => "postgres",
+            ApplyError::Kafka { .. } => "kafka",
+            ApplyError::Schema(_) => "schema",
+            ApplyError::Rejected(_) => "rejected",
+        }
+    }
+
+    pub(crate) fn postgres(
+        side: &'static str,
+        context: impl Into<String>,
+        source: tokio_postgres::Error,
+    ) -> Self {
+        ApplyError::Postgres {
+            side,
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        ApplyError::Kafka {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The SQLSTATE, when Postgres sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ApplyError::Postgres { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Connection loss, shutdown, serialization failures and deadlocks are
+/// transient; a statement the server rejected for its content is not.
+pub fn postgres_is_transient(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => true,
+        Some(state) => {
+            let code = state.code();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+                || code == "55P03" // lock_not_available
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `apply`: both sides' changes into the other side's database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Applies both sides' change events to the other side, through the mapping.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The TOML configuration file; every key can be overridden by a
+    /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
+    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: `json` (default when stderr is not a terminal) or `text`.
+    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_telemetry(args.log_format.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("apply: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let outcome = runtime.block_on(async {
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let config = apply::Config::load(args.config.as_deref())?;
+        apply::run(config, apply::Counters::default(), shutdown).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = capture::error_chain(&error);
+            error!(kind = error.kind(), error = %text, "apply stopped");
+            eprintln!("apply: {text}");
+            if matches!(
+                error,
+                apply::ApplyError::Config(_) | apply::ApplyError::Mapping(_)
+            ) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn init_telemetry(format: Option<&str>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,81 @@
+//! Counters of what apply did, per direction. Cheap to update from the hot
+//! path; read by the periodic progress log and by tests.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    applied: AtomicU64,
+    deleted: AtomicU64,
+    skipped_older: AtomicU64,
+    echoes: AtomicU64,
+    dead_lettered: AtomicU64,
+    conflict_orphans: AtomicU64,
+    linked: AtomicU64,
+    transactions: AtomicU64,
+    /// Commit time (Unix micros) of the last source transaction applied.
+    last_commit_micros: AtomicI64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Rows inserted or updated.
+    pub applied: u64,
+    pub deleted: u64,
+    /// Changes not written because the target row was newer (conflicts lost).
+    pub skipped_older: u64,
+    /// Changes read back from apply's own transactions and not applied again.
+    pub echoes: u64,
+    pub dead_lettered: u64,
+    /// Rows not written because their parent no longer exists on this side.
+    pub conflict_orphans: u64,
+    /// Rows linked to an existing row with the same natural key.
+    pub linked: u64,
+    /// Source transactions applied.
+    pub transactions: u64,
+    pub last_commit_micros: i64,
+}
+
+impl Stats {
+    pub fn applied(&self, n: u64) {
+        self.applied.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn deleted(&self, n: u64) {
+        self.deleted.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn skipped_older(&self, n: u64) {
+        self.skipped_older.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn echoes(&self, n: u64) {
+        self.echoes.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn conflict_orphans(&self, n: u64) {
+        self.conflict_orphans.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn linked(&self, n: u64) {
+        self.linked.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn transaction(&self, commit_micros: i64) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.last_commit_micros
+            .fetch_max(commit_micros, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            applied: self.applied.load(Ordering::Relaxed),
+            deleted: self.deleted.load(Ordering::Relaxed),
+            skipped_older: self.skipped_older.load(Ordering::Relaxed),
+            echoes: self.echoes.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            conflict_orphans: self.conflict_orphans.load(Ordering::Relaxed),
+            linked: self.linked.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+            last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
+        }
+    }
+}

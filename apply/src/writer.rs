@@ -1,0 +1,954 @@
+//! Turns change events into target statements: mapping, id correspondence,
+//! lookups, and multi-row statements that decide conflicts as they write.
+//!
+//! Events are staged into *runs*: consecutive changes of one entity with the
+//! same operation and shape. A run becomes one statement of up to
+//! `statement_max_rows` rows; a run ends when the next event differs or would
+//! touch a row already in it, so source order is kept wherever it matters
+//! (parents before children, two changes of one row in order).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use schemas::event::{ChangeEvent, Op, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+use uuid::Uuid;
+
+use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape};
+use crate::error::{ApplyError, Result};
+use crate::mapping::{
+    to_target, Catalog, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
+};
+use crate::stats::Stats;
+
+/// The namespace of the uuids apply derives for rows born on the legacy side.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_9e0a_3c47_4f2b_9a61_0c2e_8d4b_7f13);
+
+/// What became of a staged event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staged {
+    Staged,
+    /// The event's table is not mapped: nothing to do.
+    Unmapped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RunKind {
+    Upsert,
+    /// Update only, these target columns unchanged at the source.
+    Update(Vec<String>),
+    Delete,
+}
+
+struct PendingRow {
+    source_key: Value,
+    row: TargetRow,
+    delete_at: i64,
+}
+
+struct Run {
+    entity: usize,
+    kind: RunKind,
+    rows: Vec<PendingRow>,
+    keys: HashSet<String>,
+}
+
+/// The id correspondence known to this process: committed entries, and the
+/// entries written by the open target transaction (kept apart so that a
+/// rollback forgets them).
+#[derive(Default)]
+struct IdMap {
+    committed: HashMap<(usize, i64), Uuid>,
+    committed_reverse: HashMap<(usize, Uuid), i64>,
+    batch: Vec<(usize, i64, Uuid)>,
+    transaction: Vec<(usize, i64, Uuid)>,
+}
+
+impl IdMap {
+    fn platform_of(&self, entity: usize, legacy: i64) -> Option<Uuid> {
+        if let Some(id) = self.committed.get(&(entity, legacy)) {
+            return Some(*id);
+        }
+        self.batch
+            .iter()
+            .chain(&self.transaction)
+            .find(|(e, l, _)| *e == entity && *l == legacy)
+            .map(|(_, _, p)| *p)
+    }
+
+    fn legacy_of(&self, entity: usize, platform: Uuid) -> Option<i64> {
+        if let Some(id) = self.committed_reverse.get(&(entity, platform)) {
+            return Some(*id);
+        }
+        self.batch
+            .iter()
+            .chain(&self.transaction)
+            .find(|(e, _, p)| *e == entity && *p == platform)
+            .map(|(_, l, _)| *l)
+    }
+
+    fn remember(&mut self, entity: usize, legacy: i64, platform: Uuid) {
+        if self.platform_of(entity, legacy).is_none() {
+            self.transaction.push((entity, legacy, platform));
+        }
+    }
+
+    fn remember_committed(&mut self, entity: usize, legacy: i64, platform: Uuid) {
+        if self.committed.len() > 1_000_000 {
+            // Bounded memory: the database is the source of truth.
+            self.committed.clear();
+            self.committed_reverse.clear();
+        }
+        self.committed.insert((entity, legacy), platform);
+        self.committed_reverse.insert((entity, platform), legacy);
+    }
+}
+
+/// Writes one direction's events into the target database.
+pub struct Writer {
+    from: Side,
+    to: Side,
+    mapping: Arc<Mapping>,
+    catalog: Catalog,
+    origin: String,
+    tie_wins: bool,
+    max_rows: usize,
+    run: Option<Run>,
+    ids: IdMap,
+    /// Lookup values read from the legacy side: (field, key text) -> value text.
+    lookups: HashMap<(usize, usize, String), Option<String>>,
+    statements: HashMap<String, Statement>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub fn new(
+        from: Side,
+        mapping: Arc<Mapping>,
+        catalog: Catalog,
+        max_rows: usize,
+        stats: Arc<Stats>,
+    ) -> Writer {
+        let origin = mapping.side(from).source.clone();
+        let tie_wins = mapping.conflicts().tie_winner == from;
+        Writer {
+            from,
+            to: from.other(),
+            mapping,
+            catalog,
+            origin,
+            tie_wins,
+            max_rows,
+            run: None,
+            ids: IdMap::default(),
+            lookups: HashMap::new(),
+            statements: HashMap::new(),
+            stats,
+        }
+    }
+
+    /// Stages one event; may flush the previous run first.
+    pub async fn stage(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        event: &ChangeEvent,
+    ) -> Result<Staged> {
+        let Some((index, entity)) = self.mapping.entities().iter().enumerate().find(|(_, e)| {
+            let t = e.table(self.from);
+            t.schema == event.schema && t.table == event.table
+        }) else {
+            return Ok(Staged::Unmapped);
+        };
+        let entity = entity.clone();
+        let key_column = entity.key_column(self.from);
+        let source_key = event
+            .key
+            .iter()
+            .find(|c| c.name == key_column)
+            .map(|c| c.value.clone())
+            .ok_or_else(|| {
+                ApplyError::Rejected(format!(
+                    "{}.{}: the event has no key column {key_column}",
+                    event.schema, event.table
+                ))
+            })?;
+        let (kind, row, delete_at) = match event.op {
+            Op::Insert | Op::Update | Op::Read => {
+                let after = event.after.as_deref().ok_or_else(|| {
+                    ApplyError::Rejected(format!("{}.{}: an upsert without a row", event.schema, event.table))
+                })?;
+                let row = to_target(&entity, self.from, &Row::from_columns(after))
+                    .map_err(|e| ApplyError::Rejected(e.to_string()))?;
+                let unchanged: Vec<String> = row
+                    .iter()
+                    .filter(|(_, v)| matches!(v, TargetValue::Unchanged))
+                    .map(|(c, _)| c.to_owned())
+                    .collect();
+                let kind = if unchanged.is_empty() {
+                    RunKind::Upsert
+                } else {
+                    RunKind::Update(unchanged)
+                };
+                (kind, row, 0)
+            }
+            Op::Delete => (
+                RunKind::Delete,
+                TargetRow::default(),
+                event.transaction.commit_time_micros,
+            ),
+            Op::Truncate => {
+                return Err(ApplyError::Rejected(format!(
+                    "truncate of {}.{} is not mirrored: empty the other side's table deliberately if that is intended",
+                    event.schema, event.table
+                )))
+            }
+        };
+        let key_text = capture::pgtype::to_text(&source_key).unwrap_or_default();
+        let continues = self.run.as_ref().is_some_and(|run| {
+            run.entity == index
+                && run.kind == kind
+                && run.rows.len() < self.max_rows
+                && !run.keys.contains(&key_text)
+        });
+        if !continues {
+            self.flush(target, source).await?;
+            self.run = Some(Run {
+                entity: index,
+                kind,
+                rows: Vec::new(),
+                keys: HashSet::new(),
+            });
+        }
+        if let Some(run) = self.run.as_mut() {
+            run.keys.insert(key_text);
+            run.rows.push(PendingRow {
+                source_key,
+                row,
+                delete_at,
+            });
+        }
+        Ok(Staged::Staged)
+    }
+
+    /// Writes the staged run, if any.
+    pub async fn flush(&mut self, target: &Client, source: &Client) -> Result<()> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        if run.rows.is_empty() {
+            return Ok(());
+        }
+        let entity = self.mapping.entities()[run.entity].clone();
+        match &run.kind {
+            RunKind::Delete => {
+                self.write_deletes(target, source, run.entity, &entity, &run.rows)
+                    .await
+            }
+            kind => {
+                let allocate = *kind == RunKind::Upsert;
+                self.write_rows(
+                    target, source, run.entity, &entity, &run.rows, kind, allocate,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The source transaction's staged work is gone (savepoint rolled back).
+    pub fn forget_transaction(&mut self) {
+        self.run = None;
+        self.ids.transaction.clear();
+        // Lookup rows created by the rolled-back work are gone too.
+        self.lookups.clear();
+    }
+
+    /// The source transaction is part of the batch now.
+    pub fn keep_transaction(&mut self) {
+        let entries = std::mem::take(&mut self.ids.transaction);
+        self.ids.batch.extend(entries);
+    }
+
+    /// The target transaction committed.
+    pub fn committed(&mut self) {
+        self.keep_transaction();
+        for (entity, legacy, platform) in std::mem::take(&mut self.ids.batch) {
+            self.ids.remember_committed(entity, legacy, platform);
+        }
+    }
+
+    /// The target transaction rolled back.
+    pub fn rolled_back(&mut self) {
+        self.run = None;
+        self.ids.transaction.clear();
+        self.ids.batch.clear();
+        self.lookups.clear();
+    }
+
+    async fn statement(&mut self, target: &Client, sql: String) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(&sql) {
+            return Ok(statement.clone());
+        }
+        let statement = target
+            .prepare(&sql)
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "prepare a statement", e))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn column_type(&self, entity: &Entity, side: Side, column: &str) -> Result<String> {
+        let table = entity.table(side);
+        self.catalog
+            .column_type(&table.schema, &table.table, column)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApplyError::Config(format!(
+                    "column {column} of {} is not in the {} database",
+                    table.qualified(),
+                    side.as_str()
+                ))
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_rows(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        rows: &[PendingRow],
+        kind: &RunKind,
+        allocate: bool,
+    ) -> Result<()> {
+        let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
+        let naturals: Vec<Option<Value>> = match entity.natural_key_column(self.to) {
+            Some(column) => rows
+                .iter()
+                .map(|r| match r.row.get(column) {
+                    Some(TargetValue::Value(v)) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect(),
+            None => vec![None; rows.len()],
+        };
+        let target_keys = self
+            .resolve_keys(
+                target,
+                source,
+                index,
+                entity,
+                &keys,
+                allocate.then_some(&naturals[..]),
+            )
+            .await?;
+
+        // Columns: what the rows carry (the first row tells; a run shares a shape).
+        let unchanged: &[String] = match kind {
+            RunKind::Update(columns) => columns,
+            _ => &[],
+        };
+        let columns: Vec<String> = rows[0]
+            .row
+            .iter()
+            .map(|(c, _)| c.to_owned())
+            .filter(|c| !unchanged.contains(c))
+            .collect();
+        let mut specs = Vec::with_capacity(columns.len());
+        let mut parents = Vec::new();
+        for column in &columns {
+            let merge = match entity.field_for_column(self.to, column) {
+                Some((_, def))
+                    if matches!(def.field(), Field::FlagTimestamp { .. })
+                        && self.from == Side::Legacy =>
+                {
+                    Merge::KeepExistingNonNull
+                }
+                Some((_, def)) => {
+                    if let Field::Reference { entity: parent, .. } = def.field() {
+                        if let Some(parent) = self.mapping.entity(parent) {
+                            let table = parent.table(self.to);
+                            parents.push(ParentCheck {
+                                column: column.clone(),
+                                table: quote_table(&table.schema, &table.table),
+                                key: table.key.clone(),
+                            });
+                        }
+                    }
+                    Merge::Replace
+                }
+                None => Merge::Replace,
+            };
+            specs.push(ColumnSpec {
+                name: column.clone(),
+                type_name: self.column_type(entity, self.to, column)?,
+                merge,
+            });
+        }
+
+        // Values, column by column, as text; rows without a target key or with
+        // an unresolvable reference are left out (counted as conflicts).
+        let mut written_rows: Vec<usize> = Vec::with_capacity(rows.len());
+        let mut key_texts: Vec<Option<String>> = Vec::with_capacity(rows.len());
+        let mut column_texts: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(rows.len()); columns.len()];
+        let resolved = self
+            .resolve_row_values(target, source, entity, rows, &columns)
+            .await?;
+        let mut orphans = 0u64;
+        for (row_index, target_key) in target_keys.iter().enumerate() {
+            let (Some(target_key), Some(values)) = (target_key, &resolved[row_index]) else {
+                orphans += 1;
+                continue;
+            };
+            written_rows.push(row_index);
+            key_texts.push(capture::pgtype::to_text(target_key));
+            for (column_index, value) in values.iter().enumerate() {
+                column_texts[column_index].push(value.clone());
+            }
+        }
+        self.stats.conflict_orphans(orphans);
+        if written_rows.is_empty() {
+            return Ok(());
+        }
+
+        let shape = Shape::new(
+            entity,
+            self.to,
+            &self.column_type(entity, self.to, entity.key_column(self.to))?,
+            specs,
+            parents,
+        );
+        let sql = match kind {
+            RunKind::Upsert => shape.upsert_sql(),
+            _ => shape.update_sql(),
+        };
+        let statement = self.statement(target, sql).await?;
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len() + 3);
+        params.push(&key_texts);
+        for texts in &column_texts {
+            params.push(texts);
+        }
+        params.push(&self.origin);
+        params.push(&self.tie_wins);
+        let row = target.query_one(&statement, &params).await.map_err(|e| {
+            ApplyError::postgres(self.to.as_str(), format!("write {}", entity.name()), e)
+        })?;
+        let written = row.get::<_, i64>(0) as u64;
+        let attempted = written_rows.len() as u64;
+        self.stats.applied(written);
+        self.stats.skipped_older(attempted.saturating_sub(written));
+        Ok(())
+    }
+
+    async fn write_deletes(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        rows: &[PendingRow],
+    ) -> Result<()> {
+        let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
+        let target_keys = self
+            .resolve_keys(target, source, index, entity, &keys, None)
+            .await?;
+        let mut key_texts = Vec::new();
+        let mut times = Vec::new();
+        for (row, key) in rows.iter().zip(&target_keys) {
+            // A row that never crossed has nothing to delete on this side.
+            if let Some(key) = key {
+                key_texts.push(capture::pgtype::to_text(key));
+                times.push(capture::pgtype::to_text(&Value::TimestampTz(row.delete_at)));
+            }
+        }
+        if key_texts.is_empty() {
+            return Ok(());
+        }
+        let table = entity.table(self.to);
+        let sql = conflict::delete_sql(
+            entity.name(),
+            &quote_table(&table.schema, &table.table),
+            &table.key,
+            &self.column_type(entity, self.to, &table.key)?,
+            &table.updated_at,
+        );
+        let statement = self.statement(target, sql).await?;
+        let row = target
+            .query_one(&statement, &[&key_texts, &times, &self.origin])
+            .await
+            .map_err(|e| {
+                ApplyError::postgres(self.to.as_str(), format!("delete {}", entity.name()), e)
+            })?;
+        let deleted = row.get::<_, i64>(0) as u64;
+        self.stats.deleted(deleted);
+        self.stats
+            .skipped_older((key_texts.len() as u64).saturating_sub(deleted));
+        Ok(())
+    }
+
+    /// Each row's column values as text, references and lookups resolved;
+    /// `None` for a row that cannot be written (a reference to a row that
+    /// does not exist on this side).
+    async fn resolve_row_values(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        entity: &Entity,
+        rows: &[PendingRow],
+        columns: &[String],
+    ) -> Result<Vec<Option<Vec<Option<String>>>>> {
+        // Resolve references entity by entity, and lookups, in bulk.
+        let mut references: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut lookups_by_key: HashMap<usize, Vec<Value>> = HashMap::new();
+        let mut lookups_by_value: HashMap<usize, Vec<Value>> = HashMap::new();
+        for row in rows {
+            for (_, value) in row.row.iter() {
+                match value {
+                    TargetValue::Reference { entity, id } if *id != Value::Null => {
+                        references
+                            .entry(entity.clone())
+                            .or_default()
+                            .push(id.clone());
+                    }
+                    TargetValue::LookupByKey { field, key } if *key != Value::Null => {
+                        lookups_by_key.entry(*field).or_default().push(key.clone());
+                    }
+                    TargetValue::LookupByValue { field, value } if *value != Value::Null => {
+                        lookups_by_value
+                            .entry(*field)
+                            .or_default()
+                            .push(value.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut reference_ids: HashMap<(String, String), Option<Value>> = HashMap::new();
+        for (parent, ids) in references {
+            let Some(parent_index) = self
+                .mapping
+                .entities()
+                .iter()
+                .position(|e| e.name() == parent)
+            else {
+                continue;
+            };
+            let parent_entity = self.mapping.entities()[parent_index].clone();
+            let refs: Vec<&Value> = ids.iter().collect();
+            let resolved = self
+                .resolve_keys(target, source, parent_index, &parent_entity, &refs, None)
+                .await?;
+            for (id, target_id) in ids.iter().zip(resolved) {
+                reference_ids.insert(
+                    (
+                        parent.clone(),
+                        capture::pgtype::to_text(id).unwrap_or_default(),
+                    ),
+                    target_id,
+                );
+            }
+        }
+        for (field, keys) in lookups_by_key {
+            self.lookup_values(source, entity, field, &keys).await?;
+        }
+        for (field, values) in lookups_by_value {
+            self.lookup_keys(target, entity, field, &values).await?;
+        }
+
+        let mut out = Vec::with_capacity(rows.len());
+        'rows: for row in rows {
+            let mut values = Vec::with_capacity(columns.len());
+            for column in columns {
+                let text = match row.row.get(column) {
+                    None | Some(TargetValue::Unchanged) => None,
+                    Some(TargetValue::Value(v)) | Some(TargetValue::KeepExistingOr(v)) => {
+                        capture::pgtype::to_text(v)
+                    }
+                    Some(TargetValue::Reference { entity: parent, id }) => {
+                        if *id == Value::Null {
+                            None
+                        } else {
+                            let key = (
+                                parent.clone(),
+                                capture::pgtype::to_text(id).unwrap_or_default(),
+                            );
+                            match reference_ids.get(&key).cloned().flatten() {
+                                Some(target_id) => capture::pgtype::to_text(&target_id),
+                                None => {
+                                    out.push(None);
+                                    continue 'rows;
+                                }
+                            }
+                        }
+                    }
+                    Some(TargetValue::LookupByKey { field, key }) => {
+                        if *key == Value::Null {
+                            None
+                        } else {
+                            let k = (
+                                self.entity_index(entity),
+                                *field,
+                                capture::pgtype::to_text(key).unwrap_or_default(),
+                            );
+                            self.lookups.get(&k).cloned().flatten()
+                        }
+                    }
+                    Some(TargetValue::LookupByValue { field, value }) => {
+                        if *value == Value::Null {
+                            None
+                        } else {
+                            let k = (
+                                self.entity_index(entity),
+                                usize::MAX - *field,
+                                capture::pgtype::to_text(value).unwrap_or_default(),
+                            );
+                            self.lookups.get(&k).cloned().flatten()
+                        }
+                    }
+                };
+                values.push(text);
+            }
+            out.push(Some(values));
+        }
+        Ok(out)
+    }
+
+    fn entity_index(&self, entity: &Entity) -> usize {
+        self.mapping
+            .entities()
+            .iter()
+            .position(|e| e.name() == entity.name())
+            .unwrap_or(usize::MAX)
+    }
+
+    fn lookup_of(entity: &Entity, field: usize) -> Result<crate::mapping::Lookup> {
+        match entity.fields().get(field).map(|d| d.field()) {
+            Some(Field::Lookup(lookup)) => Ok(lookup.clone()),
+            _ => Err(ApplyError::Config(format!(
+                "entity {} field {} is not a lookup",
+                entity.name(),
+                field + 1
+            ))),
+        }
+    }
+
+    /// Legacy -> platform: the lookup table's value for each key, read on the
+    /// legacy side (the source).
+    async fn lookup_values(
+        &mut self,
+        source: &Client,
+        entity: &Entity,
+        field: usize,
+        keys: &[Value],
+    ) -> Result<()> {
+        let lookup = Self::lookup_of(entity, field)?;
+        let e = self.entity_index(entity);
+        let missing: Vec<String> = keys
+            .iter()
+            .filter_map(capture::pgtype::to_text)
+            .filter(|k| !self.lookups.contains_key(&(e, field, k.clone())))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT {key}::text, {value}::text FROM {table} WHERE {key}::text = ANY($1::text[])",
+            key = quote(&lookup.key),
+            value = quote(&lookup.value),
+            table = quote_table(&lookup.table.schema, &lookup.table.table),
+        );
+        let rows = source
+            .query(&sql, &[&missing])
+            .await
+            .map_err(|e| ApplyError::postgres(self.from.as_str(), "read a lookup table", e))?;
+        let found: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for key in missing {
+            let value = found.get(&key).cloned();
+            self.lookups.insert((e, field, key), value);
+        }
+        Ok(())
+    }
+
+    /// Platform -> legacy: the lookup table's key for each value, creating
+    /// missing rows in the target (legacy) when the mapping says so. Within
+    /// the target transaction; not cached across transactions, since a
+    /// rollback would forget created rows.
+    async fn lookup_keys(
+        &mut self,
+        target: &Client,
+        entity: &Entity,
+        field: usize,
+        values: &[Value],
+    ) -> Result<()> {
+        let lookup = Self::lookup_of(entity, field)?;
+        let e = self.entity_index(entity);
+        let texts: Vec<String> = values.iter().filter_map(capture::pgtype::to_text).collect();
+        let table = quote_table(&lookup.table.schema, &lookup.table.table);
+        if lookup.create_missing {
+            let mut columns = vec![quote(&lookup.value)];
+            let mut select = vec!["v".to_owned()];
+            for stamp in &lookup.stamp {
+                columns.push(quote(stamp));
+                select.push("(now() AT TIME ZONE 'UTC')".to_owned());
+            }
+            let sql = format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM unnest($1::text[]) AS v ON CONFLICT ({}) DO NOTHING",
+                columns.join(", "),
+                select.join(", "),
+                quote(&lookup.value)
+            );
+            target
+                .execute(&sql, &[&texts])
+                .await
+                .map_err(|e| ApplyError::postgres(self.to.as_str(), "create lookup rows", e))?;
+        }
+        let sql = format!(
+            "SELECT {value}::text, {key}::text FROM {table} WHERE {value}::text = ANY($1::text[])",
+            key = quote(&lookup.key),
+            value = quote(&lookup.value),
+        );
+        let rows = target
+            .query(&sql, &[&texts])
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "read a lookup table", e))?;
+        let found: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for text in texts {
+            let key = found.get(&text).cloned();
+            self.lookups.insert((e, usize::MAX - field, text), key);
+        }
+        Ok(())
+    }
+
+    /// The target-side ids of source-side ids of `entity`. With `naturals`
+    /// (upserts), ids unknown so far are linked to an existing target row
+    /// with the same natural key, or allocated; without, unknown ids stay None.
+    async fn resolve_keys(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        naturals: Option<&[Option<Value>]>,
+    ) -> Result<Vec<Option<Value>>> {
+        let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
+        let unknown: Vec<usize> = (0..keys.len())
+            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
+            .collect();
+        if !unknown.is_empty() {
+            // Both databases hold part of the correspondence: each the rows it received.
+            for client in [target, source] {
+                let still: Vec<usize> = unknown
+                    .iter()
+                    .copied()
+                    .filter(|i| out[*i].is_none())
+                    .collect();
+                if still.is_empty() {
+                    break;
+                }
+                let found = self
+                    .read_map(client, index, entity, still.iter().map(|i| keys[*i]))
+                    .await?;
+                for i in still {
+                    if let Some(id) =
+                        found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
+                    {
+                        out[i] = Some(id.clone());
+                        self.learn(index, keys[i], id);
+                    }
+                }
+            }
+        }
+        let Some(naturals) = naturals else {
+            return Ok(out);
+        };
+        let fresh: Vec<usize> = (0..keys.len())
+            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
+            .collect();
+        if fresh.is_empty() {
+            return Ok(out);
+        }
+        let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
+        // Link to an existing target row with the same natural key, if that
+        // row is not already the counterpart of another row.
+        if let Some(column) = entity.natural_key_column(self.to) {
+            let values: Vec<String> = fresh
+                .iter()
+                .filter_map(|i| naturals[*i].as_ref().and_then(capture::pgtype::to_text))
+                .collect();
+            if !values.is_empty() {
+                let table = entity.table(self.to);
+                let key_side = match self.to {
+                    Side::Legacy => "legacy_id::text",
+                    Side::Platform => "platform_id::text",
+                };
+                let sql = format!(
+                    "SELECT t.{natural}::text, t.{key}::text FROM {table} t \
+                     WHERE t.{natural}::text = ANY($1::text[]) \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_map m WHERE m.entity = $2 AND m.{key_side} = t.{key}::text)",
+                    natural = quote(column),
+                    key = quote(&table.key),
+                    table = quote_table(&table.schema, &table.table),
+                );
+                let rows = target
+                    .query(&sql, &[&values, &entity.name()])
+                    .await
+                    .map_err(|e| ApplyError::postgres(self.to.as_str(), "match natural keys", e))?;
+                let by_natural: HashMap<String, String> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                for i in &fresh {
+                    let Some(natural) = naturals[*i].as_ref().and_then(capture::pgtype::to_text)
+                    else {
+                        continue;
+                    };
+                    if let Some(existing) = by_natural.get(&natural) {
+                        let id = parse_key(self.to, existing)?;
+                        if let Some(pair) = pair_of(self.from, keys[*i], &id) {
+                            new_pairs.push(pair);
+                        }
+                        self.learn(index, keys[*i], &id);
+                        out[*i] = Some(id);
+                        self.stats.linked(1);
+                    }
+                }
+            }
+        }
+        let allocate: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|i| out[*i].is_none())
+            .collect();
+        if !allocate.is_empty() {
+            let ids = self.allocate(target, entity, keys, &allocate).await?;
+            for (i, id) in allocate.into_iter().zip(ids) {
+                if let Some(pair) = pair_of(self.from, keys[i], &id) {
+                    new_pairs.push(pair);
+                }
+                self.learn(index, keys[i], &id);
+                out[i] = Some(id);
+            }
+        }
+        if !new_pairs.is_empty() {
+            let (legacy, platform): (Vec<i64>, Vec<Uuid>) = new_pairs.into_iter().unzip();
+            target
+                .execute(
+                    "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
+                     SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p) ON CONFLICT DO NOTHING",
+                    &[&entity.name(), &legacy, &platform],
+                )
+                .await
+                .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
+        }
+        Ok(out)
+    }
+
+    fn known(&self, index: usize, key: &Value) -> Option<Value> {
+        match (self.from, key) {
+            (Side::Legacy, Value::Int(id)) => self
+                .ids
+                .platform_of(index, *id)
+                .map(|u| Value::Uuid(*u.as_bytes())),
+            (Side::Platform, Value::Uuid(bytes)) => self
+                .ids
+                .legacy_of(index, Uuid::from_bytes(*bytes))
+                .map(Value::Int),
+            _ => None,
+        }
+    }
+
+    fn learn(&mut self, index: usize, source_key: &Value, target_key: &Value) {
+        if let Some((legacy, platform)) = pair_of(self.from, source_key, target_key) {
+            self.ids.remember(index, legacy, platform);
+        }
+    }
+
+    async fn read_map(
+        &self,
+        client: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: impl Iterator<Item = &Value>,
+    ) -> Result<HashMap<String, Value>> {
+        let _ = index;
+        let texts: Vec<String> = keys.filter_map(capture::pgtype::to_text).collect();
+        let (by, give) = match self.from {
+            Side::Legacy => ("legacy_id", "platform_id"),
+            Side::Platform => ("platform_id", "legacy_id"),
+        };
+        let sql = format!(
+            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by}::text = ANY($2::text[])"
+        );
+        let rows = client
+            .query(&sql, &[&entity.name(), &texts])
+            .await
+            .map_err(|e| ApplyError::postgres("either", "read the id correspondence", e))?;
+        let mut found = HashMap::new();
+        for row in rows {
+            let from: String = row.get(0);
+            let to: String = row.get(1);
+            found.insert(from, parse_key(self.to, &to)?);
+        }
+        Ok(found)
+    }
+
+    /// New target ids: a uuid derived from the legacy id (stable, so a replay
+    /// derives the same one), or the next value of the legacy key's sequence.
+    async fn allocate(
+        &self,
+        target: &Client,
+        entity: &Entity,
+        keys: &[&Value],
+        which: &[usize],
+    ) -> Result<Vec<Value>> {
+        match self.to {
+            Side::Platform => which
+                .iter()
+                .map(|i| match keys[*i] {
+                    Value::Int(id) => Ok(Value::Uuid(
+                        *Uuid::new_v5(&ID_NAMESPACE, format!("{}:{id}", entity.name()).as_bytes())
+                            .as_bytes(),
+                    )),
+                    _ => Err(ApplyError::Rejected(format!(
+                        "entity {}: a legacy key that is not an integer",
+                        entity.name()
+                    ))),
+                })
+                .collect(),
+            Side::Legacy => {
+                let table = entity.table(Side::Legacy);
+                let rows = target
+                    .query(
+                        "SELECT nextval(pg_get_serial_sequence($1, $2)) FROM generate_series(1, $3::int)",
+                        &[&quote_table(&table.schema, &table.table), &table.key, &(which.len() as i32)],
+                    )
+                    .await
+                    .map_err(|e| ApplyError::postgres("legacy", format!("allocate {} ids", entity.name()), e))?;
+                Ok(rows.iter().map(|r| Value::Int(r.get(0))).collect())
+            }
+        }
+    }
+}
+
+fn parse_key(side: Side, text: &str) -> Result<Value> {
+    match side {
+        Side::Legacy => text
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| ApplyError::Rejected("a legacy id that is not an integer".into())),
+        Side::Platform => Uuid::parse_str(text)
+            .map(|u| Value::Uuid(*u.as_bytes()))
+            .map_err(|_| ApplyError::Rejected("a platform id that is not a uuid".into())),
+    }
+}
+
+/// `(legacy id, platform id)` from a source key and a target key.
+fn pair_of(from: Side, source_key: &Value, target_key: &Value) -> Option<(i64, Uuid)> {
+    match (from, source_key, target_key) {
+        (Side::Legacy, Value::Int(l), Value::Uuid(p)) => Some((*l, Uuid::from_bytes(*p))),
+        (Side::Platform, Value::Uuid(p), Value::Int(l)) => Some((*l, Uuid::from_bytes(*p))),
+        _ => None,
+    }
+}
