@@ -13,6 +13,7 @@
 //! - [`direction`]: one source topic into one target database.
 //! - [`deadletter`]: what cannot be applied, with the reason.
 //! - [`stats`]: counters of what apply did.
+//! - [`verify`]: compares the two databases under the mapping.
 
 pub mod checkpoint;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod direction;
 pub mod error;
 pub mod mapping;
 pub mod stats;
+pub mod verify;
 pub mod writer;
 
 use std::sync::Arc;

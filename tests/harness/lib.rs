@@ -40,8 +40,19 @@ fn env(name: &str) -> String {
 }
 
 impl Stack {
-    /// The stack described by the `SYNC_BRIDGE_*` environment.
+    /// The stack described by the `SYNC_BRIDGE_*` environment. Also routes
+    /// the services' logs to the test output (level from `RUST_LOG`,
+    /// default `warn`).
     pub fn get() -> &'static Stack {
+        static LOGS: OnceLock<()> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        });
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| Stack {
             legacy_admin_url: env("SYNC_BRIDGE_LEGACY_ADMIN_URL"),
@@ -522,5 +533,193 @@ impl EventReader {
             events.len() >= count
         })
         .await
+    }
+}
+
+/// The repository's mapping directory.
+pub fn mapping_dir() -> PathBuf {
+    Stack::get().reference_dir.join("../mapping")
+}
+
+/// Both sides of the reference migration, captured and applied: two fresh
+/// databases, two captures and one apply, all in this process.
+pub struct Bridge {
+    pub legacy: CaptureSetup,
+    pub platform: CaptureSetup,
+    pub counters: apply::Counters,
+    pub dead_letter_topic: String,
+    captures: Vec<RunningCapture>,
+    apply: Option<RunningApply>,
+}
+
+/// Apply running as a task of the test's runtime.
+pub struct RunningApply {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<apply::Result<()>>,
+}
+
+impl RunningApply {
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+impl Bridge {
+    /// Creates both databases with the reference schemas and starts everything.
+    pub async fn start(hint: &str) -> Result<Bridge> {
+        let bridge = Bridge::prepare(hint).await?;
+        bridge.run().await
+    }
+
+    /// Creates databases and topics; nothing runs yet.
+    pub async fn prepare(hint: &str) -> Result<Bridge> {
+        let legacy_db = TestDb::with_reference_schema(Side::Legacy, &format!("{hint}_l")).await?;
+        let platform_db =
+            TestDb::with_reference_schema(Side::Platform, &format!("{hint}_p")).await?;
+        let mut legacy = CaptureSetup::new(
+            legacy_db,
+            &[
+                "public.users",
+                "public.categories",
+                "public.teams",
+                "public.team_members",
+                "public.geofences",
+            ],
+        );
+        let mut platform = CaptureSetup::new(
+            platform_db,
+            &[
+                "identity.identities",
+                "org.groups",
+                "org.memberships",
+                "geo.zones",
+            ],
+        );
+        legacy.capture_options = "heartbeat_interval = \"0s\"\n".into();
+        platform.capture_options = "heartbeat_interval = \"0s\"\n".into();
+        create_topic(&legacy.topic).await?;
+        create_topic(&platform.topic).await?;
+        let dead_letter_topic = format!("{}.dead", legacy.db.name);
+        create_topic(&dead_letter_topic).await?;
+        Ok(Bridge {
+            legacy,
+            platform,
+            counters: apply::Counters::default(),
+            dead_letter_topic,
+            captures: Vec::new(),
+            apply: None,
+        })
+    }
+
+    /// Starts both captures and apply.
+    pub async fn run(mut self) -> Result<Bridge> {
+        self.captures.push(self.legacy.start()?);
+        self.captures.push(self.platform.start()?);
+        for setup in [&self.legacy, &self.platform] {
+            eventually("the slot", Duration::from_secs(60), || async {
+                Ok(setup.db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
+            })
+            .await?;
+        }
+        self.start_apply()?;
+        Ok(self)
+    }
+
+    /// The apply configuration as TOML.
+    pub fn apply_toml(&self) -> String {
+        format!(
+            "[legacy]\nurl = {:?}\ntopic = {:?}\n\n[platform]\nurl = {:?}\ntopic = {:?}\n\n\
+             [kafka]\nbrokers = {:?}\ngroup_id = {:?}\ndead_letter_topic = {:?}\n\n\
+             [apply]\nmapping_dir = {:?}\nmax_backoff = \"2s\"\n",
+            self.legacy.db.url,
+            self.legacy.topic,
+            self.platform.db.url,
+            self.platform.topic,
+            Stack::get().brokers,
+            format!("apply_{}", self.legacy.db.name),
+            self.dead_letter_topic,
+            mapping_dir().display().to_string(),
+        )
+    }
+
+    /// Starts apply in this process.
+    pub fn start_apply(&mut self) -> Result<()> {
+        let config = apply::Config::from_toml(&self.apply_toml())?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(apply::run(config, self.counters.clone(), shutdown.clone()));
+        self.apply = Some(RunningApply { shutdown, task });
+        Ok(())
+    }
+
+    /// Stops apply (cleanly).
+    pub async fn stop_apply(&mut self) -> Result<()> {
+        if let Some(apply) = self.apply.take() {
+            apply.stop().await?;
+        }
+        Ok(())
+    }
+
+    pub fn legacy(&self) -> &TestDb {
+        &self.legacy.db
+    }
+
+    pub fn platform(&self) -> &TestDb {
+        &self.platform.db
+    }
+
+    /// Compares the two databases once.
+    pub async fn compare(&self) -> Result<apply::verify::Report> {
+        let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
+        Ok(
+            apply::verify::compare(&mapping, self.legacy().client(), self.platform().client())
+                .await?,
+        )
+    }
+
+    /// Waits until both databases correspond, twice in a row with no apply
+    /// activity in between.
+    pub async fn converged(&self, timeout: Duration) -> Result<apply::verify::Report> {
+        let previous = std::cell::Cell::new(None);
+        let outcome = eventually("the two databases to correspond", timeout, || async {
+            let activity = self.activity();
+            let report = self.compare().await?;
+            let settled = report.corresponds() && previous.get() == Some(activity);
+            previous.set(report.corresponds().then_some(activity));
+            Ok(settled.then_some(report))
+        })
+        .await;
+        match outcome {
+            Ok(report) => Ok(report),
+            Err(error) => {
+                let last = self
+                    .compare()
+                    .await
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                bail!("{error:#}\nlast comparison:\n{last}")
+            }
+        }
+    }
+
+    fn activity(&self) -> (u64, u64) {
+        let a = self.counters.legacy_to_platform.snapshot();
+        let b = self.counters.platform_to_legacy.snapshot();
+        (
+            a.transactions + a.echoes + a.dead_lettered,
+            b.transactions + b.echoes + b.dead_lettered,
+        )
+    }
+
+    /// Stops everything and drops the slots.
+    pub async fn stop(mut self) -> Result<()> {
+        self.stop_apply().await?;
+        for capture in self.captures.drain(..) {
+            capture.stop().await?;
+        }
+        self.legacy.db.drop_slot(&self.legacy.slot).await?;
+        self.platform.db.drop_slot(&self.platform.slot).await?;
+        Ok(())
     }
 }

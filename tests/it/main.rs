@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod apply_mapping;
 mod capture_config;
 mod capture_events;
 mod capture_recovery;

@@ -1,0 +1,167 @@
+//! Each entity crosses both ways through the mapping.
+
+use std::time::Duration;
+
+use sync_bridge_tests::Bridge;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reference_entity_crosses_from_legacy_to_platform_through_the_mapping(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("map_l2p").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, phone, inserted_at, updated_at) VALUES
+               (1, 'ada@example.com', 'Ada King Lovelace', 'admin', '+441234', '2024-01-01 10:00:00', '2024-01-02 10:00:00'),
+               (2, 'bob@example.com', 'Bob', 'member', NULL, '2024-01-01 10:00:00', '2024-01-02 10:00:00');
+             INSERT INTO categories (id, name, inserted_at, updated_at) VALUES (7, 'field ops', now(), now());
+             INSERT INTO teams (id, name, category_id, archived, notes, inserted_at, updated_at) VALUES
+               (10, 'North', 7, true, 'notes', '2024-01-01 10:00:00', '2024-01-03 11:00:00'),
+               (11, 'South', NULL, false, NULL, '2024-01-01 10:00:00', '2024-01-03 11:00:00');
+             INSERT INTO team_members (id, team_id, user_id, role, inserted_at, updated_at) VALUES
+               (100, 10, 1, 'lead', '2024-01-01 10:00:00', '2024-01-04 12:00:00');
+             INSERT INTO geofences (id, team_id, name, latitude, longitude, radius_m, inserted_at, updated_at) VALUES
+               (1000, 10, 'depot', 51.5072, -0.1276, 250, '2024-01-01 10:00:00', '2024-01-05 13:00:00');",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+
+    let platform = bridge.platform().client();
+    let ada = platform
+        .query_one(
+            "SELECT given_name, family_name, kind, is_admin, phone_e164, created_at::text, updated_at::text FROM identity.identities WHERE email = 'ada@example.com'",
+            &[],
+        )
+        .await?;
+    assert_eq!(ada.get::<_, String>(0), "Ada");
+    assert_eq!(ada.get::<_, String>(1), "King Lovelace");
+    assert_eq!(ada.get::<_, String>(2), "staff");
+    assert!(ada.get::<_, bool>(3), "admin maps to staff + is_admin");
+    assert_eq!(ada.get::<_, Option<String>>(4).as_deref(), Some("+441234"));
+    assert_eq!(ada.get::<_, String>(5), "2024-01-01 10:00:00+00");
+    assert_eq!(ada.get::<_, String>(6), "2024-01-02 10:00:00+00");
+    let bob: (String, String) = platform
+        .query_one("SELECT given_name, family_name FROM identity.identities WHERE email = 'bob@example.com'", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    assert_eq!(bob, ("Bob".into(), "".into()));
+
+    let north = platform
+        .query_one(
+            "SELECT category, archived_at::text, notes FROM org.groups WHERE name = 'North'",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        north.get::<_, Option<String>>(0).as_deref(),
+        Some("field ops")
+    );
+    assert_eq!(
+        north.get::<_, Option<String>>(1).as_deref(),
+        Some("2024-01-03 11:00:00+00"),
+        "archived at the row's updated_at"
+    );
+    let south = platform
+        .query_one(
+            "SELECT category, archived_at FROM org.groups WHERE name = 'South'",
+            &[],
+        )
+        .await?;
+    assert_eq!(south.get::<_, Option<String>>(0), None);
+
+    let membership = platform
+        .query_one(
+            "SELECT g.name, i.email, m.role FROM org.memberships m JOIN org.groups g ON g.id = m.group_id JOIN identity.identities i ON i.id = m.identity_id",
+            &[],
+        )
+        .await?;
+    assert_eq!(membership.get::<_, String>(0), "North");
+    assert_eq!(membership.get::<_, String>(1), "ada@example.com");
+    assert_eq!(membership.get::<_, String>(2), "lead");
+
+    let zone = platform
+        .query_one("SELECT (center->>'lat')::float8, (center->>'lng')::float8, g.name FROM geo.zones z JOIN org.groups g ON g.id = z.group_id", &[])
+        .await?;
+    assert_eq!(zone.get::<_, f64>(0), 51.5072);
+    assert_eq!(zone.get::<_, f64>(1), -0.1276);
+    assert_eq!(zone.get::<_, String>(2), "North");
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reference_entity_crosses_from_platform_to_legacy_through_the_mapping(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("map_p2l").await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, phone_e164, created_at, updated_at) VALUES
+               ('00000000-0000-4000-8000-000000000001', 'cy@example.com', 'Cy', 'Young', 'member', true, NULL, '2024-02-01 10:00:00.123456+00', '2024-02-02 10:00:00.987654+00'),
+               ('00000000-0000-4000-8000-000000000002', 'di@example.com', 'Di', '', 'staff', false, '+1555', '2024-02-01 10:00:00+00', '2024-02-02 10:00:00+00');
+             INSERT INTO org.groups (id, name, category, archived_at, notes, created_at, updated_at) VALUES
+               ('00000000-0000-4000-8000-00000000000a', 'East', 'logistics', '2024-02-03 00:00:00+00', 'n', '2024-02-01 10:00:00+00', '2024-02-03 10:00:00+00');
+             INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at) VALUES
+               ('00000000-0000-4000-8000-0000000000aa', '00000000-0000-4000-8000-00000000000a', '00000000-0000-4000-8000-000000000001', 'member', now(), now());
+             INSERT INTO geo.zones (id, group_id, name, center, radius_m, created_at, updated_at) VALUES
+               ('00000000-0000-4000-8000-000000000aaa', '00000000-0000-4000-8000-00000000000a', 'yard', '{\"lat\": 40.7128, \"lng\": -74.006}', 90, now(), now());",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+
+    let legacy = bridge.legacy().client();
+    let cy = legacy
+        .query_one(
+            "SELECT full_name, role, updated_at::text FROM users WHERE email = 'cy@example.com'",
+            &[],
+        )
+        .await?;
+    assert_eq!(cy.get::<_, String>(0), "Cy Young");
+    assert_eq!(
+        cy.get::<_, String>(1),
+        "admin",
+        "(member, true) has no legacy form: it becomes admin"
+    );
+    assert_eq!(
+        cy.get::<_, String>(2),
+        "2024-02-02 10:00:00",
+        "truncated to the second, never rounded up"
+    );
+    let di: (String, String) = legacy
+        .query_one(
+            "SELECT full_name, role FROM users WHERE email = 'di@example.com'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))?;
+    assert_eq!(di, ("Di".into(), "staff".into()));
+
+    let east = legacy
+        .query_one("SELECT c.name, t.archived FROM teams t JOIN categories c ON c.id = t.category_id WHERE t.name = 'East'", &[])
+        .await?;
+    assert_eq!(
+        east.get::<_, String>(0),
+        "logistics",
+        "the category was created by name"
+    );
+    assert!(east.get::<_, bool>(1));
+    let member = legacy
+        .query_one(
+            "SELECT u.email, t.name FROM team_members m JOIN users u ON u.id = m.user_id JOIN teams t ON t.id = m.team_id",
+            &[],
+        )
+        .await?;
+    assert_eq!(member.get::<_, String>(0), "cy@example.com");
+    assert_eq!(member.get::<_, String>(1), "East");
+    let yard = legacy
+        .query_one(
+            "SELECT latitude, longitude, radius_m FROM geofences WHERE name = 'yard'",
+            &[],
+        )
+        .await?;
+    assert_eq!(yard.get::<_, f64>(0), 40.7128);
+    assert_eq!(yard.get::<_, f64>(1), -74.006);
+    assert_eq!(yard.get::<_, i32>(2), 90);
+    bridge.stop().await
+}
