@@ -12,6 +12,9 @@
 //!   `updated_at` it carried and the row version (`xmin`) it left, plus
 //!   tombstones of deleted rows. Conflict resolution reads it inside the
 //!   writing statement.
+//! - `delete_outbox`: deletes applied here that must be re-asserted on the
+//!   side they came from (see `Writer::reassert_deletes`), recorded with the
+//!   delete and worked off after the commit.
 
 use tokio_postgres::Client;
 
@@ -48,7 +51,14 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                PRIMARY KEY (entity, row_key)
              );
              CREATE INDEX IF NOT EXISTS row_version_tombstones
-               ON syncbridge.row_version (updated_at) WHERE deleted;",
+               ON syncbridge.row_version (updated_at) WHERE deleted;
+             CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
+               entity     text NOT NULL,
+               source_key text NOT NULL,
+               key_type   text NOT NULL,
+               deleted_at timestamptz NOT NULL,
+               PRIMARY KEY (entity, source_key)
+             );",
         )
         .await
         .map_err(|e| match e.code().map(|c| c.code()) {

@@ -161,6 +161,15 @@ pub async fn session(
         batch_started: Instant::now(),
         open: None,
     };
+    // Deletes a crash left un-reasserted.
+    session
+        .writer
+        .reassert_deletes(
+            &session.target,
+            &session.source,
+            &config.apply.marker_prefix,
+        )
+        .await?;
     let linger = config.apply.batch_linger;
     let max_age = (linger * 10).max(Duration::from_millis(200));
     loop {
@@ -290,6 +299,13 @@ impl Session<'_> {
         self.sql("COMMIT").await?;
         self.batch_open = false;
         self.writer.committed();
+        self.writer
+            .reassert_deletes(
+                &self.target,
+                &self.source,
+                &self.shared.config.apply.marker_prefix,
+            )
+            .await?;
         self.position.consumed(offset);
         let mut offsets = TopicPartitionList::new();
         if offsets

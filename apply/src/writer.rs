@@ -286,6 +286,97 @@ impl Writer {
         self.lookups.clear();
     }
 
+    /// Re-asserts, on the side they came from, the deletes recorded in the
+    /// target's `delete_outbox`; runs after the target transaction commits
+    /// (and at session start, for what a crash left behind).
+    ///
+    /// A delete on one side and an older update of the same row on the other
+    /// can cross: the update reaches the deleting side after its delete and
+    /// would bring the row back there. Applying the delete again on its own
+    /// side, under the same rule (only a row not newer than the delete goes)
+    /// and leaving a tombstone there, closes that window: an older update
+    /// arriving later is refused by the tombstone, one that arrived earlier is
+    /// removed now, and a newer one stays (on both sides, since the delete
+    /// lost on the target too). It runs in its own source transaction with the
+    /// echo marker, never while a target transaction is open (two directions
+    /// each holding one side and waiting for the other would deadlock), and is
+    /// idempotent: an outbox entry is removed only after the source committed.
+    pub async fn reassert_deletes(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        marker_prefix: &str,
+    ) -> Result<()> {
+        let to = self.to.as_str();
+        let from = self.from.as_str();
+        loop {
+            let rows = target
+                .query(
+                    "SELECT entity, source_key, key_type, deleted_at::text FROM syncbridge.delete_outbox ORDER BY deleted_at LIMIT 1000",
+                    &[],
+                )
+                .await
+                .map_err(|e| ApplyError::postgres(to, "read the delete outbox", e))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut by_entity: HashMap<(String, String), DeleteBatch> = HashMap::new();
+            for row in &rows {
+                let entry = by_entity.entry((row.get(0), row.get(2))).or_default();
+                entry.0.push(Some(row.get(1)));
+                entry.1.push(Some(row.get(3)));
+            }
+            source
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| ApplyError::postgres(from, "begin", e))?;
+            let outcome = async {
+                source
+                    .execute(
+                        "SELECT pg_catalog.pg_logical_emit_message(true, $1, 'delete-reassertion')",
+                        &[&marker_prefix],
+                    )
+                    .await
+                    .map_err(|e| ApplyError::postgres(from, "write the echo marker", e))?;
+                for ((entity_name, key_type), (keys, times)) in &by_entity {
+                    let Some(entity) = self.mapping.entity(entity_name) else {
+                        continue;
+                    };
+                    let table = entity.table(self.from);
+                    let sql = conflict::delete_sql(
+                        entity.name(),
+                        &quote_table(&table.schema, &table.table),
+                        &table.key,
+                        key_type,
+                        &table.updated_at,
+                    );
+                    source
+                        .query_one(&sql, &[keys, times, &self.origin])
+                        .await
+                        .map_err(|e| ApplyError::postgres(from, "re-assert deletes", e))?;
+                }
+                source
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| ApplyError::postgres(from, "commit", e))
+            }
+            .await;
+            if let Err(error) = outcome {
+                let _ = source.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
+            for ((entity_name, _), (keys, _)) in &by_entity {
+                target
+                    .execute(
+                        "DELETE FROM syncbridge.delete_outbox WHERE entity = $1 AND source_key = ANY($2::text[])",
+                        &[entity_name, keys],
+                    )
+                    .await
+                    .map_err(|e| ApplyError::postgres(to, "clear the delete outbox", e))?;
+            }
+        }
+    }
+
     async fn statement(&mut self, target: &Client, sql: String) -> Result<Statement> {
         if let Some(statement) = self.statements.get(&sql) {
             return Ok(statement.clone());
@@ -457,6 +548,25 @@ impl Writer {
             .await?;
         let mut key_texts = Vec::new();
         let mut times = Vec::new();
+        let mut outbox_keys = Vec::with_capacity(rows.len());
+        let mut outbox_times = Vec::with_capacity(rows.len());
+        let source_key_type = match rows[0].source_key {
+            Value::Uuid(_) => "uuid",
+            _ => "int8",
+        };
+        for row in rows {
+            outbox_keys.push(capture::pgtype::to_text(&row.source_key));
+            outbox_times.push(capture::pgtype::to_text(&Value::TimestampTz(row.delete_at)));
+        }
+        target
+            .execute(
+                "INSERT INTO syncbridge.delete_outbox (entity, source_key, key_type, deleted_at) \
+                 SELECT $1, k, $2, at::timestamptz FROM unnest($3::text[], $4::text[]) AS o(k, at) \
+                 ON CONFLICT (entity, source_key) DO UPDATE SET deleted_at = GREATEST(syncbridge.delete_outbox.deleted_at, EXCLUDED.deleted_at)",
+                &[&entity.name(), &source_key_type, &outbox_keys, &outbox_times],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "record deletes to re-assert", e))?;
         for (row, key) in rows.iter().zip(&target_keys) {
             // A row that never crossed has nothing to delete on this side.
             if let Some(key) = key {
@@ -931,6 +1041,9 @@ impl Writer {
         }
     }
 }
+
+/// Keys (text) and delete times (text) of one entity's deletes.
+type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 
 fn parse_key(side: Side, text: &str) -> Result<Value> {
     match side {

@@ -41,22 +41,29 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 
 /// Creates the producer: idempotent, `acks=all`, bounded queue, and no
 /// delivery timeout, so a broker outage stalls capture (which keeps its
-/// replication session alive) instead of failing deliveries.
+/// replication session alive) instead of failing deliveries. Tuning defaults
+/// come first and `kafka.properties` may override them; the settings that
+/// guarantee delivery and order cannot be overridden.
 pub fn producer(config: &KafkaConfig, max_in_flight: usize) -> Result<FutureProducer> {
-    let mut client = client_config(config);
+    let mut client = ClientConfig::new();
     client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("message.timeout.ms", "0")
+        .set("bootstrap.servers", &config.brokers)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
+        .set("compression.type", "none")
         .set(
             "queue.buffering.max.messages",
             (max_in_flight.saturating_mul(2)).max(1000).to_string(),
         )
         .set("queue.buffering.max.kbytes", "262144");
+    for (key, value) in &config.properties {
+        client.set(key, value.expose());
+    }
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "0");
     client
         .create()
         .map_err(|e| CaptureError::kafka("create the producer", e))

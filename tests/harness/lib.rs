@@ -723,3 +723,175 @@ impl Bridge {
         Ok(())
     }
 }
+
+impl Bridge {
+    /// Writes the apply config to a file and starts the `apply` binary.
+    pub fn spawn_apply_process(&self) -> Result<ServiceProcess> {
+        ServiceProcess::spawn(
+            "apply",
+            &self.apply_toml(),
+            &format!("{}_apply", self.legacy.db.name),
+        )
+    }
+}
+
+/// A service binary (`capture`, `apply`) running as a child process.
+pub struct ServiceProcess {
+    child: tokio::process::Child,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl ServiceProcess {
+    pub fn spawn(binary_name: &str, toml: &str, hint: &str) -> Result<ServiceProcess> {
+        let dir = TempDir::new(hint)?;
+        let config = dir.0.join("config.toml");
+        std::fs::write(&config, toml)?;
+        let log = dir.0.join("service.log");
+        let stderr = std::fs::File::create(&log)?;
+        let bin = binary(binary_name);
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it first (scripts/test does)",
+                bin.display()
+            );
+        }
+        let child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .env("SYNC_BRIDGE_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(ServiceProcess {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    pub async fn terminate(&mut self) -> Result<Option<i32>> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .context("the service did not exit in time")??;
+        Ok(status.code())
+    }
+}
+
+/// Counts rows of a query.
+pub async fn count(client: &Client, sql: &str) -> Result<i64> {
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// Random writes on one side of the reference domain, for `duration`:
+/// inserts, updates and deletes on every table, foreign keys valid at the
+/// time of writing, each in its own transaction. Returns the number of
+/// statements that succeeded (a statement can fail when the other side's
+/// delete removed a parent meanwhile; that is part of the game).
+pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64) -> Result<u64> {
+    use rand::{Rng, SeedableRng};
+    let client = connect(url).await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let deadline = Instant::now() + duration;
+    let mut done = 0u64;
+    let tag = format!("{}{seed}", side.name());
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let roll: u32 = rng.gen_range(0..100);
+        let sql = match side {
+            Side::Legacy => match roll {
+                0..=14 => format!(
+                    "INSERT INTO users (email, full_name, role, phone, inserted_at, updated_at) VALUES ('{tag}-{n}@example.com', 'Given {n} Family', '{}', NULL, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+                    ["member", "staff", "admin"][rng.gen_range(0..3)]
+                ),
+                15..=24 => format!(
+                    "INSERT INTO teams (name, category_id, archived, notes, inserted_at, updated_at) VALUES ('team {tag} {n}', (SELECT id FROM categories ORDER BY random() LIMIT 1), false, 'notes {n}', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')"
+                ),
+                25..=27 => format!(
+                    "INSERT INTO categories (name, inserted_at, updated_at) VALUES ('category {tag} {n}', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC') ON CONFLICT DO NOTHING"
+                ),
+                28..=39 => format!(
+                    "INSERT INTO team_members (team_id, user_id, role, inserted_at, updated_at) SELECT t.id, u.id, 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC' FROM (SELECT id FROM teams ORDER BY random() LIMIT 1) t, (SELECT id FROM users ORDER BY random() LIMIT 1) u ON CONFLICT DO NOTHING"
+                ),
+                40..=49 => format!(
+                    "INSERT INTO geofences (team_id, name, latitude, longitude, radius_m, inserted_at, updated_at) SELECT (SELECT id FROM teams ORDER BY random() LIMIT 1), 'zone {n}', {}, {}, {}, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'",
+                    rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64), rng.gen_range(1..1000)
+                ),
+                50..=64 => format!(
+                    "UPDATE users SET full_name = 'Renamed {n} Person', role = '{}', updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM users ORDER BY random() LIMIT 1)",
+                    ["member", "staff", "admin"][rng.gen_range(0..3)]
+                ),
+                65..=74 => format!(
+                    "UPDATE teams SET name = 'team renamed {n}', archived = {}, updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM teams ORDER BY random() LIMIT 1)",
+                    rng.gen_bool(0.3)
+                ),
+                75..=82 => format!(
+                    "UPDATE geofences SET latitude = {}, radius_m = {}, updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM geofences ORDER BY random() LIMIT 1)",
+                    rng.gen_range(-90.0..90.0f64), rng.gen_range(1..1000)
+                ),
+                83..=88 => "UPDATE team_members SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now() AT TIME ZONE 'UTC' WHERE id = (SELECT id FROM team_members ORDER BY random() LIMIT 1)".to_owned(),
+                89..=92 => "DELETE FROM team_members WHERE id = (SELECT id FROM team_members ORDER BY random() LIMIT 1)".to_owned(),
+                93..=95 => "DELETE FROM geofences WHERE id = (SELECT id FROM geofences ORDER BY random() LIMIT 1)".to_owned(),
+                96..=97 => "DELETE FROM teams WHERE id = (SELECT id FROM teams ORDER BY random() LIMIT 1)".to_owned(),
+                _ => "DELETE FROM users WHERE id = (SELECT id FROM users ORDER BY random() LIMIT 1)".to_owned(),
+            },
+            Side::Platform => match roll {
+                0..=14 => format!(
+                    "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at) VALUES (gen_random_uuid(), '{tag}-{n}@example.com', 'Given{n}', 'Family', '{}', {}, now(), now())",
+                    ["member", "staff"][rng.gen_range(0..2)], rng.gen_bool(0.2)
+                ),
+                15..=27 => format!(
+                    "INSERT INTO org.groups (id, name, category, archived_at, notes, created_at, updated_at) VALUES (gen_random_uuid(), 'group {tag} {n}', {}, NULL, 'notes', now(), now())",
+                    if rng.gen_bool(0.5) { format!("'category p{}'", rng.gen_range(0..5)) } else { "NULL".to_owned() }
+                ),
+                28..=39 => "INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at) SELECT gen_random_uuid(), g.id, i.id, 'member', now(), now() FROM (SELECT id FROM org.groups ORDER BY random() LIMIT 1) g, (SELECT id FROM identity.identities ORDER BY random() LIMIT 1) i ON CONFLICT DO NOTHING".to_owned(),
+                40..=49 => format!(
+                    "INSERT INTO geo.zones (id, group_id, name, center, radius_m, created_at, updated_at) SELECT gen_random_uuid(), (SELECT id FROM org.groups ORDER BY random() LIMIT 1), 'zone {n}', jsonb_build_object('lat', {}::float8, 'lng', {}::float8), {}, now(), now()",
+                    rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64), rng.gen_range(1..1000)
+                ),
+                50..=64 => format!(
+                    "UPDATE identity.identities SET given_name = 'G{n}', family_name = 'F {n}', is_admin = {}, updated_at = now() WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1)",
+                    rng.gen_bool(0.3)
+                ),
+                65..=74 => format!(
+                    "UPDATE org.groups SET name = 'group renamed {n}', archived_at = {}, updated_at = now() WHERE id = (SELECT id FROM org.groups ORDER BY random() LIMIT 1)",
+                    if rng.gen_bool(0.3) { "now()" } else { "NULL" }
+                ),
+                75..=82 => format!(
+                    "UPDATE geo.zones SET center = jsonb_build_object('lat', {}::float8, 'lng', {}::float8), updated_at = now() WHERE id = (SELECT id FROM geo.zones ORDER BY random() LIMIT 1)",
+                    rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64)
+                ),
+                83..=88 => "UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now() WHERE id = (SELECT id FROM org.memberships ORDER BY random() LIMIT 1)".to_owned(),
+                89..=92 => "DELETE FROM org.memberships WHERE id = (SELECT id FROM org.memberships ORDER BY random() LIMIT 1)".to_owned(),
+                93..=95 => "DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones ORDER BY random() LIMIT 1)".to_owned(),
+                96..=97 => "DELETE FROM org.groups WHERE id = (SELECT id FROM org.groups ORDER BY random() LIMIT 1)".to_owned(),
+                _ => "DELETE FROM identity.identities WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1)".to_owned(),
+            },
+        };
+        if client.batch_execute(&sql).await.is_ok() {
+            done += 1;
+        }
+        if n % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
+        }
+    }
+    Ok(done)
+}

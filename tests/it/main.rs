@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod apply_conflicts;
 mod apply_mapping;
+mod apply_recovery;
 mod capture_config;
 mod capture_events;
 mod capture_recovery;

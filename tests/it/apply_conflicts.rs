@@ -1,0 +1,295 @@
+//! Newer wins, inside the target database; echoes never bounce; deletes race
+//! updates with a documented outcome; concurrent writers converge.
+
+use std::time::Duration;
+
+use sync_bridge_tests::{count, random_writes, Bridge, Side};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A bridge with one user (id 1) on both sides, last updated at `updated_at`.
+async fn seeded_at(updated_at: &str) -> anyhow::Result<Bridge> {
+    let bridge = Bridge::start("conflict").await?;
+    bridge
+        .legacy()
+        .execute(&format!(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             VALUES (1, 'row@example.com', 'First Version', 'member', '{updated_at}', '{updated_at}')"
+        ))
+        .await?;
+    bridge.converged(WAIT).await?;
+    Ok(bridge)
+}
+
+async fn seeded() -> anyhow::Result<Bridge> {
+    seeded_at("2030-01-01 00:00:00").await
+}
+
+async fn names(bridge: &Bridge) -> anyhow::Result<(String, String)> {
+    let legacy: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT full_name FROM users WHERE id = 1", &[])
+        .await?
+        .get(0);
+    let platform: String = bridge
+        .platform()
+        .client()
+        .query_one("SELECT given_name || ' ' || family_name FROM identity.identities WHERE email = 'row@example.com'", &[])
+        .await?
+        .get(0);
+    Ok((legacy, platform))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_row_updated_on_both_sides_ends_with_the_newer_value_on_both() -> anyhow::Result<()>
+{
+    let bridge = seeded().await?;
+    // Both sides write before either change crosses: the platform one is newer.
+    let legacy = bridge.legacy().execute(
+        "UPDATE users SET full_name = 'Legacy Older', updated_at = '2030-01-01 00:00:05' WHERE id = 1",
+    );
+    let platform = bridge.platform().execute(
+        "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Newer', updated_at = '2030-01-01 00:00:09.5+00' WHERE email = 'row@example.com'",
+    );
+    let (a, b) = tokio::join!(legacy, platform);
+    a?;
+    b?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Platform Newer".into(), "Platform Newer".into())
+    );
+
+    // And the other way round: now legacy is newer.
+    let legacy = bridge.legacy().execute(
+        "UPDATE users SET full_name = 'Legacy Newest', updated_at = '2030-01-01 00:01:00' WHERE id = 1",
+    );
+    let platform = bridge.platform().execute(
+        "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Stale', updated_at = '2030-01-01 00:00:30+00' WHERE email = 'row@example.com'",
+    );
+    let (a, b) = tokio::join!(legacy, platform);
+    a?;
+    b?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Legacy Newest".into(), "Legacy Newest".into())
+    );
+    assert!(
+        bridge
+            .counters
+            .of(apply::mapping::Side::Platform)
+            .snapshot()
+            .skipped_older
+            + bridge
+                .counters
+                .of(apply::mapping::Side::Legacy)
+                .snapshot()
+                .skipped_older
+            >= 1,
+        "a conflict was lost and counted"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_updates_of_one_row_within_one_second_both_land_in_order() -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // Legacy has second precision: both updates carry the same updated_at.
+    bridge.legacy().execute("UPDATE users SET full_name = 'Second A', updated_at = '2030-01-01 00:00:07' WHERE id = 1").await?;
+    bridge.legacy().execute("UPDATE users SET full_name = 'Second B', updated_at = '2030-01-01 00:00:07' WHERE id = 1").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Second B".into(), "Second B".into())
+    );
+
+    // Platform is not the tie winner; its own consecutive changes still land.
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Third', family_name = 'A', updated_at = '2030-01-01 00:00:08.1+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Third', family_name = 'B', updated_at = '2030-01-01 00:00:08.6+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(names(&bridge).await?, ("Third B".into(), "Third B".into()));
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_racing_an_older_update_leaves_the_row_deleted_on_both_sides() -> anyhow::Result<()>
+{
+    // The row was last written in the past, so an update can be older than the delete.
+    let bridge = seeded_at("2020-01-01 00:00:00").await?;
+    let delete = bridge.legacy().execute("DELETE FROM users WHERE id = 1");
+    let update = bridge.platform().execute(
+        "UPDATE identity.identities SET given_name = 'Too', family_name = 'Late', updated_at = '2020-01-01 00:00:03+00' WHERE email = 'row@example.com'",
+    );
+    let (a, b) = tokio::join!(delete, update);
+    a?;
+    b?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
+        0
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities"
+        )
+        .await?,
+        0
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_racing_a_newer_update_loses_and_the_row_survives_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // The delete happens "now" (2026); the update is stamped in 2031.
+    let delete = bridge.legacy().execute("DELETE FROM users WHERE id = 1");
+    let update = bridge.platform().execute(
+        "UPDATE identity.identities SET given_name = 'Still', family_name = 'Here', updated_at = '2031-01-01 00:00:00+00' WHERE email = 'row@example.com'",
+    );
+    let (a, b) = tokio::join!(delete, update);
+    a?;
+    b?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities"
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM users WHERE full_name = 'Still Here'"
+        )
+        .await?,
+        1
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_crosses_once_and_never_echoes_back() -> anyhow::Result<()> {
+    let bridge = Bridge::start("echo").await?;
+    // Count every write to the two tables with test-only audit triggers.
+    for (db, table) in [
+        (bridge.legacy(), "public.users"),
+        (bridge.platform(), "identity.identities"),
+    ] {
+        db.execute(&format!(
+            "CREATE TABLE audit (op text NOT NULL);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit;"
+        ))
+        .await?;
+    }
+    bridge.legacy().execute(
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('once@example.com', 'Once Only', 'staff', now(), now())",
+    ).await?;
+    bridge.converged(WAIT).await?;
+    // Wait until apply has seen its own write come back (and skipped it).
+    sync_bridge_tests::eventually("the echo to come back", WAIT, || async {
+        Ok((bridge
+            .counters
+            .of(apply::mapping::Side::Platform)
+            .snapshot()
+            .echoes
+            >= 1)
+            .then_some(()))
+    })
+    .await?;
+    bridge.platform().execute("UPDATE identity.identities SET family_name = 'Twice', updated_at = now() WHERE email = 'once@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    sync_bridge_tests::eventually("the second echo to come back", WAIT, || async {
+        Ok((bridge
+            .counters
+            .of(apply::mapping::Side::Legacy)
+            .snapshot()
+            .echoes
+            >= 1)
+            .then_some(()))
+    })
+    .await?;
+
+    let legacy_writes = count(bridge.legacy().client(), "SELECT count(*) FROM audit").await?;
+    let platform_writes = count(bridge.platform().client(), "SELECT count(*) FROM audit").await?;
+    assert_eq!(
+        legacy_writes, 2,
+        "legacy: the application's insert and the update that crossed"
+    );
+    assert_eq!(
+        platform_writes, 2,
+        "platform: the insert that crossed and the application's update"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_email_created_on_both_sides_at_once_becomes_one_linked_row() -> anyhow::Result<()>
+{
+    let bridge = Bridge::start("natural").await?;
+    let legacy = bridge.legacy().execute(
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('same@example.com', 'From Legacy', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+    );
+    let platform = bridge.platform().execute(
+        "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at) VALUES (gen_random_uuid(), 'same@example.com', 'From', 'Platform', 'staff', '2030-01-01 00:00:00+00', '2030-01-01 00:00:02+00')",
+    );
+    let (a, b) = tokio::join!(legacy, platform);
+    a?;
+    b?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
+        1
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities"
+        )
+        .await?,
+        1
+    );
+    let name: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT full_name FROM users", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        name, "From Platform",
+        "the newer of the two wins each field"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_random_writers_on_both_sides_for_30_seconds_converge() -> anyhow::Result<()> {
+    let bridge = Bridge::start("random").await?;
+    // A few parents to start from.
+    bridge.legacy().execute(
+        "INSERT INTO categories (name, inserted_at, updated_at) SELECT 'seed ' || g, now(), now() FROM generate_series(1, 3) g;
+         INSERT INTO users (email, full_name, role, inserted_at, updated_at) SELECT 'seed' || g || '@example.com', 'Seed ' || g, 'member', now(), now() FROM generate_series(1, 10) g;
+         INSERT INTO teams (name, archived, inserted_at, updated_at) SELECT 'seed team ' || g, false, now(), now() FROM generate_series(1, 5) g;",
+    ).await?;
+    bridge.converged(WAIT).await?;
+    let run = Duration::from_secs(30);
+    let legacy = random_writes(&bridge.legacy().url, Side::Legacy, run, 1);
+    let legacy2 = random_writes(&bridge.legacy().url, Side::Legacy, run, 2);
+    let platform = random_writes(&bridge.platform().url, Side::Platform, run, 3);
+    let platform2 = random_writes(&bridge.platform().url, Side::Platform, run, 4);
+    let (a, b, c, d) = tokio::join!(legacy, legacy2, platform, platform2);
+    let writes = a? + b? + c? + d?;
+    assert!(writes > 500, "the writers did work ({writes} statements)");
+    let report = bridge.converged(Duration::from_secs(180)).await?;
+    let rows: usize = report.entities.iter().map(|e| e.legacy_rows).sum();
+    assert!(rows > 100, "rows exist at the end: {report}");
+    bridge.stop().await
+}

@@ -1,0 +1,196 @@
+//! Exactly once across a crash; poison goes to the dead-letter topic.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sync_bridge_tests::{connect, count, eventually, unique, Bridge, Stack};
+
+const WAIT: Duration = Duration::from_secs(180);
+const USERS: i64 = 20_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -> anyhow::Result<()>
+{
+    let mut bridge = Bridge::prepare("applycrash").await?.run().await?;
+    // Apply runs as a process from here on, so it can be killed.
+    bridge.stop_apply().await?;
+    let mut apply = bridge.spawn_apply_process()?;
+
+    let url = bridge.legacy().url.clone();
+    let load = tokio::spawn(async move {
+        let client = connect(&url).await?;
+        for start in (0..USERS).step_by(100) {
+            client
+                .execute(
+                    "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+                     SELECT 'u' || g || '@example.com', 'User ' || g, 'member', now(), now() FROM generate_series($1::int8, $2::int8) g",
+                    &[&(start + 1), &(start + 100)],
+                )
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    let platform = bridge.platform().client();
+    eventually("apply to be part way", WAIT, || async {
+        Ok(
+            (count(platform, "SELECT count(*) FROM identity.identities").await? >= 2_000)
+                .then_some(()),
+        )
+    })
+    .await?;
+    apply.kill_hard().await?;
+    let at_kill = count(platform, "SELECT count(*) FROM identity.identities").await?;
+    assert!(at_kill < USERS, "killed part way ({at_kill} rows applied)");
+    load.await??;
+    let mut restarted = bridge.spawn_apply_process()?;
+    eventually("every user on the platform side", WAIT, || async {
+        Ok(
+            (count(platform, "SELECT count(*) FROM identity.identities").await? == USERS)
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(
+        restarted.terminate().await?,
+        Some(0),
+        "{}",
+        restarted.output()
+    );
+    bridge.start_apply()?;
+    bridge.converged(WAIT).await?;
+
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM identity.identities").await?,
+        USERS
+    );
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(*) FROM syncbridge.id_map WHERE entity = 'user'"
+        )
+        .await?,
+        USERS,
+        "one counterpart per row: a replay never creates a second"
+    );
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(DISTINCT email) FROM identity.identities"
+        )
+        .await?,
+        USERS
+    );
+    let position: i64 = platform
+        .query_one(
+            "SELECT kafka_offset FROM syncbridge.apply_position WHERE source = 'legacy'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        position >= USERS - 1,
+        "the stored position covers every event"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_reaches_the_dead_letter_topic_while_the_stream_continues(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("poison").await?;
+    // A message that is not a change event at all, straight into legacy's topic.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()?;
+    producer
+        .send(
+            FutureRecord::to(&bridge.legacy.topic)
+                .key("legacy")
+                .payload(b"\xC3\x01not avro at all"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    // A change the mapping cannot convert: a zone centre without "lat".
+    bridge.platform().execute(
+        "INSERT INTO org.groups (id, name, created_at, updated_at) VALUES ('00000000-0000-4000-8000-0000000000b1', 'G', now(), now());
+         INSERT INTO geo.zones (id, group_id, name, center, radius_m, created_at, updated_at)
+           VALUES ('00000000-0000-4000-8000-0000000000c1', NULL, 'bad', '{\"x\": 1}', 5, now(), now());",
+    ).await?;
+    // The streams go on.
+    bridge.legacy().execute(
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Poison', 'member', now(), now())",
+    ).await?;
+    bridge.platform().execute(
+        "INSERT INTO geo.zones (id, name, center, radius_m, created_at, updated_at)
+           VALUES ('00000000-0000-4000-8000-0000000000c2', 'good', '{\"lat\": 1, \"lng\": 2}', 5, now(), now())",
+    ).await?;
+    eventually("the good changes to cross", WAIT, || async {
+        let users = count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities",
+        )
+        .await?;
+        let zones = count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM geofences WHERE name = 'good'",
+        )
+        .await?;
+        Ok((users == 1 && zones == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM teams").await?,
+        0,
+        "the group travelled in the same source transaction as the bad zone: all or nothing"
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("dlq"))
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&bridge.dead_letter_topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
+        let headers = message.headers().map(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .filter(|h| h.key == "reason")
+                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                .collect::<Vec<_>>()
+                .join("")
+        });
+        reasons.push(headers.unwrap_or_default());
+    }
+    // The two directions dead-letter independently: any order.
+    assert_eq!(
+        reasons.iter().filter(|r| r.contains("undecodable")).count(),
+        1,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| r.contains("geo.zones")).count(),
+        2,
+        "{reasons:?}"
+    );
+    let dead = bridge
+        .counters
+        .of(apply::mapping::Side::Legacy)
+        .snapshot()
+        .dead_lettered
+        + bridge
+            .counters
+            .of(apply::mapping::Side::Platform)
+            .snapshot()
+            .dead_lettered;
+    assert_eq!(
+        dead, 3,
+        "the bad message and both events of the failed transaction are counted"
+    );
+    bridge.stop().await
+}
