@@ -20,11 +20,15 @@ use tokio_postgres::Client;
 
 use crate::error::{ApplyError, Result};
 
-/// Creates the bookkeeping schema if it is missing (idempotent).
+/// Creates the bookkeeping schema if it is missing (idempotent). Both
+/// directions install on both databases at start; an advisory lock makes
+/// them take turns (`CREATE ... IF NOT EXISTS` alone races).
 pub async fn install(client: &Client, side: &'static str) -> Result<()> {
     client
         .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS syncbridge;
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(7391254482319);
+             CREATE SCHEMA IF NOT EXISTS syncbridge;
              CREATE TABLE IF NOT EXISTS syncbridge.apply_position (
                source          text PRIMARY KEY,
                topic           text NOT NULL,
@@ -58,7 +62,8 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                key_type   text NOT NULL,
                deleted_at timestamptz NOT NULL,
                PRIMARY KEY (entity, source_key)
-             );",
+             );
+             COMMIT;",
         )
         .await
         .map_err(|e| match e.code().map(|c| c.code()) {

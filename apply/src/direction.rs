@@ -73,6 +73,8 @@ struct Open {
     /// Raw messages kept to dead-letter the transaction whole if it fails.
     kept: Vec<(i64, Vec<u8>)>,
     kept_all: bool,
+    /// Whether the transaction was already re-applied once after a race.
+    retried: bool,
 }
 
 /// One direction's session state.
@@ -386,6 +388,7 @@ impl Session<'_> {
                 first_offset: offset,
                 kept: Vec::new(),
                 kept_all: true,
+                retried: false,
             });
         }
         let keep_limit = self.shared.config.apply.dead_letter_buffer;
@@ -443,9 +446,53 @@ impl Session<'_> {
                     event.table,
                     capture::error_chain(&error)
                 );
-                self.fail(&reason).await
+                self.recover(&error, &reason).await
             }
         }
+    }
+
+    /// A statement of the open transaction failed for good. When the cause is
+    /// a race with the target's own writers (a parent deleted or a unique
+    /// value taken between the decision and the write), the transaction is
+    /// applied once more from its kept messages: the second attempt sees the
+    /// new state (an orphan is skipped, a natural key is linked). Otherwise,
+    /// or when that fails too, it is dead-lettered.
+    async fn recover(&mut self, error: &ApplyError, reason: &str) -> Result<()> {
+        let race = matches!(error.sqlstate(), Some("23503" | "23505"));
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        if !race || open.retried || !open.kept_all || open.failed.is_some() {
+            return self.fail(reason).await;
+        }
+        open.retried = true;
+        let kept = open.kept.clone();
+        debug!(
+            first_offset = open.first_offset,
+            "re-applying a source transaction after a race with the target"
+        );
+        self.sql("ROLLBACK TO SAVEPOINT source_tx").await?;
+        self.writer.forget_transaction();
+        for (_, payload) in &kept {
+            let event = match self.shared.codec.decode(payload) {
+                Ok(event) => event,
+                Err(error) => return self.fail(&format!("undecodable message: {error}")).await,
+            };
+            match self.writer.stage(&self.target, &self.source, &event).await {
+                Ok(_) => {}
+                Err(error) if error.is_retryable() => return Err(error),
+                Err(error) => {
+                    let reason = format!(
+                        "{}.{}: {}",
+                        event.schema,
+                        event.table,
+                        capture::error_chain(&error)
+                    );
+                    return self.fail(&reason).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The open source transaction cannot be applied: roll it back and
@@ -487,7 +534,17 @@ impl Session<'_> {
                 Err(error) if error.is_retryable() => return Err(error),
                 Err(error) => {
                     let reason = capture::error_chain(&error);
-                    self.fail(&reason).await?;
+                    self.recover(&error, &reason).await?;
+                    // A successful re-application staged everything again.
+                    let failed = self.open.as_ref().is_none_or(|o| o.failed.is_some());
+                    if !failed {
+                        if let Err(error) = self.writer.flush(&self.target, &self.source).await {
+                            if error.is_retryable() {
+                                return Err(error);
+                            }
+                            self.fail(&capture::error_chain(&error)).await?;
+                        }
+                    }
                 }
             }
         }

@@ -101,6 +101,23 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
     result
 }
 
+/// Compares the two databases under the mapping (`apply check`).
+pub async fn check(config: &Config) -> Result<verify::Report> {
+    let mapping = Mapping::load_dir(&config.apply.mapping_dir)?;
+    let mut clients = Vec::new();
+    for side in [Side::Legacy, Side::Platform] {
+        let (client, connection) = config
+            .pg_config(side)?
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| ApplyError::postgres(side.as_str(), "connect", e))?;
+        tokio::spawn(connection);
+        checkpoint::install(&client, side.as_str()).await?;
+        clients.push(client);
+    }
+    verify::compare(&mapping, &clients[0], &clients[1]).await
+}
+
 /// Runs one direction, retrying transient failures with backoff, logging
 /// each new failure once.
 async fn supervise(

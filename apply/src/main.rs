@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -13,11 +13,21 @@ use tracing::{error, info};
 struct Args {
     /// The TOML configuration file; every key can be overridden by a
     /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
-    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG")]
+    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log format: `json` (default when stderr is not a terminal) or `text`.
-    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT")]
+    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT", global = true)]
     log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply both directions until stopped (the default).
+    Run,
+    /// Compare the two databases under the mapping; exit 0 when they correspond, 1 when not.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -37,10 +47,20 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let config = apply::Config::load(args.config.as_deref())?;
-        apply::run(config, apply::Counters::default(), shutdown).await
+        match args.command.unwrap_or(Command::Run) {
+            Command::Run => apply::run(config, apply::Counters::default(), shutdown)
+                .await
+                .map(|()| true),
+            Command::Check => {
+                let report = apply::check(&config).await?;
+                print!("{report}");
+                Ok(report.corresponds())
+            }
+        }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             let text = capture::error_chain(&error);
             error!(kind = error.kind(), error = %text, "apply stopped");

@@ -415,25 +415,8 @@ impl Writer {
         allocate: bool,
     ) -> Result<()> {
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
-        let naturals: Vec<Option<Value>> = match entity.natural_key_column(self.to) {
-            Some(column) => rows
-                .iter()
-                .map(|r| match r.row.get(column) {
-                    Some(TargetValue::Value(v)) => Some(v.clone()),
-                    _ => None,
-                })
-                .collect(),
-            None => vec![None; rows.len()],
-        };
-        let target_keys = self
-            .resolve_keys(
-                target,
-                source,
-                index,
-                entity,
-                &keys,
-                allocate.then_some(&naturals[..]),
-            )
+        let mut target_keys = self
+            .resolve_keys(target, source, index, entity, &keys)
             .await?;
 
         // Columns: what the rows carry (the first row tells; a run shares a shape).
@@ -488,6 +471,18 @@ impl Writer {
         let resolved = self
             .resolve_row_values(target, source, entity, rows, &columns)
             .await?;
+        if allocate {
+            self.link_or_allocate(
+                target,
+                index,
+                entity,
+                &keys,
+                &mut target_keys,
+                &columns,
+                &resolved,
+            )
+            .await?;
+        }
         let mut orphans = 0u64;
         for (row_index, target_key) in target_keys.iter().enumerate() {
             let (Some(target_key), Some(values)) = (target_key, &resolved[row_index]) else {
@@ -544,7 +539,7 @@ impl Writer {
     ) -> Result<()> {
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
         let target_keys = self
-            .resolve_keys(target, source, index, entity, &keys, None)
+            .resolve_keys(target, source, index, entity, &keys)
             .await?;
         let mut key_texts = Vec::new();
         let mut times = Vec::new();
@@ -649,7 +644,7 @@ impl Writer {
             let parent_entity = self.mapping.entities()[parent_index].clone();
             let refs: Vec<&Value> = ids.iter().collect();
             let resolved = self
-                .resolve_keys(target, source, parent_index, &parent_entity, &refs, None)
+                .resolve_keys(target, source, parent_index, &parent_entity, &refs)
                 .await?;
             for (id, target_id) in ids.iter().zip(resolved) {
                 reference_ids.insert(
@@ -832,9 +827,9 @@ impl Writer {
         Ok(())
     }
 
-    /// The target-side ids of source-side ids of `entity`. With `naturals`
-    /// (upserts), ids unknown so far are linked to an existing target row
-    /// with the same natural key, or allocated; without, unknown ids stay None.
+    /// The target-side ids of source-side ids of `entity`, from the id
+    /// correspondence (this process's, then both databases'); None where the
+    /// row has no counterpart yet.
     async fn resolve_keys(
         &mut self,
         target: &Client,
@@ -842,94 +837,150 @@ impl Writer {
         index: usize,
         entity: &Entity,
         keys: &[&Value],
-        naturals: Option<&[Option<Value>]>,
     ) -> Result<Vec<Option<Value>>> {
         let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
         let unknown: Vec<usize> = (0..keys.len())
             .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
             .collect();
-        if !unknown.is_empty() {
-            // Both databases hold part of the correspondence: each the rows it received.
-            for client in [target, source] {
-                let still: Vec<usize> = unknown
-                    .iter()
-                    .copied()
-                    .filter(|i| out[*i].is_none())
-                    .collect();
-                if still.is_empty() {
-                    break;
-                }
-                let found = self
-                    .read_map(client, index, entity, still.iter().map(|i| keys[*i]))
-                    .await?;
-                for i in still {
-                    if let Some(id) =
-                        found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
-                    {
-                        out[i] = Some(id.clone());
-                        self.learn(index, keys[i], id);
-                    }
+        if unknown.is_empty() {
+            return Ok(out);
+        }
+        // Both databases hold part of the correspondence: each the rows it received.
+        for client in [target, source] {
+            let still: Vec<usize> = unknown
+                .iter()
+                .copied()
+                .filter(|i| out[*i].is_none())
+                .collect();
+            if still.is_empty() {
+                break;
+            }
+            let found = self
+                .read_map(client, index, entity, still.iter().map(|i| keys[*i]))
+                .await?;
+            for i in still {
+                if let Some(id) = found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
+                {
+                    out[i] = Some(id.clone());
+                    self.learn(index, keys[i], id);
                 }
             }
         }
-        let Some(naturals) = naturals else {
-            return Ok(out);
-        };
+        Ok(out)
+    }
+
+    /// Gives rows without a counterpart one: an existing target row with the
+    /// same natural key (values as they will be written, references already
+    /// translated) that is nobody's counterpart yet, or a new id. Records the
+    /// new pairs in the target's id correspondence, in the open transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn link_or_allocate(
+        &mut self,
+        target: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        target_keys: &mut [Option<Value>],
+        columns: &[String],
+        resolved: &[Option<Vec<Option<String>>>],
+    ) -> Result<()> {
         let fresh: Vec<usize> = (0..keys.len())
-            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
+            .filter(|i| {
+                target_keys[*i].is_none() && *keys[*i] != Value::Null && resolved[*i].is_some()
+            })
             .collect();
         if fresh.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
-        // Link to an existing target row with the same natural key, if that
-        // row is not already the counterpart of another row.
-        if let Some(column) = entity.natural_key_column(self.to) {
-            let values: Vec<String> = fresh
-                .iter()
-                .filter_map(|i| naturals[*i].as_ref().and_then(capture::pgtype::to_text))
-                .collect();
-            if !values.is_empty() {
+        let natural = entity.natural_key_columns(self.to).to_vec();
+        let positions: Option<Vec<usize>> = natural
+            .iter()
+            .map(|n| columns.iter().position(|c| c == n))
+            .collect();
+        if let (false, Some(positions)) = (natural.is_empty(), positions) {
+            // The natural key of each fresh row, when complete (no NULL part).
+            let tuple_of = |i: usize| -> Option<Vec<String>> {
+                let values = resolved[i].as_ref()?;
+                positions.iter().map(|p| values[*p].clone()).collect()
+            };
+            let mut arrays: Vec<Vec<String>> = vec![Vec::new(); natural.len()];
+            for i in &fresh {
+                if let Some(tuple) = tuple_of(*i) {
+                    for (array, value) in arrays.iter_mut().zip(tuple) {
+                        array.push(value);
+                    }
+                }
+            }
+            if !arrays[0].is_empty() {
                 let table = entity.table(self.to);
-                let key_side = match self.to {
-                    Side::Legacy => "legacy_id::text",
-                    Side::Platform => "platform_id::text",
+                let key = quote(&table.key);
+                let map_column = match self.to {
+                    Side::Legacy => "legacy_id",
+                    Side::Platform => "platform_id",
                 };
+                let names: Vec<String> = (0..natural.len()).map(|n| format!("n{n}")).collect();
+                let params: Vec<String> = (0..natural.len())
+                    .map(|n| format!("${}::text[]", n + 2))
+                    .collect();
+                let select: Vec<String> = natural
+                    .iter()
+                    .map(|c| format!("t.{}::text", quote(c)))
+                    .collect();
+                let join: Vec<String> = natural
+                    .iter()
+                    .zip(&names)
+                    .map(|(c, n)| format!("t.{}::text = x.{n}", quote(c)))
+                    .collect();
                 let sql = format!(
-                    "SELECT t.{natural}::text, t.{key}::text FROM {table} t \
-                     WHERE t.{natural}::text = ANY($1::text[]) \
-                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_map m WHERE m.entity = $2 AND m.{key_side} = t.{key}::text)",
-                    natural = quote(column),
-                    key = quote(&table.key),
+                    "SELECT t.{key}::text, {select} FROM {table} t JOIN unnest({params}) AS x({names}) ON {join} \
+                     WHERE NOT EXISTS (SELECT 1 FROM syncbridge.id_map m WHERE m.entity = $1 AND m.{map_column} = t.{key})",
+                    select = select.join(", "),
                     table = quote_table(&table.schema, &table.table),
+                    params = params.join(", "),
+                    names = names.join(", "),
+                    join = join.join(" AND "),
                 );
+                let name = entity.name().to_owned();
+                let mut query_params: Vec<&(dyn ToSql + Sync)> = vec![&name];
+                for array in &arrays {
+                    query_params.push(array);
+                }
                 let rows = target
-                    .query(&sql, &[&values, &entity.name()])
+                    .query(&sql, &query_params)
                     .await
                     .map_err(|e| ApplyError::postgres(self.to.as_str(), "match natural keys", e))?;
-                let by_natural: HashMap<String, String> =
-                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let existing: HashMap<Vec<String>, String> = rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            (1..=natural.len()).map(|c| r.get::<_, String>(c)).collect(),
+                            r.get(0),
+                        )
+                    })
+                    .collect();
+                let mut taken = HashSet::new();
                 for i in &fresh {
-                    let Some(natural) = naturals[*i].as_ref().and_then(capture::pgtype::to_text)
-                    else {
+                    let Some(found) = tuple_of(*i).and_then(|t| existing.get(&t).cloned()) else {
                         continue;
                     };
-                    if let Some(existing) = by_natural.get(&natural) {
-                        let id = parse_key(self.to, existing)?;
-                        if let Some(pair) = pair_of(self.from, keys[*i], &id) {
-                            new_pairs.push(pair);
-                        }
-                        self.learn(index, keys[*i], &id);
-                        out[*i] = Some(id);
-                        self.stats.linked(1);
+                    if !taken.insert(found.clone()) {
+                        continue;
                     }
+                    let id = parse_key(self.to, &found)?;
+                    if let Some(pair) = pair_of(self.from, keys[*i], &id) {
+                        new_pairs.push(pair);
+                    }
+                    self.learn(index, keys[*i], &id);
+                    target_keys[*i] = Some(id);
+                    self.stats.linked(1);
                 }
             }
         }
         let allocate: Vec<usize> = fresh
             .iter()
             .copied()
-            .filter(|i| out[*i].is_none())
+            .filter(|i| target_keys[*i].is_none())
             .collect();
         if !allocate.is_empty() {
             let ids = self.allocate(target, entity, keys, &allocate).await?;
@@ -938,7 +989,7 @@ impl Writer {
                     new_pairs.push(pair);
                 }
                 self.learn(index, keys[i], &id);
-                out[i] = Some(id);
+                target_keys[i] = Some(id);
             }
         }
         if !new_pairs.is_empty() {
@@ -952,7 +1003,7 @@ impl Writer {
                 .await
                 .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {

@@ -61,6 +61,7 @@ async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -
     bridge.start_apply()?;
     bridge.converged(WAIT).await?;
 
+    let platform = bridge.platform().client();
     assert_eq!(
         count(platform, "SELECT count(*) FROM identity.identities").await?,
         USERS

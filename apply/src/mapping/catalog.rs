@@ -125,7 +125,7 @@ impl Mapping {
                     ));
                 }
             }
-            if let Some(column) = entity.natural_key_column(side) {
+            for column in entity.natural_key_columns(side) {
                 if !exists(column) {
                     errors.push(at_line(
                         entity.file(),

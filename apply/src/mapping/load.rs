@@ -104,8 +104,16 @@ struct RawTableRef {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNaturalKey {
-    legacy: Spanned<String>,
-    platform: Spanned<String>,
+    legacy: Spanned<OneOrMany>,
+    platform: Spanned<OneOrMany>,
+}
+
+/// A column name, or a list of them (a composite natural key).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Every key any kind accepts; which apply is checked per kind afterwards.
@@ -275,6 +283,28 @@ impl Builder<'_> {
     }
 
     /// A non-empty string.
+    /// One or more non-empty column names.
+    fn names(
+        &mut self,
+        context: &str,
+        key: &str,
+        value: &Spanned<OneOrMany>,
+    ) -> Option<Vec<String>> {
+        let names = match value.get_ref() {
+            OneOrMany::One(name) => vec![name.clone()],
+            OneOrMany::Many(names) => names.clone(),
+        };
+        if names.is_empty() || names.iter().any(|n| n.trim().is_empty()) {
+            self.err(
+                value.span().start,
+                context,
+                format!("{key}: must name at least one column, none empty"),
+            );
+            return None;
+        }
+        Some(names)
+    }
+
     fn name(&mut self, context: &str, key: &str, value: &Spanned<String>) -> Option<String> {
         if value.get_ref().trim().is_empty() {
             self.err(
@@ -499,8 +529,21 @@ impl Builder<'_> {
         let natural_key = match &r.natural_key {
             None => None,
             Some(nk) => {
-                let legacy = self.name(&context, "natural_key.legacy", &nk.get_ref().legacy);
-                let platform = self.name(&context, "natural_key.platform", &nk.get_ref().platform);
+                let legacy = self.names(&context, "natural_key.legacy", &nk.get_ref().legacy);
+                let platform = self.names(&context, "natural_key.platform", &nk.get_ref().platform);
+                if let (Some(l), Some(p)) = (&legacy, &platform) {
+                    if l.len() != p.len() {
+                        self.err(
+                            nk.span().start,
+                            &context,
+                            format!(
+                                "natural_key: {} legacy column(s) but {} platform column(s)",
+                                l.len(),
+                                p.len()
+                            ),
+                        );
+                    }
+                }
                 Some((legacy, platform, self.line(nk.span().start)))
             }
         };

@@ -126,19 +126,30 @@ impl fmt::Display for TableName {
     }
 }
 
-/// `natural_key = { legacy = "email", platform = "email" }`.
+/// `natural_key = { legacy = "email", platform = "email" }`, or composite:
+/// `{ legacy = ["team_id", "user_id"], platform = ["group_id", "identity_id"] }`
+/// (columns in corresponding order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NaturalKey {
-    pub legacy: String,
-    pub platform: String,
+    pub legacy: Vec<String>,
+    pub platform: Vec<String>,
 }
 
 impl NaturalKey {
-    pub fn column(&self, side: Side) -> &str {
+    /// The natural key's columns on `side`.
+    pub fn columns(&self, side: Side) -> &[String] {
         match side {
             Side::Legacy => &self.legacy,
             Side::Platform => &self.platform,
         }
+    }
+
+    /// The first (for a single-column key, the only) column on `side`.
+    pub fn column(&self, side: Side) -> &str {
+        self.columns(side)
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -351,6 +362,14 @@ impl Entity {
     /// The natural key column on `side`, if the entity has one.
     pub fn natural_key_column(&self, side: Side) -> Option<&str> {
         self.natural_key.as_ref().map(|k| k.column(side))
+    }
+
+    /// All natural key columns on `side` (empty without a natural key).
+    pub fn natural_key_columns(&self, side: Side) -> &[String] {
+        self.natural_key
+            .as_ref()
+            .map(|k| k.columns(side))
+            .unwrap_or(&[])
     }
 
     /// The fields, in file order.
