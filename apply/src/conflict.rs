@@ -318,7 +318,7 @@ mod tests {
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\""));
         assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\")"));
         assert!(
-            sql.contains("$4::bool"),
+            sql.contains("$5::bool"),
             "tie flag after keys, two columns and origin: {sql}"
         );
         assert!(sql.contains("rv.deleted"), "tombstones block resurrection");

@@ -270,7 +270,10 @@ fn error_unknown_key_in_field() {
 
 #[test]
 fn error_unknown_key_in_entity() {
-    let text = edited("natural_key = {", "natural_keys = {");
+    let text = edited(
+        "natural_key = { legacy = \"email\"",
+        "natural_keys = { legacy = \"email\"",
+    );
     let e = load_error(&text);
     assert_message(
         &e,
@@ -773,7 +776,7 @@ fn check_names_key_table_and_lookup_columns() {
     // The natural key (and the copy field) name it.
     assert_message(
         &e,
-        line_of(REFERENCE, "natural_key = "),
+        line_of(REFERENCE, "natural_key = { legacy = \"email\""),
         &["entity \"user\": natural_key: column \"email\" does not exist in public.users (legacy)"],
     );
 
