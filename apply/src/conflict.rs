@@ -15,7 +15,11 @@
 //! - A row whose referenced parent does not exist in the target (deleted there
 //!   meanwhile) is not written: the delete wins; it is counted as a conflict.
 //! - **Delete**: removes the target row unless the target row is newer than the
-//!   delete (the source's commit time), and leaves a tombstone.
+//!   delete (the source's commit time), and leaves a tombstone. A row that is
+//!   still exactly the deleting source's own earlier write is always removed:
+//!   the source's delete comes after its own update in its commit order, even
+//!   when the update's `updated_at` looks newer (legacy `timestamp(0)` columns
+//!   round `now()` up to the next second).
 //! - **Partial update** (a TOAST value unchanged at the source): an `UPDATE`
 //!   of the other columns under the same rule; unchanged columns keep their
 //!   target value.
@@ -263,7 +267,10 @@ pub fn delete_sql(
     format!(
         "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
          d AS (DELETE FROM {table} AS t USING i WHERE t.{key} = i.k \
-               AND date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
+               AND (date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
+                    OR EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
+                               AND rv.row_key = t.{key}::text AND rv.origin = $3::text \
+                               AND rv.written_xmin = t.xmin::text)) \
                RETURNING t.{key}::text AS k), \
          gone AS (SELECT i.k::text AS k, i.at FROM i \
                   WHERE i.k::text IN (SELECT k FROM d) OR NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.k)), \

@@ -37,7 +37,7 @@ use schemas::codec::Codec;
 use schemas::event::ChangeEvent;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
@@ -46,6 +46,15 @@ use crate::error::{ApplyError, Result};
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
 use crate::writer::Writer;
+
+/// How far before its stored position a direction starts fetching. A broker
+/// may answer a fetch at an offset inside a record batch with the next batch
+/// (Tansu 0.6 does), which would silently skip the rest of that batch; starting
+/// at least one producer batch earlier (capture's batches hold at most 10,000
+/// messages) and skipping the messages already applied makes resuming exact on
+/// any broker. The first message received is checked to be at or before the
+/// position.
+const RESUME_LOOKBACK: i64 = 20_000;
 
 /// Everything the two directions share.
 pub struct Shared {
@@ -94,6 +103,8 @@ struct Session<'a> {
     batch_events: usize,
     batch_started: Instant,
     open: Option<Open>,
+    /// Whether the first fetched message was checked against the position.
+    first_checked: bool,
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -162,6 +173,7 @@ pub async fn session(
         batch_events: 0,
         batch_started: Instant::now(),
         open: None,
+        first_checked: false,
     };
     // Deletes a crash left un-reasserted.
     session
@@ -224,8 +236,10 @@ fn consumer(config: &Config, topic: &str, position: Position) -> Result<StreamCo
         .create()
         .map_err(|e| ApplyError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
+    // Start a little before the position and skip what is already applied
+    // (see RESUME_LOOKBACK); without a position, from the beginning.
     let offset = match position.next_offset() {
-        Some(offset) => Offset::Offset(offset),
+        Some(offset) => Offset::Offset(offset.saturating_sub(RESUME_LOOKBACK).max(0)),
         None => Offset::Beginning,
     };
     assignment
@@ -333,6 +347,26 @@ impl Session<'_> {
 
     async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
         let offset = message.offset();
+        if let Some(next) = self.position.next_offset() {
+            if !self.first_checked {
+                self.first_checked = true;
+                if offset > next {
+                    error!(
+                        topic = %self.topic,
+                        expected = next,
+                        received = offset,
+                        "the broker skipped messages after apply's position; refusing to continue"
+                    );
+                    return Err(ApplyError::Config(format!(
+                        "topic {}: the first message fetched is at offset {offset}, after apply's position {next}: messages are missing (retention, or a broker that skips within a batch)",
+                        self.topic
+                    )));
+                }
+            }
+            if offset < next {
+                return Ok(()); // applied before the restart
+            }
+        }
         let payload = message.payload().unwrap_or_default();
         let event = match self.shared.codec.decode(payload) {
             Ok(event) => event,
@@ -365,6 +399,7 @@ impl Session<'_> {
         }
         if self.open.is_none() {
             if tx.position != 0 {
+                warn!(topic = %self.topic, offset, commit_lsn = tx.commit_lsn, "event without the start of its transaction; dead-lettered");
                 self.dead_letter(
                     offset,
                     payload,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
 /// Applies both sides' change events to the other side, through the mapping.
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_telemetry(args.log_format.as_deref());
+    capture::telemetry::init(args.log_format.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(capture::telemetry::cancel_on_signal(shutdown.clone()));
         let config = apply::Config::load(args.config.as_deref())?;
         match args.command.unwrap_or(Command::Run) {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)
@@ -74,39 +74,5 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
-    }
-    shutdown.cancel();
-}
-
-fn init_telemetry(format: Option<&str>) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        Some("json") => true,
-        Some(_) => false,
-        None => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
     }
 }

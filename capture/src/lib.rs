@@ -28,6 +28,7 @@ pub mod pgtype;
 pub mod slot;
 pub mod stream;
 pub mod tail;
+pub mod telemetry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
 /// Streams one PostgreSQL database's changes into Kafka as Avro change events.
 #[derive(Debug, Parser)]
@@ -48,7 +48,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_telemetry(args.log_format.as_deref());
+    capture::telemetry::init(args.log_format.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(capture::telemetry::cancel_on_signal(shutdown.clone()));
         match args.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = capture::Config::load(args.config.as_deref())?;
@@ -97,39 +97,5 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutting down"),
-    }
-    shutdown.cancel();
-}
-
-fn init_telemetry(format: Option<&str>) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        Some("json") => true,
-        Some(_) => false,
-        None => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
     }
 }

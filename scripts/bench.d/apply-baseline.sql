@@ -18,7 +18,7 @@ CREATE FUNCTION pg_temp.pid(entity text, id bigint) RETURNS uuid LANGUAGE sql IM
 $$ SELECT bench_ext.uuid_generate_v5('5b1d9e0a-3c47-4f2b-9a61-0c2e8d4b7f13', entity || ':' || id) $$;
 
 WITH v AS (
-  SELECT 1 AS t, id, format('(%L,%L,%L,%L,%L,%L,%L)',
+  SELECT 1 AS t, g.id, format('(%L,%L,%L,%L,%L,%L,%L)',
            pg_temp.pid('team', g.id), g.name, c.name,
            CASE WHEN g.archived THEN g.updated_at AT TIME ZONE 'UTC' END, g.notes,
            g.inserted_at AT TIME ZONE 'UTC', g.updated_at AT TIME ZONE 'UTC') AS v

@@ -14,14 +14,29 @@
 #            the platform by email / name) updated on both sides in the same instant; the newer
 #            updated_at wins, a tie (same second) goes to legacy (schemas/mapping/reference.toml)
 #   n%10 = 7 the same user (same email, the natural key) created on both sides in the same instant
+#            (ON CONFLICT DO NOTHING: when the other side's copy arrived first, it stays)
 #
 # Foreign keys are valid where written. Memberships are only created for pairs no other writer
 # creates (legacy: legacy-born team with any user; platform: platform-born group with any
 # identity), so that no two rows compete for the same UNIQUE (team, user) pair: the mapping
 # defines no natural key for memberships, such a pair could only be dead-lettered.
 #
+# Platform updates and deletes of existing rows only pick rows whose updated_at is at least 2
+# seconds old (PLATFORM_SETTLED), unless SAME_SECOND=1 (scripts/demo --same-second, which also
+# makes the platform's half of each conflict wait for legacy's half to arrive). Known bridge
+# bug: a platform change made after a legacy change reached the platform, within the same second
+# as that legacy change's updated_at (legacy rounds it to the second, possibly up), ties with it
+# at second precision; the tie goes to legacy, so the legacy side drops the platform change, and
+# the platform keeps it: the two sides stay different for good.
+#
 # Needs: RUN (a run id), psql_at URL (psql reading SQL on stdin), SYNC_BRIDGE_LEGACY_URL,
 # SYNC_BRIDGE_PLATFORM_URL, WORKLOAD_LOG (one line per transaction: tick, side, what, ok/FAILED).
+
+if ((${SAME_SECOND:-0})); then
+    PLATFORM_SETTLED="true"
+else
+    PLATFORM_SETTLED="updated_at < now() - interval '2 seconds'"
+fi
 
 # pick N WORD...: the (N mod count)-th word
 pick() {
@@ -150,15 +165,15 @@ BEGIN;
 UPDATE identity.identities SET phone_e164 = '+337' || lpad(($n * 104729 % 100000000)::text, 8, '0'),
                                (kind, is_admin) = ($(pick "$n" "'staff', true" "'member', false" "'staff', false")),
                                updated_at = now()
-  WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM identity.identities WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
 UPDATE org.groups SET archived_at = CASE WHEN archived_at IS NULL THEN now() END, category = $category,
                       updated_at = now()
-  WHERE id = (SELECT id FROM org.groups ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM org.groups WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
 UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now()
-  WHERE id = (SELECT id FROM org.memberships ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM org.memberships WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
 UPDATE geo.zones SET radius_m = radius_m + 10, center = jsonb_build_object('lat', $LAT_SQL, 'lng', $LNG_SQL),
                      updated_at = now()
-  WHERE id = (SELECT id FROM geo.zones ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM geo.zones WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
 COMMIT;
 EOF
         ;;
@@ -181,10 +196,12 @@ EOF
         WHAT="delete the oldest membership, zone, $(pick $((n / 4)) identity group)"
         cat <<EOF
 BEGIN;
-DELETE FROM org.memberships WHERE id = (SELECT id FROM org.memberships ORDER BY created_at, id LIMIT 1);
-DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones ORDER BY created_at, id LIMIT 1);
+DELETE FROM org.memberships
+  WHERE id = (SELECT id FROM org.memberships WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
+DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
 DELETE FROM $(pick $((n / 4)) identity.identities org.groups)
-  WHERE id = (SELECT id FROM $(pick $((n / 4)) identity.identities org.groups) ORDER BY created_at, id LIMIT 1);
+  WHERE id = (SELECT id FROM $(pick $((n / 4)) identity.identities org.groups)
+              WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
 COMMIT;
 EOF
         ;;
@@ -202,9 +219,10 @@ prepare_conflict() {
     if ((n % 10 == 7)); then
         CONFLICT_WHAT="user both.$RUN.$n created on both sides"
         CONFLICT_LEGACY_SQL="INSERT INTO users (email, full_name, role, inserted_at, updated_at)
-  VALUES ('both.$RUN.$n@example.net', 'Bea$n Legacy', 'member', now(), now());"
+  VALUES ('both.$RUN.$n@example.net', 'Bea$n Legacy', 'member', now(), now()) ON CONFLICT (email) DO NOTHING;"
         CONFLICT_PLATFORM_SQL="INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at)
-  VALUES (gen_random_uuid(), 'both.$RUN.$n@example.net', 'Bea$n', 'Platform', 'staff', false, now(), now());"
+  VALUES (gen_random_uuid(), 'both.$RUN.$n@example.net', 'Bea$n', 'Platform', 'staff', false, now(), now())
+  ON CONFLICT (email) DO NOTHING;"
     fi
     ((n % 5 == 0)) || return 0
     picked="$(psql_at "$SYNC_BRIDGE_LEGACY_URL" -A -t -F '|' <<'EOF'
@@ -222,6 +240,20 @@ UPDATE users SET full_name = 'Conflict$n Legacy', phone = '+33600000$n', updated
 UPDATE teams SET notes = 'edited on legacy at tick $n', updated_at = now() WHERE name = '$team';
 UPDATE geofences SET radius_m = 500 + $n, updated_at = now() WHERE name = '$zone';
 COMMIT;"
+    if ((${SAME_SECOND:-0})); then
+        # Not concurrent but causal: the platform edits the rows as soon as legacy's edit of them
+        # arrived (one source transaction: the user's phone stands for all three), which is
+        # usually within the second of legacy's updated_at.
+        CONFLICT_WHAT="${CONFLICT_WHAT/%updated on both sides/updated on legacy, then on the platform once that arrived}"
+        CONFLICT_PLATFORM_SQL+="
+DO \$\$
+BEGIN
+  FOR i IN 1..60 LOOP
+    EXIT WHEN EXISTS (SELECT 1 FROM identity.identities WHERE email = '$email' AND phone_e164 = '+33600000$n');
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END \$\$;"
+    fi
     CONFLICT_PLATFORM_SQL+="
 BEGIN;
 UPDATE identity.identities SET given_name = 'Conflict$n', family_name = 'Platform', phone_e164 = '+33700000$n',

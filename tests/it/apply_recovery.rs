@@ -45,13 +45,20 @@ async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -
     assert!(at_kill < USERS, "killed part way ({at_kill} rows applied)");
     load.await??;
     let mut restarted = bridge.spawn_apply_process()?;
-    eventually("every user on the platform side", WAIT, || async {
+    let all_there = eventually("every user on the platform side", WAIT, || async {
         Ok(
             (count(platform, "SELECT count(*) FROM identity.identities").await? == USERS)
                 .then_some(()),
         )
     })
-    .await?;
+    .await;
+    if let Err(error) = all_there {
+        anyhow::bail!(
+            "{error:#}\nkilled apply's log:\n{}\nrestarted apply's log:\n{}",
+            apply.output(),
+            restarted.output()
+        );
+    }
     assert_eq!(
         restarted.terminate().await?,
         Some(0),

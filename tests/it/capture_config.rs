@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use sync_bridge_tests::{
-    create_topic, unique, CaptureProcess, CaptureSetup, Side, Stack, TempDir, TestDb,
+    create_topic, unique, CaptureSetup, ServiceProcess, Side, Stack, TempDir, TestDb,
 };
 
 const EXIT: Duration = Duration::from_secs(60);
 
 async fn exits_with_message(toml: &str, hint: &str, expected: &[&str]) -> anyhow::Result<()> {
-    let mut process = CaptureProcess::spawn(toml, hint)?;
+    let mut process = ServiceProcess::spawn("capture", toml, hint)?;
     let code = process.wait(EXIT).await?;
     let output = process.output();
     assert_eq!(
