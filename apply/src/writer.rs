@@ -350,6 +350,7 @@ impl Writer {
                         key_type,
                         &table.updated_at,
                     );
+                    lock_rows(source, from, entity.name(), keys).await?;
                     source
                         .query_one(&sql, &[keys, times, &self.origin])
                         .await
@@ -511,6 +512,7 @@ impl Writer {
             RunKind::Upsert => shape.upsert_sql(),
             _ => shape.update_sql(),
         };
+        lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len() + 3);
         params.push(&key_texts);
@@ -580,6 +582,7 @@ impl Writer {
             &self.column_type(entity, self.to, &table.key)?,
             &table.updated_at,
         );
+        lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
         let row = target
             .query_one(&statement, &[&key_texts, &times, &self.origin])
@@ -1095,6 +1098,32 @@ impl Writer {
 
 /// Keys (text) and delete times (text) of one entity's deletes.
 type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
+
+/// Takes a transaction-level advisory lock per row (by entity and key), in
+/// key order, in a statement of its own before the statement that decides.
+///
+/// Two writers of one row decide from their own statement snapshot: an
+/// upsert checking for a tombstone and a re-asserted delete checking for the
+/// row could each miss the other's uncommitted write and both commit (write
+/// skew). With the lock taken first, the later writer waits for the earlier
+/// one's commit and its deciding statement, which starts after the lock is
+/// granted, sees it.
+async fn lock_rows(
+    client: &Client,
+    side: &'static str,
+    entity: &str,
+    keys: &[Option<String>],
+) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
+             FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys",
+            &[&entity, &keys],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side, "lock rows", e))?;
+    Ok(())
+}
 
 fn parse_key(side: Side, text: &str) -> Result<Value> {
     match side {
