@@ -191,7 +191,7 @@ async fn a_change_crosses_once_and_never_echoes_back() -> anyhow::Result<()> {
         .await?;
     }
     bridge.legacy().execute(
-        "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('once@example.com', 'Once Only', 'staff', now(), now())",
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('once@example.com', 'Once Only', 'staff', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
     ).await?;
     bridge.converged(WAIT).await?;
     // Wait until apply has seen its own write come back (and skipped it).
@@ -205,7 +205,7 @@ async fn a_change_crosses_once_and_never_echoes_back() -> anyhow::Result<()> {
             .then_some(()))
     })
     .await?;
-    bridge.platform().execute("UPDATE identity.identities SET family_name = 'Twice', updated_at = now() WHERE email = 'once@example.com'").await?;
+    bridge.platform().execute("UPDATE identity.identities SET family_name = 'Twice', updated_at = '2030-01-01 00:00:05+00' WHERE email = 'once@example.com'").await?;
     bridge.converged(WAIT).await?;
     sync_bridge_tests::eventually("the second echo to come back", WAIT, || async {
         Ok((bridge
