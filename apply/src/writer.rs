@@ -933,7 +933,14 @@ impl Writer {
                 let join: Vec<String> = natural
                     .iter()
                     .zip(&names)
-                    .map(|(c, n)| format!("t.{}::text = x.{n}", quote(c)))
+                    .map(|(c, n)| {
+                        // Typed, so an index on the natural key is used.
+                        let type_name = self
+                            .catalog
+                            .column_type(&table.schema, &table.table, c)
+                            .unwrap_or("text");
+                        format!("t.{} = x.{n}::{type_name}", quote(c))
+                    })
                     .collect();
                 let sql = format!(
                     "SELECT t.{key}::text, {select} FROM {table} t JOIN unnest({params}) AS x({names}) ON {join} \
@@ -1038,12 +1045,13 @@ impl Writer {
     ) -> Result<HashMap<String, Value>> {
         let _ = index;
         let texts: Vec<String> = keys.filter_map(capture::pgtype::to_text).collect();
-        let (by, give) = match self.from {
-            Side::Legacy => ("legacy_id", "platform_id"),
-            Side::Platform => ("platform_id", "legacy_id"),
+        // Typed comparison, so the (entity, id) indexes are used.
+        let (by, give, by_type) = match self.from {
+            Side::Legacy => ("legacy_id", "platform_id", "int8"),
+            Side::Platform => ("platform_id", "legacy_id", "uuid"),
         };
         let sql = format!(
-            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by}::text = ANY($2::text[])"
+            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by} = ANY($2::text[]::{by_type}[])"
         );
         let rows = client
             .query(&sql, &[&entity.name(), &texts])
