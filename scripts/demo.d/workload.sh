@@ -2,32 +2,34 @@
 # scripts/demo.d/workload.sh: the demo's sample workload, sourced by scripts/demo.
 #
 # Applications write to BOTH databases at once, one tick a second. A tick runs one legacy and
-# one platform transaction concurrently, rotating by tick number:
-#   n%4 = 1  inserts: a user/identity, a team/group (a category, large TOAST notes on some), its
-#            lead, a member born on the OTHER side, a geofence/zone
-#   n%4 = 2  updates of random rows of every table, born on either side (phone, role/kind,
-#            archived flag, category, membership role, radius and position)
-#   n%4 = 3  inserts: a zone without a team, a member of another team of the same side's birth
-#   n%4 = 0  deletes: the oldest membership, zone, and user or team (cascades), an unused category
-# and, besides:
+# one platform transaction concurrently, rotating by tick number (the platform two ticks later:
+# at a legacy update tick, the platform deletes, and the other way round):
+#   1  inserts: a user/identity, a team/group (a category, large TOAST notes on some), its lead,
+#      a member born on the OTHER side, a geofence/zone
+#   2  updates of random rows of every table, born on either side (phone, role/kind, archived
+#      flag, category, membership role, radius and position)
+#   3  inserts: a zone without a team, a member of another team of the same side's birth
+#   0  deletes: the oldest membership, zone, and user or team (cascades), an unused category
+# and, before that, on both sides within a fraction of a second (platform first, then legacy,
+# each before the other's change reached it):
 #   n%5 = 0  a deliberate conflict: the same user, team and geofence (picked on legacy, matched on
-#            the platform by email / name) updated on both sides in the same instant; the newer
-#            updated_at wins, a tie (same second) goes to legacy (schemas/mapping/reference.toml)
-#   n%10 = 7 the same user (same email, the natural key) created on both sides in the same instant
+#            the platform by email / name) updated on both sides; the newer updated_at wins, a tie
+#            (same second) goes to legacy (schemas/mapping/reference.toml)
+#   n%10 = 7 the same user (same email, the natural key) created on both sides
 #            (ON CONFLICT DO NOTHING: when the other side's copy arrived first, it stays)
 #
 # Foreign keys are valid where written. Memberships are only created for pairs no other writer
 # creates (legacy: legacy-born team with any user; platform: platform-born group with any
-# identity), so that no two rows compete for the same UNIQUE (team, user) pair: the mapping
-# defines no natural key for memberships, such a pair could only be dead-lettered.
+# identity), so that no two rows compete for the same UNIQUE (team, user) pair.
 #
-# Platform updates and deletes of existing rows only pick rows whose updated_at is at least 2
-# seconds old (PLATFORM_SETTLED), unless SAME_SECOND=1 (scripts/demo --same-second, which also
-# makes the platform's half of each conflict wait for legacy's half to arrive). Known bridge
-# bug: a platform change made after a legacy change reached the platform, within the same second
-# as that legacy change's updated_at (legacy rounds it to the second, possibly up), ties with it
-# at second precision; the tie goes to legacy, so the legacy side drops the platform change, and
-# the platform keeps it: the two sides stay different for good.
+# Known bridge bug, which the workload steers clear of: a platform change that overwrites a
+# legacy change already applied on the platform, with an updated_at not newer at second
+# precision (same second, or earlier: legacy's timestamp(0) rounds to the NEAREST second, so its
+# updated_at can be up to 0.5s in the future), is dropped on legacy (legacy wins the tie / is
+# newer) but stays on the platform: the sides differ for good. Hence: in a conflict the platform
+# writes first; platform updates and deletes only pick rows whose updated_at is at least 2 seconds
+# old (PLATFORM_SETTLED). SAME_SECOND=1 (scripts/demo --same-second) reproduces the bug: legacy
+# writes first, the platform waits until that arrived and then writes; no PLATFORM_SETTLED.
 #
 # Needs: RUN (a run id), psql_at URL (psql reading SQL on stdin), SYNC_BRIDGE_LEGACY_URL,
 # SYNC_BRIDGE_PLATFORM_URL, WORKLOAD_LOG (one line per transaction: tick, side, what, ok/FAILED).
@@ -131,11 +133,11 @@ platform_sql() { # platform_sql N: the platform transaction of tick N (stdout); 
     local n="$1"
     local category
     category="$(pick "$n" "'Field'" "'P cat $RUN.$n'" NULL "'Office'" "'P cat $RUN.$n'")"
-    case $((n % 4)) in
+    case $(((n + 2) % 4)) in
     1)
         WHAT="insert identity, group, 2 memberships, zone"
         local notes="'short notes $n'" kind
-        if ((n % 8 == 5)); then notes="$BIG_NOTES_SQL"; fi
+        if ((n % 8 == 7)); then notes="$BIG_NOTES_SQL"; fi
         kind="$(pick "$n" "'member', false" "'staff', false" "'staff', true")"
         cat <<EOF
 DO \$\$
@@ -263,29 +265,32 @@ UPDATE geo.zones SET radius_m = 700 + $n, updated_at = now() WHERE name = '$zone
 COMMIT;"
 }
 
-# side_tick SIDE N: this side's conflict statements (if any), then its transaction of tick N.
+side_url() { # side_url SIDE
+    if [[ "$1" == legacy ]]; then printf '%s' "$SYNC_BRIDGE_LEGACY_URL"; else printf '%s' "$SYNC_BRIDGE_PLATFORM_URL"; fi
+}
+
+# conflict_half SIDE N SQL: one side's half of tick N's conflict.
+conflict_half() {
+    local side="$1" n="$2" sql="$3" out
+    [[ -n "$sql" ]] || return 0
+    if out="$(psql_at "$(side_url "$side")" <<<"$sql" 2>&1)"; then
+        log_tick "$n" "$side" "conflict: $CONFLICT_WHAT" ok
+    else
+        log_tick "$n" "$side" "conflict: $CONFLICT_WHAT" "FAILED: ${out//$'\n'/ }"
+    fi
+}
+
+# side_tick SIDE N: this side's transaction of tick N.
 side_tick() {
-    local side="$1" n="$2" url sql conflict out rc=0
+    local side="$1" n="$2" sql out rc=0
     if [[ "$side" == legacy ]]; then
-        url="$SYNC_BRIDGE_LEGACY_URL"
-        conflict="$CONFLICT_LEGACY_SQL"
         sql="$(legacy_sql "$n")"
         legacy_sql "$n" >/dev/null # sets WHAT in this shell
     else
-        url="$SYNC_BRIDGE_PLATFORM_URL"
-        conflict="$CONFLICT_PLATFORM_SQL"
         sql="$(platform_sql "$n")"
         platform_sql "$n" >/dev/null
     fi
-    if [[ -n "$conflict" ]]; then
-        if out="$(psql_at "$url" <<<"$conflict" 2>&1)"; then
-            log_tick "$n" "$side" "conflict: $CONFLICT_WHAT" ok
-        else
-            log_tick "$n" "$side" "conflict: $CONFLICT_WHAT" "FAILED: ${out//$'\n'/ }"
-            rc=1
-        fi
-    fi
-    if out="$(psql_at "$url" <<<"$sql" 2>&1)"; then
+    if out="$(psql_at "$(side_url "$side")" <<<"$sql" 2>&1)"; then
         log_tick "$n" "$side" "$WHAT" ok
     else
         log_tick "$n" "$side" "$WHAT" "FAILED: ${out//$'\n'/ }"
@@ -305,6 +310,13 @@ log_tick() { # log_tick N SIDE WHAT RESULT
 tick_both() {
     local n="$1"
     prepare_conflict "$n"
+    if ((${SAME_SECOND:-0})); then
+        conflict_half legacy "$n" "$CONFLICT_LEGACY_SQL"
+        conflict_half platform "$n" "$CONFLICT_PLATFORM_SQL"
+    else
+        conflict_half platform "$n" "$CONFLICT_PLATFORM_SQL"
+        conflict_half legacy "$n" "$CONFLICT_LEGACY_SQL"
+    fi
     side_tick legacy "$n" &
     local legacy_pid=$!
     side_tick platform "$n" &

@@ -165,3 +165,48 @@ async fn every_reference_entity_crosses_from_platform_to_legacy_through_the_mapp
     assert_eq!(yard.get::<_, i32>(2), 90);
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()> {
+    let bridge = Bridge::start("toast_apply").await?;
+    // 200 kB of incompressible notes are stored out of line (TOAST).
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
+             SELECT 1, 'Big', false, string_agg(md5(i::text), ''), '2030-01-01 00:00:00', '2030-01-01 00:00:00'
+             FROM generate_series(1, 6000) AS i",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    // Only the name changes: Postgres sends the notes as "unchanged".
+    bridge
+        .legacy()
+        .execute(
+            "UPDATE teams SET name = 'Bigger', updated_at = '2030-01-01 00:00:05' WHERE id = 1",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let row = bridge
+        .platform()
+        .client()
+        .query_one(
+            "SELECT name, length(notes), md5(notes) FROM org.groups",
+            &[],
+        )
+        .await?;
+    let expected: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT md5(notes) FROM teams WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(row.get::<_, String>(0), "Bigger");
+    assert_eq!(
+        row.get::<_, i32>(1),
+        6000 * 32,
+        "the notes were not overwritten"
+    );
+    assert_eq!(row.get::<_, String>(2), expected);
+    bridge.stop().await
+}
