@@ -46,6 +46,11 @@ enum Command {
     },
 }
 
+/// mimalloc: capture and apply allocate many small, short-lived buffers per
+/// event; measured with `scripts/bench`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     capture::telemetry::init(args.log_format.as_deref());
