@@ -212,3 +212,17 @@ impl Config {
         Ok(pg)
     }
 }
+
+impl KafkaConfig {
+    /// The same settings in capture's shape, to share its Kafka helpers.
+    pub fn as_capture(&self) -> capture::config::KafkaConfig {
+        capture::config::KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            topic: None,
+            create_topic: true,
+            replication_factor: self.replication_factor,
+            properties: self.properties.clone(),
+        }
+    }
+}

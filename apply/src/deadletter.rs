@@ -32,15 +32,7 @@ pub struct Origin<'a> {
 
 impl DeadLetters {
     pub fn new(config: &KafkaConfig) -> Result<DeadLetters> {
-        let producer: FutureProducer =
-            capture::kafka::client_config(&capture::config::KafkaConfig {
-                brokers: config.brokers.clone(),
-                topic_prefix: config.topic_prefix.clone(),
-                topic: None,
-                create_topic: true,
-                replication_factor: config.replication_factor,
-                properties: config.properties.clone(),
-            })
+        let producer: FutureProducer = capture::kafka::client_config(&config.as_capture())
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()

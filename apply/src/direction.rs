@@ -144,6 +144,12 @@ pub async fn session(
     let to = from.other();
     let source_name = shared.mapping.side(from).source.clone();
     let topic = config.topic(from, &source_name);
+    // The topic this direction reads and the dead-letter topic must exist
+    // before the first fetch or dead letter (a broker may not create topics
+    // on use). Retried like any other transient failure.
+    let kafka = config.kafka.as_capture();
+    capture::kafka::ensure_topic(&kafka, &topic).await?;
+    capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
     let target = connect(config, to).await?;
     let source = connect(config, from).await?;
     let position = checkpoint::read(&target, to.as_str(), &source_name).await?;

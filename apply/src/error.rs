@@ -38,6 +38,10 @@ pub enum ApplyError {
     #[error("event schema")]
     Schema(#[source] schemas::Error),
 
+    /// A shared Kafka or Postgres helper of the capture crate failed.
+    #[error(transparent)]
+    Shared(#[from] capture::CaptureError),
+
     /// A source transaction could not be applied for a reason retrying cannot fix.
     #[error("{0}")]
     Rejected(String),
@@ -50,6 +54,7 @@ impl ApplyError {
             ApplyError::Rejected(_) => false,
             ApplyError::Postgres { source, .. } => postgres_is_transient(source),
             ApplyError::Kafka { .. } => true,
+            ApplyError::Shared(error) => error.is_retryable(),
         }
     }
 
@@ -61,6 +66,7 @@ impl ApplyError {
             ApplyError::Kafka { .. } => "kafka",
             ApplyError::Schema(_) => "schema",
             ApplyError::Rejected(_) => "rejected",
+            ApplyError::Shared(error) => error.kind(),
         }
     }
 
