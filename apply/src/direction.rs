@@ -481,12 +481,7 @@ impl Session<'_> {
             Ok(_) => Ok(()),
             Err(error) if error.is_retryable() => Err(error),
             Err(error) => {
-                let reason = format!(
-                    "{}.{}: {}",
-                    event.schema,
-                    event.table,
-                    capture::error_chain(&error)
-                );
+                let reason = rejection(event, &error);
                 self.recover(&error, &reason).await
             }
         }
@@ -523,12 +518,7 @@ impl Session<'_> {
                 Ok(_) => {}
                 Err(error) if error.is_retryable() => return Err(error),
                 Err(error) => {
-                    let reason = format!(
-                        "{}.{}: {}",
-                        event.schema,
-                        event.table,
-                        capture::error_chain(&error)
-                    );
+                    let reason = rejection(&event, &error);
                     return self.fail(&reason).await;
                 }
             }
@@ -629,4 +619,15 @@ impl Session<'_> {
         self.stats.dead_lettered(1);
         Ok(())
     }
+}
+
+/// Why an event could not be applied: its table and the error chain (which
+/// names columns and kinds of problem, never row values).
+fn rejection(event: &ChangeEvent, error: &ApplyError) -> String {
+    format!(
+        "{}.{}: {}",
+        event.schema,
+        event.table,
+        capture::error_chain(error)
+    )
 }

@@ -25,6 +25,15 @@ async fn seeded() -> anyhow::Result<Bridge> {
     seeded_at("2030-01-01 00:00:00").await
 }
 
+/// Runs two writes at once, as two applications would.
+async fn race(
+    a: impl std::future::Future<Output = anyhow::Result<()>>,
+    b: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let (a, b) = tokio::join!(a, b);
+    a.and(b)
+}
+
 async fn names(bridge: &Bridge) -> anyhow::Result<(String, String)> {
     let legacy: String = bridge
         .legacy()
@@ -52,9 +61,7 @@ async fn the_same_row_updated_on_both_sides_ends_with_the_newer_value_on_both() 
     let platform = bridge.platform().execute(
         "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Newer', updated_at = '2030-01-01 00:00:09.5+00' WHERE email = 'row@example.com'",
     );
-    let (a, b) = tokio::join!(legacy, platform);
-    a?;
-    b?;
+    race(legacy, platform).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
         names(&bridge).await?,
@@ -68,9 +75,7 @@ async fn the_same_row_updated_on_both_sides_ends_with_the_newer_value_on_both() 
     let platform = bridge.platform().execute(
         "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Stale', updated_at = '2030-01-01 00:00:30+00' WHERE email = 'row@example.com'",
     );
-    let (a, b) = tokio::join!(legacy, platform);
-    a?;
-    b?;
+    race(legacy, platform).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
         names(&bridge).await?,
@@ -123,9 +128,7 @@ async fn a_delete_racing_an_older_update_leaves_the_row_deleted_on_both_sides() 
     let update = bridge.platform().execute(
         "UPDATE identity.identities SET given_name = 'Too', family_name = 'Late', updated_at = '2020-01-01 00:00:03+00' WHERE email = 'row@example.com'",
     );
-    let (a, b) = tokio::join!(delete, update);
-    a?;
-    b?;
+    race(delete, update).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
         count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
@@ -151,9 +154,7 @@ async fn a_delete_racing_a_newer_update_loses_and_the_row_survives_on_both_sides
     let update = bridge.platform().execute(
         "UPDATE identity.identities SET given_name = 'Still', family_name = 'Here', updated_at = '2031-01-01 00:00:00+00' WHERE email = 'row@example.com'",
     );
-    let (a, b) = tokio::join!(delete, update);
-    a?;
-    b?;
+    race(delete, update).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
         count(
@@ -241,9 +242,7 @@ async fn the_same_email_created_on_both_sides_at_once_becomes_one_linked_row() -
     let platform = bridge.platform().execute(
         "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at) VALUES (gen_random_uuid(), 'same@example.com', 'From', 'Platform', 'staff', '2030-01-01 00:00:00+00', '2030-01-01 00:00:02+00')",
     );
-    let (a, b) = tokio::join!(legacy, platform);
-    a?;
-    b?;
+    race(legacy, platform).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
         count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
