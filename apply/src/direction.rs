@@ -181,6 +181,12 @@ pub async fn session(
         open: None,
         first_checked: false,
     };
+    prune_tombstones(
+        &session.target,
+        to.as_str(),
+        shared.mapping.conflicts().tombstone_retention,
+    )
+    .await?;
     // Deletes a crash left un-reasserted.
     session
         .writer
@@ -630,4 +636,21 @@ fn rejection(event: &ChangeEvent, error: &ApplyError) -> String {
         event.table,
         capture::error_chain(error)
     )
+}
+
+/// Forgets tombstones older than the retention: an update older than that is
+/// no longer expected to arrive. Runs at each session start.
+pub async fn prune_tombstones(
+    client: &Client,
+    side: &'static str,
+    retention: Duration,
+) -> Result<u64> {
+    let seconds = retention.as_secs_f64();
+    client
+        .execute(
+            "DELETE FROM syncbridge.row_version WHERE deleted AND updated_at < now() - make_interval(secs => $1)",
+            &[&seconds],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side, "prune tombstones", e))
 }

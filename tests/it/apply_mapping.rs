@@ -210,3 +210,35 @@ async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()>
     assert_eq!(row.get::<_, String>(2), expected);
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_older_than_the_retention_are_pruned_at_start() -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("prune").await?;
+    bridge.stop_apply().await?;
+    // One tombstone far past the 7-day retention, one recent.
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted)
+             VALUES ('user', 'old', 'legacy', now() - interval '30 days', true),
+                    ('user', 'recent', 'legacy', now() - interval '1 day', true)",
+        )
+        .await?;
+    bridge.start_apply()?;
+    sync_bridge_tests::eventually("the old tombstone to be pruned", WAIT, || async {
+        let left: Vec<String> = bridge
+            .platform()
+            .client()
+            .query(
+                "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((left == ["recent"]).then_some(()))
+    })
+    .await?;
+    bridge.stop().await
+}
