@@ -60,13 +60,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     loop {
         let started = Instant::now();
         let streaming = AtomicBool::new(false);
+        let was_failing = failing.is_some();
         let on_streaming = || {
             streaming.store(true, Ordering::Release);
+            if was_failing {
+                info!("capture recovered");
+            }
         };
         let outcome = stream::session(&config, &connection, &codec, &shutdown, &on_streaming).await;
         let streamed = streaming.load(Ordering::Acquire);
-        if streamed && failing.take().is_some() {
-            info!("capture recovered");
+        if streamed {
+            failing = None;
         }
         match outcome {
             Ok(stream::SessionEnd::Shutdown) => return Ok(()),

@@ -848,3 +848,131 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
     }
     Ok(done)
 }
+
+/// A PostgreSQL cluster of a test's own (not the stack's), on a free port, to
+/// be started and stopped at will: a server with another `wal_level`, or one
+/// that is down when capture starts.
+pub struct ThrowawayCluster {
+    pub port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    wal_level: String,
+    _dir: TempDir,
+}
+
+impl ThrowawayCluster {
+    /// Runs initdb; the cluster is not started.
+    pub fn create(hint: &str, wal_level: &str) -> Result<ThrowawayCluster> {
+        let stack = Stack::get();
+        let dir = TempDir::new(hint)?;
+        let data = dir.0.join("data");
+        if let Some(user) = &stack.pg_run_as {
+            run_program("chown", &["-R", user, &dir.0.display().to_string()], None)?;
+            run_program("chmod", &["755", &dir.0.display().to_string()], None)?;
+        }
+        let initdb = stack.pg_bindir.join("initdb").display().to_string();
+        let data_text = data.display().to_string();
+        run_program(
+            &initdb,
+            &["-D", &data_text, "-A", "trust", "-U", "postgres"],
+            stack.pg_run_as.as_deref(),
+        )?;
+        Ok(ThrowawayCluster {
+            port: free_port()?,
+            log: dir.0.join("log"),
+            data,
+            wal_level: wal_level.to_owned(),
+            _dir: dir,
+        })
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<dbname>`.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    pub fn start(&self) -> Result<()> {
+        let stack = Stack::get();
+        let socket_dir = self
+            .data
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c wal_level={} -c max_wal_senders=10 -c max_replication_slots=10 -k {socket_dir}",
+            self.port, self.wal_level
+        );
+        run_program(
+            &stack.pg_bindir.join("pg_ctl").display().to_string(),
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-o",
+                &options,
+                "-l",
+                &self.log.display().to_string(),
+                "-w",
+                "start",
+            ],
+            stack.pg_run_as.as_deref(),
+        )
+    }
+
+    pub fn stop(&self) -> Result<()> {
+        let stack = Stack::get();
+        run_program(
+            &stack.pg_bindir.join("pg_ctl").display().to_string(),
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            stack.pg_run_as.as_deref(),
+        )
+    }
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        let stack = Stack::get();
+        let _ = run_program(
+            &stack.pg_bindir.join("pg_ctl").display().to_string(),
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            stack.pg_run_as.as_deref(),
+        );
+    }
+}
+
+fn run_program(program: &str, args: &[&str], as_user: Option<&str>) -> Result<()> {
+    let mut command = match as_user {
+        Some(user) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--", program]);
+            c
+        }
+        None => std::process::Command::new(program),
+    };
+    let output = command.args(args).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -8,6 +8,7 @@ mod apply_mapping;
 mod apply_recovery;
 mod capture_config;
 mod capture_events;
+mod capture_faults;
 mod capture_recovery;
 mod capture_slot;
 mod capture_transactions;
