@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use capture::config::Secret;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
@@ -134,22 +134,7 @@ fn default_max_backoff() -> Duration {
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ApplyError::Config(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(
-            Env::prefixed(capture::config::ENV_PREFIX)
-                .filter(|key| key.as_str().contains("__"))
-                .split("__"),
-        );
-        Self::from_figment(figment)
+        Self::from_figment(capture::config::layers(path).map_err(ApplyError::Config)?)
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {

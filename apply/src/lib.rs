@@ -29,7 +29,7 @@ pub mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use schemas::codec::Codec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -126,11 +126,7 @@ async fn supervise(
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(shared.config.apply.max_backoff)
-        .with_jitter()
-        .without_max_times();
+    let backoff_builder = capture::reconnect_backoff(shared.config.apply.max_backoff);
     let mut backoff = backoff_builder.build();
     let mut failing: Option<String> = None;
     loop {

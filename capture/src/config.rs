@@ -43,6 +43,26 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The configuration sources every service reads, in order: the TOML file at
+/// `path` (if given), then `SYNC_BRIDGE_<SECTION>__<KEY>` environment
+/// variables. Other `SYNC_BRIDGE_*` variables (`SYNC_BRIDGE_CONFIG`, the test
+/// stack's settings) are not configuration and are ignored. The error is a
+/// message for the operator.
+pub fn layers(path: Option<&Path>) -> std::result::Result<Figment, String> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    Ok(figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    ))
+}
+
 /// The whole capture configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,24 +231,7 @@ impl Connection {
 impl Config {
     /// Reads `path` (if given) and applies `SYNC_BRIDGE_*` environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(CaptureError::Config(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Only SECTION__KEY variables are configuration; other SYNC_BRIDGE_*
-        // variables (SYNC_BRIDGE_CONFIG, the test stack's settings) are not.
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .filter(|key| key.as_str().contains("__"))
-                .split("__"),
-        );
-        Self::from_figment(figment)
+        Self::from_figment(layers(path).map_err(CaptureError::Config)?)
     }
 
     /// Parses a TOML document (no environment), for tests and tools.

@@ -48,11 +48,7 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let codec = Codec::new().map_err(CaptureError::Schema)?;
     let connection = config.connection()?;
-    let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(config.capture.max_backoff)
-        .with_jitter()
-        .without_max_times();
+    let backoff_builder = reconnect_backoff(config.capture.max_backoff);
     let mut backoff = backoff_builder.build();
     // The last failure logged, so that a failure repeating itself is logged once.
     let mut failing: Option<String> = None;
@@ -92,6 +88,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The backoff between two attempts to reconnect, shared by the services:
+/// exponential from 200 ms up to `max`, with jitter, never giving up.
+pub fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
 }
 
 /// An error and its sources, joined: `a: b: c`.
