@@ -9,9 +9,12 @@
 //! - `id_map`: the id correspondence (legacy bigint <-> platform uuid) of the
 //!   rows this database received.
 //! - `row_version`: per row apply wrote, who wrote it (`origin`), the
-//!   `updated_at` it carried and the row version (`xmin`) it left, plus
-//!   tombstones of deleted rows. Conflict resolution reads it inside the
-//!   writing statement.
+//!   `updated_at` it carried, the row version (`xmin`) it left, the WAL
+//!   position right after the write (`written_lsn`) and the source
+//!   transaction it came from (`source_xid`), plus tombstones of deleted rows.
+//!   Conflict resolution reads it inside the writing statement, and the other
+//!   direction reads it to tell a change made on top of a crossed version
+//!   from a concurrent one.
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
@@ -52,8 +55,13 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                updated_at   timestamptz NOT NULL,
                deleted      boolean NOT NULL DEFAULT false,
                written_xmin text NOT NULL DEFAULT '',
+               written_lsn  pg_lsn,
+               source_xid   text,
                PRIMARY KEY (entity, row_key)
              );
+             ALTER TABLE syncbridge.row_version
+               ADD COLUMN IF NOT EXISTS written_lsn pg_lsn,
+               ADD COLUMN IF NOT EXISTS source_xid text;
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (

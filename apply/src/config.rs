@@ -82,6 +82,10 @@ pub struct ApplyConfig {
     pub dead_letter_buffer: usize,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// How often a running direction forgets tombstones older than the
+    /// mapping's `conflicts.tombstone_retention` (also done at each start).
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub tombstone_prune_interval: Duration,
 }
 
 impl Default for ApplyConfig {
@@ -94,6 +98,7 @@ impl Default for ApplyConfig {
             statement_max_rows: default_statement_rows(),
             dead_letter_buffer: default_dead_letter_buffer(),
             max_backoff: default_max_backoff(),
+            tombstone_prune_interval: default_prune_interval(),
         }
     }
 }
@@ -127,6 +132,9 @@ fn default_statement_rows() -> usize {
 }
 fn default_dead_letter_buffer() -> usize {
     10_000
+}
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)

@@ -9,7 +9,13 @@
 //!   its source is the configured `tie_winner`, or when the target row is still
 //!   exactly as apply last wrote it from the same source (its `xmin` equals the
 //!   one recorded in `syncbridge.row_version`): a source's later change never
-//!   loses a tie to its own earlier one.
+//!   loses a tie to its own earlier one. A change made *on top of* a version
+//!   that crossed from the target also wins the tie, while the target row is
+//!   still that version: the source's `row_version` says when that version
+//!   arrived (`written_lsn`) and which target transaction it was
+//!   (`source_xid`), and a change that committed after it is causally newer
+//!   (see `Writer::bases`). Truly concurrent changes in one second still go
+//!   to the `tie_winner`, on both sides.
 //! - An insert never resurrects a row whose tombstone is at least as new as
 //!   the incoming `updated_at`.
 //! - A row whose referenced parent does not exist in the target (deleted there
@@ -59,6 +65,23 @@ pub struct ParentCheck {
     pub key: String,
 }
 
+/// The parameters of an upsert or update after its key and column arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// The source's name (`text`), recorded as the rows' origin.
+    pub origin: usize,
+    /// Whether the source wins ties (`bool`): it is the `tie_winner`.
+    pub tie: usize,
+    /// Per row, the source transaction id (`text[]`), recorded.
+    pub source_xids: usize,
+    /// Target keys (`text[]`) of changes made on top of a target version...
+    pub based_keys: usize,
+    /// ...and that version's `xmin` (`text[]`): on a tie such a change wins
+    /// while the target row is still that version (the change is causally
+    /// newer; see `Writer::bases`).
+    pub based_xmins: usize,
+}
+
 /// What a statement writes: the target table of `entity`.
 #[derive(Debug, Clone)]
 pub struct Shape {
@@ -103,8 +126,21 @@ impl Shape {
         }
     }
 
+    /// The numbers of the parameters after the key and column arrays.
+    pub fn params(&self) -> Params {
+        let origin = self.columns.len() + 2;
+        Params {
+            origin,
+            tie: origin + 1,
+            source_xids: origin + 2,
+            based_keys: origin + 3,
+            based_xmins: origin + 4,
+        }
+    }
+
     /// `$n::text[]` inputs cast per column, as a typed row source `i`:
-    /// parameter 1 is the keys, 2.. the columns in order.
+    /// parameter 1 is the keys, 2.. the columns in order, then the source
+    /// transaction ids (`sx`).
     fn input(&self) -> String {
         let mut select = format!(
             "SELECT k::{} AS {}",
@@ -125,23 +161,25 @@ impl Shape {
             let _ = write!(names, ", c{index}");
             let _ = write!(arrays, ", ${}::text[]", index + 2);
         }
-        format!("{select}, ord FROM unnest({arrays}) WITH ORDINALITY AS raw({names}, ord)")
+        let _ = write!(arrays, ", ${}::text[]", self.params().source_xids);
+        format!("{select}, sx, ord FROM unnest({arrays}) WITH ORDINALITY AS raw({names}, sx, ord)")
     }
 
-    fn tie_condition(
-        &self,
-        incoming: &str,
-        existing: &str,
-        origin_param: usize,
-        tie_param: usize,
-    ) -> String {
+    fn tie_condition(&self, incoming: &str, existing: &str) -> String {
         let ua = quote(&self.updated_at);
+        let p = self.params();
         format!(
             "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
              OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) \
-                 AND (${tie_param}::bool OR EXISTS (SELECT 1 FROM syncbridge.row_version rv \
+                 AND (${tie}::bool OR EXISTS (SELECT 1 FROM syncbridge.row_version rv \
                       WHERE rv.entity = {entity} AND rv.row_key = {existing}.{key}::text \
-                        AND rv.origin = ${origin_param}::text AND rv.written_xmin = {existing}.xmin::text)))",
+                        AND rv.origin = ${origin}::text AND rv.written_xmin = {existing}.xmin::text) \
+                   OR EXISTS (SELECT 1 FROM unnest(${based_keys}::text[], ${based_xmins}::text[]) AS b(k, x) \
+                      WHERE b.k = {existing}.{key}::text AND b.x = {existing}.xmin::text)))",
+            tie = p.tie,
+            origin = p.origin,
+            based_keys = p.based_keys,
+            based_xmins = p.based_xmins,
             entity = literal(&self.entity),
             key = quote(&self.key.name),
         )
@@ -161,22 +199,28 @@ impl Shape {
         condition
     }
 
-    fn record_versions(&self, written: &str, origin_param: usize) -> String {
+    /// Records each written row's version. `written_lsn` is read after the
+    /// row was written (its lock held): a source transaction that changed the
+    /// row afterwards commits at a later LSN, one that committed before does
+    /// not (see `Writer::bases`).
+    fn record_versions(&self, written: &str) -> String {
         format!(
-            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin) \
-             SELECT {entity}, w.k, ${origin_param}::text, w.u, false, w.x FROM {written} w \
+            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin, written_lsn, source_xid) \
+             SELECT {entity}, w.k, ${origin}::text, w.u, false, w.x, pg_catalog.pg_current_wal_insert_lsn(), i.sx \
+             FROM {written} w JOIN i ON i.{key}::text = w.k \
              ON CONFLICT (entity, row_key) DO UPDATE SET origin = EXCLUDED.origin, updated_at = EXCLUDED.updated_at, \
-               deleted = false, written_xmin = EXCLUDED.written_xmin",
+               deleted = false, written_xmin = EXCLUDED.written_xmin, written_lsn = EXCLUDED.written_lsn, \
+               source_xid = EXCLUDED.source_xid",
             entity = literal(&self.entity),
+            origin = self.params().origin,
+            key = quote(&self.key.name),
         )
     }
 
     /// Insert-or-update of many rows. Parameters: `$1` keys, `$2..` columns
-    /// (text arrays), then origin (text) and tie (bool). Returns one row: the
-    /// number of rows written.
+    /// (text arrays), then those of [`Params`]. Returns one row: the number
+    /// of rows written.
     pub fn upsert_sql(&self) -> String {
-        let origin = self.columns.len() + 2;
-        let tie = origin + 1;
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let mut names = key.clone();
@@ -211,16 +255,14 @@ impl Shape {
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
             sets = sets.join(", "),
-            tie_condition = self.tie_condition("EXCLUDED", "t", origin, tie),
-            versions = self.record_versions("w", origin),
+            tie_condition = self.tie_condition("EXCLUDED", "t"),
+            versions = self.record_versions("w"),
         )
     }
 
     /// Update-only of many rows (some source columns were unchanged TOAST
     /// values and are not in `columns`). Same parameters as [`Self::upsert_sql`].
     pub fn update_sql(&self) -> String {
-        let origin = self.columns.len() + 2;
-        let tie = origin + 1;
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let sets: Vec<String> = self
@@ -247,8 +289,8 @@ impl Shape {
             table = self.table,
             sets = sets.join(", "),
             parents = self.parents_exist("i"),
-            tie_condition = self.tie_condition("i", "t", origin, tie),
-            versions = self.record_versions("w", origin),
+            tie_condition = self.tie_condition("i", "t"),
+            versions = self.record_versions("w"),
         )
     }
 }
@@ -327,6 +369,10 @@ mod tests {
         assert!(
             sql.contains("$5::bool"),
             "tie flag after keys, two columns and origin: {sql}"
+        );
+        assert!(
+            sql.contains("unnest($7::text[], $8::text[])"),
+            "causal bases last: {sql}"
         );
         assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
     }

@@ -105,6 +105,8 @@ struct Session<'a> {
     open: Option<Open>,
     /// Whether the first fetched message was checked against the position.
     first_checked: bool,
+    /// When expired tombstones are next pruned.
+    next_prune: Instant,
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -180,13 +182,9 @@ pub async fn session(
         batch_started: Instant::now(),
         open: None,
         first_checked: false,
+        next_prune: Instant::now(),
     };
-    prune_tombstones(
-        &session.target,
-        to.as_str(),
-        shared.mapping.conflicts().tombstone_retention,
-    )
-    .await?;
+    session.prune_when_due().await?;
     // Deletes a crash left un-reasserted.
     session
         .writer
@@ -202,7 +200,10 @@ pub async fn session(
         let wait = if session.batch_open && session.open.is_none() {
             linger
         } else {
-            Duration::from_secs(3600)
+            session
+                .next_prune
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10))
         };
         let received = tokio::select! {
             biased;
@@ -228,6 +229,9 @@ pub async fn session(
                     session.commit(&consumer).await?;
                 }
             }
+        }
+        if !session.batch_open && session.open.is_none() {
+            session.prune_when_due().await?;
         }
     }
 }
@@ -334,6 +338,7 @@ impl Session<'_> {
                 &self.shared.config.apply.marker_prefix,
             )
             .await?;
+        self.writer.refresh_statistics(&self.target).await?;
         self.position.consumed(offset);
         let mut offsets = TopicPartitionList::new();
         if offsets
@@ -344,6 +349,25 @@ impl Session<'_> {
                 debug!(%error, "committing the consumer group offset failed; the next commit carries it");
             }
         }
+        Ok(())
+    }
+
+    /// Forgets expired tombstones when the prune interval has passed; runs
+    /// between target transactions.
+    async fn prune_when_due(&mut self) -> Result<()> {
+        if Instant::now() < self.next_prune {
+            return Ok(());
+        }
+        let pruned = prune_tombstones(
+            &self.target,
+            self.target_side(),
+            self.shared.mapping.conflicts().tombstone_retention,
+        )
+        .await?;
+        if pruned > 0 {
+            debug!(pruned, "expired tombstones pruned");
+        }
+        self.next_prune = Instant::now() + self.shared.config.apply.tombstone_prune_interval;
         Ok(())
     }
 
@@ -639,7 +663,8 @@ fn rejection(event: &ChangeEvent, error: &ApplyError) -> String {
 }
 
 /// Forgets tombstones older than the retention: an update older than that is
-/// no longer expected to arrive. Runs at each session start.
+/// no longer expected to arrive. Runs at each session start and then every
+/// `apply.tombstone_prune_interval`.
 pub async fn prune_tombstones(
     client: &Client,
     side: &'static str,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use schemas::event::{ChangeEvent, Op, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape};
@@ -45,6 +46,9 @@ struct PendingRow {
     source_key: Value,
     row: TargetRow,
     delete_at: i64,
+    /// The source transaction: its id and commit LSN.
+    source_xid: u32,
+    commit_lsn: u64,
 }
 
 struct Run {
@@ -120,6 +124,35 @@ pub struct Writer {
     lookups: HashMap<(usize, usize, String), Option<String>>,
     statements: HashMap<String, Statement>,
     stats: Arc<Stats>,
+    analyze: Analyze,
+}
+
+/// When apply last refreshed the planner statistics of what it fills.
+///
+/// apply creates and fills its bookkeeping tables (and often the target
+/// tables) far faster than autovacuum notices: a table planned as empty is
+/// then scanned whole for every key lookup, and each batch gets slower as it
+/// grows. Statistics are refreshed whenever the rows written since the last
+/// refresh reach the rows written before it (and at least
+/// [`Analyze::FIRST_AFTER`]), so a load of n rows costs O(log n) `ANALYZE`s.
+#[derive(Debug, Default)]
+struct Analyze {
+    /// Rows written in committed transactions since the last refresh.
+    since: u64,
+    /// Rows written in all before the last refresh.
+    before: u64,
+    /// Rows written by the open target transaction.
+    pending: u64,
+    /// Target entities written since the last refresh.
+    entities: HashSet<usize>,
+}
+
+impl Analyze {
+    const FIRST_AFTER: u64 = 5_000;
+
+    fn due(&self) -> bool {
+        self.since >= Self::FIRST_AFTER.max(self.before)
+    }
 }
 
 impl Writer {
@@ -145,6 +178,7 @@ impl Writer {
             lookups: HashMap::new(),
             statements: HashMap::new(),
             stats,
+            analyze: Analyze::default(),
         }
     }
 
@@ -227,6 +261,8 @@ impl Writer {
                 source_key,
                 row,
                 delete_at,
+                source_xid: event.transaction.xid,
+                commit_lsn: event.transaction.commit_lsn,
             });
         }
         Ok(Staged::Staged)
@@ -272,6 +308,7 @@ impl Writer {
 
     /// The target transaction committed.
     pub fn committed(&mut self) {
+        self.analyze.since += std::mem::take(&mut self.analyze.pending);
         self.keep_transaction();
         for (entity, legacy, platform) in std::mem::take(&mut self.ids.batch) {
             self.ids.remember_committed(entity, legacy, platform);
@@ -280,10 +317,46 @@ impl Writer {
 
     /// The target transaction rolled back.
     pub fn rolled_back(&mut self) {
+        self.analyze.pending = 0;
         self.run = None;
         self.ids.transaction.clear();
         self.ids.batch.clear();
         self.lookups.clear();
+    }
+
+    /// Refreshes the planner statistics of the bookkeeping tables and of the
+    /// target tables written, when enough rows were written since the last
+    /// time (see [`Analyze`]); runs between target transactions. Tables apply
+    /// may not analyze (owned by another role) are skipped by the server with
+    /// a warning.
+    pub async fn refresh_statistics(&mut self, target: &Client) -> Result<()> {
+        if !self.analyze.due() {
+            return Ok(());
+        }
+        let mut tables = vec![
+            "syncbridge.id_map".to_owned(),
+            "syncbridge.row_version".to_owned(),
+        ];
+        let mut entities: Vec<usize> = self.analyze.entities.drain().collect();
+        entities.sort_unstable();
+        for index in entities {
+            let table = self.mapping.entities()[index].table(self.to);
+            tables.push(quote_table(&table.schema, &table.table));
+        }
+        let started = std::time::Instant::now();
+        target
+            .batch_execute(&format!("ANALYZE {}", tables.join(", ")))
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "analyze", e))?;
+        debug!(
+            rows = self.analyze.since,
+            tables = tables.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "planner statistics refreshed"
+        );
+        self.analyze.before += self.analyze.since;
+        self.analyze.since = 0;
+        Ok(())
     }
 
     /// Re-asserts, on the side they came from, the deletes recorded in the
@@ -467,6 +540,7 @@ impl Writer {
         // an unresolvable reference are left out (counted as conflicts).
         let mut written_rows: Vec<usize> = Vec::with_capacity(rows.len());
         let mut key_texts: Vec<Option<String>> = Vec::with_capacity(rows.len());
+        let mut source_xids: Vec<String> = Vec::with_capacity(rows.len());
         let mut column_texts: Vec<Vec<Option<String>>> =
             vec![Vec::with_capacity(rows.len()); columns.len()];
         let resolved = self
@@ -492,6 +566,7 @@ impl Writer {
             };
             written_rows.push(row_index);
             key_texts.push(capture::pgtype::to_text(target_key));
+            source_xids.push(rows[row_index].source_xid.to_string());
             for (column_index, value) in values.iter().enumerate() {
                 column_texts[column_index].push(value.clone());
             }
@@ -512,20 +587,31 @@ impl Writer {
             RunKind::Upsert => shape.upsert_sql(),
             _ => shape.update_sql(),
         };
+        let (based_keys, based_xmins) = if self.tie_wins {
+            (Vec::new(), Vec::new())
+        } else {
+            let written: Vec<&PendingRow> = written_rows.iter().map(|i| &rows[*i]).collect();
+            self.bases(source, entity, &written, &key_texts).await?
+        };
         lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len() + 3);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len() + 6);
         params.push(&key_texts);
         for texts in &column_texts {
             params.push(texts);
         }
         params.push(&self.origin);
         params.push(&self.tie_wins);
+        params.push(&source_xids);
+        params.push(&based_keys);
+        params.push(&based_xmins);
         let row = target.query_one(&statement, &params).await.map_err(|e| {
             ApplyError::postgres(self.to.as_str(), format!("write {}", entity.name()), e)
         })?;
         let written = row.get::<_, i64>(0) as u64;
         let attempted = written_rows.len() as u64;
+        self.analyze.pending += attempted;
+        self.analyze.entities.insert(index);
         self.stats.applied(written);
         self.stats.skipped_older(attempted.saturating_sub(written));
         Ok(())
@@ -1014,6 +1100,56 @@ impl Writer {
                 .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
         }
         Ok(())
+    }
+
+    /// The changes among `rows` that were made on top of a version this
+    /// writer's target sent over: per such row, its target key (`keys`,
+    /// aligned with `rows`) and the `xmin` that target version carried.
+    ///
+    /// A tie at whole seconds between a target row and an incoming change is
+    /// normally won by the `tie_winner`. But when the source row's last
+    /// crossing from the target (recorded in the source's `row_version` with
+    /// `written_lsn`) happened before the change committed, the change was
+    /// made after that version arrived: it is causally newer and must win
+    /// while the target row is still the version that crossed (same `xmin`
+    /// as the source transaction recorded). A concurrent change (committed
+    /// before the version arrived) still loses the tie, on both sides.
+    async fn bases(
+        &self,
+        source: &Client,
+        entity: &Entity,
+        rows: &[&PendingRow],
+        keys: &[Option<String>],
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let source_keys: Vec<String> = rows
+            .iter()
+            .map(|r| capture::pgtype::to_text(&r.source_key).unwrap_or_default())
+            .collect();
+        let lsns: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:X}/{:X}", r.commit_lsn >> 32, r.commit_lsn & 0xffff_ffff))
+            .collect();
+        let target_origin = &self.mapping.side(self.to).source;
+        let found = source
+            .query(
+                "SELECT x.ord, rv.source_xid FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(k, lsn, ord) \
+                 JOIN syncbridge.row_version rv ON rv.entity = $1 AND rv.row_key = x.k \
+                 WHERE rv.origin = $4 AND NOT rv.deleted AND rv.source_xid IS NOT NULL \
+                   AND rv.written_lsn < x.lsn::pg_lsn",
+                &[&entity.name(), &source_keys, &lsns, target_origin],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.from.as_str(), "read crossed versions", e))?;
+        let mut based_keys = Vec::with_capacity(found.len());
+        let mut based_xmins = Vec::with_capacity(found.len());
+        for row in found {
+            let ordinal = row.get::<_, i64>(0) as usize;
+            if let Some(Some(key)) = ordinal.checked_sub(1).and_then(|i| keys.get(i)) {
+                based_keys.push(key.clone());
+                based_xmins.push(row.get::<_, String>(1));
+            }
+        }
+        Ok((based_keys, based_xmins))
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {

@@ -99,6 +99,45 @@ async fn the_same_row_updated_on_both_sides_ends_with_the_newer_value_on_both() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_edit_on_top_of_a_crossed_legacy_change_in_the_same_second_wins_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    bridge.legacy().execute("UPDATE users SET full_name = 'Legacy Base', updated_at = '2030-01-01 00:00:20' WHERE id = 1").await?;
+    bridge.converged(WAIT).await?;
+    // A platform user edits the row the legacy change just reached, within
+    // the same second: a tie at whole seconds that legacy would win, but the
+    // edit was made on top of the legacy version, so it is the newer one.
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Platform', family_name = 'On Top', updated_at = '2030-01-01 00:00:20.4+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Platform On Top".into(), "Platform On Top".into())
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_in_the_same_second_end_with_the_tie_winner_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // Neither change has crossed when the other is made: a true tie, and
+    // legacy (the configured tie_winner) wins on both sides.
+    let legacy = bridge.legacy().execute(
+        "UPDATE users SET full_name = 'Legacy Tie', updated_at = '2030-01-01 00:00:30' WHERE id = 1",
+    );
+    let platform = bridge.platform().execute(
+        "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Tie', updated_at = '2030-01-01 00:00:30.7+00' WHERE email = 'row@example.com'",
+    );
+    race(legacy, platform).await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Legacy Tie".into(), "Legacy Tie".into())
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_updates_of_one_row_within_one_second_both_land_in_order() -> anyhow::Result<()> {
     let bridge = seeded().await?;
     // Legacy has second precision: both updates carry the same updated_at.

@@ -242,3 +242,45 @@ async fn tombstones_older_than_the_retention_are_pruned_at_start() -> anyhow::Re
     .await?;
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_older_than_the_retention_are_pruned_while_apply_runs() -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("prune_live").await?;
+    bridge.stop_apply().await?;
+    bridge.apply_options = "tombstone_prune_interval = \"1s\"\n".into();
+    bridge.start_apply()?;
+    let only_the_recent_one_left = || async {
+        let left: Vec<String> = bridge
+            .platform()
+            .client()
+            .query(
+                "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((left == ["kept"]).then_some(()))
+    };
+    // Twice, so that the second expired tombstone appears long after the
+    // direction started (and pruned once at its start).
+    for expired in ["expired-1", "expired-2"] {
+        bridge
+            .platform()
+            .execute(&format!(
+                "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted)
+                 VALUES ('user', '{expired}', 'legacy', now() - interval '30 days', true),
+                        ('user', 'kept', 'legacy', now() - interval '1 day', true)
+                 ON CONFLICT DO NOTHING"
+            ))
+            .await?;
+        sync_bridge_tests::eventually(
+            "the expired tombstone to be pruned",
+            WAIT,
+            only_the_recent_one_left,
+        )
+        .await?;
+    }
+    bridge.stop().await
+}
