@@ -20,6 +20,9 @@
 //!   the incoming `updated_at`.
 //! - A row whose referenced parent does not exist in the target (deleted there
 //!   meanwhile) is not written: the delete wins; it is counted as a conflict.
+//!   Where the target's foreign key is `ON DELETE SET NULL`, the row is
+//!   written with a NULL reference instead, as the delete did to the rows it
+//!   found.
 //! - **Delete**: removes the target row unless the target row is newer than the
 //!   delete (the source's commit time), and leaves a tombstone. A row that is
 //!   still exactly the deleting source's own earlier write is always removed:
@@ -63,6 +66,10 @@ pub struct ParentCheck {
     pub table: String,
     /// The parent's key column.
     pub key: String,
+    /// The target's foreign key is `ON DELETE SET NULL`: a missing parent
+    /// (deleted here) nulls the reference, as deleting it here would have,
+    /// instead of leaving the row out.
+    pub set_null: bool,
 }
 
 /// The parameters of an upsert or update after its key and column arrays.
@@ -185,9 +192,28 @@ impl Shape {
         )
     }
 
+    /// The value written into `column` from row source `row`: a reference
+    /// whose parent is missing becomes NULL when its foreign key says
+    /// `ON DELETE SET NULL`.
+    fn value(&self, row: &str, column: &ColumnSpec) -> String {
+        let name = quote(&column.name);
+        match self
+            .parents
+            .iter()
+            .find(|p| p.set_null && p.column == column.name)
+        {
+            Some(parent) => format!(
+                "(SELECT p.{key} FROM {table} p WHERE p.{key} = {row}.{name})",
+                key = quote(&parent.key),
+                table = parent.table,
+            ),
+            None => format!("{row}.{name}"),
+        }
+    }
+
     fn parents_exist(&self, row: &str) -> String {
         let mut condition = String::new();
-        for parent in &self.parents {
+        for parent in self.parents.iter().filter(|p| !p.set_null) {
             let column = quote(&parent.column);
             let _ = write!(
                 condition,
@@ -219,7 +245,9 @@ impl Shape {
 
     /// Insert-or-update of many rows. Parameters: `$1` keys, `$2..` columns
     /// (text arrays), then those of [`Params`]. Returns one row: the number
-    /// of rows written.
+    /// of rows written, the keys (text) of those inserted rather than
+    /// updated (an updated row version carries the updater in `xmax`), and
+    /// the number left out because a parent they need is missing (orphans).
     pub fn upsert_sql(&self) -> String {
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
@@ -229,7 +257,7 @@ impl Shape {
         for column in &self.columns {
             let name = quote(&column.name);
             let _ = write!(names, ", {name}");
-            let _ = write!(values, ", i.{name}");
+            let _ = write!(values, ", {}", self.value("i", column));
             sets.push(match column.merge {
                 Merge::Replace => format!("{name} = EXCLUDED.{name}"),
                 Merge::KeepExistingNonNull => format!(
@@ -247,9 +275,11 @@ impl Shape {
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
                    WHERE {tie_condition} \
-                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x), \
+                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x, \
+                     t.xmax = 0 AS inserted), \
              v AS ({versions}) \
-             SELECT count(*) FROM w",
+             SELECT (SELECT count(*) FROM w), ARRAY(SELECT w.k FROM w WHERE w.inserted), \
+               (SELECT count(*) FROM i WHERE NOT (true{parents}))",
             input = self.input(),
             table = self.table,
             entity = literal(&self.entity),
@@ -261,7 +291,8 @@ impl Shape {
     }
 
     /// Update-only of many rows (some source columns were unchanged TOAST
-    /// values and are not in `columns`). Same parameters as [`Self::upsert_sql`].
+    /// values and are not in `columns`). Same parameters and result as
+    /// [`Self::upsert_sql`] (no row is ever inserted).
     pub fn update_sql(&self) -> String {
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
@@ -271,7 +302,7 @@ impl Shape {
             .map(|column| {
                 let name = quote(&column.name);
                 match column.merge {
-                    Merge::Replace => format!("{name} = i.{name}"),
+                    Merge::Replace => format!("{name} = {}", self.value("i", column)),
                     Merge::KeepExistingNonNull => format!(
                         "{name} = CASE WHEN i.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, i.{name}) END"
                     ),
@@ -284,7 +315,8 @@ impl Shape {
                    WHERE t.{key} = i.{key}{parents} AND ({tie_condition}) \
                    RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x), \
              v AS ({versions}) \
-             SELECT count(*) FROM w",
+             SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
+               (SELECT count(*) FROM i WHERE NOT (true{parents}))",
             input = self.input(),
             table = self.table,
             sets = sets.join(", "),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use schemas::event::{ChangeEvent, Op, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
-use tracing::debug;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape};
@@ -518,10 +518,12 @@ impl Writer {
                     if let Field::Reference { entity: parent, .. } = def.field() {
                         if let Some(parent) = self.mapping.entity(parent) {
                             let table = parent.table(self.to);
+                            let own = entity.table(self.to);
                             parents.push(ParentCheck {
                                 column: column.clone(),
                                 table: quote_table(&table.schema, &table.table),
                                 key: table.key.clone(),
+                                set_null: self.catalog.is_set_null(&own.schema, &own.table, column),
                             });
                         }
                     }
@@ -546,6 +548,9 @@ impl Writer {
         let resolved = self
             .resolve_row_values(target, source, entity, rows, &columns)
             .await?;
+        // Rows with a counterpart already: inserting one of them brings back a
+        // row deleted here (see `resync_children`).
+        let crossed_before: Vec<bool> = target_keys.iter().map(Option::is_some).collect();
         if allocate {
             self.link_or_allocate(
                 target,
@@ -609,12 +614,182 @@ impl Writer {
             ApplyError::postgres(self.to.as_str(), format!("write {}", entity.name()), e)
         })?;
         let written = row.get::<_, i64>(0) as u64;
+        let inserted: Vec<String> = row.get(1);
+        let parentless = row.get::<_, i64>(2) as u64;
         let attempted = written_rows.len() as u64;
         self.analyze.pending += attempted;
         self.analyze.entities.insert(index);
         self.stats.applied(written);
-        self.stats.skipped_older(attempted.saturating_sub(written));
+        self.stats.conflict_orphans(parentless);
+        self.stats
+            .skipped_older(attempted.saturating_sub(written).saturating_sub(parentless));
+        if !inserted.is_empty() {
+            let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+            let returned: Vec<Value> = written_rows
+                .iter()
+                .zip(&key_texts)
+                .filter(|(i, key)| {
+                    crossed_before[**i] && key.as_deref().is_some_and(|k| inserted.contains(k))
+                })
+                .map(|(i, _)| rows[*i].source_key.clone())
+                .collect();
+            if !returned.is_empty() {
+                self.resync_children(target, source, entity, returned)
+                    .await?;
+            }
+        }
         Ok(())
+    }
+
+    /// A row deleted here came back: the source kept it (its change was newer
+    /// than the delete). Its children on the source were never deleted there,
+    /// but here they were cascade-deleted with it or skipped as orphans while
+    /// it was missing, and no event will bring them again. So they are read
+    /// from the source, as they are now, and written like any change (last
+    /// writer wins, tombstones respected); their own children follow the same
+    /// way when they come back too. Later events of those rows repeat what
+    /// was read or are newer, and apply as usual.
+    fn resync_children<'a>(
+        &'a mut self,
+        target: &'a Client,
+        source: &'a Client,
+        parent: &'a Entity,
+        parent_keys: Vec<Value>,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let key_type = match parent_keys.first() {
+                Some(Value::Uuid(_)) => "uuid",
+                _ => "int8",
+            };
+            let texts: Vec<String> = parent_keys
+                .iter()
+                .filter_map(capture::pgtype::to_text)
+                .collect();
+            let from = self.from;
+            let children: Vec<(usize, Entity, String)> = self
+                .mapping
+                .entities()
+                .iter()
+                .enumerate()
+                .flat_map(|(index, child)| {
+                    child
+                        .fields()
+                        .iter()
+                        .filter_map(move |def| match def.field() {
+                            Field::Reference { entity, .. } if entity == parent.name() => def
+                                .field()
+                                .columns(from)
+                                .first()
+                                .map(|column| (index, child.clone(), (*column).to_owned())),
+                            _ => None,
+                        })
+                })
+                .collect();
+            for (index, child, column) in children {
+                let rows = self
+                    .read_source_rows(source, &child, &column, key_type, &texts)
+                    .await?;
+                debug!(
+                    parent = parent.name(),
+                    child = child.name(),
+                    rows = rows.len(),
+                    "children of rows that came back read from the source"
+                );
+                for chunk in rows.chunks(self.max_rows.max(1)) {
+                    self.write_rows(target, source, index, &child, chunk, &RunKind::Upsert, true)
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The rows of `child`'s source table whose `column` is one of `keys`,
+    /// as pending upserts (values parsed from their text form by the
+    /// source's type oids, as capture does).
+    async fn read_source_rows(
+        &self,
+        source: &Client,
+        child: &Entity,
+        column: &str,
+        key_type: &str,
+        keys: &[String],
+    ) -> Result<Vec<PendingRow>> {
+        let table = child.table(self.from);
+        let qualified = quote_table(&table.schema, &table.table);
+        let side = self.from.as_str();
+        let probe = source
+            .prepare(&format!("SELECT * FROM {qualified} LIMIT 0"))
+            .await
+            .map_err(|e| ApplyError::postgres(side, "describe a child table", e))?;
+        let described: Vec<(String, String, u32)> = probe
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.name().to_owned(),
+                    c.type_().name().to_owned(),
+                    c.type_().oid(),
+                )
+            })
+            .collect();
+        let select: Vec<String> = described
+            .iter()
+            .map(|(name, _, _)| format!("{}::text", quote(name)))
+            .collect();
+        let sql = format!(
+            "SELECT xmin::text, (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8, {} \
+             FROM {qualified} WHERE {} = ANY($1::text[]::{key_type}[])",
+            select.join(", "),
+            quote(column),
+        );
+        let found = source
+            .query(&sql, &[&keys])
+            .await
+            .map_err(|e| ApplyError::postgres(side, "read children from the source", e))?;
+        let key_column = child.key_column(self.from);
+        let mut pending = Vec::with_capacity(found.len());
+        for row in found {
+            let xmin: String = row.get(0);
+            let lsn: i64 = row.get(1);
+            let mut columns = Vec::with_capacity(described.len());
+            for (position, (name, type_name, oid)) in described.iter().enumerate() {
+                let text: Option<String> = row.get(position + 2);
+                let value = match text {
+                    None => Value::Null,
+                    Some(text) => capture::pgtype::parse_text(*oid, &text)
+                        .map_err(|e| ApplyError::Rejected(format!("{qualified}.{name}: {e}")))?,
+                };
+                columns.push(schemas::event::Column {
+                    name: name.clone(),
+                    type_name: type_name.clone(),
+                    type_oid: *oid,
+                    value,
+                });
+            }
+            let Some(source_key) = columns
+                .iter()
+                .find(|c| c.name == key_column)
+                .map(|c| c.value.clone())
+            else {
+                continue;
+            };
+            let converted = match to_target(child, self.from, &Row::from_columns(&columns)) {
+                Ok(converted) => converted,
+                Err(error) => {
+                    warn!(entity = child.name(), %error, "a child row read back does not convert; left out");
+                    continue;
+                }
+            };
+            pending.push(PendingRow {
+                source_key,
+                row: converted,
+                delete_at: 0,
+                source_xid: xmin.parse().unwrap_or_default(),
+                commit_lsn: lsn as u64,
+            });
+        }
+        Ok(pending)
     }
 
     async fn write_deletes(

@@ -331,3 +331,134 @@ async fn concurrent_random_writers_on_both_sides_for_30_seconds_converge() -> an
     assert!(rows > 100, "rows exist at the end: {report}");
     bridge.stop().await
 }
+
+/// A legacy team with one geofence, on both sides.
+async fn team_with_a_geofence() -> anyhow::Result<Bridge> {
+    let bridge = Bridge::start("parent").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, category_id, archived, notes, inserted_at, updated_at)
+               VALUES (1, 'Team One', NULL, false, NULL, '2030-01-01 00:00:00', '2030-01-01 00:00:00');
+             INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+               VALUES (1, 'member@example.com', 'Mem Ber', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00');
+             INSERT INTO geofences (id, team_id, name, latitude, longitude, radius_m, inserted_at, updated_at)
+               VALUES (1, 1, 'zone', 1.5, 2.5, 100, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    Ok(bridge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_deleted_on_one_side_while_the_other_updates_it_newer_comes_back_with_its_children(
+) -> anyhow::Result<()> {
+    let bridge = team_with_a_geofence().await?;
+    // The platform renames the team (newer than the delete below) and creates
+    // a membership in it, while legacy deletes the team (its geofence is
+    // nulled there, its memberships cascade).
+    let platform = bridge.platform().execute(
+        "UPDATE org.groups SET name = 'Team Renamed', updated_at = '2030-01-01 00:05:00+00';
+         INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at)
+           SELECT gen_random_uuid(), g.id, i.id, 'member', '2030-01-01 00:05:00+00', '2030-01-01 00:05:00+00'
+           FROM org.groups g, identity.identities i",
+    );
+    let legacy = bridge.legacy().execute("DELETE FROM teams WHERE id = 1");
+    race(platform, legacy).await?;
+    bridge.converged(WAIT).await?;
+    let team: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT name FROM teams", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        team, "Team Renamed",
+        "the newer update wins over the delete"
+    );
+    assert_eq!(
+        count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM team_members"
+        )
+        .await?,
+        1,
+        "the membership created on the platform side meanwhile is not lost"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_written_after_its_nullable_parent_was_deleted_gets_a_null_reference_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = team_with_a_geofence().await?;
+    // Legacy deletes the team (its geofence's team_id becomes NULL there)
+    // while the platform moves the zone (newer): on the legacy side the
+    // zone's change arrives after the team is gone.
+    let legacy = bridge.legacy().execute("DELETE FROM teams WHERE id = 1");
+    let platform = bridge
+        .platform()
+        .execute("UPDATE geo.zones SET radius_m = 250, updated_at = '2030-01-01 00:09:00+00'");
+    race(legacy, platform).await?;
+    bridge.converged(WAIT).await?;
+    let (team, radius): (Option<i64>, i32) = {
+        let row = bridge
+            .legacy()
+            .client()
+            .query_one("SELECT team_id, radius_m FROM geofences WHERE id = 1", &[])
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((team, radius), (None, 250));
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_created_while_its_parent_is_deleted_on_the_other_side_is_not_created_and_is_counted(
+) -> anyhow::Result<()> {
+    let mut bridge = team_with_a_geofence().await?;
+    // Apply is held while a membership is created on the platform and its
+    // team is deleted on legacy, so neither change has crossed when the
+    // other is made: the delete wins (nobody changed the team after it).
+    bridge.stop_apply().await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at)
+               SELECT gen_random_uuid(), g.id, i.id, 'member', now(), now()
+               FROM org.groups g, identity.identities i",
+        )
+        .await?;
+    bridge
+        .legacy()
+        .execute("DELETE FROM teams WHERE id = 1")
+        .await?;
+    bridge.start_apply()?;
+    let counters = bridge.counters.clone();
+    sync_bridge_tests::eventually("the orphan to be counted", WAIT, || async {
+        let orphans = counters
+            .of(apply::mapping::Side::Platform)
+            .snapshot()
+            .conflict_orphans;
+        Ok((orphans >= 1).then_some(()))
+    })
+    .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM team_members"
+        )
+        .await?,
+        0
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM org.memberships"
+        )
+        .await?,
+        0
+    );
+    bridge.stop().await
+}

@@ -1,6 +1,6 @@
 //! What a database has (tables, columns, types), and checking a mapping against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::{at_line, MappingError};
 use super::model::{Field, Mapping, Side};
@@ -10,6 +10,9 @@ use super::model::{Field, Mapping, Side};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     tables: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// `(schema, table, column)` of single-column foreign keys declared
+    /// `ON DELETE SET NULL`.
+    set_null: BTreeSet<(String, String, String)>,
 }
 
 impl Catalog {
@@ -50,6 +53,18 @@ impl Catalog {
             .map(String::as_str)
     }
 
+    /// Records that a column's foreign key is `ON DELETE SET NULL`.
+    pub fn add_set_null(&mut self, schema: &str, table: &str, column: &str) {
+        self.set_null
+            .insert((schema.to_owned(), table.to_owned(), column.to_owned()));
+    }
+
+    /// Whether the column's foreign key nulls it when the parent is deleted.
+    pub fn is_set_null(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.set_null
+            .contains(&(schema.to_owned(), table.to_owned(), column.to_owned()))
+    }
+
     /// The `(schema, table)` names, sorted.
     pub fn tables(&self) -> impl Iterator<Item = (&str, &str)> {
         self.tables.keys().map(|(s, t)| (s.as_str(), t.as_str()))
@@ -79,6 +94,23 @@ impl Catalog {
             let column: String = row.try_get(2)?;
             let type_name: String = row.try_get(3)?;
             catalog.add_column(&schema, &table, &column, &type_name);
+        }
+        let set_null = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, a.attname::text \
+                 FROM pg_catalog.pg_constraint k \
+                 JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] \
+                 WHERE k.contype = 'f' AND k.confdeltype = 'n' AND cardinality(k.conkey) = 1",
+                &[],
+            )
+            .await?;
+        for row in set_null {
+            let schema: String = row.try_get(0)?;
+            let table: String = row.try_get(1)?;
+            let column: String = row.try_get(2)?;
+            catalog.add_set_null(&schema, &table, &column);
         }
         Ok(catalog)
     }
