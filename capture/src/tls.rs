@@ -167,11 +167,7 @@ impl PgTls {
 /// fix: the server refuses TLS, or its certificate does not verify.
 pub fn is_tls_refusal(error: &tokio_postgres::Error) -> bool {
     let text = crate::error_chain(error);
-    text.contains("server does not support TLS")
-        || text.contains("invalid peer certificate")
-        || text.contains("certificate")
-            && text.contains("TLS handshake")
-            && !text.contains("connection reset")
+    text.contains("server does not support TLS") || text.contains("invalid peer certificate")
 }
 
 fn read_roots(path: &Path) -> Result<RootCertStore, String> {
