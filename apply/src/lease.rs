@@ -8,7 +8,8 @@
 //! two-integer form, so it can never collide with the bigint-keyed
 //! transaction locks apply takes per row) on a connection of its own, and
 //! holds both for its lifetime. Advisory locks belong to one database, so
-//! bridges for other database pairs on the same servers do not contend.
+//! bridges for other database pairs on the same servers do not contend; when
+//! both sides are schemas of one database, one lock covers both.
 //!
 //! An instance that finds a lock taken releases whatever it holds (so two
 //! instances can never each hold one database), logs once, and tries again
@@ -111,20 +112,36 @@ enum Attempt {
 
 async fn try_acquire(config: &Config) -> Result<Attempt> {
     let mut clients = Vec::new();
+    // (database, server start time) of each database locked so far: when
+    // both sides are schemas of one database, its one lock covers both.
+    let mut locked: Vec<(String, String)> = Vec::new();
     for side in [Side::Legacy, Side::Platform] {
         let client = config.connect(side).await?;
+        let failed = |e| ApplyError::postgres(side.as_str(), "take the single-writer lock", e);
+        let row = client
+            .query_one(
+                "SELECT current_database()::text, pg_catalog.pg_postmaster_start_time()::text",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        let database: (String, String) = (row.get(0), row.get(1));
+        if locked.contains(&database) {
+            continue;
+        }
         let taken: bool = client
             .query_one(
                 "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
                 &[&LOCK_KEY.0, &LOCK_KEY.1],
             )
             .await
-            .map_err(|e| ApplyError::postgres(side.as_str(), "take the single-writer lock", e))?
+            .map_err(failed)?
             .get(0);
         if !taken {
             // Dropping `clients` releases the locks already taken.
             return Ok(Attempt::Taken(side));
         }
+        locked.push(database);
         clients.push((side, client));
     }
     Ok(Attempt::Held(clients))

@@ -119,3 +119,38 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
     second.terminate().await?;
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_in_one_database_take_one_lock_and_a_second_instance_still_waits(
+) -> anyhow::Result<()> {
+    let db = TestDb::create(sync_bridge_tests::Side::Legacy, "onedb").await?;
+    let toml = format!(
+        "[legacy]\nurl = {url:?}\n[platform]\nurl = {url:?}\n[kafka]\nbrokers = \"127.0.0.1:9\"\n",
+        url = db.url
+    );
+    let config = apply::Config::from_toml(&toml)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let first = tokio::time::timeout(WAIT, apply::lease::acquire(&config, &shutdown))
+        .await??
+        .expect("the lease");
+    assert_eq!(first.sides(), vec![apply::mapping::Side::Legacy]);
+    assert_eq!(lock_holders(&db).await?, 1);
+
+    let second = tokio::spawn({
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        async move { apply::lease::acquire(&config, &shutdown).await }
+    });
+    // The second instance keeps trying while the first holds the lock...
+    tokio::time::sleep(apply::lease::RETRY_EVERY * 2).await;
+    assert!(!second.is_finished(), "the second instance must wait");
+    // ...and gets it once the first is gone.
+    drop(first);
+    let second = tokio::time::timeout(WAIT, second)
+        .await???
+        .expect("the lease");
+    assert_eq!(lock_holders(&db).await?, 1);
+    drop(second);
+    shutdown.cancel();
+    Ok(())
+}
