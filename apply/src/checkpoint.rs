@@ -25,13 +25,19 @@ use crate::error::{ApplyError, Result};
 
 /// Creates the bookkeeping schema if it is missing (idempotent). Both
 /// directions install on both databases at start; an advisory lock makes
-/// them take turns (`CREATE ... IF NOT EXISTS` alone races).
+/// them take turns (`CREATE ... IF NOT EXISTS` alone races). A schema an
+/// administrator created for the apply role beforehand (`deploy/sql/`) is
+/// used as it is, so the role needs no `CREATE` on the database.
 pub async fn install(client: &Client, side: &'static str) -> Result<()> {
     client
         .batch_execute(
             "BEGIN;
              SELECT pg_advisory_xact_lock(7391254482319);
-             CREATE SCHEMA IF NOT EXISTS syncbridge;
+             DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'syncbridge') THEN
+                 CREATE SCHEMA syncbridge;
+               END IF;
+             END $$;
              CREATE TABLE IF NOT EXISTS syncbridge.apply_position (
                source          text PRIMARY KEY,
                topic           text NOT NULL,

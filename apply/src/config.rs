@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use capture::config::Secret;
+use capture::tls::{PgTls, SslMode};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -33,6 +34,13 @@ pub struct DatabaseConfig {
     pub password: Option<Secret>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// libpq's `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`); default: the URL's `sslmode`, else `prefer`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// The CA certificate (PEM) for `verify-ca` / `verify-full`.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
     /// The topic this side's capture writes; default `<topic_prefix>.<source>.changes`.
     #[serde(default)]
     pub topic: Option<String>,
@@ -53,8 +61,15 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`).
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
+    /// The SASL password, best set through `SYNC_BRIDGE_KAFKA__SASL_PASSWORD`.
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// A file whose first line is the SASL password (a mounted secret).
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,11 +165,20 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Config> {
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ApplyError::Config(e.to_string()))?;
+        let mut kafka = config.kafka.as_capture();
+        kafka.sasl_password = config.kafka.sasl_password.take();
+        kafka.sasl_password_file = config.kafka.sasl_password_file.take();
+        kafka.resolve_secrets().map_err(ApplyError::Config)?;
+        config.kafka.properties = kafka.properties;
         for side in [Side::Legacy, Side::Platform] {
             config.pg_config(side)?;
+            config
+                .tls(side)?
+                .validate(side.as_str())
+                .map_err(ApplyError::Config)?;
         }
         if config.apply.batch_max_events == 0 || config.apply.statement_max_rows == 0 {
             return Err(ApplyError::Config(
@@ -179,6 +203,58 @@ impl Config {
             .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.topic_prefix))
     }
 
+    /// How connections to `side` are secured.
+    pub fn tls(&self, side: Side) -> Result<PgTls> {
+        let database = self.database(side);
+        let mode = match database.sslmode {
+            Some(mode) => mode,
+            None => SslMode::from_url(
+                &tokio_postgres::Config::from_str(database.url.expose()).map_err(|_| {
+                    ApplyError::Config(format!(
+                        "{}.url is not a valid postgres:// URL or connection string",
+                        side.as_str()
+                    ))
+                })?,
+            ),
+        };
+        Ok(PgTls {
+            mode,
+            root_cert: database.sslrootcert.clone(),
+        })
+    }
+
+    /// Connects to `side` (TLS as configured) and drives the connection in
+    /// the background.
+    pub async fn connect(&self, side: Side) -> Result<tokio_postgres::Client> {
+        let tls = self.tls(side)?;
+        let connector = tls.connector().map_err(ApplyError::Config)?;
+        let (client, connection) = self
+            .pg_config(side)?
+            .connect(connector)
+            .await
+            .map_err(|e| {
+                if capture::tls::is_tls_refusal(&e) {
+                    ApplyError::Config(format!(
+                        "TLS to the {} database failed with {}.sslmode = {}: {}; enable ssl on the server, fix {}.sslrootcert, or change {}.sslmode",
+                        side.as_str(),
+                        side.as_str(),
+                        tls.mode,
+                        capture::error_chain(&e),
+                        side.as_str(),
+                        side.as_str()
+                    ))
+                } else {
+                    ApplyError::postgres(side.as_str(), "connect", e)
+                }
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "database connection closed");
+            }
+        });
+        Ok(client)
+    }
+
     /// Connection settings for `side`, password applied, sessions in UTC.
     pub fn pg_config(&self, side: Side) -> Result<tokio_postgres::Config> {
         let database = self.database(side);
@@ -200,6 +276,7 @@ impl Config {
             })?;
             pg.password(text.lines().next().unwrap_or_default());
         }
+        self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
         pg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
         Ok(pg)
@@ -216,6 +293,48 @@ impl KafkaConfig {
             create_topic: true,
             replication_factor: self.replication_factor,
             properties: self.properties.clone(),
+            sasl_password: None,
+            sasl_password_file: None,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SECURED: &str = r#"
+        [legacy]
+        url = "postgres://apply@legacy-db/legacy"
+        sslmode = "verify-full"
+        sslrootcert = "/etc/ca.crt"
+        [platform]
+        url = "postgres://apply@platform-db/platform?sslmode=require"
+        [kafka]
+        brokers = "broker:9093"
+        sasl_password = "kafka-Secret-42"
+        [kafka.properties]
+        "security.protocol" = "SASL_SSL"
+        "sasl.username" = "syncbridge"
+    "#;
+
+    #[test]
+    fn tls_settings_per_database_and_the_kafka_password_reach_the_clients() {
+        let config = Config::from_toml(SECURED).unwrap();
+        assert_eq!(config.tls(Side::Legacy).unwrap().mode, SslMode::VerifyFull);
+        // Without the key, the URL's sslmode counts.
+        assert_eq!(config.tls(Side::Platform).unwrap().mode, SslMode::Require);
+        let client = capture::kafka::client_config(&config.kafka.as_capture());
+        assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert!(!format!("{config:?}").contains("kafka-Secret-42"));
+    }
+
+    #[test]
+    fn a_verifying_mode_without_a_root_certificate_is_refused() {
+        let text = SECURED.replace("sslrootcert = \"/etc/ca.crt\"\n", "");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.contains("legacy.sslrootcert"), "{error}");
     }
 }

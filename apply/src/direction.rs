@@ -35,7 +35,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
 use schemas::event::ChangeEvent;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -110,17 +110,7 @@ struct Session<'a> {
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
-    let (client, connection) = config
-        .pg_config(side)?
-        .connect(NoTls)
-        .await
-        .map_err(|e| ApplyError::postgres(side.as_str(), "connect", e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            debug!(%error, "database connection closed");
-        }
-    });
-    Ok(client)
+    config.connect(side).await
 }
 
 /// Reads `side`'s catalog and checks the mapping against it.

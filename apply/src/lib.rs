@@ -12,6 +12,7 @@
 //! - [`checkpoint`]: the bookkeeping schema and the position, stored with the rows.
 //! - [`direction`]: one source topic into one target database.
 //! - [`deadletter`]: what cannot be applied, with the reason.
+//! - [`lease`]: one writer per pair of databases (a session advisory lock).
 //! - [`stats`]: counters of what apply did.
 //! - [`verify`]: compares the two databases under the mapping.
 
@@ -21,6 +22,7 @@ pub mod conflict;
 pub mod deadletter;
 pub mod direction;
 pub mod error;
+pub mod lease;
 pub mod mapping;
 pub mod stats;
 pub mod verify;
@@ -55,8 +57,39 @@ impl Counters {
     }
 }
 
-/// Runs both directions until `shutdown` (Ok) or a definite error.
+/// Runs both directions until `shutdown` (Ok) or a definite error, once this
+/// instance holds the single-writer lock on both databases ([`lease`]).
 pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken) -> Result<()> {
+    loop {
+        let Some(lease) = lease::acquire(&config, &shutdown).await? else {
+            return Ok(());
+        };
+        let directions = shutdown.child_token();
+        let stop_on_loss = {
+            let lost = lease.lost();
+            let directions = directions.clone();
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                directions.cancel();
+            })
+        };
+        let outcome = run_directions(config.clone(), counters.clone(), directions).await;
+        stop_on_loss.abort();
+        if outcome.is_ok() && lease.lost().is_cancelled() && !shutdown.is_cancelled() {
+            // Stopped because the lock went away: take it again first.
+            continue;
+        }
+        drop(lease);
+        return outcome;
+    }
+}
+
+/// Both directions, until `shutdown` (Ok) or a definite error.
+async fn run_directions(
+    config: Config,
+    counters: Counters,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
@@ -106,12 +139,7 @@ pub async fn check(config: &Config) -> Result<verify::Report> {
     let mapping = Mapping::load_dir(&config.apply.mapping_dir)?;
     let mut clients = Vec::new();
     for side in [Side::Legacy, Side::Platform] {
-        let (client, connection) = config
-            .pg_config(side)?
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| ApplyError::postgres(side.as_str(), "connect", e))?;
-        tokio::spawn(connection);
+        let client = config.connect(side).await?;
         checkpoint::install(&client, side.as_str()).await?;
         clients.push(client);
     }

@@ -18,6 +18,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 use crate::error::{CaptureError, Result};
+use crate::tls::{PgTls, SslMode};
 
 /// The environment prefix for overrides.
 pub const ENV_PREFIX: &str = "SYNC_BRIDGE_";
@@ -89,6 +90,15 @@ pub struct SourceConfig {
     /// A file whose first line is the password (a mounted Kubernetes secret).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// libpq's `sslmode` for both the query and the replication connection:
+    /// `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (see
+    /// [`crate::tls`]). Default: the URL's `sslmode`, else `prefer`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// The CA certificate (PEM) the server's certificate must chain to;
+    /// needed by `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
     /// Tables to publish, as `schema.table` (or `table` for `public`).
     /// Empty means: use the publication as it is, which must then exist.
     #[serde(default)]
@@ -119,11 +129,47 @@ pub struct KafkaConfig {
     /// Replication factor for a topic capture creates.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, ...).
-    /// Values given here win over capture's defaults except the ones that
-    /// guarantee delivery (`enable.idempotence`, `acks`).
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`, ...). Values given here win over
+    /// capture's defaults except the ones that guarantee delivery
+    /// (`enable.idempotence`, `acks`).
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
+    /// The SASL password (`sasl.password`), best set through
+    /// `SYNC_BRIDGE_KAFKA__SASL_PASSWORD` (an environment variable cannot
+    /// name a dotted property).
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// A file whose first line is the SASL password (a mounted secret).
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+impl KafkaConfig {
+    /// Moves `sasl_password` / `sasl_password_file` into
+    /// `properties["sasl.password"]`, where every client picks it up.
+    pub fn resolve_secrets(&mut self) -> std::result::Result<(), String> {
+        let password = match (&self.sasl_password, &self.sasl_password_file) {
+            (Some(password), _) => Some(password.clone()),
+            (None, Some(path)) => Some(read_secret_file(path).map_err(|e| {
+                format!(
+                    "cannot read kafka.sasl_password_file {}: {e}",
+                    path.display()
+                )
+            })?),
+            (None, None) => None,
+        };
+        if let Some(password) = password {
+            self.properties.insert("sasl.password".to_owned(), password);
+        }
+        Ok(())
+    }
+}
+
+/// The first line of a secret file (a mounted Kubernetes secret).
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(Secret::new(text.lines().next().unwrap_or_default()))
 }
 
 /// How capture behaves.
@@ -201,6 +247,8 @@ pub struct Connection {
     pub user: String,
     pub password: Secret,
     pub dbname: String,
+    /// How both connections are secured.
+    pub tls: PgTls,
     pg: tokio_postgres::Config,
 }
 
@@ -240,9 +288,13 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Config> {
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| CaptureError::Config(e.to_string()))?;
+        config
+            .kafka
+            .resolve_secrets()
+            .map_err(CaptureError::Config)?;
         config.validate()?;
         Ok(config)
     }
@@ -329,7 +381,16 @@ impl Config {
             .to_owned();
         let dbname = pg.get_dbname().unwrap_or(&user).to_owned();
         let password = self.password(&pg)?;
+        let tls = PgTls {
+            mode: self
+                .source
+                .sslmode
+                .unwrap_or_else(|| SslMode::from_url(&pg)),
+            root_cert: self.source.sslrootcert.clone(),
+        };
+        tls.validate("source").map_err(CaptureError::Config)?;
         let mut pg = pg;
+        tls.configure(&mut pg);
         pg.password(password.expose());
         pg.application_name(format!("syncbridge-capture-{}", self.source.name));
         Ok(Connection {
@@ -338,6 +399,7 @@ impl Config {
             user,
             password,
             dbname,
+            tls,
             pg,
         })
     }

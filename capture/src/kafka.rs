@@ -165,3 +165,70 @@ pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
         .flush(Timeout::After(timeout))
         .map_err(|e| CaptureError::kafka("flush", e))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const SECURED: &str = r#"
+        [source]
+        name = "legacy"
+        url = "postgres://capture@db:5432/legacy"
+        [kafka]
+        brokers = "broker-1:9093,broker-2:9093"
+        sasl_password = "kafka-Secret-42"
+        [kafka.properties]
+        "security.protocol" = "SASL_SSL"
+        "sasl.mechanism" = "SCRAM-SHA-512"
+        "sasl.username" = "syncbridge"
+        "ssl.ca.location" = "/etc/sync-bridge/ca/kafka-ca.crt"
+    "#;
+
+    fn assert_secured(client: &ClientConfig) {
+        assert_eq!(
+            client.get("bootstrap.servers"),
+            Some("broker-1:9093,broker-2:9093")
+        );
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("syncbridge"));
+        assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
+        assert_eq!(
+            client.get("ssl.ca.location"),
+            Some("/etc/sync-bridge/ca/kafka-ca.crt")
+        );
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_every_client_and_the_password_stays_redacted() {
+        let config = Config::from_toml(SECURED).unwrap();
+        assert_secured(&client_config(&config.kafka));
+        assert!(!format!("{config:?}").contains("kafka-Secret-42"));
+        assert!(!format!("{:?}", config.kafka).contains("kafka-Secret-42"));
+        // rdkafka's own Debug leaves sensitive keys out, too.
+        assert!(!format!("{:?}", client_config(&config.kafka)).contains("kafka-Secret-42"));
+    }
+
+    #[test]
+    fn the_sasl_password_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("syncbridge-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sasl-password");
+        std::fs::write(&file, "kafka-Secret-42\n").unwrap();
+        let text = SECURED.replace(
+            "sasl_password = \"kafka-Secret-42\"",
+            &format!("sasl_password_file = {:?}", file.display().to_string()),
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_secured(&client_config(&config.kafka));
+        let missing = SECURED.replace(
+            "sasl_password = \"kafka-Secret-42\"",
+            "sasl_password_file = \"/nonexistent/sasl-password\"",
+        );
+        let error = Config::from_toml(&missing).unwrap_err().to_string();
+        assert!(error.contains("kafka.sasl_password_file"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`checkpoint`]: positions that only move forward, released in order.
 //! - [`stream`]: one session, wiring the above together.
 //! - [`tail`]: prints the events on a topic for a person.
+//! - [`tls`]: `sslmode` for both kinds of Postgres connection.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -29,6 +30,7 @@ pub mod slot;
 pub mod stream;
 pub mod tail;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

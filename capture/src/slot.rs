@@ -10,7 +10,7 @@
 //! change, because no retry fixes a server without `wal_level = logical` or a
 //! role without `REPLICATION`.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::Lsn;
@@ -41,11 +41,22 @@ pub struct SlotState {
 
 impl Source {
     pub async fn connect(connection: &Connection) -> Result<Source> {
+        let connector = connection.tls.connector().map_err(CaptureError::Config)?;
         let (client, conn) = connection
             .pg_config()
-            .connect(NoTls)
+            .connect(connector)
             .await
-            .map_err(|e| CaptureError::postgres(format!("connect to {connection}"), e))?;
+            .map_err(|e| {
+                if crate::tls::is_tls_refusal(&e) {
+                    CaptureError::Config(format!(
+                        "TLS to {connection} failed with source.sslmode = {}: {}; enable ssl on the server, fix source.sslrootcert, or change source.sslmode",
+                        connection.tls.mode,
+                        crate::error_chain(&e)
+                    ))
+                } else {
+                    CaptureError::postgres(format!("connect to {connection}"), e)
+                }
+            })?;
         let connection_task = tokio::spawn(async move {
             if let Err(error) = conn.await {
                 debug!(%error, "source connection closed");

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgwire_replication::{
-    FeedbackObserver, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+    FeedbackObserver, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
 use schemas::codec::Codec;
 use tokio::sync::Notify;
@@ -96,7 +96,7 @@ pub async fn session(
         publication.clone(),
     )
     .with_port(connection.port)
-    .with_tls(TlsConfig::disabled())
+    .with_tls(connection.tls.replication(&connection.host))
     .with_start_lsn(pgwire_replication::Lsn::ZERO)
     .with_status_interval(config.capture.status_interval)
     .with_options(SESSION_OPTIONS)

@@ -547,6 +547,13 @@ impl Bridge {
 
     /// Starts both captures and apply.
     pub async fn run(mut self) -> Result<Bridge> {
+        self.start_captures().await?;
+        self.start_apply()?;
+        Ok(self)
+    }
+
+    /// Starts both captures (in this process) and waits for their slots.
+    pub async fn start_captures(&mut self) -> Result<()> {
         self.captures.push(self.legacy.start()?);
         self.captures.push(self.platform.start()?);
         for setup in [&self.legacy, &self.platform] {
@@ -555,8 +562,7 @@ impl Bridge {
             })
             .await?;
         }
-        self.start_apply()?;
-        Ok(self)
+        Ok(())
     }
 
     /// The apply configuration as TOML.
@@ -579,7 +585,13 @@ impl Bridge {
 
     /// Starts apply in this process.
     pub fn start_apply(&mut self) -> Result<()> {
-        let config = apply::Config::from_toml(&self.apply_toml())?;
+        let toml = self.apply_toml();
+        self.start_apply_with(&toml)
+    }
+
+    /// Starts apply in this process with a configuration of the test's own.
+    pub fn start_apply_with(&mut self, toml: &str) -> Result<()> {
+        let config = apply::Config::from_toml(toml)?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(apply::run(config, self.counters.clone(), shutdown.clone()));
         self.apply = Some(RunningApply { shutdown, task });
@@ -677,6 +689,16 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(binary_name: &str, toml: &str, hint: &str) -> Result<ServiceProcess> {
+        Self::spawn_with_env(binary_name, toml, hint, &[])
+    }
+
+    /// Like [`ServiceProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        binary_name: &str,
+        toml: &str,
+        hint: &str,
+        env: &[(&str, &str)],
+    ) -> Result<ServiceProcess> {
         let dir = TempDir::new(hint)?;
         let config = dir.0.join("config.toml");
         std::fs::write(&config, toml)?;
@@ -689,12 +711,14 @@ impl ServiceProcess {
                 bin.display()
             );
         }
+        let stdout = std::fs::File::create(dir.0.join("stdout.log"))?;
         let child = tokio::process::Command::new(bin)
             .arg("--config")
             .arg(&config)
             .env("SYNC_BRIDGE_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()?;
@@ -705,8 +729,23 @@ impl ServiceProcess {
         })
     }
 
+    /// What the process wrote: stderr (the logs), then stdout.
     pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(dir) = self.log.parent() {
+            text.push_str(&std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default());
+        }
+        text
+    }
+
+    /// Waits until the output contains `text`, or fails after `timeout`
+    /// showing the output.
+    pub async fn wait_for_output(&self, text: &str, timeout: Duration) -> Result<()> {
+        let found = eventually(&format!("{text:?} in the output"), timeout, || async {
+            Ok(self.output().contains(text).then_some(()))
+        })
+        .await;
+        found.with_context(|| format!("output so far:\n{}", self.output()))
     }
 
     pub async fn kill_hard(&mut self) -> Result<()> {
@@ -894,7 +933,22 @@ impl ThrowawayCluster {
         format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
     }
 
+    /// The cluster's own directory (the data directory is `data` in it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
+    /// The data directory (`pg_hba.conf`, ...).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
     pub fn start(&self) -> Result<()> {
+        self.start_with("")
+    }
+
+    /// Starts the server with extra `-c name=value` options.
+    pub fn start_with(&self, extra_options: &str) -> Result<()> {
         let stack = Stack::get();
         let socket_dir = self
             .data
@@ -902,7 +956,7 @@ impl ThrowawayCluster {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c wal_level={} -c max_wal_senders=10 -c max_replication_slots=10 -k {socket_dir}",
+            "-p {} -c listen_addresses=127.0.0.1 -c wal_level={} -c max_wal_senders=10 -c max_replication_slots=10 -k {socket_dir} {extra_options}",
             self.port, self.wal_level
         );
         run_program(
@@ -955,7 +1009,8 @@ impl Drop for ThrowawayCluster {
     }
 }
 
-fn run_program(program: &str, args: &[&str], as_user: Option<&str>) -> Result<()> {
+/// Runs a program (as `as_user` when given) and fails with its stderr.
+pub fn run_program(program: &str, args: &[&str], as_user: Option<&str>) -> Result<()> {
     let mut command = match as_user {
         Some(user) => {
             let mut c = std::process::Command::new("runuser");

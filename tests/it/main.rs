@@ -6,9 +6,12 @@
 mod apply_conflicts;
 mod apply_mapping;
 mod apply_recovery;
+mod apply_single_writer;
 mod capture_config;
 mod capture_events;
 mod capture_faults;
 mod capture_recovery;
 mod capture_slot;
 mod capture_transactions;
+mod deploy;
+mod security;

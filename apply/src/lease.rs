@@ -1,0 +1,188 @@
+//! One writer per pair of databases: a session-level advisory lock.
+//!
+//! Two apply instances writing the same pair of databases would interleave
+//! their target transactions and race on the stored position. Deployments run
+//! one replica (Kubernetes `replicas: 1`, `strategy: Recreate`), and apply
+//! enforces it: before it writes, it takes
+//! `pg_try_advisory_lock(`[`LOCK_KEY`]`)` on **each** target database (the
+//! two-integer form, so it can never collide with the bigint-keyed
+//! transaction locks apply takes per row) on a connection of its own, and
+//! holds both for its lifetime. Advisory locks belong to one database, so
+//! bridges for other database pairs on the same servers do not contend; when
+//! both sides are schemas of one database, one lock covers both.
+//!
+//! An instance that finds a lock taken releases whatever it holds (so two
+//! instances can never each hold one database), logs once, and tries again
+//! every [`RETRY_EVERY`] without writing anything. When the holder dies its
+//! connections close, Postgres releases the locks, and the waiting instance
+//! takes over. If a lock connection is lost while running, the directions
+//! are stopped and the lock is taken again before writing resumes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::{ApplyError, Result};
+use crate::mapping::Side;
+
+/// The advisory lock key: `(0x53594E43 ("SYNC"), 1)`.
+pub const LOCK_KEY: (i32, i32) = (0x5359_4E43, 1);
+
+/// How often a waiting instance tries the lock again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a held lease checks that its connections are alive.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The locks on both databases, held while this value lives.
+pub struct Lease {
+    clients: Vec<(Side, Arc<Client>)>,
+    lost: CancellationToken,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Cancelled when a lock connection is lost (the lock with it).
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// The databases whose lock this lease holds.
+    pub fn sides(&self) -> Vec<Side> {
+        self.clients.iter().map(|(side, _)| *side).collect()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Dropping the clients closes the connections: Postgres releases the
+        // session locks.
+        self.watcher.abort();
+    }
+}
+
+/// Takes the lock on both databases, waiting while another instance holds
+/// it. `None` when `shutdown` came first.
+pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Option<Lease>> {
+    let mut waiting_logged = false;
+    let mut failing: Option<String> = None;
+    loop {
+        match try_acquire(config).await {
+            Ok(Attempt::Held(clients)) => {
+                info!(
+                    key = ?LOCK_KEY,
+                    "took the single-writer lock on both databases"
+                );
+                return Ok(Some(watch(clients)));
+            }
+            Ok(Attempt::Taken(side)) => {
+                if !waiting_logged {
+                    info!(
+                        database = side.as_str(),
+                        key = ?LOCK_KEY,
+                        "another apply instance holds the single-writer lock; waiting without writing"
+                    );
+                    waiting_logged = true;
+                }
+            }
+            Err(error) if error.is_retryable() => {
+                let description = capture::error_chain(&error);
+                if failing.as_deref() != Some(description.as_str()) {
+                    warn!(kind = error.kind(), error = %description, "cannot take the single-writer lock yet; retrying");
+                    failing = Some(description);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_EVERY) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+enum Attempt {
+    Held(Vec<(Side, Client)>),
+    Taken(Side),
+}
+
+async fn try_acquire(config: &Config) -> Result<Attempt> {
+    let mut clients = Vec::new();
+    // (database, server start time) of each database locked so far: when
+    // both sides are schemas of one database, its one lock covers both.
+    let mut locked: Vec<(String, String)> = Vec::new();
+    for side in [Side::Legacy, Side::Platform] {
+        let client = config.connect(side).await?;
+        let failed = |e| ApplyError::postgres(side.as_str(), "take the single-writer lock", e);
+        let row = client
+            .query_one(
+                "SELECT current_database()::text, pg_catalog.pg_postmaster_start_time()::text",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        let database: (String, String) = (row.get(0), row.get(1));
+        if locked.contains(&database) {
+            continue;
+        }
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+                &[&LOCK_KEY.0, &LOCK_KEY.1],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        if !taken {
+            // Dropping `clients` releases the locks already taken.
+            return Ok(Attempt::Taken(side));
+        }
+        locked.push(database);
+        clients.push((side, client));
+    }
+    Ok(Attempt::Held(clients))
+}
+
+/// Checks the lock connections every few seconds; cancels `lost` when one
+/// fails.
+fn watch(clients: Vec<(Side, Client)>) -> Lease {
+    let clients: Vec<(Side, Arc<Client>)> = clients
+        .into_iter()
+        .map(|(side, client)| (side, Arc::new(client)))
+        .collect();
+    let lost = CancellationToken::new();
+    let token = lost.clone();
+    let probes = clients.clone();
+    let watcher = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECK_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            for (side, client) in &probes {
+                let alive = !client.is_closed()
+                    && matches!(
+                        tokio::time::timeout(CHECK_EVERY * 2, client.simple_query("SELECT 1"))
+                            .await,
+                        Ok(Ok(_))
+                    );
+                if !alive {
+                    warn!(
+                        database = side.as_str(),
+                        "lost the single-writer lock connection; stopping writes until the lock is taken again"
+                    );
+                    token.cancel();
+                    return;
+                }
+            }
+        }
+    });
+    Lease {
+        clients,
+        lost,
+        watcher,
+    }
+}
