@@ -32,6 +32,7 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
     client
         .batch_execute(
             "BEGIN;
+             SET LOCAL client_min_messages = warning;
              SELECT pg_advisory_xact_lock(7391254482319);
              DO $$ BEGIN
                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'syncbridge') THEN
