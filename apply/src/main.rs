@@ -28,6 +28,20 @@ enum Command {
     Run,
     /// Compare the two databases under the mapping; exit 0 when they correspond, 1 when not.
     Check,
+    /// Print each direction's lags, the sources' slots, what the running
+    /// apply reports, and whether the two sides are in step.
+    Status {
+        /// Print JSON rather than text.
+        #[arg(long)]
+        json: bool,
+        /// Also compare the two databases (as `check`); exit 1 when they differ.
+        #[arg(long)]
+        verify: bool,
+        /// The running apply's telemetry address (`host:port`); default
+        /// from `telemetry.listen`.
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -60,6 +74,21 @@ fn main() -> ExitCode {
                 let report = apply::check(&config).await?;
                 print!("{report}");
                 Ok(report.corresponds())
+            }
+            Command::Status {
+                json,
+                verify,
+                address,
+            } => {
+                let report = apply::monitor::status(&config, address, verify).await;
+                if json {
+                    let text = serde_json::to_string_pretty(&report)
+                        .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
+                    println!("{text}");
+                } else {
+                    print!("{report}");
+                }
+                Ok(report.verified != Some(false))
             }
         }
     });
