@@ -51,7 +51,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    capture::telemetry::init(args.log_format.as_deref());
+    // The run's configuration, read first when it can be, for the trace exporter.
+    let telemetry = apply::Config::load(args.config.as_deref())
+        .ok()
+        .map(|config| config.telemetry);
+    let _traces = capture::telemetry::init_with_traces(
+        args.log_format.as_deref(),
+        telemetry.as_ref(),
+        "apply",
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -652,3 +652,66 @@ async fn status_commands_report_lags_slots_and_errors_without_secrets() -> anyho
     }
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_batches_are_exported_as_spans_over_otlp() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let extra = format!("otlp_endpoint = \"http://{}\"\n", collector.local_addr()?);
+    let mut bridge = Bridge::prepare("telemetry_otlp").await?;
+    let services = Services::start(&mut bridge, &extra, None).await?;
+    insert_user(bridge.legacy().client(), 1).await?;
+
+    // A collector that answers 200 to every export and keeps the bodies.
+    let received = tokio::time::timeout(WAIT, async {
+        let mut requests = Vec::new();
+        loop {
+            let (mut stream, _) = collector.accept().await?;
+            let mut request = Vec::new();
+            let mut buffer = vec![0u8; 65536];
+            // Read the head, then as much body as Content-Length says.
+            loop {
+                let n = stream.read(&mut buffer).await?;
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+            let text = String::from_utf8_lossy(&request).into_owned();
+            requests.push(text);
+            let exported = requests.iter().any(|r| {
+                r.starts_with("POST /v1/traces")
+                    && r.contains("apply_batch")
+                    && r.contains("syncbridge-apply")
+                    && r.contains("legacy_to_platform")
+            });
+            if exported {
+                return anyhow::Ok(requests);
+            }
+        }
+    })
+    .await;
+    match received {
+        Ok(requests) => assert!(!requests?.is_empty()),
+        Err(_) => anyhow::bail!("no apply_batch span exported\n{}", services.logs()),
+    }
+    services.stop().await?;
+    bridge.stop().await
+}

@@ -120,23 +120,135 @@ pub async fn start(
 
 /// Installs the log subscriber: JSON (default when stderr is not a terminal,
 /// as in a container) or human-readable text; level from `RUST_LOG`
-/// (default `info`).
+/// (default `info`). No traces are exported.
 pub fn init(format: Option<&str>) {
+    // Without an exporter there is nothing to flush.
+    let _no_exporter = init_with_traces(format, None, "syncbridge");
+}
+
+/// Flushes and stops the trace exporter when dropped (at the end of `main`).
+#[must_use = "traces are flushed when this is dropped"]
+pub struct Traces(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for Traces {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(error) = provider.shutdown() {
+                eprintln!("trace exporter shutdown: {error}");
+            }
+        }
+    }
+}
+
+/// Installs the log subscriber as [`init`] does and, when `config` names an
+/// `otlp_endpoint`, a layer exporting spans (at `RUST_LOG`'s level) over
+/// OTLP/HTTP (protobuf) in batches from a thread of its own. The service
+/// name is `telemetry.service_name`, default `syncbridge-<service>`.
+pub fn init_with_traces(
+    format: Option<&str>,
+    config: Option<&TelemetryConfig>,
+    service: &str,
+) -> Traces {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
     let json = match format {
         Some("json") => true,
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let mut layers: Vec<Boxed> = Vec::new();
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).init();
+        layers.push(
+            logs.json()
+                .flatten_event(true)
+                .with_filter(filter())
+                .boxed(),
+        );
     } else {
-        builder.init();
+        layers.push(logs.with_filter(filter()).boxed());
+    }
+    let mut provider = None;
+    let mut failure = None;
+    if let Some(endpoint) = config.and_then(|c| c.otlp_endpoint.as_deref()) {
+        let name = config
+            .and_then(|c| c.service_name.clone())
+            .unwrap_or_else(|| format!("syncbridge-{service}"));
+        match traces::provider(endpoint, &name) {
+            Ok(built) => {
+                use opentelemetry::trace::TracerProvider as _;
+                let tracer = built.tracer("syncbridge");
+                layers.push(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(filter())
+                        .boxed(),
+                );
+                provider = Some(built);
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    if let Some(error) = failure {
+        error!(%error, "traces not exported: the OTLP exporter could not be built");
+    }
+    Traces(provider)
+}
+
+mod traces {
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::Resource;
+
+    /// The OTLP/HTTP endpoint for traces: `endpoint` as given when it names
+    /// the path, else with `/v1/traces` appended.
+    pub fn traces_url(endpoint: &str) -> String {
+        let endpoint = endpoint.trim_end_matches('/');
+        if endpoint.ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{endpoint}/v1/traces")
+        }
+    }
+
+    pub fn provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, String> {
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url(endpoint))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(service_name.to_owned())
+                    .build(),
+            )
+            .build())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_traces_path_is_appended_once() {
+            assert_eq!(
+                super::traces_url("http://collector:4318"),
+                "http://collector:4318/v1/traces"
+            );
+            assert_eq!(
+                super::traces_url("http://collector:4318/v1/traces"),
+                "http://collector:4318/v1/traces"
+            );
+        }
     }
 }
 
