@@ -22,6 +22,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub apply: ApplyConfig,
+    #[serde(default)]
+    pub telemetry: capture::telemetry::TelemetryConfig,
 }
 
 /// One database: where apply writes that side's rows, and the topic that

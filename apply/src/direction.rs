@@ -107,6 +107,10 @@ struct Session<'a> {
     first_checked: bool,
     /// When expired tombstones are next pruned.
     next_prune: Instant,
+    /// Source commit times (Unix micros) of the transactions in the open batch.
+    source_commits: Vec<i64>,
+    /// The trace span of the open batch (LSN range, offsets).
+    batch_span: tracing::Span,
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -173,6 +177,8 @@ pub async fn session(
         open: None,
         first_checked: false,
         next_prune: Instant::now(),
+        source_commits: Vec::new(),
+        batch_span: tracing::Span::none(),
     };
     session.prune_when_due().await?;
     // Deletes a crash left un-reasserted.
@@ -288,6 +294,17 @@ impl Session<'_> {
         self.batch_open = true;
         self.batch_events = 0;
         self.batch_started = Instant::now();
+        self.source_commits.clear();
+        self.batch_span = tracing::info_span!(
+            "apply_batch",
+            direction = crate::monitor::direction(self.from),
+            topic = %self.topic,
+            after_offset = self.position.offset,
+            after_commit_lsn = self.position.commit_lsn,
+            last_offset = tracing::field::Empty,
+            last_commit_lsn = tracing::field::Empty,
+            events = tracing::field::Empty,
+        );
         Ok(())
     }
 
@@ -305,6 +322,7 @@ impl Session<'_> {
             return Ok(());
         }
         self.begin_batch().await?;
+        let committing = Instant::now();
         self.target
             .execute(
                 checkpoint::STORE,
@@ -320,6 +338,19 @@ impl Session<'_> {
             .map_err(|e| ApplyError::postgres(self.target_side(), "store the position", e))?;
         self.sql("COMMIT").await?;
         self.batch_open = false;
+        crate::monitor::batch_committed(
+            self.from,
+            &self.stats,
+            self.batch_events,
+            committing.elapsed(),
+            &self.source_commits,
+        );
+        self.batch_span.record("last_offset", offset);
+        self.batch_span
+            .record("last_commit_lsn", self.position.commit_lsn);
+        self.batch_span.record("events", self.batch_events);
+        // Closing the span ends it at the commit.
+        self.batch_span = tracing::Span::none();
         self.writer.committed();
         self.writer
             .reassert_deletes(
@@ -607,6 +638,7 @@ impl Session<'_> {
             if open.failed.is_none() {
                 self.writer.keep_transaction();
                 self.stats.transaction(open.commit_micros);
+                self.source_commits.push(open.commit_micros);
             }
         }
         self.position.applied(open.commit_lsn);

@@ -14,6 +14,7 @@
 //! - [`deadletter`]: what cannot be applied, with the reason.
 //! - [`lease`]: one writer per pair of databases (a session advisory lock).
 //! - [`stats`]: counters of what apply did.
+//! - [`monitor`]: lags, metrics and health watched from outside; `apply status`.
 //! - [`verify`]: compares the two databases under the mapping.
 
 pub mod checkpoint;
@@ -24,6 +25,7 @@ pub mod direction;
 pub mod error;
 pub mod lease;
 pub mod mapping;
+pub mod monitor;
 pub mod stats;
 pub mod verify;
 pub mod writer;
@@ -93,6 +95,16 @@ async fn run_directions(
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
+    let health = capture::telemetry::start(&config.telemetry, "apply", &shutdown).await;
+    let topics = [Side::Legacy, Side::Platform]
+        .map(|from| (from, config.topic(from, &mapping.side(from).source)));
+    let watcher = tokio::spawn(monitor::watch(
+        config.clone(),
+        topics,
+        counters.clone(),
+        Arc::clone(&health),
+        shutdown.child_token(),
+    ));
     let shared = Arc::new(direction::Shared {
         config,
         mapping,
@@ -104,8 +116,9 @@ async fn run_directions(
         let shared = Arc::clone(&shared);
         let stats = Arc::clone(counters.of(from));
         let shutdown = shutdown.clone();
+        let health = Arc::clone(&health);
         tasks.push(tokio::spawn(async move {
-            let outcome = supervise(&shared, from, stats, &shutdown).await;
+            let outcome = supervise(&shared, from, stats, &health, &shutdown).await;
             if outcome.is_err() {
                 // One direction failing for good stops the other cleanly.
                 shutdown.cancel();
@@ -131,6 +144,7 @@ async fn run_directions(
         }
     }
     progress.abort();
+    watcher.abort();
     result
 }
 
@@ -152,8 +166,10 @@ async fn supervise(
     shared: &direction::Shared,
     from: Side,
     stats: Arc<Stats>,
+    health: &capture::telemetry::Health,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    let component = monitor::direction(from);
     let backoff_builder = capture::reconnect_backoff(shared.config.apply.max_backoff);
     let mut backoff = backoff_builder.build();
     let mut failing: Option<String> = None;
@@ -163,6 +179,7 @@ async fn supervise(
             let catalog =
                 direction::check_mapping(&shared.config, &shared.mapping, from.other()).await?;
             direction::check_mapping(&shared.config, &shared.mapping, from).await?;
+            health.ok(component);
             direction::session(shared, from, catalog, Arc::clone(&stats), shutdown).await
         }
         .await;
@@ -170,6 +187,8 @@ async fn supervise(
             Ok(direction::SessionEnd::Shutdown) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let description = capture::error_chain(&error);
+                capture::telemetry::metrics::apply_error(component, error.kind());
+                health.failed(component, &description);
                 if failing.as_deref() != Some(description.as_str()) {
                     warn!(from = from.as_str(), kind = error.kind(), error = %description, "apply interrupted; retrying with backoff");
                     failing = Some(description);
@@ -183,7 +202,11 @@ async fn supervise(
                     () = shutdown.cancelled() => return Ok(()),
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                capture::telemetry::metrics::apply_error(component, error.kind());
+                health.failed(component, &capture::error_chain(&error));
+                return Err(error);
+            }
         }
     }
 }

@@ -28,6 +28,20 @@ enum Command {
     Run,
     /// Compare the two databases under the mapping; exit 0 when they correspond, 1 when not.
     Check,
+    /// Print each direction's lags, the sources' slots, what the running
+    /// apply reports, and whether the two sides are in step.
+    Status {
+        /// Print JSON rather than text.
+        #[arg(long)]
+        json: bool,
+        /// Also compare the two databases (as `check`); exit 1 when they differ.
+        #[arg(long)]
+        verify: bool,
+        /// The running apply's telemetry address (`host:port`); default
+        /// from `telemetry.listen`.
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -37,7 +51,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    capture::telemetry::init(args.log_format.as_deref());
+    // The run's configuration, read first when it can be, for the trace exporter.
+    let telemetry = apply::Config::load(args.config.as_deref())
+        .ok()
+        .map(|config| config.telemetry);
+    let _traces = capture::telemetry::init_with_traces(
+        args.log_format.as_deref(),
+        telemetry.as_ref(),
+        "apply",
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,6 +82,21 @@ fn main() -> ExitCode {
                 let report = apply::check(&config).await?;
                 print!("{report}");
                 Ok(report.corresponds())
+            }
+            Command::Status {
+                json,
+                verify,
+                address,
+            } => {
+                let report = apply::monitor::status(&config, address, verify).await;
+                if json {
+                    let text = serde_json::to_string_pretty(&report)
+                        .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
+                    println!("{text}");
+                } else {
+                    print!("{report}");
+                }
+                Ok(report.verified != Some(false))
             }
         }
     });

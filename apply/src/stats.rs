@@ -15,6 +15,8 @@ pub struct Stats {
     transactions: AtomicU64,
     /// Commit time (Unix micros) of the last source transaction applied.
     last_commit_micros: AtomicI64,
+    /// When (Unix micros) the last target transaction committed.
+    committed_at_micros: AtomicI64,
 }
 
 /// A copy of the counters at one moment.
@@ -35,6 +37,8 @@ pub struct Snapshot {
     /// Source transactions applied.
     pub transactions: u64,
     pub last_commit_micros: i64,
+    /// When (Unix micros) the last target transaction committed.
+    pub committed_at_micros: i64,
 }
 
 impl Stats {
@@ -65,6 +69,12 @@ impl Stats {
             .fetch_max(commit_micros, Ordering::Relaxed);
     }
 
+    /// A target transaction committed now.
+    pub fn batch_committed(&self) {
+        self.committed_at_micros
+            .fetch_max(crate::now_micros(), Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             applied: self.applied.load(Ordering::Relaxed),
@@ -76,6 +86,7 @@ impl Stats {
             linked: self.linked.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
+            committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),
         }
     }
 }

@@ -44,6 +44,54 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `url` with any password replaced by `***`, for printing. A text that does
+/// not look like a URL is shown only up to its first space.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let path = redact_query_password(path);
+            if userinfo.contains(':') {
+                return format!("{scheme}://{user}:***@{host}{path}");
+            }
+            return format!("{scheme}://{user}@{host}{path}");
+        }
+        return format!("{scheme}://{authority}{}", redact_query_password(path));
+    }
+    // key=value form: drop the password pair.
+    url.split_whitespace()
+        .map(|pair| {
+            if pair.to_ascii_lowercase().starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn redact_query_password(path: &str) -> String {
+    let Some((before, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            if pair.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_owned()
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{before}?{}", query.join("&"))
+}
+
 /// The configuration sources every service reads, in order: the TOML file at
 /// `path` (if given), then `SYNC_BRIDGE_<SECTION>__<KEY>` environment
 /// variables. Other `SYNC_BRIDGE_*` variables (`SYNC_BRIDGE_CONFIG`, the test
@@ -72,6 +120,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub capture: CaptureConfig,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The source database and what to read from it.
@@ -529,6 +579,37 @@ mod tests {
         let error = Config::from_toml(&text).unwrap_err().to_string();
         assert!(error.contains("source.url"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://capture:hunter2@db:5432/legacy?sslmode=require&password=x"),
+            "postgres://capture:***@db:5432/legacy?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://capture@db/legacy"),
+            "postgres://capture@db/legacy"
+        );
+        assert_eq!(
+            redact_url("host=db user=capture password=hunter2"),
+            "host=db user=capture password=***"
+        );
+    }
+
+    #[test]
+    fn telemetry_defaults_and_overrides() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.telemetry.listen, "0.0.0.0:9090");
+        assert_eq!(config.telemetry.dogstatsd, None);
+        let text = format!("{MINIMAL}\n[telemetry]\nlisten = \"off\"\ndogstatsd = \"127.0.0.1:8125\"\nsample_interval = \"1s\"\n");
+        let config = Config::from_toml(&text).unwrap();
+        assert!(crate::telemetry::disabled(&config.telemetry.listen));
+        assert_eq!(
+            config.telemetry.dogstatsd.as_deref(),
+            Some("127.0.0.1:8125")
+        );
+        assert_eq!(config.telemetry.sample_interval, Duration::from_secs(1));
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`stream`]: one session, wiring the above together.
 //! - [`tail`]: prints the events on a topic for a person.
 //! - [`tls`]: `sslmode` for both kinds of Postgres connection.
+//! - [`monitor`]: the slot and the broker watched from outside; `capture status`.
+//! - [`telemetry`]: logs, metrics, health endpoints, traces.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod kafka;
+pub mod monitor;
 pub mod pgoutput;
 pub mod pgtype;
 pub mod slot;
@@ -54,6 +57,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut backoff = backoff_builder.build();
     // The last failure logged, so that a failure repeating itself is logged once.
     let mut failing: Option<String> = None;
+    let health = telemetry::start(&config.telemetry, "capture", &shutdown).await;
+    let progress = health.component(monitor::STREAM);
+    health.component(monitor::SOURCE);
+    health.component(monitor::BROKER);
+    let watcher = tokio::spawn(monitor::watch(
+        config.clone(),
+        std::sync::Arc::clone(&health),
+        shutdown.child_token(),
+    ));
+    let _watcher = AbortOnDrop(watcher);
 
     loop {
         let started = Instant::now();
@@ -61,11 +74,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let was_failing = failing.is_some();
         let on_streaming = || {
             streaming.store(true, Ordering::Release);
+            health.ok(monitor::STREAM);
             if was_failing {
                 info!("capture recovered");
             }
         };
-        let outcome = stream::session(&config, &connection, &codec, &shutdown, &on_streaming).await;
+        let outcome = stream::session(
+            &config,
+            &connection,
+            &codec,
+            &shutdown,
+            &on_streaming,
+            &progress,
+        )
+        .await;
         let streamed = streaming.load(Ordering::Acquire);
         if streamed {
             failing = None;
@@ -74,6 +96,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             Ok(stream::SessionEnd::Shutdown) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let description = error_chain(&error);
+                telemetry::metrics::capture_error(&config.source.name, error.kind());
+                health.failed(monitor::STREAM, &description);
                 if failing.as_deref() != Some(description.as_str()) {
                     warn!(kind = error.kind(), error = %description, "capture interrupted; retrying with backoff");
                     failing = Some(description);
@@ -89,6 +113,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// Aborts a background task when dropped (when `run` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

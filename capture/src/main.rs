@@ -44,6 +44,16 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Print the slot's state and what the running capture reports.
+    Status {
+        /// Print JSON rather than text.
+        #[arg(long)]
+        json: bool,
+        /// The running capture's telemetry address (`host:port`); default
+        /// from `telemetry.listen`.
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -53,7 +63,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    capture::telemetry::init(args.log_format.as_deref());
+    // The run's configuration, read first when it can be, for the trace exporter.
+    let telemetry = capture::Config::load(args.config.as_deref())
+        .ok()
+        .map(|config| config.telemetry);
+    let _traces = capture::telemetry::init_with_traces(
+        args.log_format.as_deref(),
+        telemetry.as_ref(),
+        "capture",
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +105,18 @@ fn main() -> ExitCode {
                     limit,
                 };
                 capture::tail::tail(options, shutdown).await
+            }
+            Command::Status { json, address } => {
+                let config = capture::Config::load(args.config.as_deref())?;
+                let report = capture::monitor::status(&config, address).await;
+                if json {
+                    let text = serde_json::to_string_pretty(&report)
+                        .map_err(|e| capture::CaptureError::Protocol(e.to_string()))?;
+                    println!("{text}");
+                } else {
+                    print!("{report}");
+                }
+                Ok(())
             }
         }
     });

@@ -26,6 +26,7 @@ use pgwire_replication::{
     FeedbackObserver, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
 use schemas::codec::Codec;
+use schemas::event::CaptureMode;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -37,6 +38,7 @@ use crate::event::{Assembler, Step};
 use crate::kafka::{self, Delivered};
 use crate::pgoutput::{self, Message, Relation, ReplicaIdentity};
 use crate::slot::Source;
+use crate::telemetry::{metrics, Progress};
 
 /// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -67,6 +69,7 @@ pub async fn session(
     codec: &Codec,
     shutdown: &CancellationToken,
     on_streaming: &(dyn Fn() + Sync),
+    progress: &Progress,
 ) -> Result<SessionEnd> {
     let slot = config.slot_name();
     let publication = config.publication_name();
@@ -132,6 +135,17 @@ pub async fn session(
     let max_in_flight = config.capture.max_in_flight;
     let key = config.source.name.clone().into_bytes();
     let mut payload = Vec::with_capacity(4096);
+    let events_by_mode = [
+        CaptureMode::Streaming,
+        CaptureMode::Polling,
+        CaptureMode::Snapshot,
+    ]
+    .map(|mode| {
+        (
+            mode,
+            metrics::capture_events(&config.source.name, mode_label(mode)),
+        )
+    });
 
     loop {
         tokio::select! {
@@ -143,6 +157,7 @@ pub async fn session(
                         client.update_applied_lsn(lsn.into());
                     }
                 }
+                progress.advanced(!ledger.is_empty());
             }
             event = client.recv(), if ledger.in_flight() < max_in_flight => {
                 let event = event.map_err(|e| CaptureError::replication("read the stream", e))?;
@@ -166,11 +181,22 @@ pub async fn session(
                         Step::Produce { event, then_safe } => {
                             payload.clear();
                             codec.encode_into(&event, &mut payload);
+                            if let Some((_, events)) =
+                                events_by_mode.iter().find(|(mode, _)| *mode == event.mode)
+                            {
+                                events.increment(1);
+                            }
                             let delivered = kafka::send(&producer, &topic, &key, &payload).await?;
                             ledger.push_delivery(delivered, then_safe);
                         }
                         Step::Safe(lsn) => ledger.push_position(lsn),
                     }
+                }
+                if ledger.is_empty() {
+                    // Idle and caught up.
+                    progress.advanced(false);
+                } else {
+                    progress.set_pending(true);
                 }
             }
             _ = heartbeat.tick(), if !heartbeat_every.is_zero() => {
@@ -216,6 +242,15 @@ pub async fn session(
     }
     info!(acknowledged = %acknowledged.get(), "capture stopped");
     Ok(SessionEnd::Shutdown)
+}
+
+/// The `mode` label of a capture mode.
+fn mode_label(mode: CaptureMode) -> &'static str {
+    match mode {
+        CaptureMode::Streaming => "streaming",
+        CaptureMode::Polling => "polling",
+        CaptureMode::Snapshot => "snapshot",
+    }
 }
 
 /// Feeds one replication event to the assembler and the ledger. Returns a

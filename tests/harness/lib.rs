@@ -282,6 +282,10 @@ pub async fn create_topic(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `[telemetry]` body of the services under test unless a test asks for
+/// endpoints: off, so that parallel tests do not compete for a port.
+pub const TELEMETRY_OFF: &str = "listen = \"off\"\n";
+
 /// Everything a capture under test needs: its database, names and config.
 pub struct CaptureSetup {
     pub db: TestDb,
@@ -292,6 +296,8 @@ pub struct CaptureSetup {
     pub tables: Vec<String>,
     /// Extra TOML appended to the `[capture]` section.
     pub capture_options: String,
+    /// The `[telemetry]` section's body (endpoints off unless a test sets them).
+    pub telemetry_options: String,
 }
 
 impl CaptureSetup {
@@ -309,6 +315,7 @@ impl CaptureSetup {
             topic,
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
             capture_options: String::from("heartbeat_interval = \"0s\"\n"),
+            telemetry_options: String::from(TELEMETRY_OFF),
         }
     }
 
@@ -317,7 +324,7 @@ impl CaptureSetup {
         let tables: Vec<String> = self.tables.iter().map(|t| format!("{t:?}")).collect();
         format!(
             "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n\n\
-             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}",
+             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}\n[telemetry]\n{}",
             self.source,
             self.db.url,
             tables.join(", "),
@@ -326,6 +333,7 @@ impl CaptureSetup {
             Stack::get().brokers,
             self.topic,
             self.capture_options,
+            self.telemetry_options,
         )
     }
 
@@ -477,6 +485,8 @@ pub struct Bridge {
     pub platform: CaptureSetup,
     pub counters: apply::Counters,
     pub dead_letter_topic: String,
+    /// The `[telemetry]` section's body of apply (endpoints off by default).
+    pub apply_telemetry: String,
     captures: Vec<RunningCapture>,
     apply: Option<RunningApply>,
     /// Extra `key = value` lines of apply's `[apply]` section.
@@ -539,6 +549,7 @@ impl Bridge {
             platform,
             counters: apply::Counters::default(),
             dead_letter_topic,
+            apply_telemetry: String::from(TELEMETRY_OFF),
             captures: Vec::new(),
             apply: None,
             apply_options: String::new(),
@@ -570,7 +581,7 @@ impl Bridge {
         format!(
             "[legacy]\nurl = {:?}\ntopic = {:?}\n\n[platform]\nurl = {:?}\ntopic = {:?}\n\n\
              [kafka]\nbrokers = {:?}\ngroup_id = {:?}\ndead_letter_topic = {:?}\n\n\
-             [apply]\nmapping_dir = {:?}\nmax_backoff = \"2s\"\n{}",
+             [apply]\nmapping_dir = {:?}\nmax_backoff = \"2s\"\n{}\n[telemetry]\n{}",
             self.legacy.db.url,
             self.legacy.topic,
             self.platform.db.url,
@@ -580,6 +591,7 @@ impl Bridge {
             self.dead_letter_topic,
             mapping_dir().display().to_string(),
             self.apply_options,
+            self.apply_telemetry,
         )
     }
 
@@ -1033,4 +1045,101 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A Kafka-protocol broker of a test's own (tansu, durable sqlite storage),
+/// on a free port, to be killed and restarted without touching the shared one.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: TempDir,
+}
+
+impl PrivateBroker {
+    /// The tansu binary: `SYNC_BRIDGE_TANSU_BIN`, else where `scripts/stack` builds it.
+    pub fn binary() -> PathBuf {
+        if let Ok(path) = std::env::var("SYNC_BRIDGE_TANSU_BIN") {
+            return PathBuf::from(path);
+        }
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+            });
+        cache.join("sync-bridge/tansu-0.6.0/bin/tansu")
+    }
+
+    /// Starts a broker and waits until it accepts connections.
+    pub async fn start(hint: &str) -> Result<PrivateBroker> {
+        let dir = TempDir::new(hint)?;
+        std::fs::create_dir_all(dir.0.join("data"))?;
+        let mut broker = PrivateBroker {
+            port: free_port()?,
+            child: None,
+            dir,
+        };
+        broker.restart().await?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again (on the same port and storage).
+    pub async fn restart(&mut self) -> Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("broker.log"))?;
+        let child = std::process::Command::new(Self::binary())
+            .current_dir(&self.dir.0)
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://data/tansu.db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", Self::binary().display()))?;
+        self.child = Some(child);
+        let address = self.address();
+        eventually(
+            "the private broker to listen",
+            Duration::from_secs(60),
+            || {
+                let address = address.clone();
+                async move {
+                    Ok(tokio::net::TcpStream::connect(&address)
+                        .await
+                        .ok()
+                        .map(|_| ()))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
 }

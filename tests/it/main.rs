@@ -15,3 +15,4 @@ mod capture_slot;
 mod capture_transactions;
 mod deploy;
 mod security;
+mod telemetry;

@@ -1,0 +1,397 @@
+//! The report of the `status` subcommands (`capture status`, `apply status`):
+//! the slot of each source, the consumer lag of each partition, each
+//! direction's end-to-end lag, what the running service says about itself,
+//! and whether the two sides are in step. Printed for a person, or as JSON
+//! with `--json`. URLs are shown redacted; nothing here carries a secret.
+
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::KafkaConfig;
+
+/// One replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SlotReport {
+    pub source: String,
+    /// `user@host:port/dbname`, never a password.
+    pub database: String,
+    pub slot: String,
+    pub exists: bool,
+    pub active: Option<bool>,
+    pub retained_wal_bytes: Option<i64>,
+    pub confirmed_flush_lsn: Option<String>,
+    /// Why the slot could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// The lag of one partition for one consumer group.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub high_watermark: i64,
+    /// The group's committed offset (the next message to read), if any.
+    pub committed: Option<i64>,
+    pub lag: i64,
+}
+
+/// One apply direction.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DirectionReport {
+    pub direction: String,
+    pub topic: String,
+    /// As the running service measures it; `None` when it is unreachable.
+    pub end_to_end_lag_seconds: Option<f64>,
+    pub partitions: Vec<PartitionLag>,
+    /// Messages not yet applied, summed over the partitions; `None` when Kafka
+    /// could not be asked.
+    pub consumer_lag: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What the running service says about itself through `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunningReport {
+    /// Where it was asked (`host:port`), `None` when the endpoints are off.
+    pub address: Option<String>,
+    pub reachable: bool,
+    pub state: Option<String>,
+    pub last_error: Option<String>,
+    /// The service's own `/status` document, when reachable.
+    pub status: Option<serde_json::Value>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatusReport {
+    pub service: String,
+    pub running: RunningReport,
+    pub slots: Vec<SlotReport>,
+    pub directions: Vec<DirectionReport>,
+    /// Whether the sides are in step (apply: no consumer lag, nothing
+    /// pending); `None` when unknown.
+    pub in_step: Option<bool>,
+    /// The result of `--verify` (the `apply check` comparison), if run.
+    pub verified: Option<bool>,
+    pub verify_report: Option<String>,
+}
+
+/// Messages between the group's committed offset and the high watermark.
+/// Without a committed offset, everything from the low watermark is lag.
+pub fn consumer_lag(low_watermark: i64, high_watermark: i64, committed: Option<i64>) -> i64 {
+    let from = committed.unwrap_or(low_watermark).max(low_watermark);
+    (high_watermark - from).max(0)
+}
+
+/// End-to-end lag in seconds: 0 when nothing is left to read; otherwise now
+/// minus the source commit time of the last change applied, but never more
+/// than the time since the backlog was first seen (`behind_since_micros`):
+/// after a quiet hour, the first new change is not an hour late.
+pub fn end_to_end_lag(
+    consumer_lag: i64,
+    last_applied_commit_micros: i64,
+    behind_since_micros: i64,
+    now_micros: i64,
+) -> f64 {
+    if consumer_lag <= 0 {
+        return 0.0;
+    }
+    let since = last_applied_commit_micros.max(behind_since_micros);
+    ((now_micros - since).max(0) as f64) / 1_000_000.0
+}
+
+/// The lag of `group` on every partition of `topic`, asked of the brokers
+/// (blocking calls, run off the async threads).
+pub async fn partition_lags(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionLag>, String> {
+    let mut client = crate::kafka::client_config(kafka);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| format!("kafka metadata: {e}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(format!("topic {topic} does not exist"));
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in &partitions {
+            list.add_partition(&topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, timeout)
+            .map_err(|e| format!("kafka committed offsets: {e}"))?;
+        let mut lags = Vec::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|e| format!("kafka watermarks: {e}"))?;
+            let committed =
+                committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    });
+            lags.push(PartitionLag {
+                topic: topic.clone(),
+                partition,
+                high_watermark: high,
+                committed,
+                lag: consumer_lag(low, high, committed),
+            });
+        }
+        Ok(lags)
+    })
+    .await
+    .map_err(|e| format!("kafka lag task: {e}"))?
+}
+
+/// Asks the running service at `address` (if any) for its `/status`.
+pub async fn running(address: Option<String>) -> RunningReport {
+    let Some(address) = address else {
+        return RunningReport {
+            address: None,
+            reachable: false,
+            state: None,
+            last_error: None,
+            status: None,
+        };
+    };
+    match super::http::fetch_status(&address).await {
+        Ok(status) => RunningReport {
+            reachable: true,
+            state: status
+                .get("state")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned),
+            last_error: status
+                .get("last_error")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned),
+            status: Some(status),
+            address: Some(address),
+        },
+        Err(_) => RunningReport {
+            address: Some(address),
+            reachable: false,
+            state: None,
+            last_error: None,
+            status: None,
+        },
+    }
+}
+
+fn or_dash<T: fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} status", self.service)?;
+        let running = &self.running;
+        match (&running.address, running.reachable) {
+            (None, _) => writeln!(f, "  service:     endpoints off (telemetry.listen)")?,
+            (Some(address), false) => writeln!(f, "  service:     unreachable at {address}")?,
+            (Some(address), true) => {
+                writeln!(f, "  service:     {} at {address}", or_dash(&running.state))?
+            }
+        }
+        let last_error = if running.reachable {
+            running
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "none".to_owned())
+        } else {
+            "unreachable".to_owned()
+        };
+        writeln!(f, "  last error:  {last_error}")?;
+        for slot in &self.slots {
+            if let Some(error) = &slot.error {
+                writeln!(
+                    f,
+                    "  slot {} ({}, {}): {error}",
+                    slot.slot, slot.source, slot.database
+                )?;
+                continue;
+            }
+            if !slot.exists {
+                writeln!(
+                    f,
+                    "  slot {} ({}, {}): does not exist",
+                    slot.slot, slot.source, slot.database
+                )?;
+                continue;
+            }
+            writeln!(
+                f,
+                "  slot {} ({}, {}): {}, retained WAL {} bytes, confirmed_flush_lsn {}",
+                slot.slot,
+                slot.source,
+                slot.database,
+                match slot.active {
+                    Some(true) => "active",
+                    Some(false) => "inactive",
+                    None => "state unknown",
+                },
+                or_dash(&slot.retained_wal_bytes),
+                or_dash(&slot.confirmed_flush_lsn),
+            )?;
+        }
+        for direction in &self.directions {
+            let lag = direction
+                .end_to_end_lag_seconds
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "unknown".to_owned());
+            writeln!(
+                f,
+                "  {}: end-to-end lag {lag}, consumer lag {}",
+                direction.direction,
+                or_dash(&direction.consumer_lag)
+            )?;
+            for partition in &direction.partitions {
+                writeln!(
+                    f,
+                    "    {}[{}]: committed {} of {} (lag {})",
+                    partition.topic,
+                    partition.partition,
+                    or_dash(&partition.committed),
+                    partition.high_watermark,
+                    partition.lag
+                )?;
+            }
+            if let Some(error) = &direction.error {
+                writeln!(f, "    {error}")?;
+            }
+        }
+        if let Some(in_step) = self.in_step {
+            writeln!(f, "  in step:     {}", if in_step { "yes" } else { "no" })?;
+        }
+        if let Some(verified) = self.verified {
+            writeln!(
+                f,
+                "  verified:    {}",
+                if verified {
+                    "the databases correspond"
+                } else {
+                    "DIFFERENCES"
+                }
+            )?;
+            if let Some(report) = &self.verify_report {
+                for line in report.lines() {
+                    writeln!(f, "    {line}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_lag_counts_from_the_committed_offset() {
+        assert_eq!(consumer_lag(0, 100, Some(100)), 0);
+        assert_eq!(consumer_lag(0, 100, Some(60)), 40);
+        assert_eq!(consumer_lag(10, 100, None), 90, "nothing committed");
+        assert_eq!(consumer_lag(50, 100, Some(20)), 50, "retention passed it");
+        assert_eq!(consumer_lag(0, 100, Some(120)), 0);
+    }
+
+    #[test]
+    fn end_to_end_lag_is_zero_when_caught_up_and_grows_otherwise() {
+        let now = 100_000_000;
+        assert_eq!(end_to_end_lag(0, 1_000_000, 0, now), 0.0);
+        assert_eq!(end_to_end_lag(5, 98_000_000, 90_000_000, now), 2.0);
+        assert_eq!(
+            end_to_end_lag(5, 0, 90_000_000, now),
+            10.0,
+            "nothing applied yet: since the backlog appeared"
+        );
+        assert_eq!(
+            end_to_end_lag(1, 10_000_000, 99_000_000, now),
+            1.0,
+            "a change after a quiet time is as late as the backlog is old"
+        );
+    }
+
+    #[test]
+    fn a_report_for_a_person_names_lags_slots_and_an_unreachable_service() {
+        let report = StatusReport {
+            service: "apply".into(),
+            running: RunningReport {
+                address: Some("127.0.0.1:9090".into()),
+                reachable: false,
+                state: None,
+                last_error: None,
+                status: None,
+            },
+            slots: vec![SlotReport {
+                source: "legacy".into(),
+                database: "capture@db:5432/legacy".into(),
+                slot: "syncbridge_legacy".into(),
+                exists: true,
+                active: Some(true),
+                retained_wal_bytes: Some(2048),
+                confirmed_flush_lsn: Some("0/16B3748".into()),
+                error: None,
+            }],
+            directions: vec![DirectionReport {
+                direction: "legacy_to_platform".into(),
+                topic: "syncbridge.legacy.changes".into(),
+                end_to_end_lag_seconds: None,
+                partitions: vec![PartitionLag {
+                    topic: "syncbridge.legacy.changes".into(),
+                    partition: 0,
+                    high_watermark: 10,
+                    committed: Some(7),
+                    lag: 3,
+                }],
+                consumer_lag: Some(3),
+                error: None,
+            }],
+            in_step: Some(false),
+            verified: None,
+            verify_report: None,
+        };
+        let text = report.to_string();
+        assert!(text.contains("unreachable at 127.0.0.1:9090"), "{text}");
+        assert!(text.contains("last error:  unreachable"), "{text}");
+        assert!(text.contains("slot syncbridge_legacy (legacy, capture@db:5432/legacy): active, retained WAL 2048 bytes, confirmed_flush_lsn 0/16B3748"), "{text}");
+        assert!(
+            text.contains("legacy_to_platform: end-to-end lag unknown, consumer lag 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("syncbridge.legacy.changes[0]: committed 7 of 10 (lag 3)"),
+            "{text}"
+        );
+        assert!(text.contains("in step:     no"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["directions"][0]["partitions"][0]["lag"], 3);
+    }
+}
