@@ -15,7 +15,16 @@
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
+//! - `applied_xact`: the id of every target transaction apply committed
+//!   ([`RECORD_XACT`], run first in each), so that capture's polling fallback,
+//!   which sees no logical-message marker, can recognise apply's own writes
+//!   by the `xmin` of the rows it reads. `xid` is the 32-bit transaction id a
+//!   row's `xmin` shows (`pg_current_xact_id()::xid`), `full_xid` the 64-bit
+//!   one with its epoch. Rows older than the tombstone retention are pruned
+//!   at session start: within that window a 32-bit id repeats only after
+//!   four billion transactions.
 
+use schemas::event::CaptureMode;
 use tokio_postgres::Client;
 
 use crate::error::{ApplyError, Result};
@@ -56,6 +65,11 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
              );
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
+             CREATE TABLE IF NOT EXISTS syncbridge.applied_xact (
+               xid        bigint PRIMARY KEY,
+               full_xid   xid8 NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now()
+             );
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
                entity     text NOT NULL,
                source_key text NOT NULL,
@@ -72,6 +86,27 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
             )),
             _ => ApplyError::postgres(side, "install the bookkeeping schema", e),
         })
+}
+
+/// The statement that records the current target transaction as apply's
+/// (see `applied_xact` above); run first in every applying transaction.
+pub const RECORD_XACT: &str = "INSERT INTO syncbridge.applied_xact (xid, full_xid)
+     VALUES (pg_current_xact_id()::xid::text::bigint, pg_current_xact_id())
+     ON CONFLICT (xid) DO UPDATE SET full_xid = EXCLUDED.full_xid, applied_at = now()";
+
+/// Forgets the applied transaction ids older than `retention`.
+pub async fn prune_applied_xacts(
+    client: &Client,
+    side: &'static str,
+    retention: std::time::Duration,
+) -> Result<u64> {
+    client
+        .execute(
+            "DELETE FROM syncbridge.applied_xact WHERE applied_at < now() - make_interval(secs => $1)",
+            &[&retention.as_secs_f64()],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side, "prune applied transaction ids", e))
 }
 
 /// Where apply stands in one source's topic. Only moves forward.
@@ -108,6 +143,16 @@ impl Position {
     /// Whether a source transaction was applied already (a replay).
     pub fn covers(&self, commit_lsn: u64) -> bool {
         commit_lsn <= self.commit_lsn && self.offset.is_some()
+    }
+
+    /// Whether events captured in `mode` are deduplicated by commit LSN and
+    /// move the stored commit LSN. Only streamed transactions are: a polled
+    /// page or a snapshot read carries the LSN current when it was read,
+    /// which says nothing about which commits it contains, so such events
+    /// are always applied (last-writer-wins by `updated_at` makes that
+    /// idempotent) and never move the position's commit LSN.
+    pub fn tracks(mode: CaptureMode) -> bool {
+        mode == CaptureMode::Streaming
     }
 }
 
@@ -151,5 +196,12 @@ mod tests {
         assert!(position.covers(500));
         assert!(position.covers(499));
         assert!(!position.covers(501));
+    }
+
+    #[test]
+    fn only_streamed_events_are_deduplicated_by_commit_lsn() {
+        assert!(Position::tracks(CaptureMode::Streaming));
+        assert!(!Position::tracks(CaptureMode::Polling));
+        assert!(!Position::tracks(CaptureMode::Snapshot));
     }
 }

@@ -34,7 +34,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
-use schemas::event::ChangeEvent;
+use schemas::event::{CaptureMode, ChangeEvent};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -73,6 +73,8 @@ pub enum SessionEnd {
 /// The source transaction being applied.
 struct Open {
     commit_lsn: u64,
+    /// How the transaction was captured: only streamed ones move the position's LSN.
+    mode: CaptureMode,
     commit_micros: i64,
     next_position: u64,
     echo: bool,
@@ -187,6 +189,12 @@ pub async fn session(
         shared.mapping.conflicts().tombstone_retention,
     )
     .await?;
+    checkpoint::prune_applied_xacts(
+        &session.target,
+        to.as_str(),
+        shared.mapping.conflicts().tombstone_retention,
+    )
+    .await?;
     // Deletes a crash left un-reasserted.
     session
         .writer
@@ -291,6 +299,12 @@ impl Session<'_> {
             )
             .await
             .map_err(|e| ApplyError::postgres(self.target_side(), "write the echo marker", e))?;
+        self.target
+            .execute(checkpoint::RECORD_XACT, &[])
+            .await
+            .map_err(|e| {
+                ApplyError::postgres(self.target_side(), "record the transaction id", e)
+            })?;
         self.batch_open = true;
         self.batch_events = 0;
         self.batch_started = Instant::now();
@@ -392,7 +406,7 @@ impl Session<'_> {
             }
         };
         let tx = event.transaction;
-        if self.position.covers(tx.commit_lsn) {
+        if Position::tracks(event.mode) && self.position.covers(tx.commit_lsn) {
             // Already applied: a replay of capture after its own restart.
             if self.open.is_none() {
                 self.boundary = Some(offset);
@@ -428,6 +442,7 @@ impl Session<'_> {
             }
             self.open = Some(Open {
                 commit_lsn: tx.commit_lsn,
+                mode: event.mode,
                 commit_micros: tx.commit_time_micros,
                 next_position: 0,
                 echo,
@@ -595,7 +610,9 @@ impl Session<'_> {
                 self.stats.transaction(open.commit_micros);
             }
         }
-        self.position.applied(open.commit_lsn);
+        if Position::tracks(open.mode) {
+            self.position.applied(open.commit_lsn);
+        }
         self.boundary = Some(offset);
         Ok(())
     }

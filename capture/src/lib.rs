@@ -14,6 +14,8 @@
 //! - [`checkpoint`]: positions that only move forward, released in order.
 //! - [`stream`]: one session, wiring the above together.
 //! - [`tail`]: prints the events on a topic for a person.
+//! - [`polling`]: the fallback without logical replication (`capture.mode =
+//!   "polling"`): reads the tables on `updated_at`; [`reconcile`] finds deletes.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -25,6 +27,8 @@ pub mod event;
 pub mod kafka;
 pub mod pgoutput;
 pub mod pgtype;
+pub mod polling;
+pub mod reconcile;
 pub mod slot;
 pub mod stream;
 pub mod tail;
@@ -63,7 +67,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 info!("capture recovered");
             }
         };
-        let outcome = stream::session(&config, &connection, &codec, &shutdown, &on_streaming).await;
+        let outcome = match config.capture.mode {
+            config::ReadMode::Streaming => {
+                stream::session(&config, &connection, &codec, &shutdown, &on_streaming).await
+            }
+            config::ReadMode::Polling => {
+                polling::session(&config, &connection, &codec, &shutdown, &on_streaming).await
+            }
+        };
         let streamed = streaming.load(Ordering::Acquire);
         if streamed {
             failing = None;
