@@ -15,14 +15,12 @@
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
-//! - `applied_xact`: the id of every target transaction apply committed
-//!   ([`RECORD_XACT`], run first in each), so that capture's polling fallback,
-//!   which sees no logical-message marker, can recognise apply's own writes
-//!   by the `xmin` of the rows it reads. `xid` is the 32-bit transaction id a
-//!   row's `xmin` shows (`pg_current_xact_id()::xid`), `full_xid` the 64-bit
-//!   one with its epoch. Rows older than the tombstone retention are pruned
-//!   at session start: within that window a 32-bit id repeats only after
-//!   four billion transactions.
+//!
+//! `row_version.written_xmin` doubles as the echo ledger of capture's polling
+//! fallback, which sees no logical-message marker: a polled row whose `xmin`
+//! is one apply recorded there was written by apply (apply writes inside
+//! savepoints, so a row's `xmin` is a subtransaction's id, which only this
+//! record knows). Indexed for that lookup.
 
 use schemas::event::CaptureMode;
 use tokio_postgres::Client;
@@ -65,11 +63,8 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
              );
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
-             CREATE TABLE IF NOT EXISTS syncbridge.applied_xact (
-               xid        bigint PRIMARY KEY,
-               full_xid   xid8 NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now()
-             );
+             CREATE INDEX IF NOT EXISTS row_version_written_xmin
+               ON syncbridge.row_version (written_xmin);
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
                entity     text NOT NULL,
                source_key text NOT NULL,
@@ -86,27 +81,6 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
             )),
             _ => ApplyError::postgres(side, "install the bookkeeping schema", e),
         })
-}
-
-/// The statement that records the current target transaction as apply's
-/// (see `applied_xact` above); run first in every applying transaction.
-pub const RECORD_XACT: &str = "INSERT INTO syncbridge.applied_xact (xid, full_xid)
-     VALUES (pg_current_xact_id()::xid::text::bigint, pg_current_xact_id())
-     ON CONFLICT (xid) DO UPDATE SET full_xid = EXCLUDED.full_xid, applied_at = now()";
-
-/// Forgets the applied transaction ids older than `retention`.
-pub async fn prune_applied_xacts(
-    client: &Client,
-    side: &'static str,
-    retention: std::time::Duration,
-) -> Result<u64> {
-    client
-        .execute(
-            "DELETE FROM syncbridge.applied_xact WHERE applied_at < now() - make_interval(secs => $1)",
-            &[&retention.as_secs_f64()],
-        )
-        .await
-        .map_err(|e| ApplyError::postgres(side, "prune applied transaction ids", e))
 }
 
 /// Where apply stands in one source's topic. Only moves forward.

@@ -189,12 +189,6 @@ pub async fn session(
         shared.mapping.conflicts().tombstone_retention,
     )
     .await?;
-    checkpoint::prune_applied_xacts(
-        &session.target,
-        to.as_str(),
-        shared.mapping.conflicts().tombstone_retention,
-    )
-    .await?;
     // Deletes a crash left un-reasserted.
     session
         .writer
@@ -299,12 +293,6 @@ impl Session<'_> {
             )
             .await
             .map_err(|e| ApplyError::postgres(self.target_side(), "write the echo marker", e))?;
-        self.target
-            .execute(checkpoint::RECORD_XACT, &[])
-            .await
-            .map_err(|e| {
-                ApplyError::postgres(self.target_side(), "record the transaction id", e)
-            })?;
         self.batch_open = true;
         self.batch_events = 0;
         self.batch_started = Instant::now();

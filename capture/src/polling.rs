@@ -3,8 +3,8 @@
 //! REPLICATION privilege, `wal_level = replica`, a lost slot).
 //!
 //! ```text
-//!  every polling.interval, each table in source.tables order (parents first):
-//!    REPEATABLE READ: pg_current_wal_lsn(), now(),
+//!  every polling.interval, in one REPEATABLE READ snapshot, each table in
+//!  source.tables order (parents first): pg_current_wal_lsn(), now(),
 //!      SELECT ... WHERE (updated_at, pk) > last ORDER BY updated_at, pk LIMIT page_size
 //!        ──► events (one pseudo-transaction per page) ──► Kafka ──► delivery reports
 //!                                                                        │
@@ -25,19 +25,32 @@
 //!   upserts both alike. The rows of a page form pseudo-transactions
 //!   (positions from 0, `last` and `event_count` on the final event): one per
 //!   run of consecutive rows that are, or are not, apply's echoes, because
-//!   apply decides echo per transaction. `commit_lsn` is
-//!   `pg_current_wal_lsn()` read in the page's own snapshot (it needs no
-//!   privilege and never goes backwards), `commit_time_micros` the read's
-//!   time (`now()` of that snapshot), and `xid` the row's `xmin` of the
-//!   page's first row (informational). Apply applies polled events
-//!   always and never moves its stored commit LSN with them.
+//!   apply decides echo per transaction. A round reads every table in one
+//!   snapshot, parents first, so a child never arrives before its parent.
+//!   `commit_lsn` is `pg_current_wal_lsn()` read in the round's snapshot (it
+//!   needs no privilege and never goes backwards), `commit_time_micros` the
+//!   read's time (`now()` of that snapshot), and `xid` the row's `xmin`
+//!   (informational). Apply applies polled events always and never moves
+//!   its stored commit LSN with them. The round's snapshot stays open while
+//!   its pages are delivered: a round is short, but it holds back vacuum
+//!   meanwhile.
+//! - **The watermark** is the last `(updated_at, key)` confirmed, its time
+//!   clamped to the present: a row stamped in the future does not hide the
+//!   rows written after it (it is read again each round and skipped, see
+//!   below).
 //! - **Unchanged rows are not re-sent.** The key ledger stores the `xmin` of
 //!   the row version last sent; a row read again (the overlap) with the same
 //!   `xmin` is skipped.
-//! - **Echoes.** Apply records each of its transaction ids in
-//!   `syncbridge.applied_xact`; a row whose `xmin` is there was written by
-//!   apply and its event carries a `marker` (`polling:<xmin>`), which apply
-//!   skips like a streamed echo.
+//! - **Echoes.** Apply records the `xmin` of every row version it writes in
+//!   `syncbridge.row_version.written_xmin` (indexed), in the writing
+//!   statement. A polled row whose `xmin` is there was written by apply (the
+//!   id of a transaction, or of the savepoint apply writes in, that wrote
+//!   nothing else); its event carries a `marker` (`polling:<xmin>`), which
+//!   apply skips like a streamed echo. (A 32-bit id repeats only after four
+//!   billion transactions; a match across that wrap would flag a local write
+//!   as an echo.) The top-level transaction id (`pg_current_xact_id()`)
+//!   would not do: rows written inside a savepoint carry the
+//!   subtransaction's id.
 //! - **Durability.** A page's rows enter the key ledger and the watermark
 //!   moves past them only after Kafka confirmed every event of the page, in
 //!   one transaction. A crash re-reads from the last confirmed page; what is
@@ -52,7 +65,7 @@
 //! Privileges: SELECT on the tables; USAGE and CREATE on the schema
 //! `syncbridge` (capture creates `capture_watermark` and `capture_keys` when
 //! missing; or create them for it and grant SELECT, INSERT, UPDATE, DELETE);
-//! SELECT on `syncbridge.applied_xact` (created by apply). No REPLICATION.
+//! SELECT on `syncbridge.row_version` (created by apply). No REPLICATION.
 //! An index on `(updated_at, primary key)` keeps each page a range scan.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,7 +74,7 @@ use futures::future::try_join_all;
 use rdkafka::producer::FutureProducer;
 use schemas::codec::Codec;
 use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
-use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -157,7 +170,7 @@ impl PolledTable {
     /// last sent (int8, NULL), then every column as text.
     pub fn page_query(&self, start: &PageStart, page_size: usize, echo_ledger: bool) -> String {
         let echo = if echo_ledger {
-            "EXISTS (SELECT 1 FROM syncbridge.applied_xact a WHERE a.xid = t.xmin::text::int8)"
+            "EXISTS (SELECT 1 FROM syncbridge.row_version r WHERE r.written_xmin = t.xmin::text)"
         } else {
             "false"
         };
@@ -205,12 +218,15 @@ impl PolledTable {
         let updated_at = n + 3;
         let key = n + 4;
         let updated_at_type = &self.columns[self.updated_at].sql_type;
-        let newer_key: Vec<String> =
-            std::iter::once(format!("${updated_at}::text::{updated_at_type}"))
-                .chain(self.key.iter().enumerate().map(|(p, &i)| {
-                    format!("(${key}::text[])[{}]::{}", p + 1, self.columns[i].sql_type)
-                }))
-                .collect();
+        // A row stamped in the future must not carry the watermark past the
+        // present (later rows would then fall behind it): clamp to now().
+        let clamped =
+            format!("LEAST(${updated_at}::text::{updated_at_type}, now()::{updated_at_type})");
+        let newer_key: Vec<String> = std::iter::once(clamped.clone())
+            .chain(self.key.iter().enumerate().map(|(p, &i)| {
+                format!("(${key}::text[])[{}]::{}", p + 1, self.columns[i].sql_type)
+            }))
+            .collect();
         let stored_key: Vec<String> = std::iter::once(format!("w.updated_at::{updated_at_type}"))
             .chain(
                 self.key
@@ -226,7 +242,7 @@ impl PolledTable {
                FROM unnest({key_params}, ${xmins}::int8[]) AS u({unnest_names}, x) \
                ON CONFLICT (tbl, key) DO UPDATE SET row_xmin = EXCLUDED.row_xmin) \
              INSERT INTO syncbridge.capture_watermark AS w (tbl, updated_at, key) \
-             VALUES ($1, ${updated_at}::text, ${key}::text[]) \
+             VALUES ($1, {clamped}::text, ${key}::text[]) \
              ON CONFLICT (tbl) DO UPDATE SET updated_at = EXCLUDED.updated_at, key = EXCLUDED.key, polled_at = now() \
              WHERE w.updated_at IS NULL OR ({newer}) > ({stored})",
             key_columns = key_columns.join(", "),
@@ -379,29 +395,59 @@ impl<'a> Poller<'a> {
     /// shutdown interrupted it.
     pub async fn round(&mut self, shutdown: &CancellationToken) -> Result<bool> {
         let echo_ledger = self.echo_ledger_exists().await?;
+        // One snapshot for the whole round: a child row visible in it has its
+        // parent visible too, and parents are read first, so apply never
+        // receives a child before its parent.
+        self.reader
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| CaptureError::postgres("begin a polling round", e))?;
+        let outcome = self.round_in_snapshot(echo_ledger, shutdown).await;
+        let end = self.reader.batch_execute("COMMIT").await;
+        let completed = outcome?;
+        end.map_err(|e| CaptureError::postgres("end a polling round", e))?;
+        Ok(completed)
+    }
+
+    async fn round_in_snapshot(
+        &mut self,
+        echo_ledger: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
+        let head = self.read_head().await?;
         for index in 0..self.tables.len() {
-            if !self.poll_table(index, echo_ledger, shutdown).await? {
+            if !self.poll_table(index, head, echo_ledger, shutdown).await? {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
+    /// The WAL position and time of the reader's snapshot.
+    async fn read_head(&self) -> Result<(u64, i64)> {
+        let head = self
+            .reader
+            .query_one(
+                "SELECT (pg_current_wal_lsn() - '0/0')::int8, (extract(epoch FROM now()) * 1000000)::int8",
+                &[],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("read the WAL position", e))?;
+        Ok((head.get::<_, i64>(0) as u64, head.get(1)))
+    }
+
     async fn echo_ledger_exists(&self) -> Result<bool> {
         let row = self
             .reader
             .query_one(
-                "SELECT to_regclass('syncbridge.applied_xact') IS NOT NULL \
-                 AND has_table_privilege('syncbridge.applied_xact', 'SELECT')",
+                "SELECT coalesce(has_table_privilege(to_regclass('syncbridge.row_version'), 'SELECT'), false)",
                 &[],
             )
             .await
-            .map_err(|e| CaptureError::postgres("look for apply's transaction ledger", e))?;
+            .map_err(|e| CaptureError::postgres("look for apply's row versions", e))?;
         let exists: bool = row.get(0);
         if !exists {
-            debug!(
-                "syncbridge.applied_xact is not readable yet: no row is flagged as apply's echo"
-            );
+            debug!("syncbridge.row_version is not readable yet: no row is flagged as apply's echo");
         }
         Ok(exists)
     }
@@ -462,6 +508,7 @@ impl<'a> Poller<'a> {
     async fn poll_table(
         &mut self,
         index: usize,
+        head: (u64, i64),
         echo_ledger: bool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
@@ -471,7 +518,7 @@ impl<'a> Poller<'a> {
         let mut sent = 0usize;
         loop {
             let sql = table.page_query(&start, page_size, echo_ledger);
-            let page = self.read_page(&table, &sql, &start).await?;
+            let page = self.read_page(head, &table, &sql, &start).await?;
             let full = page.rows.len() == page_size;
             let Some(last) = page.rows.last() else {
                 break;
@@ -514,6 +561,7 @@ impl<'a> Poller<'a> {
 
     async fn read_page(
         &mut self,
+        head: (u64, i64),
         table: &PolledTable,
         sql: &str,
         start: &PageStart,
@@ -527,29 +575,11 @@ impl<'a> Poller<'a> {
         if let Some(overlap) = &overlap {
             params.push(overlap);
         }
-        let transaction = self
+        let rows = self
             .reader
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| CaptureError::postgres("begin a polling read", e))?;
-        let head = transaction
-            .query_one(
-                "SELECT (pg_current_wal_lsn() - '0/0')::int8, (extract(epoch FROM now()) * 1000000)::int8",
-                &[],
-            )
-            .await
-            .map_err(|e| CaptureError::postgres("read the WAL position", e))?;
-        let rows = transaction
             .query(sql, &params)
             .await
             .map_err(|e| CaptureError::postgres(format!("poll {}", table.name), e))?;
-        transaction
-            .commit()
-            .await
-            .map_err(|e| CaptureError::postgres("end a polling read", e))?;
         let width = table.columns.len();
         let rows = rows
             .iter()
@@ -562,8 +592,8 @@ impl<'a> Poller<'a> {
             })
             .collect();
         Ok(Page {
-            commit_lsn: head.get::<_, i64>(0) as u64,
-            read_at_micros: head.get(1),
+            commit_lsn: head.0,
+            read_at_micros: head.1,
             rows,
         })
     }
@@ -708,17 +738,10 @@ impl<'a> Poller<'a> {
         page_size: usize,
         shutdown: &CancellationToken,
     ) -> Result<Option<u64>> {
-        let head = self
-            .reader
-            .query_one(
-                "SELECT (pg_current_wal_lsn() - '0/0')::int8, (extract(epoch FROM now()) * 1000000)::int8",
-                &[],
-            )
-            .await
-            .map_err(|e| CaptureError::postgres("read the WAL position", e))?;
+        let head = self.read_head().await?;
         let page = Page {
-            commit_lsn: head.get::<_, i64>(0) as u64,
-            read_at_micros: head.get(1),
+            commit_lsn: head.0,
+            read_at_micros: head.1,
             rows: Vec::new(),
         };
         let fetch_live = format!("FETCH {page_size} FROM live");
@@ -1137,7 +1160,7 @@ mod tests {
             sql.ends_with("ORDER BY t.\"updated_at\", t.\"id\" LIMIT 100"),
             "{sql}"
         );
-        assert!(sql.contains("syncbridge.applied_xact"), "{sql}");
+        assert!(sql.contains("syncbridge.row_version"), "{sql}");
         assert_eq!(
             start.params(),
             (vec!["2026-11-22 04:00:00".to_owned()], Some(5.0))
@@ -1155,7 +1178,7 @@ mod tests {
             sql.contains("WHERE (t.\"updated_at\", t.\"id\") > ($2::text::timestamp(0) without time zone, $3::text::bigint)"),
             "{sql}"
         );
-        assert!(!sql.contains("applied_xact"), "{sql}");
+        assert!(!sql.contains("row_version"), "{sql}");
         assert_eq!(
             start.params().0,
             vec!["2026-11-22 04:00:00".to_owned(), "42".to_owned()]
@@ -1184,7 +1207,7 @@ mod tests {
             confirm.contains("unnest($2::text[], $3::text[], $4::int8[]) AS u(c0, c1, x)"),
             "{confirm}"
         );
-        assert!(confirm.contains("($5::text::timestamp(0) without time zone, ($6::text[])[1]::text, ($6::text[])[2]::bigint) > (w.updated_at::timestamp(0) without time zone, w.key[1]::text, w.key[2]::bigint)"), "{confirm}");
+        assert!(confirm.contains("(LEAST($5::text::timestamp(0) without time zone, now()::timestamp(0) without time zone), ($6::text[])[1]::text, ($6::text[])[2]::bigint) > (w.updated_at::timestamp(0) without time zone, w.key[1]::text, w.key[2]::bigint)"), "{confirm}");
     }
 
     #[test]

@@ -12,3 +12,4 @@ mod capture_faults;
 mod capture_recovery;
 mod capture_slot;
 mod capture_transactions;
+mod polling;
