@@ -692,14 +692,15 @@ impl<'a> Poller<'a> {
         for index in (0..self.tables.len()).rev() {
             let table = self.tables[index].clone();
             let started = std::time::Instant::now();
-            match self.reconcile_table(&table, shutdown).await? {
-                Some(gone) => {
-                    if gone > 0 {
-                        info!(table = %table.name, deleted = gone, elapsed_ms = started.elapsed().as_millis() as u64, "reconciled deletes");
-                    }
-                }
-                None => return Ok(false),
-            }
+            let Some(gone) = self.reconcile_table(&table, shutdown).await? else {
+                return Ok(false);
+            };
+            info!(
+                table = %table.name,
+                deleted = gone,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reconciled"
+            );
         }
         Ok(true)
     }
