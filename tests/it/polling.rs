@@ -360,3 +360,50 @@ async fn streaming_to_polling_and_back_loses_nothing_and_applies_nothing_twice(
     assert_eq!(watermarks, 0, "streaming retired the polling watermarks");
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_does_not_move_while_kafka_cannot_confirm_a_page() -> anyhow::Result<()> {
+    let db = sync_bridge_tests::TestDb::with_reference_schema(Side::Legacy, "poll_nokafka").await?;
+    db.execute(
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+         SELECT 'u' || g || '@example.com', 'Some One', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+         FROM generate_series(1, 5) g",
+    )
+    .await?;
+    let mut setup = sync_bridge_tests::CaptureSetup::new(db, &["public.users"]);
+    setup.use_polling(POLLING);
+    // A broker nobody listens on: deliveries wait (capture never times them out).
+    let port = sync_bridge_tests::free_port()?;
+    let toml = setup.toml().replace(
+        &sync_bridge_tests::Stack::get().brokers,
+        &format!("127.0.0.1:{port}"),
+    );
+    let config = capture::Config::from_toml(&toml)?;
+    let connection = config.connection()?;
+    let codec = schemas::codec::Codec::new()?;
+    let producer = capture::kafka::producer(&config.kafka, 1000)?;
+    let mut poller =
+        capture::polling::Poller::connect(&config, &connection, &codec, producer).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+    });
+    let completed = poller.round(&shutdown).await?;
+    assert!(!completed, "the round cannot complete without the broker");
+    let client = setup.db.client();
+    let moved = count(
+        client,
+        "SELECT count(*) FROM syncbridge.capture_watermark WHERE updated_at IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(moved, 0, "no watermark past unconfirmed rows");
+    let sent = count(
+        client,
+        "SELECT count(*) FROM syncbridge.capture_keys WHERE row_xmin IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(sent, 0, "no row recorded as sent");
+    Ok(())
+}
