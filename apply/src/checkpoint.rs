@@ -18,7 +18,14 @@
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
+//!
+//! `row_version.written_xmin` doubles as the echo ledger of capture's polling
+//! fallback, which sees no logical-message marker: a polled row whose `xmin`
+//! is one apply recorded there was written by apply (apply writes inside
+//! savepoints, so a row's `xmin` is a subtransaction's id, which only this
+//! record knows). Indexed for that lookup.
 
+use schemas::event::CaptureMode;
 use tokio_postgres::Client;
 
 use crate::error::{ApplyError, Result};
@@ -71,6 +78,8 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                ADD COLUMN IF NOT EXISTS source_xid text;
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
+             CREATE INDEX IF NOT EXISTS row_version_written_xmin
+               ON syncbridge.row_version (written_xmin);
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
                entity     text NOT NULL,
                source_key text NOT NULL,
@@ -124,6 +133,16 @@ impl Position {
     pub fn covers(&self, commit_lsn: u64) -> bool {
         commit_lsn <= self.commit_lsn && self.offset.is_some()
     }
+
+    /// Whether events captured in `mode` are deduplicated by commit LSN and
+    /// move the stored commit LSN. Only streamed transactions are: a polled
+    /// page or a snapshot read carries the LSN current when it was read,
+    /// which says nothing about which commits it contains, so such events
+    /// are always applied (last-writer-wins by `updated_at` makes that
+    /// idempotent) and never move the position's commit LSN.
+    pub fn tracks(mode: CaptureMode) -> bool {
+        mode == CaptureMode::Streaming
+    }
 }
 
 /// Reads the stored position of `source`.
@@ -166,5 +185,12 @@ mod tests {
         assert!(position.covers(500));
         assert!(position.covers(499));
         assert!(!position.covers(501));
+    }
+
+    #[test]
+    fn only_streamed_events_are_deduplicated_by_commit_lsn() {
+        assert!(Position::tracks(CaptureMode::Streaming));
+        assert!(!Position::tracks(CaptureMode::Polling));
+        assert!(!Position::tracks(CaptureMode::Snapshot));
     }
 }

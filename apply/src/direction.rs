@@ -34,7 +34,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
-use schemas::event::ChangeEvent;
+use schemas::event::{CaptureMode, ChangeEvent};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -73,6 +73,8 @@ pub enum SessionEnd {
 /// The source transaction being applied.
 struct Open {
     commit_lsn: u64,
+    /// How the transaction was captured: only streamed ones move the position's LSN.
+    mode: CaptureMode,
     commit_micros: i64,
     next_position: u64,
     echo: bool,
@@ -437,7 +439,7 @@ impl Session<'_> {
             }
         };
         let tx = event.transaction;
-        if self.position.covers(tx.commit_lsn) {
+        if Position::tracks(event.mode) && self.position.covers(tx.commit_lsn) {
             // Already applied: a replay of capture after its own restart.
             if self.open.is_none() {
                 self.boundary = Some(offset);
@@ -473,6 +475,7 @@ impl Session<'_> {
             }
             self.open = Some(Open {
                 commit_lsn: tx.commit_lsn,
+                mode: event.mode,
                 commit_micros: tx.commit_time_micros,
                 next_position: 0,
                 echo,
@@ -641,7 +644,9 @@ impl Session<'_> {
                 self.source_commits.push(open.commit_micros);
             }
         }
-        self.position.applied(open.commit_lsn);
+        if Position::tracks(open.mode) {
+            self.position.applied(open.commit_lsn);
+        }
         self.boundary = Some(offset);
         Ok(())
     }

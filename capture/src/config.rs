@@ -122,6 +122,9 @@ pub struct Config {
     pub capture: CaptureConfig,
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The polling fallback's settings, read when `capture.mode = "polling"`.
+    #[serde(default)]
+    pub polling: PollingConfig,
 }
 
 /// The source database and what to read from it.
@@ -226,6 +229,11 @@ pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
+    /// How changes are read: `streaming` (logical replication, the default)
+    /// or `polling` (the fallback for a source without logical replication:
+    /// see [`crate::polling`]).
+    #[serde(default)]
+    pub mode: ReadMode,
     /// The prefix of the logical message that apply writes first in each of
     /// its transactions; transactions carrying it are flagged as echoes.
     #[serde(default = "default_marker_prefix")]
@@ -251,6 +259,7 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
+            mode: ReadMode::default(),
             marker_prefix: default_marker_prefix(),
             heartbeat_interval: default_heartbeat(),
             status_interval: default_status_interval(),
@@ -259,6 +268,77 @@ impl Default for CaptureConfig {
             max_backoff: default_max_backoff(),
         }
     }
+}
+
+/// How capture reads the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Logical replication through a slot.
+    #[default]
+    Streaming,
+    /// Reading the tables on `updated_at` every `polling.interval`.
+    Polling,
+}
+
+/// The polling fallback (see [`crate::polling`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollingConfig {
+    /// How often each table is read.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How far before the watermark each round starts reading again, to catch
+    /// rows whose transaction committed after a later `updated_at` was read
+    /// (`updated_at = now()` is the transaction's start, not its commit) and
+    /// `updated_at` columns truncated to the second. Longer than the longest
+    /// writing transaction.
+    #[serde(default = "default_poll_overlap", with = "humantime_serde")]
+    pub overlap: Duration,
+    /// Rows per page (one pseudo-transaction, and the memory bound).
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// How often deletes are looked for (a full key comparison per table).
+    #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// The column holding each row's last modification time
+    /// (timestamp, timestamptz or date), in every polled table.
+    #[serde(default = "default_updated_at_column")]
+    pub updated_at_column: String,
+    /// Where a table without a stored watermark starts, as a timestamp in
+    /// the column's text form (`2026-11-22 04:00:00+00`); unset: from the
+    /// beginning (every row is sent once).
+    #[serde(default)]
+    pub start_from: Option<String>,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            interval: default_poll_interval(),
+            overlap: default_poll_overlap(),
+            page_size: default_page_size(),
+            reconcile_interval: default_reconcile_interval(),
+            updated_at_column: default_updated_at_column(),
+            start_from: None,
+        }
+    }
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_poll_overlap() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_page_size() -> usize {
+    1000
+}
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_updated_at_column() -> String {
+    "updated_at".to_owned()
 }
 
 fn default_topic_prefix() -> String {
@@ -370,6 +450,16 @@ impl Config {
         if self.capture.max_in_flight == 0 {
             return Err(CaptureError::Config(
                 "capture.max_in_flight must be at least 1".to_owned(),
+            ));
+        }
+        if self.polling.page_size == 0 || self.polling.interval.is_zero() {
+            return Err(CaptureError::Config(
+                "polling.page_size and polling.interval must be above zero".to_owned(),
+            ));
+        }
+        if self.capture.mode == ReadMode::Polling && self.source.tables.is_empty() {
+            return Err(CaptureError::Config(
+                "polling reads source.tables: list them, parents first".to_owned(),
             ));
         }
         self.connection()?;
@@ -610,6 +700,22 @@ mod tests {
             Some("127.0.0.1:8125")
         );
         assert_eq!(config.telemetry.sample_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn polling_is_chosen_and_tuned_in_its_own_section() {
+        let text = format!(
+            "{MINIMAL}\n[capture]\nmode = \"polling\"\n[polling]\ninterval = \"1s\"\npage_size = 100\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.capture.mode, ReadMode::Polling);
+        assert_eq!(config.polling.interval, Duration::from_secs(1));
+        assert_eq!(config.polling.page_size, 100);
+        assert_eq!(config.polling.updated_at_column, "updated_at");
+        assert_eq!(
+            Config::from_toml(MINIMAL).unwrap().capture.mode,
+            ReadMode::Streaming
+        );
     }
 
     #[test]

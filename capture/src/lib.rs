@@ -17,6 +17,8 @@
 //! - [`tls`]: `sslmode` for both kinds of Postgres connection.
 //! - [`monitor`]: the slot and the broker watched from outside; `capture status`.
 //! - [`telemetry`]: logs, metrics, health endpoints, traces.
+//! - [`polling`]: the fallback without logical replication (`capture.mode =
+//!   "polling"`): reads the tables on `updated_at`; [`reconcile`] finds deletes.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -29,6 +31,8 @@ pub mod kafka;
 pub mod monitor;
 pub mod pgoutput;
 pub mod pgtype;
+pub mod polling;
+pub mod reconcile;
 pub mod slot;
 pub mod stream;
 pub mod tail;
@@ -79,15 +83,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 info!("capture recovered");
             }
         };
-        let outcome = stream::session(
-            &config,
-            &connection,
-            &codec,
-            &shutdown,
-            &on_streaming,
-            &progress,
-        )
-        .await;
+        let outcome = match config.capture.mode {
+            config::ReadMode::Streaming => {
+                stream::session(
+                    &config,
+                    &connection,
+                    &codec,
+                    &shutdown,
+                    &on_streaming,
+                    &progress,
+                )
+                .await
+            }
+            config::ReadMode::Polling => {
+                polling::session(
+                    &config,
+                    &connection,
+                    &codec,
+                    &shutdown,
+                    &on_streaming,
+                    &progress,
+                )
+                .await
+            }
+        };
         let streamed = streaming.load(Ordering::Acquire);
         if streamed {
             failing = None;

@@ -81,6 +81,10 @@ pub async fn session(
 
     kafka::ensure_topic(&config.kafka, &topic).await?;
     let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
+    // Polling ran here before: cover the switch (the slot exists now).
+    if !crate::polling::catch_up(config, connection, codec, producer.clone(), shutdown).await? {
+        return Ok(SessionEnd::Shutdown);
+    }
 
     let feedback = Arc::new(FeedbackSignal::default());
     let observer = {

@@ -298,6 +298,11 @@ pub struct CaptureSetup {
     pub capture_options: String,
     /// The `[telemetry]` section's body (endpoints off unless a test sets them).
     pub telemetry_options: String,
+    /// The `[polling]` section when capture runs in polling mode.
+    pub polling: Option<String>,
+    /// The source URL capture connects with, when not the database's own
+    /// (another role).
+    pub source_url: Option<String>,
 }
 
 impl CaptureSetup {
@@ -316,17 +321,33 @@ impl CaptureSetup {
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
             capture_options: String::from("heartbeat_interval = \"0s\"\n"),
             telemetry_options: String::from(TELEMETRY_OFF),
+            polling: None,
+            source_url: None,
         }
+    }
+
+    /// Runs capture in polling mode with `section` as its `[polling]` settings.
+    pub fn use_polling(&mut self, section: &str) {
+        self.polling = Some(section.to_owned());
+    }
+
+    /// Runs capture in streaming mode (the default).
+    pub fn use_streaming(&mut self) {
+        self.polling = None;
     }
 
     /// The capture configuration as TOML.
     pub fn toml(&self) -> String {
         let tables: Vec<String> = self.tables.iter().map(|t| format!("{t:?}")).collect();
+        let polling = match &self.polling {
+            Some(section) => format!("mode = \"polling\"\n\n[polling]\n{section}\n"),
+            None => String::new(),
+        };
         format!(
             "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n\n\
-             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}\n[telemetry]\n{}",
+             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}{polling}\n[telemetry]\n{}",
             self.source,
-            self.db.url,
+            self.source_url.as_deref().unwrap_or(&self.db.url),
             tables.join(", "),
             self.slot,
             self.publication,
@@ -339,6 +360,17 @@ impl CaptureSetup {
 
     pub fn config(&self) -> Result<capture::Config> {
         Ok(capture::Config::from_toml(&self.toml())?)
+    }
+
+    /// In streaming mode, waits until capture has its slot.
+    pub async fn wait_for_slot(&self) -> Result<()> {
+        if self.polling.is_some() {
+            return Ok(());
+        }
+        eventually("the slot", Duration::from_secs(60), || async {
+            Ok(self.db.confirmed_flush_lsn(&self.slot).await?.map(|_| ()))
+        })
+        .await
     }
 
     /// Starts capture in this process.
@@ -568,12 +600,28 @@ impl Bridge {
         self.captures.push(self.legacy.start()?);
         self.captures.push(self.platform.start()?);
         for setup in [&self.legacy, &self.platform] {
-            eventually("the slot", Duration::from_secs(60), || async {
-                Ok(setup.db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
-            })
-            .await?;
+            setup.wait_for_slot().await?;
         }
         Ok(())
+    }
+
+    /// Stops one side's capture, then starts it again with its current setup
+    /// (e.g. after `use_polling` or `use_streaming`).
+    pub async fn restart_capture(&mut self, side: Side) -> Result<()> {
+        let index = match side {
+            Side::Legacy => 0,
+            Side::Platform => 1,
+        };
+        anyhow::ensure!(self.captures.len() == 2, "the bridge is not running");
+        // One writer at a time on the topic: the old one has delivered and
+        // stopped before the new one starts.
+        self.captures.remove(index).stop().await?;
+        let setup = match side {
+            Side::Legacy => &self.legacy,
+            Side::Platform => &self.platform,
+        };
+        self.captures.insert(index, setup.start()?);
+        setup.wait_for_slot().await
     }
 
     /// The apply configuration as TOML.

@@ -14,5 +14,6 @@ mod capture_recovery;
 mod capture_slot;
 mod capture_transactions;
 mod deploy;
+mod polling;
 mod security;
 mod telemetry;

@@ -1,0 +1,409 @@
+//! The polling fallback: a source without logical replication synced by
+//! reading its tables on `updated_at`, deletes found by reconciliation,
+//! apply's own writes recognised, and hand-over to and from streaming.
+
+use std::time::Duration;
+
+use schemas::event::CaptureMode;
+use sync_bridge_tests::{count, random_writes, unique, Bridge, EventReader, Side};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A short interval for tests; the overlap covers apply's lag, so rows apply
+/// writes with the other side's `updated_at` are read back (and flagged).
+const POLLING: &str =
+    "interval = \"1s\"\noverlap = \"60s\"\npage_size = 100\nreconcile_interval = \"2s\"\n";
+
+/// A bridge whose two captures poll.
+async fn polling_bridge(hint: &str) -> anyhow::Result<Bridge> {
+    let mut bridge = Bridge::prepare(hint).await?;
+    bridge.legacy.use_polling(POLLING);
+    bridge.platform.use_polling(POLLING);
+    bridge.run().await
+}
+
+async fn events_of_mode(topic: &str, mode: CaptureMode) -> anyhow::Result<usize> {
+    let mut reader = EventReader::new(topic)?;
+    reader
+        .read_until("a polled event", WAIT, |events| {
+            events.iter().any(|e| e.mode == mode)
+        })
+        .await?;
+    Ok(reader.events.iter().filter(|e| e.mode == mode).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_the_replication_privilege_is_synced_both_ways_by_polling(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("poll_both").await?;
+    // The legacy capture logs in as a plain role: no REPLICATION, SELECT on
+    // the tables, its own tables in the syncbridge schema.
+    let role = unique("poller");
+    bridge
+        .legacy()
+        .execute(&format!(
+            "CREATE ROLE {role} LOGIN NOREPLICATION;
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+             CREATE SCHEMA syncbridge;
+             GRANT USAGE, CREATE ON SCHEMA syncbridge TO {role};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA syncbridge GRANT SELECT ON TABLES TO {role};"
+        ))
+        .await?;
+    let replication: bool = bridge
+        .legacy()
+        .client()
+        .query_one(
+            "SELECT rolreplication FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await?
+        .get(0);
+    assert!(!replication);
+    bridge.legacy.source_url = Some(bridge.legacy.db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}@"),
+        1,
+    ));
+    bridge.legacy.use_polling(POLLING);
+    bridge.platform.use_polling(POLLING);
+    let bridge = bridge.run().await?;
+
+    let legacy_url = bridge.legacy().url.clone();
+    let platform_url = bridge.platform().url.clone();
+    let (legacy, platform) = tokio::join!(
+        random_writes(&legacy_url, Side::Legacy, Duration::from_secs(15), 11),
+        random_writes(&platform_url, Side::Platform, Duration::from_secs(15), 12),
+    );
+    assert!(legacy? > 50 && platform? > 50);
+    let report = bridge.converged(WAIT).await?;
+    assert!(report.corresponds(), "{report}");
+    let rows = count(bridge.legacy().client(), "SELECT count(*) FROM users").await?;
+    assert!(rows > 10, "the writers created users: {rows}");
+    assert_eq!(
+        bridge
+            .legacy()
+            .confirmed_flush_lsn(&bridge.legacy.slot)
+            .await?,
+        None,
+        "no slot on the polled source"
+    );
+    assert!(events_of_mode(&bridge.legacy.topic, CaptureMode::Polling).await? > 0);
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_sharing_one_updated_at_are_all_carried_once_across_pages() -> anyhow::Result<()> {
+    let bridge = polling_bridge("poll_ties").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             SELECT 'tie' || g || '@example.com', 'Tied Row', 'member', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC')
+             FROM generate_series(1, 2500) g",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email LIKE 'tie%'"
+        )
+        .await?,
+        2500
+    );
+    // Every row was sent exactly once, however many rounds re-read the overlap.
+    let mut reader = EventReader::new(&bridge.legacy.topic)?;
+    reader
+        .read_until("2,500 polled users", WAIT, |events| {
+            events.iter().filter(|e| e.table == "users").count() >= 2500
+        })
+        .await?;
+    // A few more rounds re-read the overlap; nothing is sent again.
+    let _ = reader
+        .read_until("nothing more", Duration::from_secs(4), |_| false)
+        .await;
+    let users: Vec<_> = reader
+        .events
+        .iter()
+        .filter(|e| e.table == "users")
+        .collect();
+    assert_eq!(users.len(), 2500, "each tied row sent once");
+    assert!(users.iter().all(|e| e.mode == CaptureMode::Polling));
+    let pages: std::collections::BTreeSet<_> = users
+        .iter()
+        .filter(|e| e.transaction.last)
+        .map(|e| e.transaction.event_count)
+        .collect();
+    assert!(
+        pages.iter().all(|count| count.is_some_and(|n| n <= 100)),
+        "pages of at most page_size: {pages:?}"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_reach_the_other_side_through_reconciliation() -> anyhow::Result<()> {
+    let bridge = polling_bridge("poll_deletes").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             SELECT 'gone' || g || '@example.com', 'Soon Gone', 'member', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC')
+             FROM generate_series(1, 30) g",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at)
+             SELECT gen_random_uuid(), 'there' || g || '@example.com', 'There', 'Family', 'member', false, now(), now()
+             FROM generate_series(1, 20) g",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge
+        .legacy()
+        .execute("DELETE FROM users WHERE email LIKE 'gone1%'")
+        .await?;
+    bridge
+        .platform()
+        .execute("DELETE FROM identity.identities WHERE email LIKE 'there1%'")
+        .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email LIKE 'gone%'"
+        )
+        .await?,
+        30 - 11
+    );
+    assert_eq!(
+        count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM users WHERE email LIKE 'there%'"
+        )
+        .await?,
+        20 - 11
+    );
+    let mut reader = EventReader::new(&bridge.legacy.topic)?;
+    reader
+        .read_until("the polled deletes", WAIT, |events| {
+            events
+                .iter()
+                .filter(|e| e.op == schemas::event::Op::Delete && e.table == "users")
+                .count()
+                >= 11
+        })
+        .await?;
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_writes_polled_back_are_flagged_and_not_applied_again() -> anyhow::Result<()> {
+    let bridge = polling_bridge("poll_echo").await?;
+    for (db, table) in [
+        (bridge.legacy(), "public.users"),
+        (bridge.platform(), "identity.identities"),
+    ] {
+        db.execute(&format!(
+            "CREATE TABLE audit (op text NOT NULL);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit;"
+        ))
+        .await?;
+    }
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('once@example.com', 'Once Only', 'staff', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC'))",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    sync_bridge_tests::eventually("the echo to come back", WAIT, || async {
+        Ok((bridge
+            .counters
+            .of(apply::mapping::Side::Platform)
+            .snapshot()
+            .echoes
+            >= 1)
+            .then_some(()))
+    })
+    .await?;
+    bridge
+        .platform()
+        .execute("UPDATE identity.identities SET family_name = 'Twice', updated_at = now() + interval '2 seconds' WHERE email = 'once@example.com'")
+        .await?;
+    bridge.converged(WAIT).await?;
+    sync_bridge_tests::eventually("the second echo to come back", WAIT, || async {
+        Ok((bridge
+            .counters
+            .of(apply::mapping::Side::Legacy)
+            .snapshot()
+            .echoes
+            >= 1)
+            .then_some(()))
+    })
+    .await?;
+    // Several more rounds re-read the overlap: nothing bounces.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bridge.converged(WAIT).await?;
+    let legacy_writes = count(bridge.legacy().client(), "SELECT count(*) FROM audit").await?;
+    let platform_writes = count(bridge.platform().client(), "SELECT count(*) FROM audit").await?;
+    assert_eq!(
+        legacy_writes, 2,
+        "legacy: the application's insert and the update that crossed"
+    );
+    assert_eq!(
+        platform_writes, 2,
+        "platform: the insert that crossed and the application's update"
+    );
+    let mut reader = EventReader::new(&bridge.platform.topic)?;
+    reader
+        .read_until("the flagged echo", WAIT, |events| {
+            events.iter().any(|e| {
+                e.marker
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("polling:"))
+            })
+        })
+        .await?;
+    bridge.stop().await
+}
+
+/// Inserts users numbered from `from` until `stop` is set, one a statement.
+async fn numbered_writer(
+    url: String,
+    from: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<i64> {
+    let client = sync_bridge_tests::connect(&url).await?;
+    let mut n = from;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('w{n}@example.com', 'Writer Row', 'member', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC'));
+                 UPDATE users SET full_name = 'Writer Row Updated', updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE email = 'w{}@example.com'",
+                n / 2
+            ))
+            .await?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(n - from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_to_polling_and_back_loses_nothing_and_applies_nothing_twice(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("poll_switch").await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(numbered_writer(
+        bridge.legacy().url.clone(),
+        0,
+        std::sync::Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Streaming -> polling: start from a little before the last streamed
+    // commit (here: a minute before now).
+    let start_from: String = bridge
+        .legacy()
+        .client()
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC' - interval '1 minute', 'YYYY-MM-DD HH24:MI:SS')",
+            &[],
+        )
+        .await?
+        .get(0);
+    bridge
+        .legacy
+        .use_polling(&format!("{POLLING}start_from = {start_from:?}\n"));
+    bridge.restart_capture(Side::Legacy).await?;
+    // The slot is lost while polling (the case polling exists for).
+    bridge.legacy().drop_slot(&bridge.legacy.slot).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    bridge
+        .legacy()
+        .execute("DELETE FROM users WHERE email = 'w3@example.com'")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Polling -> streaming: a new slot, then one last poll covers the gap.
+    bridge.legacy.use_streaming();
+    bridge.restart_capture(Side::Legacy).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let written = writer.await??;
+    assert!(written > 50, "the writer kept writing: {written}");
+
+    let report = bridge.converged(WAIT).await?;
+    assert!(report.corresponds(), "{report}");
+    let platform_rows = count(
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities WHERE email LIKE 'w%@example.com'",
+    )
+    .await?;
+    let distinct = count(
+        bridge.platform().client(),
+        "SELECT count(DISTINCT email) FROM identity.identities WHERE email LIKE 'w%@example.com'",
+    )
+    .await?;
+    assert_eq!(platform_rows, written - 1, "every row but the deleted one");
+    assert_eq!(distinct, platform_rows, "no row created twice");
+    let watermarks = count(
+        bridge.legacy().client(),
+        "SELECT count(*) FROM syncbridge.capture_watermark",
+    )
+    .await?;
+    assert_eq!(watermarks, 0, "streaming retired the polling watermarks");
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_does_not_move_while_kafka_cannot_confirm_a_page() -> anyhow::Result<()> {
+    let db = sync_bridge_tests::TestDb::with_reference_schema(Side::Legacy, "poll_nokafka").await?;
+    db.execute(
+        "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+         SELECT 'u' || g || '@example.com', 'Some One', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+         FROM generate_series(1, 5) g",
+    )
+    .await?;
+    let mut setup = sync_bridge_tests::CaptureSetup::new(db, &["public.users"]);
+    setup.use_polling(POLLING);
+    // A broker nobody listens on: deliveries wait (capture never times them out).
+    let port = sync_bridge_tests::free_port()?;
+    let toml = setup.toml().replace(
+        &sync_bridge_tests::Stack::get().brokers,
+        &format!("127.0.0.1:{port}"),
+    );
+    let config = capture::Config::from_toml(&toml)?;
+    let connection = config.connection()?;
+    let codec = schemas::codec::Codec::new()?;
+    let producer = capture::kafka::producer(&config.kafka, 1000)?;
+    let mut poller =
+        capture::polling::Poller::connect(&config, &connection, &codec, producer).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+    });
+    let completed = poller.round(&shutdown).await?;
+    assert!(!completed, "the round cannot complete without the broker");
+    let client = setup.db.client();
+    let moved = count(
+        client,
+        "SELECT count(*) FROM syncbridge.capture_watermark WHERE updated_at IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(moved, 0, "no watermark past unconfirmed rows");
+    let sent = count(
+        client,
+        "SELECT count(*) FROM syncbridge.capture_keys WHERE row_xmin IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(sent, 0, "no row recorded as sent");
+    Ok(())
+}
