@@ -71,6 +71,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub capture: CaptureConfig,
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 /// The source database and what to read from it.

@@ -14,6 +14,8 @@
 //! - [`checkpoint`]: positions that only move forward, released in order.
 //! - [`stream`]: one session, wiring the above together.
 //! - [`tail`]: prints the events on a topic for a person.
+//! - [`snapshot`]: the current rows of tables as `READ` events (backfill).
+//! - [`progress`]: a progress bar or progress log lines for long jobs.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -25,7 +27,9 @@ pub mod event;
 pub mod kafka;
 pub mod pgoutput;
 pub mod pgtype;
+pub mod progress;
 pub mod slot;
+pub mod snapshot;
 pub mod stream;
 pub mod tail;
 pub mod telemetry;
