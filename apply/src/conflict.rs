@@ -31,6 +31,13 @@ use std::fmt::Write;
 
 use crate::mapping::{Entity, Side};
 
+/// What an upsert writes: a change, or a copy read by a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incoming {
+    Change,
+    Read,
+}
+
 /// How a target column is written on update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merge {
@@ -175,6 +182,19 @@ impl Shape {
     /// (text arrays), then origin (text) and tie (bool). Returns one row: the
     /// number of rows written.
     pub fn upsert_sql(&self) -> String {
+        self.upsert_sql_for(Incoming::Change)
+    }
+
+    /// Insert-or-update of rows read by a snapshot (`READ` events), same
+    /// parameters as [`Self::upsert_sql`]. A read is not a change: it loses
+    /// every tie (a change with the same `updated_at` may have been made on
+    /// top of the copy read) and never writes over a tombstone, whatever its
+    /// time (a row deleted after its page was read stays deleted).
+    pub fn read_upsert_sql(&self) -> String {
+        self.upsert_sql_for(Incoming::Read)
+    }
+
+    fn upsert_sql_for(&self, incoming: Incoming) -> String {
         let origin = self.columns.len() + 2;
         let tie = origin + 1;
         let key = quote(&self.key.name);
@@ -198,8 +218,7 @@ impl Shape {
              w AS (INSERT INTO {table} AS t ({names}) \
                    SELECT {values} FROM i \
                    WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                         AND rv.row_key = i.{key}::text AND rv.deleted \
-                         AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)){parents} \
+                         AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer}){parents} \
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
                    WHERE {tie_condition} \
@@ -211,7 +230,20 @@ impl Shape {
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
             sets = sets.join(", "),
-            tie_condition = self.tie_condition("EXCLUDED", "t", origin, tie),
+            tie_condition = match incoming {
+                Incoming::Change => self.tie_condition("EXCLUDED", "t", origin, tie),
+                // The tie parameter stays referenced so that both statements
+                // take the same parameters.
+                Incoming::Read => format!(
+                    "date_trunc('second', EXCLUDED.{ua}) > date_trunc('second', t.{ua}) AND ${tie}::bool IS NOT NULL"
+                ),
+            },
+            tombstone_newer = match incoming {
+                Incoming::Change => format!(
+                    " AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)"
+                ),
+                Incoming::Read => String::new(),
+            },
             versions = self.record_versions("w", origin),
         )
     }
@@ -329,6 +361,18 @@ mod tests {
             "tie flag after keys, two columns and origin: {sql}"
         );
         assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
+    }
+
+    #[test]
+    fn a_snapshot_read_loses_ties_and_never_writes_over_a_tombstone() {
+        let sql = shape().read_upsert_sql();
+        assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\") AND $5::bool IS NOT NULL"), "{sql}");
+        assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
+        assert!(
+            sql.contains("rv.deleted) ORDER BY"),
+            "any tombstone blocks: {sql}"
+        );
+        assert!(shape().upsert_sql().contains("rv.deleted AND date_trunc"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`deadletter`]: what cannot be applied, with the reason.
 //! - [`stats`]: counters of what apply did.
 //! - [`verify`]: compares the two databases under the mapping.
+//! - [`replay`]: the topics again from a point (`apply replay`).
 
 pub mod checkpoint;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod deadletter;
 pub mod direction;
 pub mod error;
 pub mod mapping;
+pub mod replay;
 pub mod stats;
 pub mod verify;
 pub mod writer;
@@ -139,7 +141,7 @@ async fn supervise(
         }
         .await;
         match outcome {
-            Ok(direction::SessionEnd::Shutdown) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let description = capture::error_chain(&error);
                 if failing.as_deref() != Some(description.as_str()) {

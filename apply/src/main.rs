@@ -28,6 +28,35 @@ enum Command {
     Run,
     /// Compare the two databases under the mapping; exit 0 when they correspond, 1 when not.
     Check,
+    /// Apply the source topics again from a point up to their current end,
+    /// last writer wins deciding; the running apply's position is left alone.
+    Replay {
+        /// `earliest`, or an RFC 3339 time in UTC (2026-11-22T04:00:00Z):
+        /// events committed at or after it.
+        #[arg(long)]
+        from: String,
+        /// The side(s) to write.
+        #[arg(long, value_enum, default_value = "both")]
+        to_side: ToSide,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ToSide {
+    Legacy,
+    Platform,
+    Both,
+}
+
+impl ToSide {
+    fn sides(self) -> &'static [apply::mapping::Side] {
+        use apply::mapping::Side;
+        match self {
+            ToSide::Legacy => &[Side::Legacy],
+            ToSide::Platform => &[Side::Platform],
+            ToSide::Both => &[Side::Platform, Side::Legacy],
+        }
+    }
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -60,6 +89,14 @@ fn main() -> ExitCode {
                 let report = apply::check(&config).await?;
                 print!("{report}");
                 Ok(report.corresponds())
+            }
+            Command::Replay { from, to_side } => {
+                let from = apply::replay::ReplayFrom::parse(&from)?;
+                let done = apply::replay::replay(config, from, to_side.sides(), &shutdown).await?;
+                for direction in &done {
+                    print!("{direction}");
+                }
+                Ok(true)
             }
         }
     });
