@@ -26,7 +26,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
 use tokio_util::sync::CancellationToken;
@@ -174,7 +177,7 @@ async fn replay_into(
             skipped_before,
         } => (read, skipped_before),
         SessionEnd::Shutdown => {
-            return Err(ApplyError::Config(
+            return Err(ApplyError::Incomplete(
                 "the replay was interrupted before its end; run it again (it is idempotent)"
                     .to_owned(),
             ))
@@ -293,21 +296,66 @@ fn client(config: &Config) -> ClientConfig {
     client
 }
 
-/// The low and high watermarks of partition 0.
+/// The first offset and the end (the offset after the last message) of
+/// partition 0.
+///
+/// The end comes from a fetch, not from the watermark query alone: Tansu
+/// answers that query with the last record batch's base offset + 1, so the
+/// rest of that batch would be missed. Reading from there until the fetch
+/// reports the end of the partition gives the true end.
 async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64)> {
-    let client = client(config);
+    let mut client = client(config);
+    client.set("enable.partition.eof", "true");
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client
-            .create()
+        let consumer: BaseConsumer<QuietEof> = client
+            .create_with_context(QuietEof)
             .map_err(|e| ApplyError::kafka("create a metadata consumer", e))?;
-        consumer
+        let (low, high) = consumer
             .fetch_watermarks(&topic, 0, Duration::from_secs(20))
-            .map_err(|e| ApplyError::kafka("read the topic's watermarks", e))
+            .map_err(|e| ApplyError::kafka("read the topic's watermarks", e))?;
+        if high <= low {
+            return Ok((low, high));
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(high - 1))
+            .map_err(|e| ApplyError::kafka("assign", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| ApplyError::kafka("assign", e))?;
+        let mut end = high;
+        let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => end = end.max(message.offset() + 1),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok((low, end)),
+                Some(Err(error)) => return Err(ApplyError::kafka("find the topic's end", error)),
+                None => {}
+            }
+        }
+        Err(ApplyError::kafka(
+            "find the topic's end",
+            KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut),
+        ))
     })
     .await
     .map_err(|e| ApplyError::Config(format!("watermark task failed: {e}")))?
 }
+
+/// A consumer context that does not report reaching the end of a partition
+/// as an error (it is what [`watermarks`] waits for).
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -231,7 +231,7 @@ pub async fn snapshot(
     }
     let mut pg = connection.pg_config().clone();
     pg.options(SESSION_OPTIONS);
-    pg.application_name(&format!("syncbridge-snapshot-{}", config.source.name));
+    pg.application_name(format!("syncbridge-snapshot-{}", config.source.name));
     let (client, conn) = pg
         .connect(NoTls)
         .await
@@ -381,7 +381,13 @@ impl Run<'_> {
                     },
                 })
                 .collect();
-            let key = shape.key.iter().map(|&index| row[index].clone()).collect();
+            // In table order, as streaming sends the key.
+            let key = row
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| shape.key.contains(index))
+                .map(|(_, column)| column.clone())
+                .collect();
             let event = ChangeEvent {
                 source: self.config.source.name.clone(),
                 database: self.database.clone(),

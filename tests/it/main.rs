@@ -6,6 +6,7 @@
 mod apply_conflicts;
 mod apply_mapping;
 mod apply_recovery;
+mod backfill;
 mod capture_config;
 mod capture_events;
 mod capture_faults;
