@@ -413,7 +413,8 @@ impl Run<'_> {
             self.payload.clear();
             self.codec.encode_into(&event, &mut self.payload);
             while self.deliveries.len() >= self.config.capture.max_in_flight {
-                self.confirm_one().await?;
+                self.confirm_within(self.config.capture.shutdown_timeout)
+                    .await?;
             }
             let delivered =
                 kafka::send(self.producer, self.topic, &self.key, &self.payload).await?;
@@ -443,21 +444,28 @@ impl Run<'_> {
         }
     }
 
-    async fn confirm_one(&mut self) -> Result<()> {
-        if let Some(outcome) = self.deliveries.next().await {
-            outcome?;
-            self.summary.confirmed += 1;
+    /// Waits for the next delivery report. A broker that confirms nothing
+    /// for `timeout` ends the snapshot (a one-shot job: run it again), where
+    /// the streaming capture would wait for it.
+    async fn confirm_within(&mut self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.deliveries.next()).await {
+            Ok(Some(outcome)) => {
+                outcome?;
+                self.summary.confirmed += 1;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_) => Err(CaptureError::Incomplete(format!(
+                "kafka confirmed no event for {timeout:?} ({} of {} confirmed); run the snapshot again",
+                self.summary.confirmed, self.summary.produced
+            ))),
         }
-        Ok(())
     }
 
     /// Waits for every pending delivery, at most `timeout` without progress.
     async fn drain(&mut self, timeout: Duration) -> Result<()> {
         while !self.deliveries.is_empty() {
-            match tokio::time::timeout(timeout, self.confirm_one()).await {
-                Ok(outcome) => outcome?,
-                Err(_) => return Err(CaptureError::ShutdownTimeout(timeout)),
-            }
+            self.confirm_within(timeout).await?;
         }
         Ok(())
     }

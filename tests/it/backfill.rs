@@ -10,8 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::event::{CaptureMode, Op};
 use sync_bridge_tests::{
-    connect, count, create_topic, eventually, random_writes, unique, Bridge, CaptureSetup,
-    EventReader, Side, Stack, TestDb,
+    connect, count, create_topic, eventually, free_port, random_writes, unique, Bridge,
+    CaptureSetup, EventReader, Side, Stack, TestDb,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -221,6 +221,19 @@ async fn a_snapshot_row_carries_the_same_typed_values_as_its_streamed_insert() -
     );
     assert!(reads[0].transaction.commit_lsn > 0);
     setup.db.drop_slot(&setup.slot).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_kafka_cannot_take_fails_rather_than_reporting_success() -> anyhow::Result<()> {
+    let db = TestDb::create(Side::Legacy, "snapnokafka").await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);")
+        .await?;
+    let setup = CaptureSetup::new(db, &["public.t"]);
+    let mut config = setup.config()?;
+    config.kafka.brokers = format!("127.0.0.1:{}", free_port()?);
+    let outcome = snapshot_with(config, &[]).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
