@@ -40,6 +40,13 @@ use std::fmt::Write;
 
 use crate::mapping::{Entity, Side};
 
+/// What an upsert writes: a change, or a copy read by a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incoming {
+    Change,
+    Read,
+}
+
 /// How a target column is written on update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merge {
@@ -249,6 +256,20 @@ impl Shape {
     /// updated (an updated row version carries the updater in `xmax`), and
     /// the number left out because a parent they need is missing (orphans).
     pub fn upsert_sql(&self) -> String {
+        self.upsert_sql_for(Incoming::Change)
+    }
+
+    /// Insert-or-update of rows read by a snapshot (`READ` events), same
+    /// parameters as [`Self::upsert_sql`]. A read is not a change: it loses
+    /// every tie (a change with the same `updated_at` may have been made on
+    /// top of the copy read) and never writes over a tombstone, whatever its
+    /// time (a row deleted after its page was read stays deleted).
+    pub fn read_upsert_sql(&self) -> String {
+        self.upsert_sql_for(Incoming::Read)
+    }
+
+    fn upsert_sql_for(&self, incoming: Incoming) -> String {
+        let tie = self.params().tie;
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let mut names = key.clone();
@@ -270,8 +291,7 @@ impl Shape {
              w AS (INSERT INTO {table} AS t ({names}) \
                    SELECT {values} FROM i \
                    WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                         AND rv.row_key = i.{key}::text AND rv.deleted \
-                         AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)){parents} \
+                         AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer}){parents} \
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
                    WHERE {tie_condition} \
@@ -285,7 +305,23 @@ impl Shape {
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
             sets = sets.join(", "),
-            tie_condition = self.tie_condition("EXCLUDED", "t"),
+            tie_condition = match incoming {
+                Incoming::Change => self.tie_condition("EXCLUDED", "t"),
+                // The tie and causal parameters stay referenced so that both
+                // statements take the same parameters.
+                Incoming::Read => format!(
+                    "date_trunc('second', EXCLUDED.{ua}) > date_trunc('second', t.{ua}) \
+                     AND ${tie}::bool IS NOT NULL AND ${bk}::text[] IS NOT NULL AND ${bx}::text[] IS NOT NULL",
+                    bk = self.params().based_keys,
+                    bx = self.params().based_xmins,
+                ),
+            },
+            tombstone_newer = match incoming {
+                Incoming::Change => format!(
+                    " AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)"
+                ),
+                Incoming::Read => String::new(),
+            },
             versions = self.record_versions("w"),
         )
     }
@@ -407,6 +443,18 @@ mod tests {
             "causal bases last: {sql}"
         );
         assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
+    }
+
+    #[test]
+    fn a_snapshot_read_loses_ties_and_never_writes_over_a_tombstone() {
+        let sql = shape().read_upsert_sql();
+        assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\") AND $5::bool IS NOT NULL"), "{sql}");
+        assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
+        assert!(
+            sql.contains("rv.deleted) ORDER BY"),
+            "any tombstone blocks: {sql}"
+        );
+        assert!(shape().upsert_sql().contains("rv.deleted AND date_trunc"));
     }
 
     #[test]

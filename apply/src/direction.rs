@@ -27,8 +27,11 @@
 //! messages are kept to dead-letter it whole, beyond which the dead letter
 //! names the offset range instead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use capture::progress::Progress;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
@@ -68,6 +71,42 @@ pub struct Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
     Shutdown,
+    /// A replay read up to its end: `read` messages, of which
+    /// `skipped_before` were committed before the replay's start time.
+    Replayed {
+        read: u64,
+        skipped_before: u64,
+    },
+}
+
+/// How a session reads its topic.
+///
+/// Only streaming events are recognised as duplicates by their commit LSN
+/// and move the stored commit LSN: snapshot and polling events carry no
+/// position of the source's commit order (a snapshot page's LSN is where the
+/// WAL stood when it was read), and last-writer-wins by `updated_at` makes
+/// applying them again harmless, so they are always applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// The running direction: resumes after the stored position, reads
+    /// forever, stores its position and commits the consumer group offset.
+    Live,
+    /// `apply replay`: reads from offset `start` up to `end` (exclusive: the
+    /// high watermark when the replay began) and ends. Every event is applied
+    /// (no LSN duplicate check; last writer wins decides), events committed
+    /// before `from_micros` are skipped, and neither the stored position nor
+    /// any consumer group offset is touched.
+    Replay {
+        start: i64,
+        end: i64,
+        from_micros: Option<i64>,
+    },
+}
+
+impl Reading {
+    fn is_live(&self) -> bool {
+        matches!(self, Reading::Live)
+    }
 }
 
 /// The source transaction being applied.
@@ -86,6 +125,14 @@ struct Open {
     kept_all: bool,
     /// Whether the transaction was already re-applied once after a race.
     retried: bool,
+    /// A group of snapshot events rather than a source transaction: snapshot
+    /// pages come from another producer than the streaming capture, so they
+    /// can interleave with its transactions on the topic (see
+    /// [`Session::handle`]); a group ends at a page's last event or where a
+    /// streaming transaction begins, and moves no commit LSN.
+    snapshot: bool,
+    /// The offset of the group's latest event.
+    last_offset: i64,
 }
 
 /// One direction's session state.
@@ -113,6 +160,15 @@ struct Session<'a> {
     source_commits: Vec<i64>,
     /// The trace span of the open batch (LSN range, offsets).
     batch_span: tracing::Span,
+    reading: Reading,
+    /// Snapshot events that arrived inside a streaming transaction, applied
+    /// right after it (in the same target transaction).
+    deferred: VecDeque<(i64, Vec<u8>)>,
+    /// Replay: messages read, messages skipped as committed before the start
+    /// time, and the progress shown.
+    read: u64,
+    skipped_before: u64,
+    progress: Option<Progress>,
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -138,6 +194,19 @@ pub async fn session(
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd> {
+    session_reading(shared, from, catalog, stats, shutdown, Reading::Live).await
+}
+
+/// Runs one session of the direction `from` -> `from.other()`, reading as
+/// `reading` says.
+pub async fn session_reading(
+    shared: &Shared,
+    from: Side,
+    catalog: Catalog,
+    stats: Arc<Stats>,
+    shutdown: &CancellationToken,
+    reading: Reading,
+) -> Result<SessionEnd> {
     let config = &shared.config;
     let to = from.other();
     let source_name = shared.mapping.side(from).source.clone();
@@ -150,10 +219,25 @@ pub async fn session(
     capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
     let target = connect(config, to).await?;
     let source = connect(config, from).await?;
-    let position = checkpoint::read(&target, to.as_str(), &source_name).await?;
-
-    let consumer = consumer(config, &topic, position)?;
-    info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, "applying");
+    let (position, consumer) = match reading {
+        Reading::Live => {
+            let position = checkpoint::read(&target, to.as_str(), &source_name).await?;
+            (
+                position,
+                consumer(config, &topic, position, &config.kafka.group_id)?,
+            )
+        }
+        Reading::Replay { start, .. } => {
+            // Where the replay starts; its own group, never committed.
+            let position = Position {
+                offset: (start > 0).then_some(start - 1),
+                commit_lsn: 0,
+            };
+            let group = format!("{}.replay", config.kafka.group_id);
+            (position, consumer(config, &topic, position, &group)?)
+        }
+    };
+    info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, replay = !reading.is_live(), "applying");
 
     let writer = Writer::new(
         from,
@@ -181,6 +265,18 @@ pub async fn session(
         next_prune: Instant::now(),
         source_commits: Vec::new(),
         batch_span: tracing::Span::none(),
+        reading,
+        deferred: VecDeque::new(),
+        read: 0,
+        skipped_before: 0,
+        progress: match reading {
+            Reading::Live => None,
+            Reading::Replay { start, end, .. } => Some(Progress::new(
+                &format!("replay {} into {}", from.as_str(), to.as_str()),
+                Some(end.saturating_sub(start).max(0) as u64),
+                REPLAY_PROGRESS_EVERY,
+            )),
+        },
     };
     session.prune_when_due().await?;
     // Deletes a crash left un-reasserted.
@@ -194,9 +290,17 @@ pub async fn session(
         .await?;
     let linger = config.apply.batch_linger;
     let max_age = (linger * 10).max(Duration::from_millis(200));
+    let mut last_received = Instant::now();
     loop {
-        let wait = if session.batch_open && session.open.is_none() {
+        if session.replay_done() {
+            session.commit(&consumer).await?;
+            return Ok(session.replayed());
+        }
+        let between = session.open.as_ref().is_none_or(|open| open.snapshot);
+        let wait = if session.batch_open && between {
             linger
+        } else if !session.reading.is_live() {
+            REPLAY_IDLE
         } else {
             session
                 .next_prune
@@ -217,10 +321,26 @@ pub async fn session(
                 }
                 return Ok(SessionEnd::Shutdown);
             }
-            Some(Err(_elapsed)) => session.commit(&consumer).await?,
+            Some(Err(_elapsed)) => {
+                if session.open.as_ref().is_some_and(|open| open.snapshot) {
+                    session.end_snapshot_group().await?;
+                }
+                if session.open.is_none() {
+                    session.commit(&consumer).await?;
+                }
+                if !session.reading.is_live() && last_received.elapsed() >= REPLAY_IDLE {
+                    warn!(topic = %session.topic, "no message for a while before the replay's end offset; ending the replay");
+                    session.rollback_open().await?;
+                    session.commit(&consumer).await?;
+                    return Ok(session.replayed());
+                }
+            }
             Some(Ok(message)) => {
                 let message = message.map_err(|e| ApplyError::kafka("consume", e))?;
+                last_received = Instant::now();
                 session.handle(&message).await?;
+                session.apply_deferred().await?;
+                session.count_replayed(message.offset());
                 let full = session.batch_events >= config.apply.batch_max_events
                     || session.batch_started.elapsed() >= max_age;
                 if session.open.is_none() && full {
@@ -234,11 +354,22 @@ pub async fn session(
     }
 }
 
-fn consumer(config: &Config, topic: &str, position: Position) -> Result<StreamConsumer> {
+/// How long a replay waits for a message before it ends short of its end.
+const REPLAY_IDLE: Duration = Duration::from_secs(30);
+
+/// How often a replay logs its progress when stderr is not a terminal.
+const REPLAY_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+fn consumer(
+    config: &Config,
+    topic: &str,
+    position: Position,
+    group_id: &str,
+) -> Result<StreamConsumer> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group_id)
+        .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
@@ -325,19 +456,21 @@ impl Session<'_> {
         }
         self.begin_batch().await?;
         let committing = Instant::now();
-        self.target
-            .execute(
-                checkpoint::STORE,
-                &[
-                    &self.source_name,
-                    &self.topic,
-                    &0i32,
-                    &offset,
-                    &(self.position.commit_lsn as i64),
-                ],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.target_side(), "store the position", e))?;
+        if self.reading.is_live() {
+            self.target
+                .execute(
+                    checkpoint::STORE,
+                    &[
+                        &self.source_name,
+                        &self.topic,
+                        &0i32,
+                        &offset,
+                        &(self.position.commit_lsn as i64),
+                    ],
+                )
+                .await
+                .map_err(|e| ApplyError::postgres(self.target_side(), "store the position", e))?;
+        }
         self.sql("COMMIT").await?;
         self.batch_open = false;
         crate::monitor::batch_committed(
@@ -364,9 +497,10 @@ impl Session<'_> {
         self.writer.refresh_statistics(&self.target).await?;
         self.position.consumed(offset);
         let mut offsets = TopicPartitionList::new();
-        if offsets
-            .add_partition_offset(&self.topic, 0, Offset::Offset(offset + 1))
-            .is_ok()
+        if self.reading.is_live()
+            && offsets
+                .add_partition_offset(&self.topic, 0, Offset::Offset(offset + 1))
+                .is_ok()
         {
             if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
                 debug!(%error, "committing the consumer group offset failed; the next commit carries it");
@@ -405,7 +539,16 @@ impl Session<'_> {
     }
 
     async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
-        let offset = message.offset();
+        self.handle_payload(message.offset(), message.payload().unwrap_or_default())
+            .await
+    }
+
+    /// One message. Snapshot events (`capture snapshot`, another producer
+    /// than the streaming capture) may sit anywhere on the topic, even inside
+    /// a streaming transaction: there they are deferred until it ends; a
+    /// group of them is ended where a streaming transaction begins. They
+    /// are applied whatever their position in their page.
+    async fn handle_payload(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
         if let Some(next) = self.position.next_offset() {
             if !self.first_checked {
                 self.first_checked = true;
@@ -426,7 +569,6 @@ impl Session<'_> {
                 return Ok(()); // applied before the restart
             }
         }
-        let payload = message.payload().unwrap_or_default();
         let event = match self.shared.codec.decode(payload) {
             Ok(event) => event,
             Err(error) => {
@@ -439,15 +581,37 @@ impl Session<'_> {
             }
         };
         let tx = event.transaction;
-        if Position::tracks(event.mode) && self.position.covers(tx.commit_lsn) {
+        let snapshot = event.mode == CaptureMode::Snapshot;
+        let skip = match self.reading {
             // Already applied: a replay of capture after its own restart.
+            Reading::Live => Position::tracks(event.mode) && self.position.covers(tx.commit_lsn),
+            Reading::Replay { from_micros, .. } => {
+                let before = from_micros.is_some_and(|from| tx.commit_time_micros < from);
+                self.skipped_before += u64::from(before);
+                // The tail of a transaction that began before the start.
+                before || (self.open.is_none() && tx.position != 0 && !snapshot)
+            }
+        };
+        if skip {
             if self.open.is_none() {
-                self.boundary = Some(offset);
+                self.boundary = self.boundary.max(Some(offset));
             }
             return Ok(());
         }
+        match self.open.as_ref().map(|open| open.snapshot) {
+            Some(false) if snapshot => {
+                self.deferred.push_back((offset, payload.to_vec()));
+                return Ok(());
+            }
+            Some(true) if !snapshot => self.end_snapshot_group().await?,
+            _ => {}
+        }
         if let Some(open) = &self.open {
-            if open.commit_lsn != tx.commit_lsn || (tx.position == 0 && open.next_position > 0) {
+            if open.snapshot {
+                // Pages of one or several snapshots: no order to check.
+            } else if open.commit_lsn != tx.commit_lsn
+                || (tx.position == 0 && open.next_position > 0)
+            {
                 warn!(
                     commit_lsn = open.commit_lsn,
                     events = open.next_position,
@@ -457,7 +621,7 @@ impl Session<'_> {
             }
         }
         if self.open.is_none() {
-            if tx.position != 0 {
+            if tx.position != 0 && !snapshot {
                 warn!(topic = %self.topic, offset, commit_lsn = tx.commit_lsn, "event without the start of its transaction; dead-lettered");
                 self.dead_letter(
                     offset,
@@ -484,13 +648,16 @@ impl Session<'_> {
                 kept: Vec::new(),
                 kept_all: true,
                 retried: false,
+                snapshot,
+                last_offset: offset,
             });
         }
         let keep_limit = self.shared.config.apply.dead_letter_buffer;
         let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
-        if tx.position != open.next_position {
+        open.last_offset = offset;
+        if tx.position != open.next_position && !open.snapshot {
             let reason = format!(
                 "event {} of transaction {} arrived where event {} was expected",
                 tx.position, tx.commit_lsn, open.next_position
@@ -647,8 +814,74 @@ impl Session<'_> {
         if Position::tracks(open.mode) {
             self.position.applied(open.commit_lsn);
         }
-        self.boundary = Some(offset);
+        // Deferred snapshot events end before the transaction they sat in.
+        self.boundary = self.boundary.max(Some(offset));
         Ok(())
+    }
+
+    /// Ends the open group of snapshot events early (a streaming transaction
+    /// begins, or the topic went quiet); the rest of its page follows later.
+    async fn end_snapshot_group(&mut self) -> Result<()> {
+        if let Some(open) = self.open.as_ref().filter(|open| open.snapshot) {
+            let last_offset = open.last_offset;
+            self.finish(last_offset).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the snapshot events deferred by a streaming transaction that
+    /// has ended.
+    async fn apply_deferred(&mut self) -> Result<()> {
+        while self.open.as_ref().is_none_or(|open| open.snapshot) {
+            let Some((offset, payload)) = self.deferred.pop_front() else {
+                break;
+            };
+            self.handle_payload(offset, &payload).await?;
+        }
+        Ok(())
+    }
+
+    /// Replay: counts a message read and shows progress.
+    fn count_replayed(&mut self, offset: i64) {
+        if let Reading::Replay { start, .. } = self.reading {
+            if offset >= start {
+                self.read += 1;
+                if let Some(progress) = self.progress.as_mut() {
+                    progress.advance(1);
+                }
+            }
+        }
+    }
+
+    /// Replay: whether everything up to the end offset was applied.
+    fn replay_done(&self) -> bool {
+        match self.reading {
+            Reading::Live => false,
+            Reading::Replay { start, end, .. } => {
+                self.open.is_none()
+                    && self.deferred.is_empty()
+                    && (end <= start || self.boundary.is_some_and(|b| b >= end - 1))
+            }
+        }
+    }
+
+    /// Replay: the end, progress finished.
+    fn replayed(&mut self) -> SessionEnd {
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
+        SessionEnd::Replayed {
+            read: self.read,
+            skipped_before: self.skipped_before,
+        }
+    }
+
+    /// Replay ending short: drops an unfinished source transaction.
+    async fn rollback_open(&mut self) -> Result<()> {
+        if self.open.as_ref().is_some_and(|open| open.snapshot) {
+            return self.end_snapshot_group().await;
+        }
+        self.abandon().await
     }
 
     /// Drops the open transaction's work (it is being replayed).

@@ -45,13 +45,18 @@ pub enum ApplyError {
     /// A source transaction could not be applied for a reason retrying cannot fix.
     #[error("{0}")]
     Rejected(String),
+
+    /// A bounded job (`apply replay`) ended before doing all of its work.
+    /// Running it again is safe; apply does not retry it by itself.
+    #[error("incomplete: {0}")]
+    Incomplete(String),
 }
 
 impl ApplyError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ApplyError::Config(_) | ApplyError::Mapping(_) | ApplyError::Schema(_) => false,
-            ApplyError::Rejected(_) => false,
+            ApplyError::Rejected(_) | ApplyError::Incomplete(_) => false,
             ApplyError::Postgres { source, .. } => postgres_is_transient(source),
             ApplyError::Kafka { .. } => true,
             ApplyError::Shared(error) => error.is_retryable(),
@@ -66,6 +71,7 @@ impl ApplyError {
             ApplyError::Kafka { .. } => "kafka",
             ApplyError::Schema(_) => "schema",
             ApplyError::Rejected(_) => "rejected",
+            ApplyError::Incomplete(_) => "incomplete",
             ApplyError::Shared(error) => error.kind(),
         }
     }

@@ -16,6 +16,7 @@
 //! - [`stats`]: counters of what apply did.
 //! - [`monitor`]: lags, metrics and health watched from outside; `apply status`.
 //! - [`verify`]: compares the two databases under the mapping.
+//! - [`replay`]: the topics again from a point (`apply replay`).
 
 pub mod checkpoint;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod lease;
 pub mod mapping;
 pub mod monitor;
+pub mod replay;
 pub mod stats;
 pub mod verify;
 pub mod writer;
@@ -184,7 +186,7 @@ async fn supervise(
         }
         .await;
         match outcome {
-            Ok(direction::SessionEnd::Shutdown) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let description = capture::error_chain(&error);
                 capture::telemetry::metrics::apply_error(component, error.kind());

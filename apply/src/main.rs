@@ -42,6 +42,35 @@ enum Command {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Apply the source topics again from a point up to their current end,
+    /// last writer wins deciding; the running apply's position is left alone.
+    Replay {
+        /// `earliest`, or an RFC 3339 time in UTC (2026-11-22T04:00:00Z):
+        /// events committed at or after it.
+        #[arg(long)]
+        from: String,
+        /// The side(s) to write.
+        #[arg(long, value_enum, default_value = "both")]
+        to_side: ToSide,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ToSide {
+    Legacy,
+    Platform,
+    Both,
+}
+
+impl ToSide {
+    fn sides(self) -> &'static [apply::mapping::Side] {
+        use apply::mapping::Side;
+        match self {
+            ToSide::Legacy => &[Side::Legacy],
+            ToSide::Platform => &[Side::Platform],
+            ToSide::Both => &[Side::Platform, Side::Legacy],
+        }
+    }
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -97,6 +126,14 @@ fn main() -> ExitCode {
                     print!("{report}");
                 }
                 Ok(report.verified != Some(false))
+            }
+            Command::Replay { from, to_side } => {
+                let from = apply::replay::ReplayFrom::parse(&from)?;
+                let done = apply::replay::replay(config, from, to_side.sides(), &shutdown).await?;
+                for direction in &done {
+                    print!("{direction}");
+                }
+                Ok(true)
             }
         }
     });

@@ -37,6 +37,8 @@ pub enum Staged {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum RunKind {
     Upsert,
+    /// Upsert of rows a snapshot read (`READ`): loses ties and to tombstones.
+    Read,
     /// Update only, these target columns unchanged at the source.
     Update(Vec<String>),
     Delete,
@@ -220,10 +222,12 @@ impl Writer {
                     .filter(|(_, v)| matches!(v, TargetValue::Unchanged))
                     .map(|(c, _)| c.to_owned())
                     .collect();
-                let kind = if unchanged.is_empty() {
-                    RunKind::Upsert
-                } else {
+                let kind = if !unchanged.is_empty() {
                     RunKind::Update(unchanged)
+                } else if event.op == Op::Read {
+                    RunKind::Read
+                } else {
+                    RunKind::Upsert
                 };
                 (kind, row, 0)
             }
@@ -283,7 +287,7 @@ impl Writer {
                     .await
             }
             kind => {
-                let allocate = *kind == RunKind::Upsert;
+                let allocate = matches!(kind, RunKind::Upsert | RunKind::Read);
                 self.write_rows(
                     target, source, run.entity, &entity, &run.rows, kind, allocate,
                 )
@@ -590,6 +594,7 @@ impl Writer {
         );
         let sql = match kind {
             RunKind::Upsert => shape.upsert_sql(),
+            RunKind::Read => shape.read_upsert_sql(),
             _ => shape.update_sql(),
         };
         let (based_keys, based_xmins) = if self.tie_wins {
@@ -801,8 +806,11 @@ impl Writer {
         rows: &[PendingRow],
     ) -> Result<()> {
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
-        let target_keys = self
+        let mut target_keys = self
             .resolve_keys(target, source, index, entity, &keys)
+            .await?;
+        let never_crossed = self
+            .allocate_for_tombstones(target, index, entity, &keys, &mut target_keys)
             .await?;
         let mut key_texts = Vec::new();
         let mut times = Vec::new();
@@ -826,7 +834,8 @@ impl Writer {
             .await
             .map_err(|e| ApplyError::postgres(self.to.as_str(), "record deletes to re-assert", e))?;
         for (row, key) in rows.iter().zip(&target_keys) {
-            // A row that never crossed has nothing to delete on this side.
+            // A row that never crossed has nothing to delete on this side,
+            // but gets a tombstone under the id it would get.
             if let Some(key) = key {
                 key_texts.push(capture::pgtype::to_text(key));
                 times.push(capture::pgtype::to_text(&Value::TimestampTz(row.delete_at)));
@@ -853,8 +862,11 @@ impl Writer {
             })?;
         let deleted = row.get::<_, i64>(0) as u64;
         self.stats.deleted(deleted);
-        self.stats
-            .skipped_older((key_texts.len() as u64).saturating_sub(deleted));
+        self.stats.skipped_older(
+            (key_texts.len() as u64)
+                .saturating_sub(deleted)
+                .saturating_sub(never_crossed),
+        );
         Ok(())
     }
 
@@ -1325,6 +1337,49 @@ impl Writer {
             }
         }
         Ok((based_keys, based_xmins))
+    }
+
+    /// Gives deleted rows that never crossed (no id correspondence yet) the
+    /// id they would get, and records the pair, so that the delete leaves a
+    /// tombstone under it. A snapshot's `READ` of the row that arrives after
+    /// the `DELETE` (the row was deleted after its page was read) then finds
+    /// the tombstone and does not bring the row back.
+    async fn allocate_for_tombstones(
+        &mut self,
+        target: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        target_keys: &mut [Option<Value>],
+    ) -> Result<u64> {
+        let unknown: Vec<usize> = (0..keys.len())
+            .filter(|i| target_keys[*i].is_none() && *keys[*i] != Value::Null)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(0);
+        }
+        let count = unknown.len() as u64;
+        let ids = self.allocate(target, entity, keys, &unknown).await?;
+        let mut pairs: Vec<(i64, Uuid)> = Vec::with_capacity(ids.len());
+        for (i, id) in unknown.into_iter().zip(ids) {
+            if let Some(pair) = pair_of(self.from, keys[i], &id) {
+                pairs.push(pair);
+            }
+            self.learn(index, keys[i], &id);
+            target_keys[i] = Some(id);
+        }
+        if !pairs.is_empty() {
+            let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
+            target
+                .execute(
+                    "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
+                     SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p) ON CONFLICT DO NOTHING",
+                    &[&entity.name(), &legacy, &platform],
+                )
+                .await
+                .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
+        }
+        Ok(count)
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {

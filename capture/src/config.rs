@@ -125,6 +125,8 @@ pub struct Config {
     /// The polling fallback's settings, read when `capture.mode = "polling"`.
     #[serde(default)]
     pub polling: PollingConfig,
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 /// The source database and what to read from it.

@@ -60,6 +60,12 @@ pub enum CaptureError {
     #[error("event schema")]
     Schema(#[source] schemas::Error),
 
+    /// A bounded job (`capture snapshot`) ended without doing all of its
+    /// work: interrupted, or not every event was confirmed. Running it again
+    /// is safe and may help; capture does not retry it by itself.
+    #[error("incomplete: {0}")]
+    Incomplete(String),
+
     /// In-flight deliveries did not finish within the shutdown budget.
     #[error("shutdown: deliveries still in flight after {0:?}; the slot was acknowledged up to the last complete transaction")]
     ShutdownTimeout(Duration),
@@ -73,6 +79,7 @@ impl CaptureError {
             | CaptureError::Decode { .. }
             | CaptureError::Protocol(_)
             | CaptureError::Schema(_)
+            | CaptureError::Incomplete(_)
             | CaptureError::ShutdownTimeout(_) => false,
             CaptureError::Postgres { source, .. } => postgres_error_is_transient(source),
             CaptureError::Replication { source, .. } => {
@@ -94,6 +101,7 @@ impl CaptureError {
             CaptureError::Protocol(_) => "protocol",
             CaptureError::Kafka { .. } => "kafka",
             CaptureError::Schema(_) => "schema",
+            CaptureError::Incomplete(_) => "incomplete",
             CaptureError::ShutdownTimeout(_) => "shutdown",
         }
     }

@@ -19,6 +19,8 @@
 //! - [`telemetry`]: logs, metrics, health endpoints, traces.
 //! - [`polling`]: the fallback without logical replication (`capture.mode =
 //!   "polling"`): reads the tables on `updated_at`; [`reconcile`] finds deletes.
+//! - [`snapshot`]: the current rows of tables as `READ` events (backfill).
+//! - [`progress`]: a progress bar or progress log lines for long jobs.
 //!
 //! [`run`] supervises sessions: transient failures are retried with backoff
 //! and logged once per change of state; configuration errors end the run.
@@ -32,8 +34,10 @@ pub mod monitor;
 pub mod pgoutput;
 pub mod pgtype;
 pub mod polling;
+pub mod progress;
 pub mod reconcile;
 pub mod slot;
+pub mod snapshot;
 pub mod stream;
 pub mod tail;
 pub mod telemetry;

@@ -54,6 +54,17 @@ enum Command {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Send the current rows of tables (default: all of source.tables,
+    /// parents first) as READ events to the topic, while streaming goes on;
+    /// exit 0 only when Kafka confirmed every row.
+    Snapshot {
+        /// A table to read (`schema.table`); repeat for several, in order.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Rows per page (overrides snapshot.page_size).
+        #[arg(long)]
+        page_size: Option<usize>,
+    },
 }
 
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
@@ -116,6 +127,13 @@ fn main() -> ExitCode {
                 } else {
                     print!("{report}");
                 }
+                Ok(())
+            }
+            Command::Snapshot { tables, page_size } => {
+                let config = capture::Config::load(args.config.as_deref())?;
+                let options = capture::snapshot::SnapshotOptions { tables, page_size };
+                let summary = capture::snapshot::snapshot(&config, &options, &shutdown).await?;
+                print!("{summary}");
                 Ok(())
             }
         }
