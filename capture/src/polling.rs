@@ -343,9 +343,13 @@ async fn connect(connection: &Connection) -> Result<Client> {
 
 /// Whether a polling watermark exists for this source (polling ran before).
 pub async fn has_watermarks(client: &Client) -> Result<bool> {
+    // Asked of the catalog, which every role may read: a streaming capture
+    // role without any right on the schema `syncbridge` never polled.
     let row = client
         .query_one(
-            "SELECT to_regclass('syncbridge.capture_watermark') IS NOT NULL",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'syncbridge' AND c.relname = 'capture_watermark')",
             &[],
         )
         .await
@@ -353,14 +357,21 @@ pub async fn has_watermarks(client: &Client) -> Result<bool> {
     if !row.get::<_, bool>(0) {
         return Ok(false);
     }
-    let row = client
+    match client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM syncbridge.capture_watermark)",
             &[],
         )
         .await
-        .map_err(|e| CaptureError::postgres("look for polling watermarks", e))?;
-    Ok(row.get(0))
+    {
+        Ok(row) => Ok(row.get(0)),
+        // Another role's watermarks (this role may not read them): this role
+        // did not poll.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(false)
+        }
+        Err(e) => Err(CaptureError::postgres("look for polling watermarks", e)),
+    }
 }
 
 impl<'a> Poller<'a> {

@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The agreed metric names and their types (notes/metrics.md). The ops branch
-/// defines them in one Rust module; until it lands, this list is the
-/// reference the Datadog assets are checked against.
+/// The metric names with their types, as the Datadog assets use them. The
+/// names themselves are defined once, in `capture::telemetry::metrics`; the
+/// test `the_datadog_assets_know_exactly_the_metrics_the_services_export`
+/// keeps this list equal to that module's.
 const AGREED_METRICS: &[(&str, MetricType)] = &[
     ("syncbridge_capture_events_total", MetricType::Counter),
     (
@@ -842,4 +843,11 @@ fn docker_compose_config_accepts_the_file() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[test]
+fn the_datadog_assets_know_exactly_the_metrics_the_services_export() {
+    let exported: BTreeSet<&str> = capture::telemetry::metrics::ALL.iter().copied().collect();
+    let here: BTreeSet<&str> = AGREED_METRICS.iter().map(|(name, _)| *name).collect();
+    assert_eq!(here, exported);
 }

@@ -584,7 +584,16 @@ async fn status_commands_report_lags_slots_and_errors_without_secrets() -> anyho
                 run_command("apply", &apply_toml, &["status", "--json", "--verify"]).await?;
             anyhow::ensure!(ok, "{stdout}\n{stderr}");
             let report: serde_json::Value = serde_json::from_str(&stdout)?;
-            Ok((report["in_step"] == true).then_some((report, stdout, stderr)))
+            // Both topics have their first event (the platform's is the echo
+            // of the legacy insert, which may still be on its way).
+            let both_topics_written = report["directions"].as_array().is_some_and(|d| {
+                d.len() == 2
+                    && d.iter().all(|direction| {
+                        direction["partitions"][0]["high_watermark"].as_i64() >= Some(1)
+                    })
+            });
+            Ok((report["in_step"] == true && both_topics_written)
+                .then_some((report, stdout, stderr)))
         },
     )
     .await?;
