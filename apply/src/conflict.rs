@@ -45,6 +45,9 @@ use crate::mapping::{Entity, Side};
 enum Incoming {
     Change,
     Read,
+    /// A change applied again by `apply replay`: the target may already hold
+    /// what came after it, so it wins only when strictly newer.
+    Replay,
 }
 
 /// How a target column is written on update.
@@ -268,8 +271,15 @@ impl Shape {
         self.upsert_sql_for(Incoming::Read)
     }
 
+    /// Insert-or-update of changes applied again by `apply replay`, same
+    /// parameters as [`Self::upsert_sql`]: only a strictly newer change
+    /// wins (the live tie rules assume the target holds nothing newer from
+    /// the same source, which a replay cannot), tombstones as for a change.
+    pub fn replay_upsert_sql(&self) -> String {
+        self.upsert_sql_for(Incoming::Replay)
+    }
+
     fn upsert_sql_for(&self, incoming: Incoming) -> String {
-        let tie = self.params().tie;
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let mut names = key.clone();
@@ -309,15 +319,10 @@ impl Shape {
                 Incoming::Change => self.tie_condition("EXCLUDED", "t"),
                 // The tie and causal parameters stay referenced so that both
                 // statements take the same parameters.
-                Incoming::Read => format!(
-                    "date_trunc('second', EXCLUDED.{ua}) > date_trunc('second', t.{ua}) \
-                     AND ${tie}::bool IS NOT NULL AND ${bk}::text[] IS NOT NULL AND ${bx}::text[] IS NOT NULL",
-                    bk = self.params().based_keys,
-                    bx = self.params().based_xmins,
-                ),
+                Incoming::Read | Incoming::Replay => self.strictly_newer("EXCLUDED", "t"),
             },
             tombstone_newer = match incoming {
-                Incoming::Change => format!(
+                Incoming::Change | Incoming::Replay => format!(
                     " AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)"
                 ),
                 Incoming::Read => String::new(),
@@ -326,10 +331,31 @@ impl Shape {
         )
     }
 
+    /// Incoming strictly newer than existing; the tie and causal parameters
+    /// stay referenced so that every statement takes the same parameters.
+    fn strictly_newer(&self, incoming: &str, existing: &str) -> String {
+        let ua = quote(&self.updated_at);
+        let p = self.params();
+        format!(
+            "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
+             AND ${}::bool IS NOT NULL AND ${}::text[] IS NOT NULL AND ${}::text[] IS NOT NULL",
+            p.tie, p.based_keys, p.based_xmins,
+        )
+    }
+
+    /// [`Self::update_sql`] for `apply replay`: only strictly newer wins.
+    pub fn replay_update_sql(&self) -> String {
+        self.update_sql_for(Incoming::Replay)
+    }
+
     /// Update-only of many rows (some source columns were unchanged TOAST
     /// values and are not in `columns`). Same parameters and result as
     /// [`Self::upsert_sql`] (no row is ever inserted).
     pub fn update_sql(&self) -> String {
+        self.update_sql_for(Incoming::Change)
+    }
+
+    fn update_sql_for(&self, incoming: Incoming) -> String {
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let sets: Vec<String> = self
@@ -357,10 +383,26 @@ impl Shape {
             table = self.table,
             sets = sets.join(", "),
             parents = self.parents_exist("i"),
-            tie_condition = self.tie_condition("i", "t"),
+            tie_condition = match incoming {
+                Incoming::Change => self.tie_condition("i", "t"),
+                Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
+            },
             versions = self.record_versions("w"),
         )
     }
+}
+
+/// How a delete decides against the target row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteRule {
+    /// Live order: the delete wins ties, and always removes a row that is
+    /// still the deleting source's own earlier write (its delete comes after
+    /// that write in the source's commit order).
+    Live,
+    /// Replay: the target may already hold what the source did *after* the
+    /// delete (a newer write of the same row), so only a row strictly older
+    /// than the delete goes; the source's own write is no exception.
+    Replay,
 }
 
 /// Delete of many rows. Parameters: `$1` keys (text[]), `$2` delete times
@@ -371,16 +413,25 @@ pub fn delete_sql(
     key: &str,
     key_type: &str,
     updated_at: &str,
+    rule: DeleteRule,
 ) -> String {
     let key = quote(key);
     let ua = quote(updated_at);
-    format!(
-        "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
-         d AS (DELETE FROM {table} AS t USING i WHERE t.{key} = i.k \
-               AND (date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
+    let decides = match rule {
+        DeleteRule::Live => format!(
+            "(date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
                     OR EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
                                AND rv.row_key = t.{key}::text AND rv.origin = $3::text \
-                               AND rv.written_xmin = t.xmin::text)) \
+                               AND rv.written_xmin = t.xmin::text))",
+            entity = literal(entity),
+        ),
+        DeleteRule::Replay => format!(
+            "date_trunc('second', t.{ua}::timestamptz) < date_trunc('second', i.at) AND $3::text IS NOT NULL"
+        ),
+    };
+    format!(
+        "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
+         d AS (DELETE FROM {table} AS t USING i WHERE t.{key} = i.k AND {decides} \
                RETURNING t.{key}::text AS k), \
          gone AS (SELECT i.k::text AS k, i.at FROM i \
                   WHERE i.k::text IN (SELECT k FROM d) OR NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.k)), \
@@ -455,6 +506,20 @@ mod tests {
             "any tombstone blocks: {sql}"
         );
         assert!(shape().upsert_sql().contains("rv.deleted AND date_trunc"));
+    }
+
+    #[test]
+    fn a_replayed_change_wins_only_when_strictly_newer_and_deletes_only_older_rows() {
+        let sql = shape().replay_upsert_sql();
+        assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
+        assert!(
+            sql.contains("rv.deleted AND date_trunc"),
+            "tombstones as for a change"
+        );
+        let live = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Live);
+        let replay = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Replay);
+        assert!(live.contains("<= date_trunc") && live.contains("written_xmin = t.xmin"));
+        assert!(replay.contains(") < date_trunc") && !replay.contains("written_xmin = t.xmin"));
     }
 
     #[test]

@@ -239,13 +239,16 @@ pub async fn session_reading(
     };
     info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, replay = !reading.is_live(), "applying");
 
-    let writer = Writer::new(
+    let mut writer = Writer::new(
         from,
         Arc::clone(&shared.mapping),
         catalog,
         config.apply.statement_max_rows,
         Arc::clone(&stats),
     );
+    if !reading.is_live() {
+        writer.replaying();
+    }
     let mut session = Session {
         shared,
         from,

@@ -127,6 +127,7 @@ pub struct Writer {
     statements: HashMap<String, Statement>,
     stats: Arc<Stats>,
     analyze: Analyze,
+    delete_rule: conflict::DeleteRule,
 }
 
 /// When apply last refreshed the planner statistics of what it fills.
@@ -181,7 +182,13 @@ impl Writer {
             statements: HashMap::new(),
             stats,
             analyze: Analyze::default(),
+            delete_rule: conflict::DeleteRule::Live,
         }
+    }
+
+    /// Decides deletes as a replay does (see [`conflict::DeleteRule`]).
+    pub fn replaying(&mut self) {
+        self.delete_rule = conflict::DeleteRule::Replay;
     }
 
     /// Stages one event; may flush the previous run first.
@@ -426,6 +433,7 @@ impl Writer {
                         &table.key,
                         key_type,
                         &table.updated_at,
+                        conflict::DeleteRule::Live,
                     );
                     lock_rows(source, from, entity.name(), keys).await?;
                     source
@@ -592,9 +600,12 @@ impl Writer {
             specs,
             parents,
         );
+        let replay = self.delete_rule == conflict::DeleteRule::Replay;
         let sql = match kind {
+            RunKind::Upsert if replay => shape.replay_upsert_sql(),
             RunKind::Upsert => shape.upsert_sql(),
             RunKind::Read => shape.read_upsert_sql(),
+            _ if replay => shape.replay_update_sql(),
             _ => shape.update_sql(),
         };
         let (based_keys, based_xmins) = if self.tie_wins {
@@ -851,6 +862,7 @@ impl Writer {
             &table.key,
             &self.column_type(entity, self.to, &table.key)?,
             &table.updated_at,
+            self.delete_rule,
         );
         lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
