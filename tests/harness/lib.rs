@@ -864,6 +864,38 @@ pub async fn count(client: &Client, sql: &str) -> Result<i64> {
 /// back and deleted again while its children change can leave a child
 /// different on the two sides).
 pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64) -> Result<u64> {
+    writes(url, side, duration, seed, Updates::AnyParent).await
+}
+
+/// [`random_writes`], but every update picks a row born on the writer's own
+/// side: for paths whose ordering is coarser than a second (the polling
+/// fallback reads each side once per interval, so a same-second change made
+/// on top of a crossed one cannot be told from a concurrent one there).
+pub async fn random_writes_on_own_rows(
+    url: &str,
+    side: Side,
+    duration: Duration,
+    seed: u64,
+) -> Result<u64> {
+    writes(url, side, duration, seed, Updates::OwnRows).await
+}
+
+/// Which rows updates pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Updates {
+    /// Users and teams wherever they were born; child rows where born.
+    AnyParent,
+    /// Only rows born on the writer's side.
+    OwnRows,
+}
+
+async fn writes(
+    url: &str,
+    side: Side,
+    duration: Duration,
+    seed: u64,
+    updates: Updates,
+) -> Result<u64> {
     use rand::{Rng, SeedableRng};
     let client = connect(url).await?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -874,6 +906,19 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
     while Instant::now() < deadline {
         n += 1;
         let roll: u32 = rng.gen_range(0..100);
+        let own = |entity: &str| {
+            match (updates, side) {
+            (Updates::AnyParent, _) => String::new(),
+            (Updates::OwnRows, Side::Legacy) => format!(
+                " WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = '{entity}')"
+            ),
+            (Updates::OwnRows, Side::Platform) => format!(
+                " WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = '{entity}')"
+            ),
+        }
+        };
+        let own_user = own("user");
+        let own_team = own("team");
         let sql = match side {
             Side::Legacy => match roll {
                 0..=14 => format!(
@@ -894,11 +939,11 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
                     rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64), rng.gen_range(1..1000)
                 ),
                 50..=64 => format!(
-                    "UPDATE users SET full_name = 'Renamed {n} Person', role = '{}', updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM users ORDER BY random() LIMIT 1)",
+                    "UPDATE users SET full_name = 'Renamed {n} Person', role = '{}', updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM users{own_user} ORDER BY random() LIMIT 1)",
                     ["member", "staff", "admin"][rng.gen_range(0..3)]
                 ),
                 65..=74 => format!(
-                    "UPDATE teams SET name = 'team renamed {n}', archived = {}, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM teams ORDER BY random() LIMIT 1)",
+                    "UPDATE teams SET name = 'team renamed {n}', archived = {}, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM teams{own_team} ORDER BY random() LIMIT 1)",
                     rng.gen_bool(0.3)
                 ),
                 75..=82 => format!(
@@ -911,7 +956,7 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
                 // Parents are not deleted here: see the known limitation in
                 // `random_writes`'s doc; `apply_conflicts` has dedicated
                 // parent-delete tests.
-                _ => "UPDATE users SET phone = '+1' || (random() * 1e9)::int8, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM users ORDER BY random() LIMIT 1)".to_owned(),
+                _ => format!("UPDATE users SET phone = '+1' || (random() * 1e9)::int8, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM users{own_user} ORDER BY random() LIMIT 1)"),
             },
             Side::Platform => match roll {
                 0..=14 => format!(
@@ -928,11 +973,11 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
                     rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64), rng.gen_range(1..1000)
                 ),
                 50..=64 => format!(
-                    "UPDATE identity.identities SET given_name = 'G{n}', family_name = 'F {n}', is_admin = {}, updated_at = now() WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1)",
+                    "UPDATE identity.identities SET given_name = 'G{n}', family_name = 'F {n}', is_admin = {}, updated_at = now() WHERE id = (SELECT id FROM identity.identities{own_user} ORDER BY random() LIMIT 1)",
                     rng.gen_bool(0.3)
                 ),
                 65..=74 => format!(
-                    "UPDATE org.groups SET name = 'group renamed {n}', archived_at = {}, updated_at = now() WHERE id = (SELECT id FROM org.groups ORDER BY random() LIMIT 1)",
+                    "UPDATE org.groups SET name = 'group renamed {n}', archived_at = {}, updated_at = now() WHERE id = (SELECT id FROM org.groups{own_team} ORDER BY random() LIMIT 1)",
                     if rng.gen_bool(0.3) { "now()" } else { "NULL" }
                 ),
                 75..=82 => format!(
@@ -942,7 +987,7 @@ pub async fn random_writes(url: &str, side: Side, duration: Duration, seed: u64)
                 83..=88 => "UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now() WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
                 89..=92 => "DELETE FROM org.memberships WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
                 93..=95 => "DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'geofence') ORDER BY random() LIMIT 1)".to_owned(),
-                _ => "UPDATE identity.identities SET phone_e164 = '+44' || (random() * 1e9)::int8, updated_at = now() WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1)".to_owned(),
+                _ => format!("UPDATE identity.identities SET phone_e164 = '+44' || (random() * 1e9)::int8, updated_at = now() WHERE id = (SELECT id FROM identity.identities{own_user} ORDER BY random() LIMIT 1)"),
             },
         };
         if client.batch_execute(&sql).await.is_ok() {

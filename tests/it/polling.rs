@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use schemas::event::CaptureMode;
-use sync_bridge_tests::{count, random_writes, unique, Bridge, EventReader, Side};
+use sync_bridge_tests::{count, random_writes_on_own_rows, unique, Bridge, EventReader, Side};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -71,8 +71,8 @@ async fn a_source_without_the_replication_privilege_is_synced_both_ways_by_polli
     let legacy_url = bridge.legacy().url.clone();
     let platform_url = bridge.platform().url.clone();
     let (legacy, platform) = tokio::join!(
-        random_writes(&legacy_url, Side::Legacy, Duration::from_secs(15), 11),
-        random_writes(&platform_url, Side::Platform, Duration::from_secs(15), 12),
+        random_writes_on_own_rows(&legacy_url, Side::Legacy, Duration::from_secs(15), 11),
+        random_writes_on_own_rows(&platform_url, Side::Platform, Duration::from_secs(15), 12),
     );
     assert!(legacy? > 50 && platform? > 50);
     let report = bridge.converged(WAIT).await?;
