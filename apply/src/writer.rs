@@ -1277,27 +1277,16 @@ impl Writer {
             .copied()
             .filter(|i| target_keys[*i].is_none())
             .collect();
-        if !allocate.is_empty() {
-            let ids = self.allocate(target, entity, keys, &allocate).await?;
-            for (i, id) in allocate.into_iter().zip(ids) {
-                if let Some(pair) = pair_of(self.from, keys[i], &id) {
-                    new_pairs.push(pair);
-                }
-                self.learn(index, keys[i], &id);
-                target_keys[i] = Some(id);
-            }
-        }
-        if !new_pairs.is_empty() {
-            let (legacy, platform): (Vec<i64>, Vec<Uuid>) = new_pairs.into_iter().unzip();
-            target
-                .execute(
-                    "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
-                     SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p) ON CONFLICT DO NOTHING",
-                    &[&entity.name(), &legacy, &platform],
-                )
-                .await
-                .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
-        }
+        self.allocate_and_record(
+            target,
+            index,
+            entity,
+            keys,
+            &allocate,
+            target_keys,
+            new_pairs,
+        )
+        .await?;
         Ok(())
     }
 
@@ -1371,27 +1360,56 @@ impl Writer {
             return Ok(0);
         }
         let count = unknown.len() as u64;
-        let ids = self.allocate(target, entity, keys, &unknown).await?;
-        let mut pairs: Vec<(i64, Uuid)> = Vec::with_capacity(ids.len());
-        for (i, id) in unknown.into_iter().zip(ids) {
-            if let Some(pair) = pair_of(self.from, keys[i], &id) {
-                pairs.push(pair);
-            }
-            self.learn(index, keys[i], &id);
-            target_keys[i] = Some(id);
-        }
-        if !pairs.is_empty() {
-            let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
-            target
-                .execute(
-                    "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
-                     SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p) ON CONFLICT DO NOTHING",
-                    &[&entity.name(), &legacy, &platform],
-                )
-                .await
-                .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
-        }
+        self.allocate_and_record(
+            target,
+            index,
+            entity,
+            keys,
+            &unknown,
+            target_keys,
+            Vec::new(),
+        )
+        .await?;
         Ok(count)
+    }
+
+    /// Gives the rows `which` new target ids, and records them with `pairs`
+    /// (links found meanwhile) in the target's id correspondence, in the
+    /// open transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn allocate_and_record(
+        &mut self,
+        target: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        which: &[usize],
+        target_keys: &mut [Option<Value>],
+        mut pairs: Vec<(i64, Uuid)>,
+    ) -> Result<()> {
+        if !which.is_empty() {
+            let ids = self.allocate(target, entity, keys, which).await?;
+            for (&i, id) in which.iter().zip(ids) {
+                if let Some(pair) = pair_of(self.from, keys[i], &id) {
+                    pairs.push(pair);
+                }
+                self.learn(index, keys[i], &id);
+                target_keys[i] = Some(id);
+            }
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
+        target
+            .execute(
+                "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
+                 SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p) ON CONFLICT DO NOTHING",
+                &[&entity.name(), &legacy, &platform],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "record the id correspondence", e))?;
+        Ok(())
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {

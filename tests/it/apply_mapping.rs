@@ -226,17 +226,7 @@ async fn tombstones_older_than_the_retention_are_pruned_at_start() -> anyhow::Re
         .await?;
     bridge.start_apply()?;
     sync_bridge_tests::eventually("the old tombstone to be pruned", WAIT, || async {
-        let left: Vec<String> = bridge
-            .platform()
-            .client()
-            .query(
-                "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let left = tombstones(&bridge).await?;
         Ok((left == ["recent"]).then_some(()))
     })
     .await?;
@@ -250,17 +240,7 @@ async fn tombstones_older_than_the_retention_are_pruned_while_apply_runs() -> an
     bridge.apply_options = "tombstone_prune_interval = \"1s\"\n".into();
     bridge.start_apply()?;
     let only_the_recent_one_left = || async {
-        let left: Vec<String> = bridge
-            .platform()
-            .client()
-            .query(
-                "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let left = tombstones(&bridge).await?;
         Ok((left == ["kept"]).then_some(()))
     };
     // Twice, so that the second expired tombstone appears long after the
@@ -283,4 +263,19 @@ async fn tombstones_older_than_the_retention_are_pruned_while_apply_runs() -> an
         .await?;
     }
     bridge.stop().await
+}
+
+/// The keys of the platform side's tombstones, sorted.
+async fn tombstones(bridge: &Bridge) -> anyhow::Result<Vec<String>> {
+    Ok(bridge
+        .platform()
+        .client()
+        .query(
+            "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
