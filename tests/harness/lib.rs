@@ -141,6 +141,24 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Counts every write to `table` from now on (insert, update, delete,
+    /// whoever makes it, apply included) in a test-only `audit` table; read
+    /// the count with [`TestDb::audited_writes`].
+    pub async fn audit_writes(&self, table: &str) -> Result<()> {
+        self.execute(&format!(
+            "CREATE TABLE audit (op text NOT NULL);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit;"
+        ))
+        .await
+    }
+
+    /// The writes counted since [`TestDb::audit_writes`].
+    pub async fn audited_writes(&self) -> Result<i64> {
+        count(self.client(), "SELECT count(*) FROM audit").await
+    }
+
     /// Creates an empty database on `side`'s cluster.
     pub async fn create(side: Side, hint: &str) -> Result<TestDb> {
         let name = unique(hint);
@@ -261,6 +279,20 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until `sql` (one `count(*)`) on `client` returns `expected`.
+pub async fn until_count(
+    what: &str,
+    timeout: Duration,
+    client: &Client,
+    sql: &str,
+    expected: i64,
+) -> Result<()> {
+    eventually(what, timeout, || async {
+        Ok((count(client, sql).await? == expected).then_some(()))
+    })
+    .await
 }
 
 /// Creates a topic with one partition.

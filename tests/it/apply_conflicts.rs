@@ -222,13 +222,7 @@ async fn a_change_crosses_once_and_never_echoes_back() -> anyhow::Result<()> {
         (bridge.legacy(), "public.users"),
         (bridge.platform(), "identity.identities"),
     ] {
-        db.execute(&format!(
-            "CREATE TABLE audit (op text NOT NULL);
-             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
-             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION audit();
-             ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit;"
-        ))
-        .await?;
+        db.audit_writes(table).await?;
     }
     bridge.legacy().execute(
         "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('once@example.com', 'Once Only', 'staff', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
@@ -258,8 +252,8 @@ async fn a_change_crosses_once_and_never_echoes_back() -> anyhow::Result<()> {
     })
     .await?;
 
-    let legacy_writes = count(bridge.legacy().client(), "SELECT count(*) FROM audit").await?;
-    let platform_writes = count(bridge.platform().client(), "SELECT count(*) FROM audit").await?;
+    let legacy_writes = bridge.legacy().audited_writes().await?;
+    let platform_writes = bridge.platform().audited_writes().await?;
     assert_eq!(
         legacy_writes, 2,
         "legacy: the application's insert and the update that crossed"

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{count, eventually, Bridge, TestDb};
+use sync_bridge_tests::{count, eventually, until_count, Bridge, TestDb};
 
 const WAIT: Duration = Duration::from_secs(120);
 const WAITING: &str = "another apply instance holds the single-writer lock";
@@ -97,15 +97,13 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
         )
         .await?;
     let legacy = bridge.legacy().client();
-    eventually("the platform row on the legacy side", WAIT, || async {
-        Ok((count(
-            legacy,
-            "SELECT count(*) FROM users WHERE email = 'back@example.com'",
-        )
-        .await?
-            == 1)
-            .then_some(()))
-    })
+    until_count(
+        "the platform row on the legacy side",
+        WAIT,
+        legacy,
+        "SELECT count(*) FROM users WHERE email = 'back@example.com'",
+        1,
+    )
     .await?;
     assert_eq!(
         count(

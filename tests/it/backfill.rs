@@ -10,8 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::event::{CaptureMode, Op};
 use sync_bridge_tests::{
-    connect, count, create_topic, eventually, free_port, random_writes, unique, Bridge,
-    CaptureSetup, EventReader, Side, Stack, TestDb,
+    connect, count, create_topic, eventually, free_port, random_writes, unique, until_count,
+    Bridge, CaptureSetup, EventReader, Side, Stack, TestDb,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -347,15 +347,13 @@ async fn a_read_that_arrives_after_a_delete_or_a_newer_update_neither_resurrects
         )
         .await?;
     let platform = bridge.platform().client();
-    eventually("the streamed update to cross", WAIT, || async {
-        Ok((count(
-            platform,
-            "SELECT count(*) FROM identity.identities WHERE given_name = 'Newer'",
-        )
-        .await?
-            == 1)
-            .then_some(()))
-    })
+    until_count(
+        "the streamed update to cross",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities WHERE given_name = 'Newer'",
+        1,
+    )
     .await?;
     assert_eq!(
         count(

@@ -206,13 +206,7 @@ async fn apply_writes_polled_back_are_flagged_and_not_applied_again() -> anyhow:
         (bridge.legacy(), "public.users"),
         (bridge.platform(), "identity.identities"),
     ] {
-        db.execute(&format!(
-            "CREATE TABLE audit (op text NOT NULL);
-             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
-             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION audit();
-             ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit;"
-        ))
-        .await?;
+        db.audit_writes(table).await?;
     }
     bridge
         .legacy()
@@ -249,8 +243,8 @@ async fn apply_writes_polled_back_are_flagged_and_not_applied_again() -> anyhow:
     // Several more rounds re-read the overlap: nothing bounces.
     tokio::time::sleep(Duration::from_secs(4)).await;
     bridge.converged(WAIT).await?;
-    let legacy_writes = count(bridge.legacy().client(), "SELECT count(*) FROM audit").await?;
-    let platform_writes = count(bridge.platform().client(), "SELECT count(*) FROM audit").await?;
+    let legacy_writes = bridge.legacy().audited_writes().await?;
+    let platform_writes = bridge.platform().audited_writes().await?;
     assert_eq!(
         legacy_writes, 2,
         "legacy: the application's insert and the update that crossed"

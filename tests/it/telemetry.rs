@@ -8,8 +8,8 @@ use std::time::Duration;
 use capture::telemetry::http::get_once;
 use capture::telemetry::metrics as names;
 use sync_bridge_tests::{
-    binary, connect, count, eventually, free_port, unique, Bridge, PrivateBroker, ServiceProcess,
-    Stack, TempDir,
+    binary, connect, count, eventually, free_port, unique, until_count, Bridge, PrivateBroker,
+    ServiceProcess, Stack, TempDir,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -160,9 +160,13 @@ async fn metrics_carry_the_agreed_names_and_labels_and_the_services_report_ready
     let services = Services::start(&mut bridge, "", None).await?;
     insert_user(bridge.legacy().client(), 1).await?;
     let platform = bridge.platform().client();
-    eventually("the user on the platform side", WAIT, || async {
-        Ok((count(platform, "SELECT count(*) FROM identity.identities").await? == 1).then_some(()))
-    })
+    until_count(
+        "the user on the platform side",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities",
+        1,
+    )
     .await?;
     readyz_becomes(&services.legacy_address, 200, "capture to be ready").await?;
     readyz_becomes(&services.apply_address, 200, "apply to be ready").await?;
@@ -389,9 +393,13 @@ async fn the_lag_grows_while_apply_is_held_and_returns_to_zero_when_it_resumes(
     let legacy = bridge.legacy().client();
     insert_user(legacy, 0).await?;
     let platform = bridge.platform().client();
-    eventually("the first user on the platform side", WAIT, || async {
-        Ok((count(platform, "SELECT count(*) FROM identity.identities").await? == 1).then_some(()))
-    })
+    until_count(
+        "the first user on the platform side",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities",
+        1,
+    )
     .await?;
     let address = services.apply_address.clone();
     let direction = [("direction", "legacy_to_platform")];
@@ -490,9 +498,13 @@ async fn readiness_fails_while_the_broker_is_down_and_returns_with_it() -> anyho
     // And it carries changes again.
     insert_user(bridge.legacy().client(), 1).await?;
     let platform = bridge.platform().client();
-    eventually("the user on the platform side", WAIT, || async {
-        Ok((count(platform, "SELECT count(*) FROM identity.identities").await? == 1).then_some(()))
-    })
+    until_count(
+        "the user on the platform side",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities",
+        1,
+    )
     .await?;
     services.stop().await?;
     bridge.stop().await
@@ -543,9 +555,13 @@ async fn status_commands_report_lags_slots_and_errors_without_secrets() -> anyho
     let services = Services::start(&mut bridge, "", None).await?;
     insert_user(bridge.legacy().client(), 1).await?;
     let platform = bridge.platform().client();
-    eventually("the user on the platform side", WAIT, || async {
-        Ok((count(platform, "SELECT count(*) FROM identity.identities").await? == 1).then_some(()))
-    })
+    until_count(
+        "the user on the platform side",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities",
+        1,
+    )
     .await?;
     readyz_becomes(&services.legacy_address, 200, "capture to be ready").await?;
     readyz_becomes(&services.apply_address, 200, "apply to be ready").await?;
