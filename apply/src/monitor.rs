@@ -14,10 +14,10 @@ use std::time::Duration;
 use capture::telemetry::health::Progress;
 use capture::telemetry::metrics::{self as names, label};
 use capture::telemetry::status::{
-    self, end_to_end_lag, DirectionReport, PartitionLag, SlotReport, StatusReport,
+    self, end_to_end_lag, DirectionReport, LagProbe, PartitionLag, SlotReport, StatusReport,
 };
 use capture::telemetry::Health;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -102,6 +102,7 @@ pub async fn watch(
     health.component(database(Side::Legacy));
     health.component(database(Side::Platform));
     let kafka = config.kafka.as_capture();
+    let mut probe: Option<LagProbe> = None;
     let mut clients: HashMap<Side, Client> = HashMap::new();
     let mut counters_tick = tokio::time::interval(Duration::from_secs(1));
     let mut sample_tick = tokio::time::interval(
@@ -125,17 +126,18 @@ pub async fn watch(
                     check_database(&config, side, &mut clients, &health).await;
                 }
                 let mut broker_error = None;
-                for w in &mut watched {
-                    let lags = status::partition_lags(
-                        &kafka,
-                        &config.kafka.group_id,
-                        &w.topic,
-                        Duration::from_secs(5),
-                    )
-                    .await;
-                    match lags {
-                        Ok(lags) => observe(w, &lags, &health),
+                if probe.is_none() {
+                    match LagProbe::new(&kafka, &config.kafka.group_id) {
+                        Ok(created) => probe = Some(created),
                         Err(error) => broker_error = Some(error),
+                    }
+                }
+                if let Some(probe) = &probe {
+                    for w in &mut watched {
+                        match probe.lags(&w.topic, Duration::from_secs(5)).await {
+                            Ok(lags) => observe(w, &lags, &health),
+                            Err(error) => broker_error = Some(error),
+                        }
                     }
                 }
                 match broker_error {
@@ -226,13 +228,10 @@ async fn check_database(
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client, String> {
-    let pg = config.pg_config(side).map_err(|e| e.to_string())?;
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), pg.connect(NoTls))
+    tokio::time::timeout(Duration::from_secs(10), config.connect(side))
         .await
         .map_err(|_| "cannot connect: no answer within 10s".to_owned())?
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(|e| format!("cannot connect: {}", capture::error_chain(&e)))
 }
 
 /// `user@host:port/dbname` of `side`'s database, never a password.

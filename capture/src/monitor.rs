@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::checkpoint::Lsn;
-use crate::config::Config;
+use crate::config::{Config, Connection};
 use crate::slot::Source;
 use crate::telemetry::status::{self, SlotReport, StatusReport};
 use crate::telemetry::{self, metrics, Health};
@@ -181,15 +180,7 @@ pub async fn status(config: &Config, address: Option<String>) -> StatusReport {
             confirmed_flush_lsn: None,
             error: Some(crate::error_chain(&error)),
         },
-        Ok(connection) => {
-            slot_report(
-                &config.source.name,
-                &connection.to_string(),
-                connection.pg_config(),
-                &slot_name,
-            )
-            .await
-        }
+        Ok(connection) => slot_report(&config.source.name, &connection, &slot_name).await,
     };
     StatusReport {
         service: "capture".to_owned(),
@@ -202,17 +193,12 @@ pub async fn status(config: &Config, address: Option<String>) -> StatusReport {
     }
 }
 
-/// One slot as `pg_replication_slots` on `pg` shows it. `database` is the
-/// redacted name of the database for the report.
-pub async fn slot_report(
-    source: &str,
-    database: &str,
-    pg: &tokio_postgres::Config,
-    slot: &str,
-) -> SlotReport {
+/// One slot as `pg_replication_slots` on `connection`'s database shows it
+/// (TLS as configured); the report names the database without its password.
+pub async fn slot_report(source: &str, connection: &Connection, slot: &str) -> SlotReport {
     let mut report = SlotReport {
         source: source.to_owned(),
-        database: database.to_owned(),
+        database: connection.to_string(),
         slot: slot.to_owned(),
         exists: false,
         active: None,
@@ -220,7 +206,18 @@ pub async fn slot_report(
         confirmed_flush_lsn: None,
         error: None,
     };
-    let connected = tokio::time::timeout(Duration::from_secs(10), pg.connect(NoTls)).await;
+    let connector = match connection.tls.connector() {
+        Ok(connector) => connector,
+        Err(error) => {
+            report.error = Some(error);
+            return report;
+        }
+    };
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        connection.pg_config().connect(connector),
+    )
+    .await;
     let client = match connected {
         Ok(Ok((client, connection))) => {
             tokio::spawn(connection);

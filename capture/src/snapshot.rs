@@ -42,7 +42,7 @@ use futures::{FutureExt, StreamExt};
 use schemas::codec::Codec;
 use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
 use serde::Deserialize;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -232,8 +232,9 @@ pub async fn snapshot(
     let mut pg = connection.pg_config().clone();
     pg.options(SESSION_OPTIONS);
     pg.application_name(format!("syncbridge-snapshot-{}", config.source.name));
+    let connector = connection.tls.connector().map_err(CaptureError::Config)?;
     let (client, conn) = pg
-        .connect(NoTls)
+        .connect(connector)
         .await
         .map_err(|e| CaptureError::postgres(format!("connect to {connection}"), e))?;
     let connection_task = tokio::spawn(async move {

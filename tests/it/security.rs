@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sync_bridge_tests::{
-    connect, count, create_topic, eventually, mapping_dir, random_writes, run_program, unique,
-    Bridge, CaptureSetup, EventReader, ServiceProcess, Side, Stack, TestDb, ThrowawayCluster,
+    binary, connect, count, create_topic, eventually, mapping_dir, random_writes, run_program,
+    unique, Bridge, CaptureSetup, EventReader, ServiceProcess, Side, Stack, TempDir, TestDb,
+    ThrowawayCluster,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -331,6 +332,83 @@ async fn capture_streams_over_tls_with_sslmode_require_and_verify_full() -> anyh
         output.contains("sslmode = verify-full") && output.contains("certificate"),
         "{output}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_admitted_only_over_tls_is_served_by_the_stream_the_status_and_the_snapshot(
+) -> anyhow::Result<()> {
+    let server = TlsServer::start("tlsonly")?;
+    let admin = connect(&server.cluster.url("postgres")).await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE things (id int PRIMARY KEY, label text);
+             CREATE ROLE tls_only LOGIN SUPERUSER REPLICATION;",
+        )
+        .await?;
+    // The server refuses this role on a connection without TLS.
+    let hba = server.cluster.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba)?;
+    std::fs::write(&hba, format!("hostnossl all tls_only all reject\n{rules}"))?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
+    let url = server
+        .cluster
+        .url("postgres")
+        .replacen("postgres@", "tls_only@", 1);
+    assert!(
+        connect(&url).await.is_err(),
+        "a plaintext connection as tls_only is refused"
+    );
+
+    let topic = unique("tlsonly");
+    create_topic(&topic).await?;
+    let toml = server
+        .capture_toml("sslmode = \"require\"", &topic)
+        .replacen("postgres://postgres@", "postgres://tls_only@", 1);
+    let config = capture::Config::from_toml(&toml)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(capture::run(config.clone(), shutdown.clone()));
+    eventually("capture to stream", WAIT, || async {
+        let active = count(
+            &admin,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_tls' AND active",
+        )
+        .await?;
+        Ok((active == 1).then_some(()))
+    })
+    .await?;
+    admin
+        .batch_execute("INSERT INTO things SELECT g, 'row ' || g FROM generate_series(1, 3) g")
+        .await?;
+    EventReader::new(&topic)?.read_at_least(3, WAIT).await?;
+
+    let dir = TempDir::new("tlsonly-status")?;
+    let config_file = dir.0.join("config.toml");
+    std::fs::write(&config_file, &toml)?;
+    let output = tokio::process::Command::new(binary("capture"))
+        .arg("--config")
+        .arg(&config_file)
+        .args(["status", "--json"])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let status: serde_json::Value = serde_json::from_str(&stdout)
+        .map_err(|e| anyhow::anyhow!("capture status --json: {e}: {stdout}"))?;
+    assert!(
+        status["slots"][0]["error"].is_null() && status["slots"][0]["exists"] == true,
+        "capture status reads the slot over TLS: {status}"
+    );
+
+    let summary = capture::snapshot::snapshot(
+        &config,
+        &capture::snapshot::SnapshotOptions::default(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    assert_eq!(summary.confirmed, 3, "the snapshot reads over TLS");
+
+    shutdown.cancel();
+    task.await??;
     Ok(())
 }
 
