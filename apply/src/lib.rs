@@ -235,6 +235,7 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
                 deleted = s.deleted,
                 conflicts_lost = s.skipped_older,
                 orphans = s.conflict_orphans,
+                natural_keys_held = s.key_held,
                 echoes = s.echoes,
                 dead_lettered = s.dead_lettered,
                 last_commit_age_ms = lag_ms,

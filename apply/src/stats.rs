@@ -12,6 +12,7 @@ pub struct Stats {
     dead_lettered: AtomicU64,
     conflict_orphans: AtomicU64,
     linked: AtomicU64,
+    key_held: AtomicU64,
     transactions: AtomicU64,
     /// Commit time (Unix micros) of the last source transaction applied.
     last_commit_micros: AtomicI64,
@@ -34,6 +35,10 @@ pub struct Snapshot {
     pub conflict_orphans: u64,
     /// Rows linked to an existing row with the same natural key.
     pub linked: u64,
+    /// Rows not written because their natural key is held here by a row
+    /// that already corresponds to another source row (see
+    /// `Writer::link_or_allocate`).
+    pub key_held: u64,
     /// Source transactions applied.
     pub transactions: u64,
     pub last_commit_micros: i64,
@@ -63,6 +68,9 @@ impl Stats {
     pub fn linked(&self, n: u64) {
         self.linked.fetch_add(n, Ordering::Relaxed);
     }
+    pub fn key_held(&self, n: u64) {
+        self.key_held.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn transaction(&self, commit_micros: i64) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_commit_micros
@@ -84,6 +92,7 @@ impl Stats {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             conflict_orphans: self.conflict_orphans.load(Ordering::Relaxed),
             linked: self.linked.load(Ordering::Relaxed),
+            key_held: self.key_held.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
             committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),

@@ -111,6 +111,17 @@ impl IdMap {
     }
 }
 
+/// How the open target transaction holds the pair lock (see
+/// [`Writer::lock_pairs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairLock {
+    None,
+    /// Held by the target transaction; ends with it.
+    Transaction,
+    /// Held by the source session until released.
+    Session,
+}
+
 /// Writes one direction's events into the target database.
 pub struct Writer {
     from: Side,
@@ -128,6 +139,9 @@ pub struct Writer {
     stats: Arc<Stats>,
     analyze: Analyze,
     delete_rule: conflict::DeleteRule,
+    /// The pair lock this target transaction holds (see
+    /// [`Writer::lock_pairs`]).
+    pair_lock: PairLock,
 }
 
 /// When apply last refreshed the planner statistics of what it fills.
@@ -183,6 +197,7 @@ impl Writer {
             stats,
             analyze: Analyze::default(),
             delete_rule: conflict::DeleteRule::Live,
+            pair_lock: PairLock::None,
         }
     }
 
@@ -306,6 +321,10 @@ impl Writer {
     /// The source transaction's staged work is gone (savepoint rolled back).
     pub fn forget_transaction(&mut self) {
         self.run = None;
+        // A transaction lock taken since the savepoint went with it.
+        if self.pair_lock == PairLock::Transaction {
+            self.pair_lock = PairLock::None;
+        }
         self.ids.transaction.clear();
         // Lookup rows created by the rolled-back work are gone too.
         self.lookups.clear();
@@ -566,6 +585,7 @@ impl Writer {
         if allocate {
             self.link_or_allocate(
                 target,
+                source,
                 index,
                 entity,
                 &keys,
@@ -578,7 +598,10 @@ impl Writer {
         let mut orphans = 0u64;
         for (row_index, target_key) in target_keys.iter().enumerate() {
             let (Some(target_key), Some(values)) = (target_key, &resolved[row_index]) else {
-                orphans += 1;
+                // Rows whose natural key is held were counted as such.
+                if resolved[row_index].is_none() || !allocate {
+                    orphans += 1;
+                }
                 continue;
             };
             written_rows.push(row_index);
@@ -1161,10 +1184,22 @@ impl Writer {
     /// same natural key (values as they will be written, references already
     /// translated) that is nobody's counterpart yet, or a new id. Records the
     /// new pairs in the target's id correspondence, in the open transaction.
+    ///
+    /// "Nobody's counterpart" is asked of both databases: each holds the
+    /// pairs of the rows it received, so a target row born here that already
+    /// crossed to the source has its pair in the *source's* `id_map`. When
+    /// the matching target row corresponds to another source row, the
+    /// incoming row is not written here (it stays without a counterpart and
+    /// is counted as `key_held`): the source's unique natural key says that
+    /// other row holds the key there now, so the incoming row was deleted or
+    /// re-keyed since, and its later events follow. Linking it anyway would
+    /// give one target row two counterparts, and a delete of the incoming
+    /// row would then remove a row whose other counterpart lives on.
     #[allow(clippy::too_many_arguments)]
     async fn link_or_allocate(
         &mut self,
         target: &Client,
+        source: &Client,
         index: usize,
         entity: &Entity,
         keys: &[&Value],
@@ -1180,8 +1215,45 @@ impl Writer {
         if fresh.is_empty() {
             return Ok(());
         }
-        let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
         let natural = entity.natural_key_columns(self.to).to_vec();
+        if natural.is_empty() {
+            // No natural key, no links: each direction only pairs the rows
+            // it creates, and the two never pair the same id.
+            let allocate = fresh;
+            return self
+                .allocate_and_record(
+                    target,
+                    index,
+                    entity,
+                    keys,
+                    &allocate,
+                    target_keys,
+                    Vec::new(),
+                )
+                .await;
+        }
+        // Decide with the other direction's decisions about this entity
+        // settled: it may have paired these rows since they were resolved.
+        self.lock_pairs(target, source).await?;
+        let paired_meanwhile = self
+            .read_map(source, index, entity, fresh.iter().map(|i| keys[*i]))
+            .await?;
+        for i in &fresh {
+            let text = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
+            if let Some(id) = paired_meanwhile.get(&text) {
+                self.learn(index, keys[*i], id);
+                target_keys[*i] = Some(id.clone());
+            }
+        }
+        let fresh: Vec<usize> = fresh
+            .into_iter()
+            .filter(|i| target_keys[*i].is_none())
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
+        let mut held: HashSet<usize> = HashSet::new();
         let positions: Option<Vec<usize>> = natural
             .iter()
             .map(|n| columns.iter().position(|c| c == n))
@@ -1254,11 +1326,19 @@ impl Writer {
                         )
                     })
                     .collect();
+                let paired = self
+                    .paired_in_source(source, entity, existing.values())
+                    .await?;
                 let mut taken = HashSet::new();
                 for i in &fresh {
                     let Some(found) = tuple_of(*i).and_then(|t| existing.get(&t).cloned()) else {
                         continue;
                     };
+                    let incoming = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
+                    if paired.get(&found).is_some_and(|other| *other != incoming) {
+                        held.insert(*i);
+                        continue;
+                    }
                     if !taken.insert(found.clone()) {
                         continue;
                     }
@@ -1272,10 +1352,18 @@ impl Writer {
                 }
             }
         }
+        if !held.is_empty() {
+            debug!(
+                entity = entity.name(),
+                rows = held.len(),
+                "natural keys held by rows that correspond to other source rows; not written"
+            );
+            self.stats.key_held(held.len() as u64);
+        }
         let allocate: Vec<usize> = fresh
             .iter()
             .copied()
-            .filter(|i| target_keys[*i].is_none())
+            .filter(|i| target_keys[*i].is_none() && !held.contains(i))
             .collect();
         self.allocate_and_record(
             target,
@@ -1288,6 +1376,96 @@ impl Writer {
         )
         .await?;
         Ok(())
+    }
+
+    /// Takes the pair lock for the rest of the target transaction: while it
+    /// is held, the other direction cannot decide what rows pair with.
+    ///
+    /// Each direction records the pairs it makes in its own target, and
+    /// decides from what both databases' `id_map`s say. Two rows created
+    /// with one natural key on both sides at once are decided by both
+    /// directions at once, each in its own database: without a common lock
+    /// one can link the legacy row to the platform row while the other gives
+    /// it a new counterpart (the platform row was deleted meanwhile), and a
+    /// later delete then removes a row whose other counterpart lives on. So
+    /// linking decisions take one lock, in one place, the legacy database:
+    /// the direction writing there as a transaction lock, the other as a
+    /// session lock on its source connection that
+    /// [`Self::release_pair_locks`] frees after its target commit or
+    /// rollback. A direction reads the other's `id_map` only with the lock
+    /// held, so it sees every pair the other made. Only entities with a
+    /// natural key take it (nothing else is ever linked), once per target
+    /// transaction. One lock for all entities, not one each: two directions
+    /// taking per-entity locks in their own source orders deadlocked all the
+    /// time; with one lock, and no other lock waited for while holding it
+    /// that the other direction could hold, there is no cycle.
+    async fn lock_pairs(&mut self, target: &Client, source: &Client) -> Result<()> {
+        if self.pair_lock != PairLock::None {
+            return Ok(());
+        }
+        let (client, sql, held) = match self.to {
+            Side::Legacy => (
+                target,
+                "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended('syncbridge pairs', 0))::text",
+                PairLock::Transaction,
+            ),
+            Side::Platform => (
+                source,
+                "SELECT pg_catalog.pg_advisory_lock(hashtextextended('syncbridge pairs', 0))::text",
+                PairLock::Session,
+            ),
+        };
+        client
+            .execute(sql, &[])
+            .await
+            .map_err(|e| ApplyError::postgres("legacy", "lock pair decisions", e))?;
+        self.pair_lock = held;
+        Ok(())
+    }
+
+    /// Frees the session pair lock this writer holds on its source (see
+    /// [`Self::lock_pairs`]); call after the target transaction ended.
+    pub async fn release_pair_locks(&mut self, source: &Client) -> Result<()> {
+        let held = std::mem::replace(&mut self.pair_lock, PairLock::None);
+        if held != PairLock::Session {
+            return Ok(());
+        }
+        source
+            .execute(
+                "SELECT pg_catalog.pg_advisory_unlock(hashtextextended('syncbridge pairs', 0))",
+                &[],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres("legacy", "release the pair lock", e))?;
+        Ok(())
+    }
+
+    /// Of the target keys `keys` (text), those the source's `id_map` pairs
+    /// with a source row, and that source row's key (text).
+    async fn paired_in_source<'k>(
+        &self,
+        source: &Client,
+        entity: &Entity,
+        keys: impl Iterator<Item = &'k String>,
+    ) -> Result<HashMap<String, String>> {
+        let keys: Vec<&String> = keys.collect();
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (by, give, by_type) = match self.to {
+            Side::Legacy => ("legacy_id", "platform_id", "int8"),
+            Side::Platform => ("platform_id", "legacy_id", "uuid"),
+        };
+        let sql = format!(
+            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by} = ANY($2::text[]::{by_type}[])"
+        );
+        let rows = source
+            .query(&sql, &[&entity.name(), &keys])
+            .await
+            .map_err(|e| {
+                ApplyError::postgres(self.from.as_str(), "read the id correspondence", e)
+            })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// The changes among `rows` that were made on top of a version this

@@ -466,6 +466,16 @@ impl Drop for TempDir {
     }
 }
 
+/// The high watermark (the offset after the last message) of a
+/// one-partition topic.
+pub fn high_watermark(topic: &str) -> Result<i64> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()?;
+    let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    Ok(high)
+}
+
 /// Reads and decodes the events of one topic from the beginning.
 pub struct EventReader {
     consumer: StreamConsumer,
@@ -735,9 +745,116 @@ impl Bridge {
                     .await
                     .map(|r| r.to_string())
                     .unwrap_or_default();
-                bail!("{error:#}\nlast comparison:\n{last}")
+                let history = self
+                    .history_of_differences()
+                    .await
+                    .unwrap_or_else(|e| format!("(history unavailable: {e:#})"));
+                bail!("{error:#}\nlast comparison:\n{last}\n{history}")
             }
         }
+    }
+
+    /// For each row the comparison finds out of step (a few per entity):
+    /// what both databases' bookkeeping says about it (id correspondence,
+    /// row versions and tombstones, deletes to re-assert) and every event of
+    /// it on both topics, in order. Printed when convergence times out, so a
+    /// rare divergence can be explained from one failed run.
+    pub async fn history_of_differences(&self) -> Result<String> {
+        use std::fmt::Write as _;
+        let report = self.compare().await?;
+        let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
+        let mut keys: Vec<String> = Vec::new();
+        // The tables of the entities out of step, on either side.
+        let mut tables: Vec<(String, String)> = Vec::new();
+        for entity in report.entities.iter().filter(|e| !e.corresponds()) {
+            keys.extend(entity.missing_on_platform.iter().take(3).cloned());
+            keys.extend(entity.missing_on_legacy.iter().take(3).cloned());
+            keys.extend(entity.different.iter().take(3).map(|(k, _)| k.clone()));
+            if let Some(mapped) = mapping.entity(&entity.entity) {
+                for side in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+                    let table = mapped.table(side);
+                    tables.push((table.schema.clone(), table.table.clone()));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(String::new());
+        }
+        let mut out = String::from("history of the rows out of step:\n");
+        // Counterparts, from either side's correspondence.
+        for db in [self.legacy(), self.platform()] {
+            let rows = db
+                .client()
+                .query(
+                    "SELECT entity, legacy_id::text, platform_id::text FROM syncbridge.id_map \
+                     WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)",
+                    &[&keys],
+                )
+                .await?;
+            for row in rows {
+                let (legacy, platform): (String, String) = (row.get(1), row.get(2));
+                for key in [legacy, platform] {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        for (side, db) in [("legacy", self.legacy()), ("platform", self.platform())] {
+            for (what, sql) in [
+                ("id_map", "SELECT row_to_json(m)::text FROM syncbridge.id_map m WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)"),
+                ("row_version", "SELECT row_to_json(v)::text FROM syncbridge.row_version v WHERE row_key = ANY($1)"),
+                ("delete_outbox", "SELECT row_to_json(o)::text FROM syncbridge.delete_outbox o WHERE source_key = ANY($1)"),
+            ] {
+                for row in db.client().query(sql, &[&keys]).await? {
+                    let _ = writeln!(out, "  {side} {what}: {}", row.get::<_, String>(0));
+                }
+            }
+        }
+        for topic in [&self.legacy.topic, &self.platform.topic] {
+            let mut reader = EventReader::new(topic)?;
+            let end = high_watermark(topic)?;
+            reader
+                .read_until("the whole topic", Duration::from_secs(30), |events| {
+                    events.len() as i64 >= end
+                })
+                .await?;
+            for event in &reader.events {
+                let ours = tables
+                    .iter()
+                    .any(|(schema, table)| *schema == event.schema && *table == event.table);
+                let mentions = ours
+                    && event
+                        .key
+                        .iter()
+                        .chain(event.after.iter().flatten())
+                        .filter_map(|c| capture::pgtype::to_text(&c.value))
+                        .any(|text| keys.contains(&text));
+                if mentions {
+                    let updated_at = event
+                        .after
+                        .iter()
+                        .flatten()
+                        .find(|c| c.name == "updated_at")
+                        .and_then(|c| capture::pgtype::to_text(&c.value));
+                    let _ = writeln!(
+                        out,
+                        "  {topic}: {:?} {}.{} key {:?} updated_at {:?} xid {} commit_lsn {:X} commit_time {} mode {:?} echo {}",
+                        event.op,
+                        event.schema,
+                        event.table,
+                        event.key.iter().filter_map(|c| capture::pgtype::to_text(&c.value)).collect::<Vec<_>>(),
+                        updated_at,
+                        event.transaction.xid,
+                        event.transaction.commit_lsn,
+                        event.transaction.commit_time_micros,
+                        event.mode,
+                        event.marker.is_some(),
+                    );
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn activity(&self) -> (u64, u64) {

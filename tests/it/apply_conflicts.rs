@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{count, random_writes, Bridge, Side};
+use sync_bridge_tests::{connect, count, eventually, random_writes, Bridge, Side};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -299,6 +299,76 @@ async fn the_same_email_created_on_both_sides_at_once_becomes_one_linked_row() -
         name, "From Platform",
         "the newer of the two wins each field"
     );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_created_on_both_sides_and_deleted_on_one_before_crossing_end_the_same_on_both(
+) -> anyhow::Result<()> {
+    // While apply is held, 200 emails are created on both sides, and the
+    // platform deletes its copies. The platform rows crossing to legacy
+    // find the legacy users by email and link to them; the legacy users
+    // crossing to the platform find no email there any more. The two
+    // decisions are forced to overlap: legacy's users table is locked, so
+    // the platform->legacy direction decides and then waits to write.
+    // Before the two directions shared a lock on these decisions, the other
+    // one gave each legacy user a new platform counterpart meanwhile, and
+    // the platform's deletes then removed the legacy users while those
+    // counterparts lived on.
+    let mut bridge = Bridge::start("held_keys").await?;
+    bridge.stop_apply().await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+               SELECT 'both' || g || '@example.com', 'Legacy ' || g, 'member',
+                      date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC')
+               FROM generate_series(1, 200) g",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at)
+               SELECT gen_random_uuid(), 'both' || g || '@example.com', 'Platform', g::text, 'member', false, now(), now()
+               FROM generate_series(1, 200) g",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute("DELETE FROM identity.identities")
+        .await?;
+    let blocker = connect(&bridge.legacy().url).await?;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE users IN EXCLUSIVE MODE")
+        .await?;
+    bridge.start_apply()?;
+    let legacy = bridge.legacy().client();
+    let platform = bridge.platform().client();
+    eventually(
+        "platform->legacy to wait on the users table, legacy->platform to have decided",
+        WAIT,
+        || async {
+            let waiting_to_write = count(
+                legacy,
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'users'::regclass",
+            )
+            .await?;
+            let waiting_to_decide = count(
+                legacy,
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory'",
+            )
+            .await?;
+            let written = count(platform, "SELECT count(*) FROM identity.identities").await?;
+            Ok((waiting_to_write > 0 && (waiting_to_decide > 0 || written > 0)).then_some(()))
+        },
+    )
+    .await?;
+    blocker.batch_execute("COMMIT").await?;
+    bridge.converged(WAIT).await?;
+    let legacy_users = count(legacy, "SELECT count(*) FROM users").await?;
+    let platform_users = count(platform, "SELECT count(*) FROM identity.identities").await?;
+    assert_eq!(legacy_users, platform_users, "the same users on both sides");
     bridge.stop().await
 }
 
