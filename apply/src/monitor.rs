@@ -14,7 +14,7 @@ use std::time::Duration;
 use capture::telemetry::health::Progress;
 use capture::telemetry::metrics::{self as names, label};
 use capture::telemetry::status::{
-    self, end_to_end_lag, DirectionReport, LagProbe, PartitionLag, SlotReport, StatusReport,
+    self, end_to_end_lag, DirectionReport, PartitionLag, SlotReport, StatusReport,
 };
 use capture::telemetry::Health;
 use tokio_postgres::Client;
@@ -102,7 +102,6 @@ pub async fn watch(
     health.component(database(Side::Legacy));
     health.component(database(Side::Platform));
     let kafka = config.kafka.as_capture();
-    let mut probe: Option<LagProbe> = None;
     let mut clients: HashMap<Side, Client> = HashMap::new();
     let mut counters_tick = tokio::time::interval(Duration::from_secs(1));
     let mut sample_tick = tokio::time::interval(
@@ -126,18 +125,20 @@ pub async fn watch(
                     check_database(&config, side, &mut clients, &health).await;
                 }
                 let mut broker_error = None;
-                if probe.is_none() {
-                    match LagProbe::new(&kafka, &config.kafka.group_id) {
-                        Ok(created) => probe = Some(created),
+                // A client per sample, on purpose: a kept client went on
+                // answering (from what it had cached) while the broker was
+                // down, and readiness never turned.
+                for w in &mut watched {
+                    let lags = status::partition_lags(
+                        &kafka,
+                        &config.kafka.group_id,
+                        &w.topic,
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                    match lags {
+                        Ok(lags) => observe(w, &lags, &health),
                         Err(error) => broker_error = Some(error),
-                    }
-                }
-                if let Some(probe) = &probe {
-                    for w in &mut watched {
-                        match probe.lags(&w.topic, Duration::from_secs(5)).await {
-                            Ok(lags) => observe(w, &lags, &health),
-                            Err(error) => broker_error = Some(error),
-                        }
                     }
                 }
                 match broker_error {

@@ -105,88 +105,64 @@ pub fn end_to_end_lag(
 }
 
 /// The lag of `group` on every partition of `topic`, asked of the brokers
-/// once (a one-shot [`LagProbe`]).
+/// (blocking calls, run off the async threads).
 pub async fn partition_lags(
     kafka: &KafkaConfig,
     group: &str,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<PartitionLag>, String> {
-    LagProbe::new(kafka, group)?.lags(topic, timeout).await
-}
-
-/// Asks the brokers for a consumer group's lag, on one client kept for every
-/// question (a watcher samples every few seconds: a client per sample would
-/// open new connections and threads each time). Its calls block, so they run
-/// off the async threads.
-#[derive(Clone)]
-pub struct LagProbe {
-    consumer: std::sync::Arc<BaseConsumer>,
-}
-
-impl LagProbe {
-    /// A client for `group`'s committed offsets; it never joins the group.
-    pub fn new(kafka: &KafkaConfig, group: &str) -> Result<LagProbe, String> {
-        let mut client = crate::kafka::client_config(kafka);
-        client
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("log_level", "3");
+    let mut client = crate::kafka::client_config(kafka);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-        Ok(LagProbe {
-            consumer: std::sync::Arc::new(consumer),
-        })
-    }
-
-    /// The group's lag on every partition of `topic`.
-    pub async fn lags(&self, topic: &str, timeout: Duration) -> Result<Vec<PartitionLag>, String> {
-        let consumer = std::sync::Arc::clone(&self.consumer);
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| format!("kafka metadata: {e}"))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic)
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(format!("topic {topic} does not exist"));
-            }
-            let mut list = TopicPartitionList::new();
-            for partition in &partitions {
-                list.add_partition(&topic, *partition);
-            }
-            let committed = consumer
-                .committed_offsets(list, timeout)
-                .map_err(|e| format!("kafka committed offsets: {e}"))?;
-            let mut lags = Vec::new();
-            for partition in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(|e| format!("kafka watermarks: {e}"))?;
-                let committed =
-                    committed
-                        .find_partition(&topic, partition)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(offset) => Some(offset),
-                            _ => None,
-                        });
-                lags.push(PartitionLag {
-                    topic: topic.clone(),
-                    partition,
-                    high_watermark: high,
-                    committed,
-                    lag: consumer_lag(low, high, committed),
-                });
-            }
-            Ok(lags)
-        })
-        .await
-        .map_err(|e| format!("kafka lag task: {e}"))?
-    }
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| format!("kafka metadata: {e}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(format!("topic {topic} does not exist"));
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in &partitions {
+            list.add_partition(&topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, timeout)
+            .map_err(|e| format!("kafka committed offsets: {e}"))?;
+        let mut lags = Vec::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|e| format!("kafka watermarks: {e}"))?;
+            let committed =
+                committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    });
+            lags.push(PartitionLag {
+                topic: topic.clone(),
+                partition,
+                high_watermark: high,
+                committed,
+                lag: consumer_lag(low, high, committed),
+            });
+        }
+        Ok(lags)
+    })
+    .await
+    .map_err(|e| format!("kafka lag task: {e}"))?
 }
 
 /// Asks the running service at `address` (if any) for its `/status`.
