@@ -684,8 +684,9 @@ impl Writer {
     /// than the delete). Its children on the source were never deleted there,
     /// but here they were cascade-deleted with it or skipped as orphans while
     /// it was missing, and no event will bring them again. So they are read
-    /// from the source, as they are now, and written like any change (last
-    /// writer wins, tombstones respected); their own children follow the same
+    /// from the source, as they are now, and written as a snapshot's reads
+    /// are (missing rows inserted, existing ones replaced only by a strictly
+    /// newer row, tombstones respected); their own children follow the same
     /// way when they come back too. Later events of those rows repeat what
     /// was read or are newer, and apply as usual.
     fn resync_children<'a>(
@@ -734,8 +735,14 @@ impl Writer {
                     rows = rows.len(),
                     "children of rows that came back read from the source"
                 );
+                // Written as reads, not changes: what was read is the
+                // source's current row, which the other direction may be
+                // changing on this side at this very moment (a cascade of the
+                // delete that took the parent). A read loses every tie and
+                // never writes over a tombstone; only a strictly newer row
+                // replaces what is here.
                 for chunk in rows.chunks(self.max_rows.max(1)) {
-                    self.write_rows(target, source, index, &child, chunk, &RunKind::Upsert, true)
+                    self.write_rows(target, source, index, &child, chunk, &RunKind::Read, true)
                         .await?;
                 }
             }

@@ -1003,9 +1003,13 @@ pub async fn count(client: &Client, sql: &str) -> Result<i64> {
 ///
 /// Known limitations, so not generated here: *parent* deletes racing updates
 /// of the same parent and of its children on the other side, and a child row
-/// deleted on one side while the other side updates it (seen once in about
-/// ten runs to leave the row on one side only; not yet understood; the
-/// dedicated delete-versus-update tests in `apply_conflicts` pass). The dedicated
+/// deleted on one side while the other side updates it: when the update is
+/// newer the row comes back on the deleting side, and where that side has
+/// meanwhile given the row's natural key (team, user) to a new row, the two
+/// collide (unique violation, dead-lettered) and the sides keep different
+/// rows for that key (seen in runs where children were changed from both
+/// sides; the dedicated delete-versus-update tests in `apply_conflicts`
+/// pass). The dedicated
 /// tests in `apply_conflicts` cover a parent that comes back with a child
 /// created meanwhile, and a child whose nullable parent was deleted; what is
 /// left is described in the README's known limitations (cascades that apply's
