@@ -100,6 +100,15 @@ impl IdMap {
         }
     }
 
+    fn forget(&mut self, entity: usize, legacy: i64, platform: Uuid) {
+        self.committed.remove(&(entity, legacy));
+        self.committed_reverse.remove(&(entity, platform));
+        let other =
+            |(e, l, p): &(usize, i64, Uuid)| !(*e == entity && *l == legacy && *p == platform);
+        self.batch.retain(other);
+        self.transaction.retain(other);
+    }
+
     fn remember_committed(&mut self, entity: usize, legacy: i64, platform: Uuid) {
         if self.committed.len() > 1_000_000 {
             // Bounded memory: the database is the source of truth.
@@ -1306,9 +1315,14 @@ impl Writer {
                         format!("t.{} = x.{n}::{type_name}", quote(c))
                     })
                     .collect();
+                let other_column = match self.to {
+                    Side::Legacy => "platform_id",
+                    Side::Platform => "legacy_id",
+                };
                 let sql = format!(
-                    "SELECT t.{key}::text, {select} FROM {table} t JOIN unnest({params}) AS x({names}) ON {join} \
-                     WHERE NOT EXISTS (SELECT 1 FROM syncbridge.id_map m WHERE m.entity = $1 AND m.{map_column} = t.{key})",
+                    "SELECT t.{key}::text, m.{other_column}::text, {select} FROM {table} t \
+                     JOIN unnest({params}) AS x({names}) ON {join} \
+                     LEFT JOIN syncbridge.id_map m ON m.entity = $1 AND m.{map_column} = t.{key}",
                     select = select.join(", "),
                     table = quote_table(&table.schema, &table.table),
                     params = params.join(", "),
@@ -1324,37 +1338,67 @@ impl Writer {
                     .query(&sql, &query_params)
                     .await
                     .map_err(|e| ApplyError::postgres(self.to.as_str(), "match natural keys", e))?;
-                let existing: HashMap<Vec<String>, String> = rows
+                // Natural key -> (target key, the source row it is paired
+                // with in the target's id_map, if any).
+                let existing: HashMap<Vec<String>, (String, Option<String>)> = rows
                     .iter()
                     .map(|r| {
                         (
-                            (1..=natural.len()).map(|c| r.get::<_, String>(c)).collect(),
-                            r.get(0),
+                            (2..natural.len() + 2)
+                                .map(|c| r.get::<_, String>(c))
+                                .collect(),
+                            (r.get(0), r.get(1)),
                         )
                     })
                     .collect();
                 let paired = self
-                    .paired_in_source(source, entity, existing.values())
+                    .paired_in_source(source, entity, existing.values().map(|(k, _)| k))
                     .await?;
-                let mut taken = HashSet::new();
+                // Rows whose match already corresponds to another source row:
+                // (row, match, that source row, whether the pair is ours).
+                let mut contested: Vec<(usize, String, String, bool)> = Vec::new();
+                let mut matches: Vec<(usize, String)> = Vec::new();
                 for i in &fresh {
-                    let Some(found) = tuple_of(*i).and_then(|t| existing.get(&t).cloned()) else {
+                    let Some((found, in_target)) =
+                        tuple_of(*i).and_then(|t| existing.get(&t).cloned())
+                    else {
                         continue;
                     };
                     let incoming = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
-                    if paired.get(&found).is_some_and(|other| *other != incoming) {
-                        held.insert(*i);
-                        continue;
+                    let other = in_target.clone().or_else(|| paired.get(&found).cloned());
+                    match other {
+                        Some(other) if other != incoming => {
+                            contested.push((*i, found, other, in_target.is_some()));
+                        }
+                        _ => matches.push((*i, found)),
                     }
+                }
+                if !contested.is_empty() {
+                    let others: Vec<&String> = contested.iter().map(|(_, _, o, _)| o).collect();
+                    let alive = self.source_rows_alive(source, entity, &others).await?;
+                    for (i, found, other, ours) in contested {
+                        if alive.contains(&other) || !ours {
+                            held.insert(i);
+                            continue;
+                        }
+                        // The other source row is gone there (its delete
+                        // not seen yet: polling finds deletes later): the
+                        // pair is stale, and the match goes to this row.
+                        self.unpair(target, index, entity, &found, &other).await?;
+                        matches.push((i, found));
+                    }
+                }
+                let mut taken = HashSet::new();
+                for (i, found) in matches {
                     if !taken.insert(found.clone()) {
                         continue;
                     }
                     let id = parse_key(self.to, &found)?;
-                    if let Some(pair) = pair_of(self.from, keys[*i], &id) {
+                    if let Some(pair) = pair_of(self.from, keys[i], &id) {
                         new_pairs.push(pair);
                     }
-                    self.learn(index, keys[*i], &id);
-                    target_keys[*i] = Some(id);
+                    self.learn(index, keys[i], &id);
+                    target_keys[i] = Some(id);
                     self.stats.linked(1);
                 }
             }
@@ -1444,6 +1488,62 @@ impl Writer {
             )
             .await
             .map_err(|e| ApplyError::postgres("legacy", "release the pair lock", e))?;
+        Ok(())
+    }
+
+    /// Of the source keys `keys` (text), those whose row still exists in the
+    /// source table.
+    async fn source_rows_alive(
+        &self,
+        source: &Client,
+        entity: &Entity,
+        keys: &[&String],
+    ) -> Result<HashSet<String>> {
+        let table = entity.table(self.from);
+        let key_type = match self.from {
+            Side::Legacy => "int8",
+            Side::Platform => "uuid",
+        };
+        let sql = format!(
+            "SELECT {key}::text FROM {table} WHERE {key} = ANY($1::text[]::{key_type}[])",
+            key = quote(&table.key),
+            table = quote_table(&table.schema, &table.table),
+        );
+        let rows = source
+            .query(&sql, &[&keys])
+            .await
+            .map_err(|e| ApplyError::postgres(self.from.as_str(), "look for source rows", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Removes the target's stale pair of target row `target_key` with the
+    /// source row `source_key` (gone from the source), in the open
+    /// transaction, and forgets it here.
+    async fn unpair(
+        &mut self,
+        target: &Client,
+        index: usize,
+        entity: &Entity,
+        target_key: &str,
+        source_key: &str,
+    ) -> Result<()> {
+        let source_value = parse_key(self.from, source_key)?;
+        let target_value = parse_key(self.to, target_key)?;
+        let Some((legacy, platform)) = pair_of(self.from, &source_value, &target_value) else {
+            return Ok(());
+        };
+        target
+            .execute(
+                "DELETE FROM syncbridge.id_map WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3",
+                &[&entity.name(), &legacy, &platform],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "remove a stale pair", e))?;
+        self.ids.forget(index, legacy, platform);
+        debug!(
+            entity = entity.name(),
+            "a stale pair gave way to a natural-key link"
+        );
         Ok(())
     }
 
