@@ -1183,7 +1183,7 @@ impl Writer {
                 break;
             }
             let found = self
-                .read_map(client, index, entity, still.iter().map(|i| keys[*i]))
+                .read_map(client, entity, still.iter().map(|i| keys[*i]))
                 .await?;
             for i in still {
                 if let Some(id) = found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
@@ -1252,7 +1252,7 @@ impl Writer {
         // settled: it may have paired these rows since they were resolved.
         self.lock_pairs(target, source).await?;
         let paired_meanwhile = self
-            .read_map(source, index, entity, fresh.iter().map(|i| keys[*i]))
+            .read_map(source, entity, fresh.iter().map(|i| keys[*i]))
             .await?;
         for i in &fresh {
             let text = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
@@ -1556,23 +1556,7 @@ impl Writer {
         keys: impl Iterator<Item = &'k String>,
     ) -> Result<HashMap<String, String>> {
         let keys: Vec<&String> = keys.collect();
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let (by, give, by_type) = match self.to {
-            Side::Legacy => ("legacy_id", "platform_id", "int8"),
-            Side::Platform => ("platform_id", "legacy_id", "uuid"),
-        };
-        let sql = format!(
-            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by} = ANY($2::text[]::{by_type}[])"
-        );
-        let rows = source
-            .query(&sql, &[&entity.name(), &keys])
-            .await
-            .map_err(|e| {
-                ApplyError::postgres(self.from.as_str(), "read the id correspondence", e)
-            })?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        read_pairs(source, self.from.as_str(), entity, self.to, &keys).await
     }
 
     /// The changes among `rows` that were made on top of a version this
@@ -1717,34 +1701,20 @@ impl Writer {
         }
     }
 
+    /// The target keys of source keys `keys`, from `client`'s `id_map`.
     async fn read_map(
         &self,
         client: &Client,
-        index: usize,
         entity: &Entity,
         keys: impl Iterator<Item = &Value>,
     ) -> Result<HashMap<String, Value>> {
-        let _ = index;
         let texts: Vec<String> = keys.filter_map(capture::pgtype::to_text).collect();
-        // Typed comparison, so the (entity, id) indexes are used.
-        let (by, give, by_type) = match self.from {
-            Side::Legacy => ("legacy_id", "platform_id", "int8"),
-            Side::Platform => ("platform_id", "legacy_id", "uuid"),
-        };
-        let sql = format!(
-            "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by} = ANY($2::text[]::{by_type}[])"
-        );
-        let rows = client
-            .query(&sql, &[&entity.name(), &texts])
-            .await
-            .map_err(|e| ApplyError::postgres("either", "read the id correspondence", e))?;
-        let mut found = HashMap::new();
-        for row in rows {
-            let from: String = row.get(0);
-            let to: String = row.get(1);
-            found.insert(from, parse_key(self.to, &to)?);
-        }
-        Ok(found)
+        let texts: Vec<&String> = texts.iter().collect();
+        read_pairs(client, "either", entity, self.from, &texts)
+            .await?
+            .into_iter()
+            .map(|(from, to)| Ok((from, parse_key(self.to, &to)?)))
+            .collect()
     }
 
     /// New target ids: a uuid derived from the legacy id (stable, so a replay
@@ -1783,6 +1753,33 @@ impl Writer {
             }
         }
     }
+}
+
+/// The pairs of `entity` in `client`'s `id_map` whose `by` side id is one of
+/// `keys` (text): that id -> the other side's id (text). Compared typed, so
+/// the (entity, id) indexes are used.
+async fn read_pairs(
+    client: &Client,
+    database: &'static str,
+    entity: &Entity,
+    by: Side,
+    keys: &[&String],
+) -> Result<HashMap<String, String>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (by, give, by_type) = match by {
+        Side::Legacy => ("legacy_id", "platform_id", "int8"),
+        Side::Platform => ("platform_id", "legacy_id", "uuid"),
+    };
+    let sql = format!(
+        "SELECT {by}::text, {give}::text FROM syncbridge.id_map WHERE entity = $1 AND {by} = ANY($2::text[]::{by_type}[])"
+    );
+    let rows = client
+        .query(&sql, &[&entity.name(), &keys])
+        .await
+        .map_err(|e| ApplyError::postgres(database, "read the id correspondence", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Keys (text) and delete times (text) of one entity's deletes.
