@@ -1232,39 +1232,29 @@ impl Writer {
             return Ok(());
         }
         let natural = entity.natural_key_columns(self.to).to_vec();
-        if natural.is_empty() {
-            // No natural key, no links: each direction only pairs the rows
-            // it creates, and the two never pair the same id.
-            let allocate = fresh;
-            return self
-                .allocate_and_record(
-                    target,
-                    index,
-                    entity,
-                    keys,
-                    &allocate,
-                    target_keys,
-                    Vec::new(),
-                )
-                .await;
-        }
-        // Decide with the other direction's decisions about this entity
-        // settled: it may have paired these rows since they were resolved.
-        self.lock_pairs(target, source).await?;
-        let paired_meanwhile = self
-            .read_map(source, entity, fresh.iter().map(|i| keys[*i]))
-            .await?;
-        for i in &fresh {
-            let text = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
-            if let Some(id) = paired_meanwhile.get(&text) {
-                self.learn(index, keys[*i], id);
-                target_keys[*i] = Some(id.clone());
+        // Without a natural key there are no links: each direction only
+        // pairs the rows it creates, and the two never pair the same id.
+        let fresh = if natural.is_empty() {
+            fresh
+        } else {
+            // Decide with the other direction's decisions about this entity
+            // settled: it may have paired these rows since they were resolved.
+            self.lock_pairs(target, source).await?;
+            let paired_meanwhile = self
+                .read_map(source, entity, fresh.iter().map(|i| keys[*i]))
+                .await?;
+            for i in &fresh {
+                let text = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
+                if let Some(id) = paired_meanwhile.get(&text) {
+                    self.learn(index, keys[*i], id);
+                    target_keys[*i] = Some(id.clone());
+                }
             }
-        }
-        let fresh: Vec<usize> = fresh
-            .into_iter()
-            .filter(|i| target_keys[*i].is_none())
-            .collect();
+            fresh
+                .into_iter()
+                .filter(|i| target_keys[*i].is_none())
+                .collect()
+        };
         if fresh.is_empty() {
             return Ok(());
         }
