@@ -490,7 +490,7 @@ impl Session<'_> {
         // Closing the span ends it at the commit.
         self.batch_span = tracing::Span::none();
         self.writer.committed();
-        self.writer.release_pair_locks(&self.source).await?;
+        self.writer.release_pair_lock(&self.source).await?;
         self.writer
             .reassert_deletes(
                 &self.target,
@@ -539,7 +539,7 @@ impl Session<'_> {
         }
         self.writer.rolled_back();
         self.open = None;
-        self.writer.release_pair_locks(&self.source).await
+        self.writer.release_pair_lock(&self.source).await
     }
 
     async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {

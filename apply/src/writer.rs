@@ -1432,7 +1432,7 @@ impl Writer {
     /// linking decisions take one lock, in one place, the legacy database:
     /// the direction writing there as a transaction lock, the other as a
     /// session lock on its source connection that
-    /// [`Self::release_pair_locks`] frees after its target commit or
+    /// [`Self::release_pair_lock`] frees after its target commit or
     /// rollback. A direction reads the other's `id_map` only with the lock
     /// held, so it sees every pair the other made. Only entities with a
     /// natural key take it (nothing else is ever linked), once per target
@@ -1466,7 +1466,7 @@ impl Writer {
 
     /// Frees the session pair lock this writer holds on its source (see
     /// [`Self::lock_pairs`]); call after the target transaction ended.
-    pub async fn release_pair_locks(&mut self, source: &Client) -> Result<()> {
+    pub async fn release_pair_lock(&mut self, source: &Client) -> Result<()> {
         let held = std::mem::replace(&mut self.pair_lock, PairLock::None);
         if held != PairLock::Session {
             return Ok(());

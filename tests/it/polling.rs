@@ -200,6 +200,59 @@ async fn deletes_reach_the_other_side_through_reconciliation() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_deleted_and_recreated_with_its_email_between_polls_takes_over_its_counterpart(
+) -> anyhow::Result<()> {
+    // Reconciliation is far off, so the platform's new rows reach legacy
+    // while the rows they replace still look alive there: each legacy user
+    // is paired with a platform row that is gone, and the new row with the
+    // same email links to it (the stale pair gives way) instead of colliding
+    // with it on the email (a unique violation dead-lettered the page).
+    let mut bridge = Bridge::prepare("poll_recreated").await?;
+    let polling = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&polling);
+    bridge.platform.use_polling(&polling);
+    let bridge = bridge.run().await?;
+    let insert = "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at)
+         SELECT gen_random_uuid(), 'again' || g || '@example.com', 'First', 'Family', 'member', false, now(), now()
+         FROM generate_series(1, 20) g";
+    bridge.platform().execute(insert).await?;
+    bridge.converged(WAIT).await?;
+    let linked_before = bridge
+        .counters
+        .of(apply::mapping::Side::Platform)
+        .snapshot()
+        .linked;
+    bridge
+        .platform()
+        .execute(&format!(
+            "DELETE FROM identity.identities; {}",
+            insert.replace("'First'", "'Second'")
+        ))
+        .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM users WHERE full_name LIKE 'Second %'"
+        )
+        .await?,
+        20,
+        "the legacy users carry the new rows"
+    );
+    let snapshot = bridge
+        .counters
+        .of(apply::mapping::Side::Platform)
+        .snapshot();
+    assert_eq!(
+        snapshot.linked - linked_before,
+        20,
+        "each new row took over a stale pair"
+    );
+    assert_eq!(snapshot.dead_lettered, 0);
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_writes_polled_back_are_flagged_and_not_applied_again() -> anyhow::Result<()> {
     let bridge = polling_bridge("poll_echo").await?;
     for (db, table) in [
