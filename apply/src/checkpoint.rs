@@ -8,22 +8,26 @@
 //!   at any point neither loses nor repeats a change.
 //! - `id_map`: the id correspondence (legacy bigint <-> platform uuid) of the
 //!   rows this database received.
-//! - `row_version`: per row apply wrote, who wrote it (`origin`), the
-//!   `updated_at` it carried, the row version (`xmin`) it left, the WAL
-//!   position right after the write (`written_lsn`) and the source
-//!   transaction it came from (`source_xid`), plus tombstones of deleted rows.
-//!   Conflict resolution reads it inside the writing statement, and the other
-//!   direction reads it to tell a change made on top of a crossed version
-//!   from a concurrent one.
+//! - `apply_ledger`: one entry per source transaction apply wrote here,
+//!   keyed by the xid its rows carry as `xmin` (`written_xmin`: apply writes
+//!   each source transaction inside a savepoint, so that is the
+//!   subtransaction's id, which only this record knows), with the source it
+//!   came from (`origin`), that source transaction's id (`source_xid`) and
+//!   the WAL position after its last write (`written_lsn`). A row whose
+//!   `xmin` is in the ledger is a version apply wrote: conflict resolution
+//!   reads that inside the writing statement (a source's later change wins a
+//!   tie against its own earlier write), the other direction reads
+//!   `source_xid` and `written_lsn` to tell a change made on top of a crossed
+//!   version from a concurrent one, and capture's polling fallback, which
+//!   sees no logical-message marker, flags such rows as apply's echo. One
+//!   entry per transaction, not per row: a per-row record cost as much as
+//!   the row itself. Pruned with the tombstones' retention.
+//! - `row_version`: tombstones of deleted rows (`deleted`, with the delete's
+//!   time), which keep an older change from bringing a row back; cleared when
+//!   a newer change inserts the row again.
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
-//!
-//! `row_version.written_xmin` doubles as the echo ledger of capture's polling
-//! fallback, which sees no logical-message marker: a polled row whose `xmin`
-//! is one apply recorded there was written by apply (apply writes inside
-//! savepoints, so a row's `xmin` is a subtransaction's id, which only this
-//! record knows). Indexed for that lookup.
 
 use schemas::event::CaptureMode;
 use tokio_postgres::Client;
@@ -78,8 +82,15 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                ADD COLUMN IF NOT EXISTS source_xid text;
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
-             CREATE INDEX IF NOT EXISTS row_version_written_xmin
-               ON syncbridge.row_version (written_xmin);
+             CREATE TABLE IF NOT EXISTS syncbridge.apply_ledger (
+               written_xmin text PRIMARY KEY,
+               origin       text NOT NULL,
+               source_xid   text,
+               written_lsn  pg_lsn NOT NULL,
+               written_at   timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE INDEX IF NOT EXISTS apply_ledger_source_xid
+               ON syncbridge.apply_ledger (source_xid);
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
                entity     text NOT NULL,
                source_key text NOT NULL,

@@ -7,17 +7,18 @@
 //!   ... WHERE <incoming is newer>`. Timestamps are compared at the coarser
 //!   precision of the two sides (whole seconds). On a tie the change wins when
 //!   its source is the configured `tie_winner`, or when the target row is still
-//!   exactly as apply last wrote it from the same source (its `xmin` equals the
-//!   one recorded in `syncbridge.row_version`): a source's later change never
-//!   loses a tie to its own earlier one. A change made *on top of* a version
-//!   that crossed from the target also wins the tie, while the target row is
-//!   still that version: the source's `row_version` says when that version
-//!   arrived (`written_lsn`) and which target transaction it was
-//!   (`source_xid`), and a change that committed after it is causally newer
-//!   (see `Writer::bases`). Truly concurrent changes in one second still go
-//!   to the `tie_winner`, on both sides.
-//! - An insert never resurrects a row whose tombstone is at least as new as
-//!   the incoming `updated_at`.
+//!   exactly as apply last wrote it from the same source (its `xmin` is in
+//!   `syncbridge.apply_ledger` for that source): a source's later change
+//!   never loses a tie to its own earlier one. A change made *on top of* a
+//!   version that crossed from the target also wins the tie, while the target
+//!   row is still that version: the source's ledger says when that target
+//!   transaction (`source_xid`) arrived (`written_lsn`), and a change that
+//!   committed after it is causally newer (see `Writer::bases`). Truly
+//!   concurrent changes in one second still go to the `tie_winner`, on both
+//!   sides.
+//! - An insert never resurrects a row whose tombstone (`syncbridge.row_version`)
+//!   is at least as new as the incoming `updated_at`; a row inserted again
+//!   clears its tombstone.
 //! - A row whose referenced parent does not exist in the target (deleted there
 //!   meanwhile) is not written: the delete wins; it is counted as a conflict.
 //!   Where the target's foreign key is `ON DELETE SET NULL`, the row is
@@ -188,16 +189,13 @@ impl Shape {
         format!(
             "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
              OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) \
-                 AND (${tie}::bool OR EXISTS (SELECT 1 FROM syncbridge.row_version rv \
-                      WHERE rv.entity = {entity} AND rv.row_key = {existing}.{key}::text \
-                        AND rv.origin = ${origin}::text AND rv.written_xmin = {existing}.xmin::text) \
+                 AND (${tie}::bool OR {own_write} \
                    OR EXISTS (SELECT 1 FROM unnest(${based_keys}::text[], ${based_xmins}::text[]) AS b(k, x) \
                       WHERE b.k = {existing}.{key}::text AND b.x = {existing}.xmin::text)))",
             tie = p.tie,
-            origin = p.origin,
             based_keys = p.based_keys,
             based_xmins = p.based_xmins,
-            entity = literal(&self.entity),
+            own_write = own_write(existing, &format!("${}::text", p.origin)),
             key = quote(&self.key.name),
         )
     }
@@ -235,21 +233,23 @@ impl Shape {
         condition
     }
 
-    /// Records each written row's version. `written_lsn` is read after the
-    /// row was written (its lock held): a source transaction that changed the
-    /// row afterwards commits at a later LSN, one that committed before does
-    /// not (see `Writer::bases`).
-    fn record_versions(&self, written: &str) -> String {
+    /// Records the write in the ledger (`syncbridge.apply_ledger`): the rows
+    /// written, all of one source transaction's savepoint, carry its xid as
+    /// `xmin`; one entry for it, with the WAL position after the statement's
+    /// writes (evaluated after the aggregate has consumed every written row,
+    /// their locks held: a source transaction that changed one of them
+    /// afterwards commits at a later LSN, one that committed before does not;
+    /// see `Writer::bases`). A later statement of the same savepoint moves
+    /// the position on.
+    fn record_writes(&self, written: &str) -> String {
         format!(
-            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin, written_lsn, source_xid) \
-             SELECT {entity}, w.k, ${origin}::text, w.u, false, w.x, pg_catalog.pg_current_wal_insert_lsn(), i.sx \
-             FROM {written} w JOIN i ON i.{key}::text = w.k \
-             ON CONFLICT (entity, row_key) DO UPDATE SET origin = EXCLUDED.origin, updated_at = EXCLUDED.updated_at, \
-               deleted = false, written_xmin = EXCLUDED.written_xmin, written_lsn = EXCLUDED.written_lsn, \
+            "INSERT INTO syncbridge.apply_ledger (written_xmin, origin, source_xid, written_lsn) \
+             SELECT {written}.x, ${origin}::text, (SELECT max(i.sx) FROM i), pg_catalog.pg_current_wal_insert_lsn() \
+             FROM {written} GROUP BY {written}.x \
+             ON CONFLICT (written_xmin) DO UPDATE SET \
+               written_lsn = GREATEST(syncbridge.apply_ledger.written_lsn, EXCLUDED.written_lsn), \
                source_xid = EXCLUDED.source_xid",
-            entity = literal(&self.entity),
             origin = self.params().origin,
-            key = quote(&self.key.name),
         )
     }
 
@@ -307,7 +307,9 @@ impl Shape {
                    WHERE {tie_condition} \
                    RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x, \
                      t.xmax = 0 AS inserted), \
-             v AS ({versions}) \
+             v AS ({versions}), \
+             c AS (DELETE FROM syncbridge.row_version rv USING w \
+                   WHERE w.inserted AND rv.entity = {entity} AND rv.row_key = w.k) \
              SELECT (SELECT count(*) FROM w), ARRAY(SELECT w.k FROM w WHERE w.inserted), \
                (SELECT count(*) FROM i WHERE NOT (true{parents}))",
             input = self.input(),
@@ -327,7 +329,7 @@ impl Shape {
                 ),
                 Incoming::Read => String::new(),
             },
-            versions = self.record_versions("w"),
+            versions = self.record_writes("w"),
         )
     }
 
@@ -387,7 +389,7 @@ impl Shape {
                 Incoming::Change => self.tie_condition("i", "t"),
                 Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
             },
-            versions = self.record_versions("w"),
+            versions = self.record_writes("w"),
         )
     }
 }
@@ -420,10 +422,8 @@ pub fn delete_sql(
     let decides = match rule {
         DeleteRule::Live => format!(
             "(date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
-                    OR EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                               AND rv.row_key = t.{key}::text AND rv.origin = $3::text \
-                               AND rv.written_xmin = t.xmin::text))",
-            entity = literal(entity),
+                    OR {own_write})",
+            own_write = own_write("t", "$3::text"),
         ),
         DeleteRule::Replay => format!(
             "date_trunc('second', t.{ua}::timestamptz) < date_trunc('second', i.at) AND $3::text IS NOT NULL"
@@ -442,6 +442,15 @@ pub fn delete_sql(
                  deleted = true, written_xmin = '') \
          SELECT count(*) FROM d",
         entity = literal(entity),
+    )
+}
+
+/// Whether the version of target row `row` is one apply wrote from source
+/// `origin` (an SQL expression): its `xmin` is in the ledger for that source.
+fn own_write(row: &str, origin: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l \
+                 WHERE l.written_xmin = {row}.xmin::text AND l.origin = {origin})"
     )
 }
 

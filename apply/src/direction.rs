@@ -927,14 +927,24 @@ fn rejection(event: &ChangeEvent, error: &ApplyError) -> String {
 }
 
 /// Forgets tombstones older than the retention: an update older than that is
-/// no longer expected to arrive. Runs at each session start and then every
-/// `apply.tombstone_prune_interval`.
+/// no longer expected to arrive. Ledger entries of the same age go too: a
+/// change that late no longer gets the same-source tie rule, and capture's
+/// polling no longer flags the rows as echoes (see `checkpoint`). Runs at
+/// each session start and then every `apply.tombstone_prune_interval`.
+/// Returns the number of tombstones pruned.
 pub async fn prune_tombstones(
     client: &Client,
     side: &'static str,
     retention: Duration,
 ) -> Result<u64> {
     let seconds = retention.as_secs_f64();
+    client
+        .execute(
+            "DELETE FROM syncbridge.apply_ledger WHERE written_at < now() - make_interval(secs => $1)",
+            &[&seconds],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side, "prune the apply ledger", e))?;
     client
         .execute(
             "DELETE FROM syncbridge.row_version WHERE deleted AND updated_at < now() - make_interval(secs => $1)",

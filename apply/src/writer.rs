@@ -405,6 +405,7 @@ impl Writer {
         let mut tables = vec![
             "syncbridge.id_map".to_owned(),
             "syncbridge.row_version".to_owned(),
+            "syncbridge.apply_ledger".to_owned(),
         ];
         let mut entities: Vec<usize> = self.analyze.entities.drain().collect();
         entities.sort_unstable();
@@ -674,7 +675,8 @@ impl Writer {
             (Vec::new(), Vec::new())
         } else {
             let written: Vec<&PendingRow> = written_rows.iter().map(|i| &rows[*i]).collect();
-            self.bases(source, entity, &written, &key_texts).await?
+            self.bases(target, source, entity, &written, &key_texts)
+                .await?
         };
         lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
@@ -1586,48 +1588,79 @@ impl Writer {
     /// aligned with `rows`) and the `xmin` that target version carried.
     ///
     /// A tie at whole seconds between a target row and an incoming change is
-    /// normally won by the `tie_winner`. But when the source row's last
-    /// crossing from the target (recorded in the source's `row_version` with
-    /// `written_lsn`) happened before the change committed, the change was
-    /// made after that version arrived: it is causally newer and must win
-    /// while the target row is still the version that crossed (same `xmin`
-    /// as the source transaction recorded). A concurrent change (committed
-    /// before the version arrived) still loses the tie, on both sides.
+    /// normally won by the `tie_winner`. But when the target row's version
+    /// crossed to the source (the source's `apply_ledger` has its transaction
+    /// as `source_xid`) before the change committed there (`written_lsn`
+    /// below the change's commit LSN), the change was made after that version
+    /// arrived: it is causally newer and must win while the target row is
+    /// still that version (same `xmin`; the writing statement checks). A
+    /// concurrent change (committed before the version arrived) still loses
+    /// the tie, on both sides. Returns the target keys and `xmin`s that such
+    /// changes may overwrite.
     async fn bases(
         &self,
+        target: &Client,
         source: &Client,
         entity: &Entity,
         rows: &[&PendingRow],
         keys: &[Option<String>],
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let source_keys: Vec<String> = rows
-            .iter()
-            .map(|r| capture::pgtype::to_text(&r.source_key).unwrap_or_default())
-            .collect();
-        let lsns: Vec<String> = rows
-            .iter()
-            .map(|r| format!("{:X}/{:X}", r.commit_lsn >> 32, r.commit_lsn & 0xffff_ffff))
-            .collect();
-        let target_origin = &self.mapping.side(self.to).source;
-        let found = source
+        // The target rows' versions now (rows not there yet have none).
+        let table = entity.table(self.to);
+        let key_type = self.column_type(entity, self.to, &table.key)?;
+        let versions = target
             .query(
                 &format!(
-                    "SELECT x.ord, rv.source_xid FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(k, lsn, ord) \
-                     CROSS JOIN LATERAL (SELECT source_xid FROM syncbridge.row_version \
-                       WHERE entity = $1 AND row_key = x.k AND origin = $4 AND NOT deleted \
-                         AND source_xid IS NOT NULL AND written_lsn < x.lsn::pg_lsn {PROBE}) AS rv"
+                    "SELECT x.ord, t.xmin::text FROM unnest($1::text[]::{key_type}[]) WITH ORDINALITY AS x(k, ord) \
+                     CROSS JOIN LATERAL (SELECT xmin FROM {table} WHERE {key} = x.k {PROBE}) AS t",
+                    table = quote_table(&table.schema, &table.table),
+                    key = quote(&table.key),
                 ),
-                &[&entity.name(), &source_keys, &lsns, target_origin],
+                &[&keys],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "read row versions", e))?;
+        if versions.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut candidates: Vec<(String, String)> = Vec::with_capacity(versions.len());
+        let mut xmins = Vec::with_capacity(versions.len());
+        let mut lsns = Vec::with_capacity(versions.len());
+        for version in versions {
+            let ordinal = version.get::<_, i64>(0) as usize;
+            let (Some(Some(key)), Some(row)) = (
+                ordinal.checked_sub(1).and_then(|i| keys.get(i)),
+                ordinal.checked_sub(1).and_then(|i| rows.get(i)),
+            ) else {
+                continue;
+            };
+            let xmin: String = version.get(1);
+            xmins.push(xmin.clone());
+            lsns.push(format!(
+                "{:X}/{:X}",
+                row.commit_lsn >> 32,
+                row.commit_lsn & 0xffff_ffff
+            ));
+            candidates.push((key.clone(), xmin));
+        }
+        // Which of them crossed to the source before the change committed.
+        let target_origin = &self.mapping.side(self.to).source;
+        let crossed = source
+            .query(
+                "SELECT x.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(xid, lsn, ord) \
+                 WHERE EXISTS (SELECT 1 FROM syncbridge.apply_ledger l \
+                   WHERE l.source_xid = x.xid AND l.origin = $3 AND l.written_lsn < x.lsn::pg_lsn)",
+                &[&xmins, &lsns, target_origin],
             )
             .await
             .map_err(|e| ApplyError::postgres(self.from.as_str(), "read crossed versions", e))?;
-        let mut based_keys = Vec::with_capacity(found.len());
-        let mut based_xmins = Vec::with_capacity(found.len());
-        for row in found {
+        let mut based_keys = Vec::with_capacity(crossed.len());
+        let mut based_xmins = Vec::with_capacity(crossed.len());
+        for row in crossed {
             let ordinal = row.get::<_, i64>(0) as usize;
-            if let Some(Some(key)) = ordinal.checked_sub(1).and_then(|i| keys.get(i)) {
+            if let Some((key, xmin)) = ordinal.checked_sub(1).and_then(|i| candidates.get(i)) {
                 based_keys.push(key.clone());
-                based_xmins.push(row.get::<_, String>(1));
+                based_xmins.push(xmin.clone());
             }
         }
         Ok((based_keys, based_xmins))

@@ -41,8 +41,9 @@
 //! - **Unchanged rows are not re-sent.** The key ledger stores the `xmin` of
 //!   the row version last sent; a row read again (the overlap) with the same
 //!   `xmin` is skipped.
-//! - **Echoes.** Apply records the `xmin` of every row version it writes in
-//!   `syncbridge.row_version.written_xmin` (indexed), in the writing
+//! - **Echoes.** Apply records the `xmin` its rows carry (the id of the
+//!   savepoint it writes each source transaction in) in
+//!   `syncbridge.apply_ledger.written_xmin` (its primary key), in the writing
 //!   statement. A polled row whose `xmin` is there was written by apply (the
 //!   id of a transaction, or of the savepoint apply writes in, that wrote
 //!   nothing else); its event carries a `marker` (`polling:<xmin>`), which
@@ -65,7 +66,7 @@
 //! Privileges: SELECT on the tables; USAGE and CREATE on the schema
 //! `syncbridge` (capture creates `capture_watermark` and `capture_keys` when
 //! missing; or create them for it and grant SELECT, INSERT, UPDATE, DELETE);
-//! SELECT on `syncbridge.row_version` (created by apply). No REPLICATION.
+//! SELECT on `syncbridge.apply_ledger` (created by apply). No REPLICATION.
 //! An index on `(updated_at, primary key)` keeps each page a range scan.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -171,7 +172,7 @@ impl PolledTable {
     /// last sent (int8, NULL), then every column as text.
     pub fn page_query(&self, start: &PageStart, page_size: usize, echo_ledger: bool) -> String {
         let echo = if echo_ledger {
-            "EXISTS (SELECT 1 FROM syncbridge.row_version r WHERE r.written_xmin = t.xmin::text)"
+            "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l WHERE l.written_xmin = t.xmin::text)"
         } else {
             "false"
         };
@@ -453,14 +454,16 @@ impl<'a> Poller<'a> {
         let row = self
             .reader
             .query_one(
-                "SELECT coalesce(has_table_privilege(to_regclass('syncbridge.row_version'), 'SELECT'), false)",
+                "SELECT coalesce(has_table_privilege(to_regclass('syncbridge.apply_ledger'), 'SELECT'), false)",
                 &[],
             )
             .await
-            .map_err(|e| CaptureError::postgres("look for apply's row versions", e))?;
+            .map_err(|e| CaptureError::postgres("look for apply's ledger", e))?;
         let exists: bool = row.get(0);
         if !exists {
-            debug!("syncbridge.row_version is not readable yet: no row is flagged as apply's echo");
+            debug!(
+                "syncbridge.apply_ledger is not readable yet: no row is flagged as apply's echo"
+            );
         }
         Ok(exists)
     }
@@ -1206,7 +1209,7 @@ mod tests {
             sql.ends_with("ORDER BY t.\"updated_at\", t.\"id\" LIMIT 100"),
             "{sql}"
         );
-        assert!(sql.contains("syncbridge.row_version"), "{sql}");
+        assert!(sql.contains("syncbridge.apply_ledger"), "{sql}");
         assert_eq!(
             start.params(),
             (vec!["2026-11-22 04:00:00".to_owned()], Some(5.0))
@@ -1224,7 +1227,7 @@ mod tests {
             sql.contains("WHERE (t.\"updated_at\", t.\"id\") > ($2::text::timestamp(0) without time zone, $3::text::bigint)"),
             "{sql}"
         );
-        assert!(!sql.contains("row_version"), "{sql}");
+        assert!(!sql.contains("apply_ledger"), "{sql}");
         assert_eq!(
             start.params().0,
             vec!["2026-11-22 04:00:00".to_owned(), "42".to_owned()]

@@ -756,7 +756,8 @@ impl Bridge {
 
     /// For each row the comparison finds out of step (a few per entity):
     /// what both databases' bookkeeping says about it (id correspondence,
-    /// row versions and tombstones, deletes to re-assert) and every event of
+    /// tombstones, deletes to re-assert, the row's version and its ledger
+    /// entry when apply wrote it) and every event of
     /// it on both topics, in order. Printed when convergence times out, so a
     /// rare divergence can be explained from one failed run.
     pub async fn history_of_differences(&self) -> Result<String> {
@@ -766,6 +767,8 @@ impl Bridge {
         let mut keys: Vec<String> = Vec::new();
         // The tables of the entities out of step, on either side.
         let mut tables: Vec<(String, String)> = Vec::new();
+        // The same, with the side and key column, to read row versions.
+        let mut keyed: Vec<(apply::mapping::Side, String)> = Vec::new();
         for entity in report.entities.iter().filter(|e| !e.corresponds()) {
             keys.extend(entity.missing_on_platform.iter().take(3).cloned());
             keys.extend(entity.missing_on_legacy.iter().take(3).cloned());
@@ -774,6 +777,14 @@ impl Bridge {
                 for side in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
                     let table = mapped.table(side);
                     tables.push((table.schema.clone(), table.table.clone()));
+                    keyed.push((
+                        side,
+                        format!(
+                            "SELECT {key}::text AS key, xmin::text AS xmin FROM {} WHERE {key}::text = ANY($1)",
+                            table.qualified(),
+                            key = table.key
+                        ),
+                    ));
                 }
             }
         }
@@ -803,11 +814,27 @@ impl Bridge {
         for (side, db) in [("legacy", self.legacy()), ("platform", self.platform())] {
             for (what, sql) in [
                 ("id_map", "SELECT row_to_json(m)::text FROM syncbridge.id_map m WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)"),
-                ("row_version", "SELECT row_to_json(v)::text FROM syncbridge.row_version v WHERE row_key = ANY($1)"),
+                ("tombstone", "SELECT row_to_json(v)::text FROM syncbridge.row_version v WHERE row_key = ANY($1)"),
                 ("delete_outbox", "SELECT row_to_json(o)::text FROM syncbridge.delete_outbox o WHERE source_key = ANY($1)"),
             ] {
                 for row in db.client().query(sql, &[&keys]).await? {
                     let _ = writeln!(out, "  {side} {what}: {}", row.get::<_, String>(0));
+                }
+            }
+            // Each row's current version, and whether apply wrote it.
+            for (_, select) in keyed.iter().filter(|(s, _)| s.as_str() == side) {
+                let sql = format!(
+                    "SELECT v.key, v.xmin, (SELECT row_to_json(l)::text FROM syncbridge.apply_ledger l \
+                     WHERE l.written_xmin = v.xmin) FROM ({select}) v"
+                );
+                for row in db.client().query(&sql, &[&keys]).await? {
+                    let (key, xmin, ledger): (String, String, Option<String>) =
+                        (row.get(0), row.get(1), row.get(2));
+                    let ledger = ledger.unwrap_or_else(|| "not apply's write".to_owned());
+                    let _ = writeln!(
+                        out,
+                        "  {side} version of {key}: xmin {xmin}, ledger {ledger}"
+                    );
                 }
             }
         }
