@@ -305,7 +305,7 @@ impl Shape {
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
                    WHERE {tie_condition} \
-                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x, \
+                   RETURNING t.{key}::text AS k, t.xmin::text AS x, \
                      t.xmax = 0 AS inserted), \
              v AS ({versions}), \
              c AS (DELETE FROM syncbridge.row_version rv USING w \
@@ -359,7 +359,6 @@ impl Shape {
 
     fn update_sql_for(&self, incoming: Incoming) -> String {
         let key = quote(&self.key.name);
-        let ua = quote(&self.updated_at);
         let sets: Vec<String> = self
             .columns
             .iter()
@@ -377,7 +376,7 @@ impl Shape {
             "WITH i AS ({input}), \
              w AS (UPDATE {table} AS t SET {sets} FROM i \
                    WHERE t.{key} = i.{key}{parents} AND ({tie_condition}) \
-                   RETURNING t.{key}::text AS k, t.{ua}::timestamptz AS u, t.xmin::text AS x), \
+                   RETURNING t.{key}::text AS k, t.xmin::text AS x), \
              v AS ({versions}) \
              SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
                (SELECT count(*) FROM i WHERE NOT (true{parents}))",

@@ -212,23 +212,44 @@ async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tombstones_older_than_the_retention_are_pruned_at_start() -> anyhow::Result<()> {
+async fn tombstones_and_ledger_entries_older_than_the_retention_are_pruned_at_start(
+) -> anyhow::Result<()> {
     let mut bridge = Bridge::start("prune").await?;
     bridge.stop_apply().await?;
-    // One tombstone far past the 7-day retention, one recent.
+    // One tombstone and one ledger entry far past the 7-day retention, one
+    // of each recent.
     bridge
         .platform()
         .execute(
             "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted)
              VALUES ('user', 'old', 'legacy', now() - interval '30 days', true),
-                    ('user', 'recent', 'legacy', now() - interval '1 day', true)",
+                    ('user', 'recent', 'legacy', now() - interval '1 day', true);
+             INSERT INTO syncbridge.apply_ledger (written_xmin, origin, written_lsn, written_at)
+             VALUES ('old', 'legacy', '0/1', now() - interval '30 days'),
+                    ('recent', 'legacy', '0/1', now() - interval '1 day')",
         )
         .await?;
     bridge.start_apply()?;
-    sync_bridge_tests::eventually("the old tombstone to be pruned", WAIT, || async {
-        let left = tombstones(&bridge).await?;
-        Ok((left == ["recent"]).then_some(()))
-    })
+    sync_bridge_tests::eventually(
+        "the old tombstone and ledger entry to be pruned",
+        WAIT,
+        || async {
+            let tombstones = tombstones(&bridge).await?;
+            let ledger: Vec<String> = bridge
+                .platform()
+                .client()
+                .query(
+                    "SELECT written_xmin FROM syncbridge.apply_ledger \
+                     WHERE written_xmin IN ('old', 'recent') ORDER BY 1",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok((tombstones == ["recent"] && ledger == ["recent"]).then_some(()))
+        },
+    )
     .await?;
     bridge.stop().await
 }
