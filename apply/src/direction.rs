@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use capture::progress::Progress;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
 use schemas::event::{CaptureMode, ChangeEvent};
@@ -236,13 +237,6 @@ pub async fn session_reading(
             (position, consumer(config, &topic, position, &group)?)
         }
     };
-    let consumer = Arc::new(consumer);
-    let (ahead, mut fetched) = tokio::sync::mpsc::channel(FETCH_AHEAD);
-    let _fetcher = AbortOnDrop(tokio::spawn(fetch_ahead(
-        Arc::clone(&consumer),
-        shared.codec.clone(),
-        ahead,
-    )));
     info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, replay = !reading.is_live(), "applying");
 
     let mut writer = Writer::new(
@@ -319,7 +313,7 @@ pub async fn session_reading(
         let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => None,
-            received = tokio::time::timeout(wait, fetched.recv()) => Some(received),
+            received = tokio::time::timeout(wait, consumer.recv()) => Some(received),
         };
         match received {
             None => {
@@ -345,16 +339,11 @@ pub async fn session_reading(
                 }
             }
             Some(Ok(message)) => {
-                // The fetcher ends only after sending its error, or when
-                // this session is gone.
-                let message = message.ok_or_else(|| {
-                    ApplyError::Incomplete("the message fetcher stopped".to_owned())
-                })??;
+                let message = message.map_err(|e| ApplyError::kafka("consume", e))?;
                 last_received = Instant::now();
-                let offset = message.offset;
-                session.handle(message).await?;
+                session.handle(&message).await?;
                 session.apply_deferred().await?;
-                session.count_replayed(offset);
+                session.count_replayed(message.offset());
                 let full = session.batch_events >= config.apply.batch_max_events
                     || session.batch_started.elapsed() >= max_age;
                 if session.open.is_none() && full {
@@ -373,55 +362,6 @@ const REPLAY_IDLE: Duration = Duration::from_secs(30);
 
 /// How often a replay logs its progress when stderr is not a terminal.
 const REPLAY_PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-/// How many messages the fetcher may decode ahead of the writer. Bounded, so
-/// memory is too: at most this many messages (raw and decoded) wait.
-const FETCH_AHEAD: usize = 256;
-
-/// One message as the fetcher hands it over: its raw bytes (kept for a dead
-/// letter) and the event decoded from them, or why that failed.
-struct Fetched {
-    offset: i64,
-    payload: Vec<u8>,
-    event: std::result::Result<ChangeEvent, String>,
-}
-
-/// Fetches and decodes messages in order, ahead of the writer, so that
-/// decoding the next messages overlaps the database writing the current
-/// ones. Ends after sending a consumer error, or when the session is gone.
-async fn fetch_ahead(
-    consumer: Arc<StreamConsumer>,
-    codec: Codec,
-    ahead: tokio::sync::mpsc::Sender<Result<Fetched>>,
-) {
-    loop {
-        let fetched = match consumer.recv().await {
-            Ok(message) => {
-                let payload = message.payload().unwrap_or_default().to_vec();
-                let event = codec.decode(&payload).map_err(|e| e.to_string());
-                Ok(Fetched {
-                    offset: message.offset(),
-                    payload,
-                    event,
-                })
-            }
-            Err(e) => Err(ApplyError::kafka("consume", e)),
-        };
-        let failed = fetched.is_err();
-        if ahead.send(fetched).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
-/// Aborts a background task when dropped (when the session ends).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 fn consumer(
     config: &Config,
@@ -602,14 +542,9 @@ impl Session<'_> {
         self.writer.release_pair_lock(&self.source).await
     }
 
-    async fn handle(&mut self, message: Fetched) -> Result<()> {
-        self.handle_decoded(message.offset, &message.payload, message.event)
+    async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        self.handle_payload(message.offset(), message.payload().unwrap_or_default())
             .await
-    }
-
-    async fn handle_payload(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
-        let event = self.shared.codec.decode(payload).map_err(|e| e.to_string());
-        self.handle_decoded(offset, payload, event).await
     }
 
     /// One message. Snapshot events (`capture snapshot`, another producer
@@ -617,12 +552,7 @@ impl Session<'_> {
     /// a streaming transaction: there they are deferred until it ends; a
     /// group of them is ended where a streaming transaction begins. They
     /// are applied whatever their position in their page.
-    async fn handle_decoded(
-        &mut self,
-        offset: i64,
-        payload: &[u8],
-        decoded: std::result::Result<ChangeEvent, String>,
-    ) -> Result<()> {
+    async fn handle_payload(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
         if let Some(next) = self.position.next_offset() {
             if !self.first_checked {
                 self.first_checked = true;
@@ -643,7 +573,7 @@ impl Session<'_> {
                 return Ok(()); // applied before the restart
             }
         }
-        let event = match decoded {
+        let event = match self.shared.codec.decode(payload) {
             Ok(event) => event,
             Err(error) => {
                 self.dead_letter(offset, payload, &format!("undecodable message: {error}"))
