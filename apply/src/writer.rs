@@ -636,10 +636,11 @@ impl Writer {
             .await?;
         }
         let mut orphans = 0u64;
-        for (row_index, target_key) in target_keys.iter().enumerate() {
-            let (Some(target_key), Some(values)) = (target_key, &resolved[row_index]) else {
+        for (row_index, (target_key, values)) in target_keys.iter().zip(resolved).enumerate() {
+            let unresolved = values.is_none();
+            let (Some(target_key), Some(values)) = (target_key, values) else {
                 // Rows whose natural key is held were counted as such.
-                if resolved[row_index].is_none() || !allocate {
+                if unresolved || !allocate {
                     orphans += 1;
                 }
                 continue;
@@ -647,8 +648,8 @@ impl Writer {
             written_rows.push(row_index);
             key_texts.push(capture::pgtype::to_text(target_key));
             source_xids.push(rows[row_index].source_xid.to_string());
-            for (column_index, value) in values.iter().enumerate() {
-                column_texts[column_index].push(value.clone());
+            for (texts, value) in column_texts.iter_mut().zip(values) {
+                texts.push(value);
             }
         }
         self.stats.conflict_orphans(orphans);
