@@ -256,13 +256,15 @@ impl Writer {
         source: &Client,
         event: &ChangeEvent,
     ) -> Result<Staged> {
-        let Some((index, entity)) = self.mapping.entities().iter().enumerate().find(|(_, e)| {
+        // A handle of its own, so that the entity can be borrowed across
+        // `flush` (which needs `self` mutably) without copying it per event.
+        let mapping = Arc::clone(&self.mapping);
+        let Some((index, entity)) = mapping.entities().iter().enumerate().find(|(_, e)| {
             let t = e.table(self.from);
             t.schema == event.schema && t.table == event.table
         }) else {
             return Ok(Staged::Unmapped);
         };
-        let entity = entity.clone();
         let key_column = entity.key_column(self.from);
         let source_key = event
             .key
@@ -280,7 +282,7 @@ impl Writer {
                 let after = event.after.as_deref().ok_or_else(|| {
                     ApplyError::Rejected(format!("{}.{}: an upsert without a row", event.schema, event.table))
                 })?;
-                let row = to_target(&entity, self.from, &Row::from_columns(after))
+                let row = to_target(entity, self.from, &Row::from_columns(after))
                     .map_err(|e| ApplyError::Rejected(e.to_string()))?;
                 let unchanged: Vec<String> = row
                     .iter()
@@ -345,16 +347,17 @@ impl Writer {
         if run.rows.is_empty() {
             return Ok(());
         }
-        let entity = self.mapping.entities()[run.entity].clone();
+        let mapping = Arc::clone(&self.mapping);
+        let entity = &mapping.entities()[run.entity];
         match &run.kind {
             RunKind::Delete => {
-                self.write_deletes(target, source, run.entity, &entity, &run.rows)
+                self.write_deletes(target, source, run.entity, entity, &run.rows)
                     .await
             }
             kind => {
                 let allocate = matches!(kind, RunKind::Upsert | RunKind::Read);
                 self.write_rows(
-                    target, source, run.entity, &entity, &run.rows, kind, allocate,
+                    target, source, run.entity, entity, &run.rows, kind, allocate,
                 )
                 .await
             }
