@@ -761,37 +761,48 @@ impl Bridge {
     /// it on both topics, in order. Printed when convergence times out, so a
     /// rare divergence can be explained from one failed run.
     pub async fn history_of_differences(&self) -> Result<String> {
-        use std::fmt::Write as _;
         let report = self.compare().await?;
-        let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
         let mut keys: Vec<String> = Vec::new();
-        // The tables of the entities out of step, on either side.
-        let mut tables: Vec<(String, String)> = Vec::new();
-        // The same, with the side and key column, to read row versions.
-        let mut keyed: Vec<(apply::mapping::Side, String)> = Vec::new();
+        let mut entities: Vec<String> = Vec::new();
         for entity in report.entities.iter().filter(|e| !e.corresponds()) {
             keys.extend(entity.missing_on_platform.iter().take(3).cloned());
             keys.extend(entity.missing_on_legacy.iter().take(3).cloned());
             keys.extend(entity.different.iter().take(3).map(|(k, _)| k.clone()));
-            if let Some(mapped) = mapping.entity(&entity.entity) {
-                for side in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
-                    let table = mapped.table(side);
-                    tables.push((table.schema.clone(), table.table.clone()));
-                    keyed.push((
-                        side,
-                        format!(
-                            "SELECT {key}::text AS key, xmin::text AS xmin FROM {} WHERE {key}::text = ANY($1)",
-                            table.qualified(),
-                            key = table.key
-                        ),
-                    ));
-                }
+            entities.push(entity.entity.clone());
+        }
+        self.history_of(&entities, keys).await
+    }
+
+    /// What both databases' bookkeeping says about the rows of `entities`
+    /// with one of `keys` (either side's ids, as text; their counterparts
+    /// are added), and every event of them on both topics, in order. For a
+    /// test's failure message when an outcome is wrong although both sides
+    /// agree.
+    pub async fn history_of(&self, entities: &[String], mut keys: Vec<String>) -> Result<String> {
+        use std::fmt::Write as _;
+        let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
+        // The entities' tables, on either side.
+        let mut tables: Vec<(String, String)> = Vec::new();
+        // The same, with the side and key column, to read row versions.
+        let mut keyed: Vec<(apply::mapping::Side, String)> = Vec::new();
+        for mapped in entities.iter().filter_map(|e| mapping.entity(e)) {
+            for side in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+                let table = mapped.table(side);
+                tables.push((table.schema.clone(), table.table.clone()));
+                keyed.push((
+                    side,
+                    format!(
+                        "SELECT {key}::text AS key, xmin::text AS xmin FROM {} WHERE {key}::text = ANY($1)",
+                        table.qualified(),
+                        key = table.key
+                    ),
+                ));
             }
         }
         if keys.is_empty() {
             return Ok(String::new());
         }
-        let mut out = String::from("history of the rows out of step:\n");
+        let mut out = String::from("history of the rows:\n");
         // Counterparts, from either side's correspondence.
         for db in [self.legacy(), self.platform()] {
             let rows = db

@@ -169,18 +169,21 @@ async fn a_delete_racing_an_older_update_leaves_the_row_deleted_on_both_sides() 
     );
     race(delete, update).await?;
     bridge.converged(WAIT).await?;
-    assert_eq!(
+    let left = (
         count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
-        0
-    );
-    assert_eq!(
         count(
             bridge.platform().client(),
-            "SELECT count(*) FROM identity.identities"
+            "SELECT count(*) FROM identity.identities",
         )
         .await?,
-        0
     );
+    if left != (0, 0) {
+        // Seen once in a full run under load, never alone: say why.
+        let history = bridge
+            .history_of(&["user".to_owned()], vec!["1".to_owned()])
+            .await?;
+        panic!("the row survived (legacy, platform) = {left:?}\n{history}");
+    }
     bridge.stop().await
 }
 
