@@ -178,6 +178,9 @@ pub struct Writer {
     ids: IdMap,
     /// Lookup values read from the legacy side: (field, key text) -> value text.
     lookups: HashMap<(usize, usize, String), Option<String>>,
+    /// The SQL type of each lookup field's key column (entity, field), read
+    /// once from the lookup table's database.
+    lookup_key_types: HashMap<(usize, usize), String>,
     statements: HashMap<String, Statement>,
     stats: Arc<Stats>,
     analyze: Analyze,
@@ -236,6 +239,7 @@ impl Writer {
             run: None,
             ids: IdMap::default(),
             lookups: HashMap::new(),
+            lookup_key_types: HashMap::new(),
             statements: HashMap::new(),
             stats,
             analyze: Analyze::default(),
@@ -1122,8 +1126,11 @@ impl Writer {
         if missing.is_empty() {
             return Ok(());
         }
+        let key_type = self.lookup_key_type(source, e, field, &lookup).await?;
+        // Compared as the key's own type, so the lookup table's key index
+        // serves it (`key::text = ...` would scan the whole table per batch).
         let sql = format!(
-            "SELECT {key}::text, {value}::text FROM {table} WHERE {key}::text = ANY($1::text[])",
+            "SELECT {key}::text, {value}::text FROM {table} WHERE {key} = ANY($1::text[]::{key_type}[])",
             key = quote(&lookup.key),
             value = quote(&lookup.value),
             table = quote_table(&lookup.table.schema, &lookup.table.table),
@@ -1138,6 +1145,36 @@ impl Writer {
             self.lookups.insert((e, field, key), value);
         }
         Ok(())
+    }
+
+    /// The SQL type of a lookup table's key column, as `client`'s catalog
+    /// names it (cached for the session).
+    async fn lookup_key_type(
+        &mut self,
+        client: &Client,
+        entity: usize,
+        field: usize,
+        lookup: &crate::mapping::Lookup,
+    ) -> Result<String> {
+        if let Some(known) = self.lookup_key_types.get(&(entity, field)) {
+            return Ok(known.clone());
+        }
+        let table = quote_table(&lookup.table.schema, &lookup.table.table);
+        let row = client
+            .query_opt(
+                "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                &[&table, &lookup.key],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.from.as_str(), "read a lookup key's type", e))?
+            .ok_or_else(|| {
+                ApplyError::Config(format!("lookup table {table} has no column {}", lookup.key))
+            })?;
+        let key_type: String = row.get(0);
+        self.lookup_key_types
+            .insert((entity, field), key_type.clone());
+        Ok(key_type)
     }
 
     /// Platform -> legacy: the lookup table's key for each value, creating
