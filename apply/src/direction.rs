@@ -141,7 +141,7 @@ struct Session<'a> {
     from: Side,
     topic: String,
     source_name: String,
-    target: Client,
+    target: Arc<Client>,
     source: Client,
     writer: Writer,
     stats: Arc<Stats>,
@@ -169,6 +169,21 @@ struct Session<'a> {
     read: u64,
     skipped_before: u64,
     progress: Option<Progress>,
+    /// The highest offset handled.
+    seen: i64,
+    /// Statements are pipelined except up to this offset, which a pipelined
+    /// pass failed at or before (see [`Writer::pipeline`]).
+    careful_until: Option<i64>,
+}
+
+/// How one run of a session ended.
+enum Ended {
+    Done(SessionEnd),
+    /// A pipelined batch failed: run again, one statement at a time up to
+    /// this offset.
+    Replan {
+        until: i64,
+    },
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -207,6 +222,36 @@ pub async fn session_reading(
     shutdown: &CancellationToken,
     reading: Reading,
 ) -> Result<SessionEnd> {
+    let mut careful_until = None;
+    loop {
+        let ended = run(
+            shared,
+            from,
+            catalog.clone(),
+            Arc::clone(&stats),
+            shutdown,
+            reading,
+            careful_until,
+        )
+        .await?;
+        match ended {
+            Ended::Done(end) => return Ok(end),
+            Ended::Replan { until } => careful_until = Some(until),
+        }
+    }
+}
+
+/// One run of a session: from the stored position, until it ends, fails, or
+/// a pipelined batch must be applied again one statement at a time.
+async fn run(
+    shared: &Shared,
+    from: Side,
+    catalog: Catalog,
+    stats: Arc<Stats>,
+    shutdown: &CancellationToken,
+    reading: Reading,
+    careful_until: Option<i64>,
+) -> Result<Ended> {
     let config = &shared.config;
     let to = from.other();
     let source_name = shared.mapping.side(from).source.clone();
@@ -217,7 +262,7 @@ pub async fn session_reading(
     let kafka = config.kafka.as_capture();
     capture::kafka::ensure_topic(&kafka, &topic).await?;
     capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
-    let target = connect(config, to).await?;
+    let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
     let (position, consumer) = match reading {
         Reading::Live => {
@@ -245,10 +290,14 @@ pub async fn session_reading(
         catalog,
         config.apply.statement_max_rows,
         Arc::clone(&stats),
+        Arc::clone(&target),
     );
     if !reading.is_live() {
         writer.replaying();
     }
+    // A replay restarts from its beginning, not from a stored position: it
+    // never pipelines, so it never has to run again.
+    writer.pipeline(reading.is_live() && careful_until.is_none());
     let mut session = Session {
         shared,
         from,
@@ -272,6 +321,8 @@ pub async fn session_reading(
         deferred: VecDeque::new(),
         read: 0,
         skipped_before: 0,
+        seen: -1,
+        careful_until,
         progress: match reading {
             Reading::Live => None,
             Reading::Replay { start, end, .. } => Some(Progress::new(
@@ -291,12 +342,32 @@ pub async fn session_reading(
             &config.apply.marker_prefix,
         )
         .await?;
+    match drive(&mut session, &consumer, shutdown).await {
+        Ok(end) => Ok(Ended::Done(end)),
+        Err(error) if session.writer.pipelining() && error.replans() => {
+            session.replan(&error).await;
+            Ok(Ended::Replan {
+                until: session.seen,
+            })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Reads the topic and applies it until the session ends or fails.
+async fn drive(
+    session: &mut Session<'_>,
+    consumer: &StreamConsumer,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd> {
+    let shared = session.shared;
+    let config = &shared.config;
     let linger = config.apply.batch_linger;
     let max_age = (linger * 10).max(Duration::from_millis(200));
     let mut last_received = Instant::now();
     loop {
         if session.replay_done() {
-            session.commit(&consumer).await?;
+            session.commit(consumer).await?;
             return Ok(session.replayed());
         }
         let between = session.open.as_ref().is_none_or(|open| open.snapshot);
@@ -318,7 +389,7 @@ pub async fn session_reading(
         match received {
             None => {
                 if session.open.is_none() {
-                    session.commit(&consumer).await?;
+                    session.commit(consumer).await?;
                 } else {
                     session.rollback().await?;
                 }
@@ -329,12 +400,12 @@ pub async fn session_reading(
                     session.end_snapshot_group().await?;
                 }
                 if session.open.is_none() {
-                    session.commit(&consumer).await?;
+                    session.commit(consumer).await?;
                 }
                 if !session.reading.is_live() && last_received.elapsed() >= REPLAY_IDLE {
                     warn!(topic = %session.topic, "no message for a while before the replay's end offset; ending the replay");
                     session.rollback_open().await?;
-                    session.commit(&consumer).await?;
+                    session.commit(consumer).await?;
                     return Ok(session.replayed());
                 }
             }
@@ -347,7 +418,7 @@ pub async fn session_reading(
                 let full = session.batch_events >= config.apply.batch_max_events
                     || session.batch_started.elapsed() >= max_age;
                 if session.open.is_none() && full {
-                    session.commit(&consumer).await?;
+                    session.commit(consumer).await?;
                 }
             }
         }
@@ -404,7 +475,9 @@ impl Session<'_> {
         self.from.other().as_str()
     }
 
-    async fn sql(&self, sql: &str) -> Result<()> {
+    /// Runs `sql` once the statements sent before it are settled.
+    async fn sql(&mut self, sql: &str) -> Result<()> {
+        self.writer.settle(&self.target, &self.source).await?;
         self.target.batch_execute(sql).await.map_err(|e| {
             ApplyError::postgres(
                 self.target_side(),
@@ -412,6 +485,43 @@ impl Session<'_> {
                 e,
             )
         })
+    }
+
+    /// Sends `sql`, a statement whose only answer is whether it failed
+    /// (see [`Writer::settle`]).
+    async fn sql_ahead(&mut self, sql: &'static str) -> Result<()> {
+        self.writer
+            .send_simple(&self.target, &self.source, sql)
+            .await
+    }
+
+    /// A pipelined pass failed: rolls the target transaction back, so that
+    /// the session runs again from the stored position, one statement at a
+    /// time up to where this one got. What the rolled-back part counted in
+    /// the statistics is counted again then.
+    async fn replan(&mut self, error: &ApplyError) {
+        info!(
+            topic = %self.topic,
+            after_offset = ?self.position.offset,
+            until_offset = self.seen,
+            kind = error.kind(),
+            sqlstate = error.sqlstate(),
+            "a pipelined batch failed; applying it again one statement at a time"
+        );
+        self.stats.replanned();
+        capture::telemetry::metrics::apply_error(crate::monitor::direction(self.from), "replan");
+        self.writer.discard().await;
+        if self.batch_open {
+            if let Err(error) = self.target.batch_execute("ROLLBACK").await {
+                debug!(%error, "rolling back the pipelined batch failed; the session ends with it");
+            }
+            self.batch_open = false;
+        }
+        self.writer.rolled_back();
+        self.open = None;
+        if let Err(error) = self.writer.release_pair_lock(&self.source).await {
+            debug!(error = %capture::error_chain(&error), "releasing the pair lock failed; it ends with the session");
+        }
     }
 
     async fn begin_batch(&mut self) -> Result<()> {
@@ -459,6 +569,7 @@ impl Session<'_> {
         }
         self.begin_batch().await?;
         let committing = Instant::now();
+        self.writer.settle(&self.target, &self.source).await?;
         if self.reading.is_live() {
             self.target
                 .execute(
@@ -500,6 +611,10 @@ impl Session<'_> {
             .await?;
         self.writer.refresh_statistics(&self.target).await?;
         self.position.consumed(offset);
+        if self.careful_until.is_some_and(|until| offset >= until) {
+            self.careful_until = None;
+            self.writer.pipeline(true);
+        }
         let mut offsets = TopicPartitionList::new();
         if self.reading.is_live()
             && offsets
@@ -533,6 +648,7 @@ impl Session<'_> {
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        self.writer.discard().await;
         if self.batch_open {
             self.sql("ROLLBACK").await?;
             self.batch_open = false;
@@ -553,6 +669,7 @@ impl Session<'_> {
     /// group of them is ended where a streaming transaction begins. They
     /// are applied whatever their position in their page.
     async fn handle_payload(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
+        self.seen = self.seen.max(offset);
         if let Some(next) = self.position.next_offset() {
             if !self.first_checked {
                 self.first_checked = true;
@@ -639,7 +756,7 @@ impl Session<'_> {
             self.begin_batch().await?;
             let echo = event.marker.is_some();
             if !echo {
-                self.sql("SAVEPOINT source_tx").await?;
+                self.sql_ahead("SAVEPOINT source_tx").await?;
             }
             self.open = Some(Open {
                 commit_lsn: tx.commit_lsn,
@@ -705,6 +822,8 @@ impl Session<'_> {
         match self.writer.stage(&self.target, &self.source, event).await {
             Ok(_) => Ok(()),
             Err(error) if error.is_retryable() => Err(error),
+            // Its cause may lie in an earlier source transaction.
+            Err(error) if self.writer.pipelining() && error.replans() => Err(error),
             Err(error) => {
                 let reason = rejection(event, &error);
                 self.recover(&error, &reason).await
@@ -788,6 +907,7 @@ impl Session<'_> {
             match self.writer.flush(&self.target, &self.source).await {
                 Ok(()) => {}
                 Err(error) if error.is_retryable() => return Err(error),
+                Err(error) if self.writer.pipelining() && error.replans() => return Err(error),
                 Err(error) => {
                     let reason = capture::error_chain(&error);
                     self.recover(&error, &reason).await?;
@@ -808,7 +928,7 @@ impl Session<'_> {
             return Ok(());
         };
         if !open.echo {
-            self.sql("RELEASE SAVEPOINT source_tx").await?;
+            self.sql_ahead("RELEASE SAVEPOINT source_tx").await?;
             if open.failed.is_none() {
                 self.writer.keep_transaction();
                 self.stats.transaction(open.commit_micros);

@@ -46,6 +46,13 @@ pub enum ApplyError {
     #[error("{0}")]
     Rejected(String),
 
+    /// Statements sent ahead cannot be followed up within their source
+    /// transaction: the target transaction is applied again one statement
+    /// at a time (see [`ApplyError::replans`]). Handled inside a direction;
+    /// should one escape, a retry from the stored position is right.
+    #[error("replan: {0}")]
+    Replan(String),
+
     /// A bounded job (`apply replay`) ended before doing all of its work.
     /// Running it again is safe; apply does not retry it by itself.
     #[error("incomplete: {0}")]
@@ -58,7 +65,7 @@ impl ApplyError {
             ApplyError::Config(_) | ApplyError::Mapping(_) | ApplyError::Schema(_) => false,
             ApplyError::Rejected(_) | ApplyError::Incomplete(_) => false,
             ApplyError::Postgres { source, .. } => postgres_is_transient(source),
-            ApplyError::Kafka { .. } => true,
+            ApplyError::Kafka { .. } | ApplyError::Replan(_) => true,
             ApplyError::Shared(error) => error.is_retryable(),
         }
     }
@@ -72,6 +79,7 @@ impl ApplyError {
             ApplyError::Schema(_) => "schema",
             ApplyError::Rejected(_) => "rejected",
             ApplyError::Incomplete(_) => "incomplete",
+            ApplyError::Replan(_) => "replan",
             ApplyError::Shared(error) => error.kind(),
         }
     }
@@ -92,6 +100,19 @@ impl ApplyError {
         ApplyError::Kafka {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Whether, with statements pipelined, this error calls for rolling the
+    /// target transaction back and applying it again one statement at a
+    /// time: a statement the server refused (its cause may be any statement
+    /// sent before it, which only the one-at-a-time pass can tell and
+    /// handle) or a [`ApplyError::Replan`].
+    pub fn replans(&self) -> bool {
+        match self {
+            ApplyError::Replan(_) => true,
+            ApplyError::Postgres { source, .. } => !postgres_is_transient(source),
+            _ => false,
         }
     }
 

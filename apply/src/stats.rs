@@ -14,6 +14,7 @@ pub struct Stats {
     linked: AtomicU64,
     key_held: AtomicU64,
     transactions: AtomicU64,
+    replans: AtomicU64,
     /// Commit time (Unix micros) of the last source transaction applied.
     last_commit_micros: AtomicI64,
     /// When (Unix micros) the last target transaction committed.
@@ -41,6 +42,9 @@ pub struct Snapshot {
     pub key_held: u64,
     /// Source transactions applied.
     pub transactions: u64,
+    /// Pipelined batches rolled back and applied again one statement at a
+    /// time (see `Writer`'s statements sent ahead).
+    pub replans: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
     pub committed_at_micros: i64,
@@ -71,6 +75,9 @@ impl Stats {
     pub fn key_held(&self, n: u64) {
         self.key_held.fetch_add(n, Ordering::Relaxed);
     }
+    pub fn replanned(&self) {
+        self.replans.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn transaction(&self, commit_micros: i64) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_commit_micros
@@ -94,6 +101,7 @@ impl Stats {
             linked: self.linked.load(Ordering::Relaxed),
             key_held: self.key_held.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
+            replans: self.replans.load(Ordering::Relaxed),
             last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
             committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),
         }

@@ -7,8 +7,11 @@
 //! touch a row already in it, so source order is kept wherever it matters
 //! (parents before children, two changes of one row in order).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use schemas::event::{ChangeEvent, Op, Value};
 use tokio_postgres::types::ToSql;
@@ -165,7 +168,58 @@ enum PairLock {
     Session,
 }
 
+/// The reply to a statement sent ahead (see [`Writer::settle`]).
+type Reply = Pin<
+    Box<
+        dyn Future<Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
+            + Send,
+    >,
+>;
+
+/// A statement sent to the target whose reply is not read yet.
+struct Sent {
+    /// Only ever taken out to be awaited: wrapped so that the writer stays
+    /// `Sync` (borrowed across awaits).
+    reply: sync_wrapper::SyncWrapper<Reply>,
+    /// What the statement does, for its error.
+    context: String,
+    then: Then,
+}
+
+/// What a sent statement's reply is for.
+enum Then {
+    /// Only whether it failed.
+    Nothing,
+    /// A run's upsert: counted, and children of rows that came back are
+    /// brought back too.
+    Written(Written),
+}
+
+struct Written {
+    entity: usize,
+    attempted: u64,
+    /// The rows that had a counterpart before: (target key text, source key).
+    crossed: Vec<(String, Value)>,
+    /// The source transaction that wrote them (see `Writer::transactions`).
+    transaction: u64,
+}
+
 /// Writes one direction's events into the target database.
+///
+/// # Statements sent ahead
+///
+/// The statements that only write (row locks, id correspondence, the run's
+/// upsert, savepoints) are *sent*: queued on the target connection, which
+/// runs them in order, and their replies read later by [`Writer::settle`].
+/// Pipelining lets the database write one run while apply decodes and maps
+/// the next. When pipelining is off, each sent statement is settled at once,
+/// so every error surfaces where the statement was made, as one statement at
+/// a time would. When it is on, an error may surface at a later statement
+/// than its cause (the server refuses everything after a failure in the
+/// transaction): the caller must then roll back the whole target
+/// transaction and apply it again with pipelining off (see
+/// [`ApplyError::replans`]). At most one run's statements are outstanding:
+/// [`Writer::flush`] settles before it reads anything.
 pub struct Writer {
     from: Side,
     to: Side,
@@ -188,6 +242,15 @@ pub struct Writer {
     /// The pair lock this target transaction holds (see
     /// [`Writer::lock_pairs`]).
     pair_lock: PairLock,
+    /// The target connection (the one the `target` arguments name), for
+    /// statements sent ahead.
+    connection: Arc<Client>,
+    /// Whether sent statements stay outstanding until settled.
+    pipelining: bool,
+    sent: VecDeque<Sent>,
+    /// Source transactions ended (kept or forgotten) so far: whether a reply
+    /// belongs to the open source transaction.
+    transactions: u64,
 }
 
 /// When apply last refreshed the planner statistics of what it fills.
@@ -225,6 +288,7 @@ impl Writer {
         catalog: Catalog,
         max_rows: usize,
         stats: Arc<Stats>,
+        connection: Arc<Client>,
     ) -> Writer {
         let origin = mapping.side(from).source.clone();
         let tie_wins = mapping.conflicts().tie_winner == from;
@@ -245,7 +309,146 @@ impl Writer {
             analyze: Analyze::default(),
             delete_rule: conflict::DeleteRule::Live,
             pair_lock: PairLock::None,
+            connection,
+            pipelining: false,
+            sent: VecDeque::new(),
+            transactions: 0,
         }
+    }
+
+    /// Turns pipelining on or off (see [Statements sent ahead](Writer#statements-sent-ahead));
+    /// off by default. Takes effect for statements sent from now on.
+    pub fn pipeline(&mut self, on: bool) {
+        self.pipelining = on;
+    }
+
+    /// Whether statements are pipelined.
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Sends one statement, made by `reply` on the target connection.
+    async fn send<F>(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        context: impl Into<String>,
+        reply: F,
+        then: Then,
+    ) -> Result<()>
+    where
+        F: Future<Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
+        let mut reply: Reply = Box::pin(reply);
+        // tokio-postgres queues a request on the connection when its future
+        // is first polled: polling once now puts the statements on the wire
+        // in the order they are sent, whenever their replies are read. That
+        // holds for a statement that goes out in one request: a prepared
+        // one, or a simple query; an unprepared statement with parameters
+        // would be prepared in a round trip first and go out later.
+        let waker = futures::task::noop_waker();
+        if let Poll::Ready(done) = reply.as_mut().poll(&mut Context::from_waker(&waker)) {
+            reply = Box::pin(std::future::ready(done));
+        }
+        self.sent.push_back(Sent {
+            reply: sync_wrapper::SyncWrapper::new(reply),
+            context: context.into(),
+            then,
+        });
+        if self.pipelining {
+            Ok(())
+        } else {
+            self.settle(target, source).await
+        }
+    }
+
+    /// Sends a statement without parameters (a savepoint's, for instance).
+    pub async fn send_simple(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        sql: &'static str,
+    ) -> Result<()> {
+        let client = Arc::clone(&self.connection);
+        let reply = async move { client.batch_execute(sql).await.map(|()| None) };
+        let context = sql.split_whitespace().next().unwrap_or("sql");
+        self.send(target, source, context, reply, Then::Nothing)
+            .await
+    }
+
+    /// Reads the replies of the statements sent, in order, and does what
+    /// each is for. Returns the first error; the statements after it (which
+    /// the server refused in the failed transaction) are drained.
+    pub async fn settle(&mut self, target: &Client, source: &Client) -> Result<()> {
+        while let Some(sent) = self.sent.pop_front() {
+            let done = match sent.reply.into_inner().await {
+                Ok(row) => self.then(target, source, sent.then, row).await,
+                Err(e) => Err(ApplyError::postgres(self.to.as_str(), sent.context, e)),
+            };
+            if let Err(error) = done {
+                self.discard().await;
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the statements sent, ignoring their replies (the target
+    /// transaction is being rolled back).
+    pub async fn discard(&mut self) {
+        while let Some(sent) = self.sent.pop_front() {
+            let _ = sent.reply.into_inner().await;
+        }
+    }
+
+    /// What a sent statement's reply is for.
+    async fn then(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        then: Then,
+        row: Option<tokio_postgres::Row>,
+    ) -> Result<()> {
+        let (Then::Written(run), Some(row)) = (then, row) else {
+            return Ok(());
+        };
+        let written = row.get::<_, i64>(0) as u64;
+        let inserted: Vec<String> = row.get(1);
+        let parentless = row.get::<_, i64>(2) as u64;
+        self.analyze.pending += run.attempted;
+        self.analyze.entities.insert(run.entity);
+        self.stats.applied(written);
+        self.stats.conflict_orphans(parentless);
+        self.stats.skipped_older(
+            run.attempted
+                .saturating_sub(written)
+                .saturating_sub(parentless),
+        );
+        if inserted.is_empty() || run.crossed.is_empty() {
+            return Ok(());
+        }
+        let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        let returned: Vec<Value> = run
+            .crossed
+            .into_iter()
+            .filter(|(key, _)| inserted.contains(key.as_str()))
+            .map(|(_, source_key)| source_key)
+            .collect();
+        if returned.is_empty() {
+            return Ok(());
+        }
+        if run.transaction != self.transactions {
+            // Their children belong in the source transaction that brought
+            // them back, whose savepoint is released already.
+            return Err(ApplyError::Replan(
+                "rows came back after their source transaction's savepoint was released".into(),
+            ));
+        }
+        let mapping = Arc::clone(&self.mapping);
+        let entity = &mapping.entities()[run.entity];
+        self.resync_children(target, source, entity, returned).await
     }
 
     /// Decides deletes as a replay does (see [`conflict::DeleteRule`]).
@@ -348,6 +551,9 @@ impl Writer {
         let Some(run) = self.run.take() else {
             return Ok(());
         };
+        // What this run reads must follow what the last one wrote, and its
+        // follow-ups.
+        self.settle(target, source).await?;
         if run.rows.is_empty() {
             return Ok(());
         }
@@ -370,6 +576,7 @@ impl Writer {
 
     /// The source transaction's staged work is gone (savepoint rolled back).
     pub fn forget_transaction(&mut self) {
+        self.transactions += 1;
         self.run = None;
         // A transaction lock taken since the savepoint went with it.
         if self.pair_lock == PairLock::Transaction {
@@ -382,6 +589,7 @@ impl Writer {
 
     /// The source transaction is part of the batch now.
     pub fn keep_transaction(&mut self) {
+        self.transactions += 1;
         self.ids.keep_transaction();
     }
 
@@ -393,6 +601,8 @@ impl Writer {
 
     /// The target transaction rolled back.
     pub fn rolled_back(&mut self) {
+        self.sent.clear();
+        self.transactions += 1;
         self.analyze.pending = 0;
         self.run = None;
         self.ids.transaction.clear();
@@ -686,47 +896,48 @@ impl Writer {
             self.bases(target, source, entity, &written, &key_texts)
                 .await?
         };
-        lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
         let statement = self.statement(target, sql).await?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(columns.len() + 6);
-        params.push(&key_texts);
-        for texts in &column_texts {
-            params.push(texts);
+        let crossed: Vec<(String, Value)> = written_rows
+            .iter()
+            .zip(&key_texts)
+            .filter(|(i, _)| crossed_before[**i])
+            .filter_map(|(i, key)| Some((key.clone()?, rows[*i].source_key.clone())))
+            .collect();
+        let lock = self.statement(target, LOCK_ROWS.to_owned()).await?;
+        let client = Arc::clone(&self.connection);
+        let locked = lock_rows_sent(client, lock, entity.name().to_owned(), key_texts.clone());
+        self.send(target, source, "lock rows", locked, Then::Nothing)
+            .await?;
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
+        params.push(Box::new(key_texts));
+        for texts in column_texts {
+            params.push(Box::new(texts));
         }
-        params.push(&self.origin);
-        params.push(&self.tie_wins);
-        params.push(&source_xids);
-        params.push(&based_keys);
-        params.push(&based_xmins);
-        let row = target.query_one(&statement, &params).await.map_err(|e| {
-            ApplyError::postgres(self.to.as_str(), format!("write {}", entity.name()), e)
-        })?;
-        let written = row.get::<_, i64>(0) as u64;
-        let inserted: Vec<String> = row.get(1);
-        let parentless = row.get::<_, i64>(2) as u64;
-        let attempted = written_rows.len() as u64;
-        self.analyze.pending += attempted;
-        self.analyze.entities.insert(index);
-        self.stats.applied(written);
-        self.stats.conflict_orphans(parentless);
-        self.stats
-            .skipped_older(attempted.saturating_sub(written).saturating_sub(parentless));
-        if !inserted.is_empty() {
-            let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
-            let returned: Vec<Value> = written_rows
-                .iter()
-                .zip(&key_texts)
-                .filter(|(i, key)| {
-                    crossed_before[**i] && key.as_deref().is_some_and(|k| inserted.contains(k))
-                })
-                .map(|(i, _)| rows[*i].source_key.clone())
-                .collect();
-            if !returned.is_empty() {
-                self.resync_children(target, source, entity, returned)
-                    .await?;
-            }
-        }
-        Ok(())
+        params.push(Box::new(self.origin.clone()));
+        params.push(Box::new(self.tie_wins));
+        params.push(Box::new(source_xids));
+        params.push(Box::new(based_keys));
+        params.push(Box::new(based_xmins));
+        let client = Arc::clone(&self.connection);
+        let upsert = async move {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            client.query_one(&statement, &params).await.map(Some)
+        };
+        let then = Then::Written(Written {
+            entity: index,
+            attempted: written_rows.len() as u64,
+            crossed,
+            transaction: self.transactions,
+        });
+        self.send(
+            target,
+            source,
+            format!("write {}", entity.name()),
+            upsert,
+            then,
+        )
+        .await
     }
 
     /// A row deleted here came back: the source kept it (its change was newer
@@ -900,7 +1111,7 @@ impl Writer {
             .resolve_keys(target, source, index, entity, &keys)
             .await?;
         let never_crossed = self
-            .allocate_for_tombstones(target, index, entity, &keys, &mut target_keys)
+            .allocate_for_tombstones(target, source, index, entity, &keys, &mut target_keys)
             .await?;
         let mut key_texts = Vec::new();
         let mut times = Vec::new();
@@ -1482,6 +1693,7 @@ impl Writer {
             .collect();
         self.allocate_and_record(
             target,
+            source,
             index,
             entity,
             keys,
@@ -1715,6 +1927,7 @@ impl Writer {
     async fn allocate_for_tombstones(
         &mut self,
         target: &Client,
+        source: &Client,
         index: usize,
         entity: &Entity,
         keys: &[&Value],
@@ -1729,6 +1942,7 @@ impl Writer {
         let count = unknown.len() as u64;
         self.allocate_and_record(
             target,
+            source,
             index,
             entity,
             keys,
@@ -1747,6 +1961,7 @@ impl Writer {
     async fn allocate_and_record(
         &mut self,
         target: &Client,
+        source: &Client,
         index: usize,
         entity: &Entity,
         keys: &[&Value],
@@ -1774,17 +1989,30 @@ impl Writer {
         // unique violation fails the source transaction, which is applied
         // again once and then finds the pair; nothing is dropped silently.
         let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
-        target
-            .execute(
+        let insert = self
+            .statement(
+                target,
                 "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
-                 SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)",
-                &[&entity.name(), &legacy, &platform],
+                 SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)"
+                    .to_owned(),
             )
-            .await
-            .map_err(|e| {
-                ApplyError::postgres(self.to.as_str(), "record the id correspondence", e)
-            })?;
-        Ok(())
+            .await?;
+        let client = Arc::clone(&self.connection);
+        let name = entity.name().to_owned();
+        let recorded = async move {
+            client
+                .execute(&insert, &[&name, &legacy, &platform])
+                .await
+                .map(|_| None)
+        };
+        self.send(
+            target,
+            source,
+            "record the id correspondence",
+            recorded,
+            Then::Nothing,
+        )
+        .await
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {
@@ -1914,6 +2142,10 @@ type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 /// skew). With the lock taken first, the later writer waits for the earlier
 /// one's commit and its deciding statement, which starts after the lock is
 /// granted, sees it.
+const LOCK_ROWS: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
+     FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys";
+
 async fn lock_rows(
     client: &Client,
     side: &'static str,
@@ -1921,14 +2153,26 @@ async fn lock_rows(
     keys: &[Option<String>],
 ) -> Result<()> {
     client
-        .execute(
-            "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
-             FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys",
-            &[&entity, &keys],
-        )
+        .execute(LOCK_ROWS, &[&entity, &keys])
         .await
         .map_err(|e| ApplyError::postgres(side, "lock rows", e))?;
     Ok(())
+}
+
+/// [`lock_rows`] as a statement to send (see [`Writer::settle`]).
+/// `statement` is [`LOCK_ROWS`] prepared: a statement sent must go out in
+/// one message (see [`Writer::send`]), which an unprepared one does not (it
+/// is prepared first, in a round trip of its own).
+async fn lock_rows_sent(
+    client: Arc<Client>,
+    statement: Statement,
+    entity: String,
+    keys: Vec<Option<String>>,
+) -> std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    client
+        .execute(&statement, &[&entity, &keys])
+        .await
+        .map(|_| None)
 }
 
 fn parse_key(side: Side, text: &str) -> Result<Value> {

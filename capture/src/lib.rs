@@ -159,11 +159,11 @@ pub fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
 }
 
 /// An error and its sources, joined: `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = describe(error);
     let mut source = error.source();
     while let Some(cause) = source {
-        let cause_text = cause.to_string();
+        let cause_text = describe(cause);
         if !text.ends_with(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -171,4 +171,23 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// One error's own text. A database error is told by its severity, message
+/// and SQLSTATE only: its DETAIL and HINT may quote the row's values
+/// ("Failing row contains ..."), which must not reach logs or dead letters.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let db = error
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::as_db_error)
+        .or_else(|| error.downcast_ref::<tokio_postgres::error::DbError>());
+    match db {
+        Some(db) => format!(
+            "db error: {}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => error.to_string(),
+    }
 }

@@ -202,3 +202,90 @@ async fn a_poison_message_reaches_the_dead_letter_topic_while_the_stream_continu
     );
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbours_land_once(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("refused").await?;
+    // A rule only the platform has: the mapping cannot satisfy it.
+    bridge
+        .platform()
+        .execute(
+            "ALTER TABLE identity.identities ADD CONSTRAINT no_rejects CHECK (given_name <> 'Rejected')",
+        )
+        .await?;
+    // Three source transactions back to back, so that apply takes them in
+    // one target transaction: pipelined, the refusal surfaces after the
+    // statements of the next one were sent.
+    bridge
+        .legacy()
+        .execute(
+            // One simple query runs as one transaction unless it says otherwise.
+            "BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('before@example.com', 'Before Refusal', 'member', now(), now()); COMMIT;
+             BEGIN; INSERT INTO users (email, full_name, role, phone, inserted_at, updated_at) VALUES ('refused@example.com', 'Rejected Person', 'member', '+33600000042', now(), now()); COMMIT;
+             BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Refusal', 'member', now(), now()); COMMIT;",
+        )
+        .await?;
+    eventually("the two good users to cross", WAIT, || async {
+        let users = count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email IN ('before@example.com', 'after@example.com')",
+        )
+        .await?;
+        Ok((users == 2).then_some(()))
+    })
+    .await?;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("dlq"))
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&bridge.dead_letter_topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
+    let reason = message
+        .headers()
+        .map(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .filter(|h| h.key == "reason")
+                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no_rejects") && reason.contains("23514"),
+        "the reason names the constraint and the SQLSTATE: {reason}"
+    );
+    assert!(
+        !reason.contains("+33600000042") && !reason.contains("Rejected"),
+        "the reason quotes no value of the row: {reason}"
+    );
+
+    let platform = bridge.platform().client();
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(*) FROM identity.identities WHERE email = 'refused@example.com'"
+        )
+        .await?,
+        0,
+        "the refused transaction is not applied"
+    );
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM syncbridge.id_map").await?,
+        2,
+        "one id pair per good user: nothing recorded twice, nothing of the refused one"
+    );
+    let legacy = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+    assert_eq!(
+        legacy.dead_lettered, 1,
+        "only the refused event is dead-lettered"
+    );
+    assert!(
+        legacy.replans >= 1,
+        "the refusal, surfacing late in a pipelined batch, sent the batch through again one statement at a time"
+    );
+    bridge.stop().await
+}
