@@ -513,7 +513,7 @@ impl Session<'_> {
         self.writer.discard().await;
         if self.batch_open {
             if let Err(error) = self.target.batch_execute("ROLLBACK").await {
-                debug!(%error, "rolling back the pipelined batch failed; the session ends with it");
+                debug!(error = %capture::error_chain(&error), "rolling back the pipelined batch failed; the session ends with it");
             }
             self.batch_open = false;
         }
