@@ -98,6 +98,7 @@ async fn run_directions(
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
     let health = capture::telemetry::start(&config.telemetry, "apply", &shutdown).await;
+    monitor::register(&health);
     let topics = [Side::Legacy, Side::Platform]
         .map(|from| (from, config.topic(from, &mapping.side(from).source)));
     let watcher = tokio::spawn(monitor::watch(

@@ -79,6 +79,17 @@ struct Watched {
     last_committed_at: i64,
 }
 
+/// Registers what apply's readiness depends on (both directions, both
+/// databases, the broker), so that none of it counts as ready before it
+/// reported. Call before anything can report.
+pub fn register(health: &Health) {
+    for from in [Side::Legacy, Side::Platform] {
+        health.component(direction(from));
+        health.component(database(from));
+    }
+    health.component(BROKER);
+}
+
 /// Samples lags, counters, databases and the broker until `shutdown`.
 pub async fn watch(
     config: Config,

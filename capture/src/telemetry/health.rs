@@ -183,7 +183,8 @@ impl Health {
     pub fn status(&self) -> ServiceStatus {
         let now = Instant::now();
         let components = self.lock();
-        let mut starting = false;
+        // Nothing registered yet: the service has not said what it needs.
+        let mut starting = components.is_empty();
         let mut ready = true;
         let mut shown = BTreeMap::new();
         for (name, (condition, progress)) in components.iter() {
@@ -265,6 +266,14 @@ mod tests {
         assert!(!status.ready);
         health.ok("broker");
         assert!(health.status().ready);
+    }
+
+    #[test]
+    fn a_service_with_no_component_registered_yet_is_starting() {
+        let health = Health::new("apply", Duration::from_secs(60));
+        let status = health.status();
+        assert_eq!(status.state, "starting");
+        assert!(!status.ready);
     }
 
     #[test]
