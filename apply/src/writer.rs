@@ -1924,6 +1924,12 @@ impl Writer {
     /// tombstone under it. A snapshot's `READ` of the row that arrives after
     /// the `DELETE` (the row was deleted after its page was read) then finds
     /// the tombstone and does not bring the row back.
+    ///
+    /// A derived id can be taken already: the row was paired with it, then
+    /// the pair gave way to another source row with the same natural key
+    /// (see [`Self::unpair`]: the row was gone at the source before its
+    /// delete arrived, as with polling). That id is the other row's now, so
+    /// the delete leaves neither a pair nor a tombstone under it.
     async fn allocate_for_tombstones(
         &mut self,
         target: &Client,
@@ -1933,13 +1939,29 @@ impl Writer {
         keys: &[&Value],
         target_keys: &mut [Option<Value>],
     ) -> Result<u64> {
-        let unknown: Vec<usize> = (0..keys.len())
+        let mut unknown: Vec<usize> = (0..keys.len())
             .filter(|i| target_keys[*i].is_none() && *keys[*i] != Value::Null)
             .collect();
         if unknown.is_empty() {
             return Ok(0);
         }
         let count = unknown.len() as u64;
+        if self.to == Side::Platform {
+            // Derived ids, as `allocate` would give them.
+            let derived = self.allocate(target, entity, keys, &unknown).await?;
+            let texts: Vec<String> = derived
+                .iter()
+                .map(|id| capture::pgtype::to_text(id).unwrap_or_default())
+                .collect();
+            let asked: Vec<&String> = texts.iter().collect();
+            let taken = read_pairs(target, "platform", entity, Side::Platform, &asked).await?;
+            unknown = unknown
+                .into_iter()
+                .zip(&texts)
+                .filter(|(_, id)| !taken.contains_key(*id))
+                .map(|(i, _)| i)
+                .collect();
+        }
         self.allocate_and_record(
             target,
             source,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use schemas::event::CaptureMode;
+use schemas::event::{CaptureMode, Op};
 use sync_bridge_tests::{count, random_writes_on_own_rows, unique, Bridge, EventReader, Side};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -249,6 +249,87 @@ async fn a_row_deleted_and_recreated_with_its_email_between_polls_takes_over_its
         "each new row took over a stale pair"
     );
     assert_eq!(snapshot.dead_lettered, 0);
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
+) -> anyhow::Result<()> {
+    // Legacy users are deleted and recreated with the same emails. With
+    // reconciliation far off, the new rows cross first and take over the
+    // platform rows of the old ones (the stale pairs give way); the old
+    // rows' deletes come later, from reconciliation. They find no pair, and
+    // the id a tombstone would use is the new row's now: they must leave it
+    // alone, not collide with its pair (a unique violation dead-lettered the
+    // whole page of deletes, and the platform kept rows legacy no longer had).
+    let mut bridge = Bridge::prepare("poll_late_delete").await?;
+    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&far);
+    bridge.platform.use_polling(POLLING);
+    let mut bridge = bridge.run().await?;
+    let insert = "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+         SELECT 'late' || g || '@example.com', 'First Family', 'member', now(), now()
+         FROM generate_series(1, 20) g";
+    bridge.legacy().execute(insert).await?;
+    bridge.converged(WAIT).await?;
+    let linked_before = bridge
+        .counters
+        .of(apply::mapping::Side::Legacy)
+        .snapshot()
+        .linked;
+    bridge
+        .legacy()
+        .execute(&format!(
+            "DELETE FROM users WHERE email LIKE 'late%'; {}",
+            insert.replace("'First Family'", "'Second Family'")
+        ))
+        .await?;
+    sync_bridge_tests::eventually(
+        "the new users to take over the platform rows",
+        WAIT,
+        || async {
+            let linked = bridge
+                .counters
+                .of(apply::mapping::Side::Legacy)
+                .snapshot()
+                .linked;
+            Ok((linked - linked_before == 20).then_some(()))
+        },
+    )
+    .await?;
+
+    // Now reconciliation finds the old rows gone, and apply takes their deletes.
+    bridge.legacy.use_polling(POLLING);
+    bridge.restart_capture(Side::Legacy).await?;
+    let topic = bridge.legacy.topic.clone();
+    EventReader::new(&topic)?
+        .read_until("the old users' deletes", WAIT, |events| {
+            events.iter().filter(|e| e.op == Op::Delete).count() >= 20
+        })
+        .await?;
+    let end = sync_bridge_tests::high_watermark(&topic)?;
+    sync_bridge_tests::eventually("apply to pass the deletes", WAIT, || async {
+        let applied = count(
+            bridge.platform().client(),
+            &format!("SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE topic = '{topic}'"),
+        )
+        .await?;
+        Ok((applied >= end - 1).then_some(()))
+    })
+    .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE given_name = 'Second'"
+        )
+        .await?,
+        20,
+        "the platform rows carry the new users"
+    );
+    let legacy = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+    assert_eq!(legacy.dead_lettered, 0, "no delete was dead-lettered");
+    assert_eq!(legacy.deleted, 0, "the late deletes removed nothing");
     bridge.stop().await
 }
 
