@@ -155,26 +155,7 @@ async fn a_poison_message_reaches_the_dead_letter_topic_while_the_stream_continu
         "the group travelled in the same source transaction as the bad zone: all or nothing"
     );
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("dlq"))
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(&bridge.dead_letter_topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let mut reasons = Vec::new();
-    while reasons.len() < 3 {
-        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
-        let headers = message.headers().map(|h| {
-            use rdkafka::message::Headers;
-            h.iter()
-                .filter(|h| h.key == "reason")
-                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                .collect::<Vec<_>>()
-                .join("")
-        });
-        reasons.push(headers.unwrap_or_default());
-    }
+    let reasons = dead_letter_reasons(&bridge.dead_letter_topic, 3).await?;
     // The two directions dead-letter independently: any order.
     assert_eq!(
         reasons.iter().filter(|r| r.contains("undecodable")).count(),
@@ -236,24 +217,9 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
     })
     .await?;
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("dlq"))
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(&bridge.dead_letter_topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
-    let reason = message
-        .headers()
-        .map(|h| {
-            use rdkafka::message::Headers;
-            h.iter()
-                .filter(|h| h.key == "reason")
-                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                .collect::<String>()
-        })
-        .unwrap_or_default();
+    let reason = dead_letter_reasons(&bridge.dead_letter_topic, 1)
+        .await?
+        .concat();
     assert!(
         reason.contains("no_rejects") && reason.contains("23514"),
         "the reason names the constraint and the SQLSTATE: {reason}"
@@ -288,4 +254,28 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
         "the refusal, surfacing late in a pipelined batch, sent the batch through again one statement at a time"
     );
     bridge.stop().await
+}
+
+/// The `reason` headers of the first `count` messages on the dead-letter topic.
+async fn dead_letter_reasons(topic: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("dlq"))
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut reasons = Vec::new();
+    while reasons.len() < count {
+        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
+        let reason = message.headers().map(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .filter(|h| h.key == "reason")
+                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                .collect::<String>()
+        });
+        reasons.push(reason.unwrap_or_default());
+    }
+    Ok(reasons)
 }
