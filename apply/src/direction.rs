@@ -201,15 +201,30 @@ pub async fn check_mapping(config: &Config, mapping: &Mapping, side: Side) -> Re
     Ok(catalog)
 }
 
+/// What the two databases of a direction have.
+#[derive(Debug, Clone)]
+pub struct Catalogs {
+    pub source: Catalog,
+    pub target: Catalog,
+}
+
+/// Reads both databases' catalogs for the direction `from` ->
+/// `from.other()` and checks the mapping against each (target first).
+pub async fn check_direction(config: &Config, mapping: &Mapping, from: Side) -> Result<Catalogs> {
+    let target = check_mapping(config, mapping, from.other()).await?;
+    let source = check_mapping(config, mapping, from).await?;
+    Ok(Catalogs { source, target })
+}
+
 /// Runs one session of the direction `from` -> `from.other()`.
 pub async fn session(
     shared: &Shared,
     from: Side,
-    catalog: Catalog,
+    catalogs: Catalogs,
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd> {
-    session_reading(shared, from, catalog, stats, shutdown, Reading::Live).await
+    session_reading(shared, from, catalogs, stats, shutdown, Reading::Live).await
 }
 
 /// Runs one session of the direction `from` -> `from.other()`, reading as
@@ -217,7 +232,7 @@ pub async fn session(
 pub async fn session_reading(
     shared: &Shared,
     from: Side,
-    catalog: Catalog,
+    catalogs: Catalogs,
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
     reading: Reading,
@@ -227,7 +242,7 @@ pub async fn session_reading(
         let ended = run(
             shared,
             from,
-            catalog.clone(),
+            catalogs.clone(),
             Arc::clone(&stats),
             shutdown,
             reading,
@@ -246,7 +261,7 @@ pub async fn session_reading(
 async fn run(
     shared: &Shared,
     from: Side,
-    catalog: Catalog,
+    catalogs: Catalogs,
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
     reading: Reading,
@@ -287,7 +302,7 @@ async fn run(
     let mut writer = Writer::new(
         from,
         Arc::clone(&shared.mapping),
-        catalog,
+        catalogs,
         config.apply.statement_max_rows,
         Arc::clone(&stats),
         Arc::clone(&target),
@@ -510,17 +525,8 @@ impl Session<'_> {
         );
         self.stats.replanned();
         capture::telemetry::metrics::apply_error(crate::monitor::direction(self.from), "replan");
-        self.writer.discard().await;
-        if self.batch_open {
-            if let Err(error) = self.target.batch_execute("ROLLBACK").await {
-                debug!(error = %capture::error_chain(&error), "rolling back the pipelined batch failed; the session ends with it");
-            }
-            self.batch_open = false;
-        }
-        self.writer.rolled_back();
-        self.open = None;
-        if let Err(error) = self.writer.release_pair_lock(&self.source).await {
-            debug!(error = %capture::error_chain(&error), "releasing the pair lock failed; it ends with the session");
+        if let Err(error) = self.rollback().await {
+            debug!(error = %capture::error_chain(&error), "rolling back the pipelined batch failed; it ends with the session");
         }
     }
 

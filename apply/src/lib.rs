@@ -179,11 +179,10 @@ async fn supervise(
     loop {
         let started = Instant::now();
         let outcome = async {
-            let catalog =
-                direction::check_mapping(&shared.config, &shared.mapping, from.other()).await?;
-            direction::check_mapping(&shared.config, &shared.mapping, from).await?;
+            let catalogs =
+                direction::check_direction(&shared.config, &shared.mapping, from).await?;
             health.ok(component);
-            direction::session(shared, from, catalog, Arc::clone(&stats), shutdown).await
+            direction::session(shared, from, catalogs, Arc::clone(&stats), shutdown).await
         }
         .await;
         match outcome {

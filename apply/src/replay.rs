@@ -160,17 +160,22 @@ async fn replay_into(
         }
     };
     info!(from = from.as_str(), topic = %topic, start, end = high, "replay started");
-    let catalog = direction::check_mapping(config, &shared.mapping, from.other()).await?;
-    direction::check_mapping(config, &shared.mapping, from).await?;
+    let catalogs = direction::check_direction(config, &shared.mapping, from).await?;
     let stats = Arc::new(Stats::default());
     let reading = Reading::Replay {
         start,
         end: high,
         from_micros,
     };
-    let end =
-        direction::session_reading(shared, from, catalog, Arc::clone(&stats), shutdown, reading)
-            .await?;
+    let end = direction::session_reading(
+        shared,
+        from,
+        catalogs,
+        Arc::clone(&stats),
+        shutdown,
+        reading,
+    )
+    .await?;
     let (read, skipped_before) = match end {
         SessionEnd::Replayed {
             read,

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,6 +19,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape};
+use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{
     to_target, Catalog, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
@@ -168,19 +168,23 @@ enum PairLock {
     Session,
 }
 
+/// What a statement sent ahead answers: its first row, if any.
+type Answer = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>;
+
 /// The reply to a statement sent ahead (see [`Writer::settle`]).
-type Reply = Pin<
-    Box<
-        dyn Future<Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
-            + Send,
-    >,
->;
+enum Reply {
+    /// Answered at once (it failed before it was sent).
+    Done(Answer),
+    /// Read by a task of its own as it arrives. tokio-postgres hands a
+    /// request's reply over through a channel of one message: a reply nobody
+    /// reads stops the connection from reading any other, so a statement
+    /// awaited after an unread sent one would wait forever.
+    Reading(tokio::task::JoinHandle<Answer>),
+}
 
 /// A statement sent to the target whose reply is not read yet.
 struct Sent {
-    /// Only ever taken out to be awaited: wrapped so that the writer stays
-    /// `Sync` (borrowed across awaits).
-    reply: sync_wrapper::SyncWrapper<Reply>,
+    reply: Reply,
     /// What the statement does, for its error.
     context: String,
     then: Then,
@@ -224,7 +228,10 @@ pub struct Writer {
     from: Side,
     to: Side,
     mapping: Arc<Mapping>,
+    /// The target database's tables and types.
     catalog: Catalog,
+    /// The source database's (where legacy lookup tables are read).
+    source_catalog: Catalog,
     origin: String,
     tie_wins: bool,
     max_rows: usize,
@@ -232,9 +239,6 @@ pub struct Writer {
     ids: IdMap,
     /// Lookup values read from the legacy side: (field, key text) -> value text.
     lookups: HashMap<(usize, usize, String), Option<String>>,
-    /// The SQL type of each lookup field's key column (entity, field), read
-    /// once from the lookup table's database.
-    lookup_key_types: HashMap<(usize, usize), String>,
     statements: HashMap<String, Statement>,
     stats: Arc<Stats>,
     analyze: Analyze,
@@ -285,7 +289,7 @@ impl Writer {
     pub fn new(
         from: Side,
         mapping: Arc<Mapping>,
-        catalog: Catalog,
+        catalogs: Catalogs,
         max_rows: usize,
         stats: Arc<Stats>,
         connection: Arc<Client>,
@@ -296,14 +300,14 @@ impl Writer {
             from,
             to: from.other(),
             mapping,
-            catalog,
+            catalog: catalogs.target,
+            source_catalog: catalogs.source,
             origin,
             tie_wins,
             max_rows,
             run: None,
             ids: IdMap::default(),
             lookups: HashMap::new(),
-            lookup_key_types: HashMap::new(),
             statements: HashMap::new(),
             stats,
             analyze: Analyze::default(),
@@ -337,11 +341,9 @@ impl Writer {
         then: Then,
     ) -> Result<()>
     where
-        F: Future<Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
-            + Send
-            + 'static,
+        F: Future<Output = Answer> + Send + 'static,
     {
-        let mut reply: Reply = Box::pin(reply);
+        let mut reply = Box::pin(reply);
         // tokio-postgres queues a request on the connection when its future
         // is first polled: polling once now puts the statements on the wire
         // in the order they are sent, whenever their replies are read. That
@@ -349,11 +351,12 @@ impl Writer {
         // one, or a simple query; an unprepared statement with parameters
         // would be prepared in a round trip first and go out later.
         let waker = futures::task::noop_waker();
-        if let Poll::Ready(done) = reply.as_mut().poll(&mut Context::from_waker(&waker)) {
-            reply = Box::pin(std::future::ready(done));
-        }
+        let reply = match reply.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(done) => Reply::Done(done),
+            Poll::Pending => Reply::Reading(tokio::spawn(reply)),
+        };
         self.sent.push_back(Sent {
-            reply: sync_wrapper::SyncWrapper::new(reply),
+            reply,
             context: context.into(),
             then,
         });
@@ -362,6 +365,30 @@ impl Writer {
         } else {
             self.settle(target, source).await
         }
+    }
+
+    /// Sends `sql` with `params`, prepared (and cached) first: a statement
+    /// sent must go out in one request for the order to hold (see
+    /// [`Self::send`]), which an unprepared statement with parameters does
+    /// not. The reply is its first row, if any.
+    async fn send_prepared(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+        context: impl Into<String>,
+        then: Then,
+    ) -> Result<()> {
+        let statement = self.statement(target, sql).await?;
+        let client = Arc::clone(&self.connection);
+        let reply = async move {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            let rows = client.query(&statement, &params).await?;
+            Ok(rows.into_iter().next())
+        };
+        self.send(target, source, context, reply, then).await
     }
 
     /// Sends a statement without parameters (a savepoint's, for instance).
@@ -383,9 +410,17 @@ impl Writer {
     /// the server refused in the failed transaction) are drained.
     pub async fn settle(&mut self, target: &Client, source: &Client) -> Result<()> {
         while let Some(sent) = self.sent.pop_front() {
-            let done = match sent.reply.into_inner().await {
-                Ok(row) => self.then(target, source, sent.then, row).await,
-                Err(e) => Err(ApplyError::postgres(self.to.as_str(), sent.context, e)),
+            let answer = match sent.reply {
+                Reply::Done(answer) => Ok(answer),
+                Reply::Reading(task) => task.await,
+            };
+            let done = match answer {
+                Ok(Ok(row)) => self.then(target, source, sent.then, row).await,
+                Ok(Err(e)) => Err(ApplyError::postgres(self.to.as_str(), sent.context, e)),
+                Err(ended) => Err(ApplyError::Replan(format!(
+                    "the reply to {} was lost: {ended}",
+                    sent.context
+                ))),
             };
             if let Err(error) = done {
                 self.discard().await;
@@ -399,7 +434,9 @@ impl Writer {
     /// transaction is being rolled back).
     pub async fn discard(&mut self) {
         while let Some(sent) = self.sent.pop_front() {
-            let _ = sent.reply.into_inner().await;
+            if let Reply::Reading(task) = sent.reply {
+                let _ = task.await;
+            }
         }
     }
 
@@ -896,18 +933,25 @@ impl Writer {
             self.bases(target, source, entity, &written, &key_texts)
                 .await?
         };
-        let statement = self.statement(target, sql).await?;
         let crossed: Vec<(String, Value)> = written_rows
             .iter()
             .zip(&key_texts)
             .filter(|(i, _)| crossed_before[**i])
             .filter_map(|(i, key)| Some((key.clone()?, rows[*i].source_key.clone())))
             .collect();
-        let lock = self.statement(target, LOCK_ROWS.to_owned()).await?;
-        let client = Arc::clone(&self.connection);
-        let locked = lock_rows_sent(client, lock, entity.name().to_owned(), key_texts.clone());
-        self.send(target, source, "lock rows", locked, Then::Nothing)
-            .await?;
+        let lock: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(entity.name().to_owned()),
+            Box::new(key_texts.clone()),
+        ];
+        self.send_prepared(
+            target,
+            source,
+            LOCK_ROWS.to_owned(),
+            lock,
+            "lock rows",
+            Then::Nothing,
+        )
+        .await?;
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
         params.push(Box::new(key_texts));
         for texts in column_texts {
@@ -918,23 +962,18 @@ impl Writer {
         params.push(Box::new(source_xids));
         params.push(Box::new(based_keys));
         params.push(Box::new(based_xmins));
-        let client = Arc::clone(&self.connection);
-        let upsert = async move {
-            let params: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            client.query_one(&statement, &params).await.map(Some)
-        };
         let then = Then::Written(Written {
             entity: index,
             attempted: written_rows.len() as u64,
             crossed,
             transaction: self.transactions,
         });
-        self.send(
+        self.send_prepared(
             target,
             source,
+            sql,
+            params,
             format!("write {}", entity.name()),
-            upsert,
             then,
         )
         .await
@@ -1337,7 +1376,15 @@ impl Writer {
         if missing.is_empty() {
             return Ok(());
         }
-        let key_type = self.lookup_key_type(source, e, field, &lookup).await?;
+        let key_type = self
+            .source_catalog
+            .column_type(&lookup.table.schema, &lookup.table.table, &lookup.key)
+            .ok_or_else(|| {
+                ApplyError::Config(format!(
+                    "lookup table {}.{} has no column {}",
+                    lookup.table.schema, lookup.table.table, lookup.key
+                ))
+            })?;
         // Compared as the key's own type, so the lookup table's key index
         // serves it (`key::text = ...` would scan the whole table per batch).
         let sql = format!(
@@ -1356,36 +1403,6 @@ impl Writer {
             self.lookups.insert((e, field, key), value);
         }
         Ok(())
-    }
-
-    /// The SQL type of a lookup table's key column, as `client`'s catalog
-    /// names it (cached for the session).
-    async fn lookup_key_type(
-        &mut self,
-        client: &Client,
-        entity: usize,
-        field: usize,
-        lookup: &crate::mapping::Lookup,
-    ) -> Result<String> {
-        if let Some(known) = self.lookup_key_types.get(&(entity, field)) {
-            return Ok(known.clone());
-        }
-        let table = quote_table(&lookup.table.schema, &lookup.table.table);
-        let row = client
-            .query_opt(
-                "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
-                &[&table, &lookup.key],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.from.as_str(), "read a lookup key's type", e))?
-            .ok_or_else(|| {
-                ApplyError::Config(format!("lookup table {table} has no column {}", lookup.key))
-            })?;
-        let key_type: String = row.get(0);
-        self.lookup_key_types
-            .insert((entity, field), key_type.clone());
-        Ok(key_type)
     }
 
     /// Platform -> legacy: the lookup table's key for each value, creating
@@ -2011,27 +2028,19 @@ impl Writer {
         // unique violation fails the source transaction, which is applied
         // again once and then finds the pair; nothing is dropped silently.
         let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
-        let insert = self
-            .statement(
-                target,
-                "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
-                 SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)"
-                    .to_owned(),
-            )
-            .await?;
-        let client = Arc::clone(&self.connection);
-        let name = entity.name().to_owned();
-        let recorded = async move {
-            client
-                .execute(&insert, &[&name, &legacy, &platform])
-                .await
-                .map(|_| None)
-        };
-        self.send(
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(entity.name().to_owned()),
+            Box::new(legacy),
+            Box::new(platform),
+        ];
+        self.send_prepared(
             target,
             source,
+            "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
+             SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)"
+                .to_owned(),
+            params,
             "record the id correspondence",
-            recorded,
             Then::Nothing,
         )
         .await
@@ -2152,6 +2161,11 @@ async fn read_pairs(
 /// planner could turn into that scan.
 const PROBE: &str = "OFFSET 0";
 
+/// The row locks of [`lock_rows`]: `$1` the entity, `$2` the keys (text).
+const LOCK_ROWS: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
+     FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys";
+
 /// Keys (text) and delete times (text) of one entity's deletes.
 type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 
@@ -2164,10 +2178,6 @@ type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 /// skew). With the lock taken first, the later writer waits for the earlier
 /// one's commit and its deciding statement, which starts after the lock is
 /// granted, sees it.
-const LOCK_ROWS: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
-     FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys";
-
 async fn lock_rows(
     client: &Client,
     side: &'static str,
@@ -2179,22 +2189,6 @@ async fn lock_rows(
         .await
         .map_err(|e| ApplyError::postgres(side, "lock rows", e))?;
     Ok(())
-}
-
-/// [`lock_rows`] as a statement to send (see [`Writer::settle`]).
-/// `statement` is [`LOCK_ROWS`] prepared: a statement sent must go out in
-/// one message (see [`Writer::send`]), which an unprepared one does not (it
-/// is prepared first, in a round trip of its own).
-async fn lock_rows_sent(
-    client: Arc<Client>,
-    statement: Statement,
-    entity: String,
-    keys: Vec<Option<String>>,
-) -> std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
-    client
-        .execute(&statement, &[&entity, &keys])
-        .await
-        .map(|_| None)
 }
 
 fn parse_key(side: Side, text: &str) -> Result<Value> {
