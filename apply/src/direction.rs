@@ -174,6 +174,66 @@ struct Session<'a> {
     /// Statements are pipelined except up to this offset, which a pipelined
     /// pass failed at or before (see [`Writer::pipeline`]).
     careful_until: Option<i64>,
+    statistics: Statistics,
+}
+
+/// Planner statistics refreshed beside the applying connection.
+///
+/// An `ANALYZE` of the tables apply fills takes a few hundred milliseconds
+/// on a large load; on the applying connection every batch behind it
+/// waited. It runs on a connection of its own (opened on first use), one at
+/// a time: while one runs, the rows written keep counting and the next
+/// starts once it has finished. One still running when the session ends is
+/// cancelled with it. A failure costs only stale statistics: logged, and the
+/// next one is tried when due.
+#[derive(Default)]
+struct Statistics {
+    connection: Option<Arc<Client>>,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Statistics {
+    /// Starts the `ANALYZE` the writer says is due, unless one still runs.
+    async fn refresh(&mut self, config: &Config, side: Side, writer: &mut Writer) {
+        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        let Some(sql) = writer.statistics_due() else {
+            return;
+        };
+        let client = match &self.connection {
+            Some(client) if !client.is_closed() => Arc::clone(client),
+            _ => match connect(config, side).await {
+                Ok(client) => Arc::clone(self.connection.insert(Arc::new(client))),
+                Err(error) => {
+                    warn!(database = side.as_str(), error = %error, "could not connect to refresh planner statistics");
+                    return;
+                }
+            },
+        };
+        self.running = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            match client.batch_execute(&sql).await {
+                Ok(()) => debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "planner statistics refreshed"
+                ),
+                Err(error) => warn!(
+                    database = side.as_str(),
+                    error = %capture::error_chain(&error),
+                    "refreshing planner statistics failed"
+                ),
+            }
+        }));
+    }
+}
+
+impl Drop for Statistics {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.abort();
+        }
+    }
 }
 
 /// How one run of a session ended.
@@ -338,6 +398,7 @@ async fn run(
         skipped_before: 0,
         seen: -1,
         careful_until,
+        statistics: Statistics::default(),
         progress: match reading {
             Reading::Live => None,
             Reading::Replay { start, end, .. } => Some(Progress::new(
@@ -615,7 +676,9 @@ impl Session<'_> {
                 &self.shared.config.apply.marker_prefix,
             )
             .await?;
-        self.writer.refresh_statistics(&self.target).await?;
+        self.statistics
+            .refresh(&self.shared.config, self.from.other(), &mut self.writer)
+            .await;
         self.position.consumed(offset);
         if self.careful_until.is_some_and(|until| offset >= until) {
             self.careful_until = None;

@@ -29,6 +29,38 @@ use crate::stats::Stats;
 /// The namespace of the uuids apply derives for rows born on the legacy side.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_9e0a_3c47_4f2b_9a61_0c2e_8d4b_7f13);
 
+/// The statements prepared on one connection, by their text.
+///
+/// A statement run by its text is prepared in a round trip of its own every
+/// time (parse, then bind and execute); one prepared once runs in one round
+/// trip, and the server keeps its plan. A connection's statements live as
+/// long as it does, as does the writer (one per session). Shared through
+/// `&self`, so that reads made from `&self` methods use it too.
+#[derive(Default)]
+struct Prepared(std::sync::Mutex<HashMap<String, Statement>>);
+
+impl Prepared {
+    async fn get(&self, client: &Client, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cached(sql) {
+            return Ok(statement);
+        }
+        let statement = client.prepare(sql).await?;
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn cached(&self, sql: &str) -> Option<Statement> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(sql)
+            .cloned()
+    }
+}
+
 /// What became of a staged event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staged {
@@ -239,7 +271,10 @@ pub struct Writer {
     ids: IdMap,
     /// Lookup values read from the legacy side: (field, key text) -> value text.
     lookups: HashMap<(usize, usize, String), Option<String>>,
-    statements: HashMap<String, Statement>,
+    /// Statements prepared on the target connection...
+    statements: Prepared,
+    /// ...and on the source connection.
+    source_statements: Prepared,
     stats: Arc<Stats>,
     analyze: Analyze,
     delete_rule: conflict::DeleteRule,
@@ -308,7 +343,8 @@ impl Writer {
             run: None,
             ids: IdMap::default(),
             lookups: HashMap::new(),
-            statements: HashMap::new(),
+            statements: Prepared::default(),
+            source_statements: Prepared::default(),
             stats,
             analyze: Analyze::default(),
             delete_rule: conflict::DeleteRule::Live,
@@ -647,14 +683,16 @@ impl Writer {
         self.lookups.clear();
     }
 
-    /// Refreshes the planner statistics of the bookkeeping tables and of the
-    /// target tables written, when enough rows were written since the last
-    /// time (see [`Analyze`]); runs between target transactions. Tables apply
-    /// may not analyze (owned by another role) are skipped by the server with
-    /// a warning.
-    pub async fn refresh_statistics(&mut self, target: &Client) -> Result<()> {
+    /// The `ANALYZE` that refreshes the planner statistics of what this
+    /// writer fills, when one is due (see [`Analyze`]); from then on the
+    /// rows count towards the next one. The caller runs it on a connection
+    /// of its own (it needs no transaction of apply's, and apply need not
+    /// wait for it); asked between target transactions. Tables apply may not
+    /// analyze (owned by another role) are skipped by the server with a
+    /// warning.
+    pub fn statistics_due(&mut self) -> Option<String> {
         if !self.analyze.due() {
-            return Ok(());
+            return None;
         }
         let mut tables = vec![
             "syncbridge.id_map".to_owned(),
@@ -667,20 +705,9 @@ impl Writer {
             let table = self.mapping.entities()[index].table(self.to);
             tables.push(quote_table(&table.schema, &table.table));
         }
-        let started = std::time::Instant::now();
-        target
-            .batch_execute(&format!("ANALYZE {}", tables.join(", ")))
-            .await
-            .map_err(|e| ApplyError::postgres(self.to.as_str(), "analyze", e))?;
-        debug!(
-            rows = self.analyze.since,
-            tables = tables.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "planner statistics refreshed"
-        );
         self.analyze.before += self.analyze.since;
         self.analyze.since = 0;
-        Ok(())
+        Some(format!("ANALYZE {}", tables.join(", ")))
     }
 
     /// Re-asserts, on the side they came from, the deletes recorded in the
@@ -777,15 +804,19 @@ impl Writer {
     }
 
     async fn statement(&mut self, target: &Client, sql: String) -> Result<Statement> {
-        if let Some(statement) = self.statements.get(&sql) {
-            return Ok(statement.clone());
-        }
-        let statement = target
-            .prepare(&sql)
+        self.statements
+            .get(target, &sql)
             .await
-            .map_err(|e| ApplyError::postgres(self.to.as_str(), "prepare a statement", e))?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "prepare a statement", e))
+    }
+
+    /// The cache of statements prepared on the connection to `side`.
+    fn prepared(&self, side: Side) -> &Prepared {
+        if side == self.to {
+            &self.statements
+        } else {
+            &self.source_statements
+        }
     }
 
     fn column_type(&self, entity: &Entity, side: Side, column: &str) -> Result<String> {
@@ -814,8 +845,9 @@ impl Writer {
         allocate: bool,
     ) -> Result<()> {
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
+        let linking = allocate && !entity.natural_key_columns(self.to).is_empty();
         let mut target_keys = self
-            .resolve_keys(target, source, index, entity, &keys)
+            .resolve_keys(target, source, index, entity, &keys, linking)
             .await?;
 
         // Columns: what the rows carry (the first row tells; a run shares a shape).
@@ -1147,7 +1179,7 @@ impl Writer {
     ) -> Result<()> {
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
         let mut target_keys = self
-            .resolve_keys(target, source, index, entity, &keys)
+            .resolve_keys(target, source, index, entity, &keys, false)
             .await?;
         let never_crossed = self
             .allocate_for_tombstones(target, source, index, entity, &keys, &mut target_keys)
@@ -1261,7 +1293,7 @@ impl Writer {
             let parent_entity = self.mapping.entities()[parent_index].clone();
             let refs: Vec<&Value> = ids.iter().collect();
             let resolved = self
-                .resolve_keys(target, source, parent_index, &parent_entity, &refs)
+                .resolve_keys(target, source, parent_index, &parent_entity, &refs, false)
                 .await?;
             for (id, target_id) in ids.iter().zip(resolved) {
                 reference_ids.insert(
@@ -1465,6 +1497,7 @@ impl Writer {
         index: usize,
         entity: &Entity,
         keys: &[&Value],
+        linking: bool,
     ) -> Result<Vec<Option<Value>>> {
         let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
         let unknown: Vec<usize> = (0..keys.len())
@@ -1474,7 +1507,7 @@ impl Writer {
             return Ok(out);
         }
         // Both databases hold part of the correspondence: each the rows it received.
-        for client in [target, source] {
+        for (client, side) in [(target, self.to), (source, self.from)] {
             let still: Vec<usize> = unknown
                 .iter()
                 .copied()
@@ -1483,8 +1516,14 @@ impl Writer {
             if still.is_empty() {
                 break;
             }
+            if side == self.from && linking {
+                // Only the other direction records pairs in the source's
+                // id_map: what it says is settled once the pair lock is held
+                // (see `link_or_allocate`).
+                self.lock_pairs(target, source).await?;
+            }
             let found = self
-                .read_map(client, entity, still.iter().map(|i| keys[*i]))
+                .read_map(client, side, entity, still.iter().map(|i| keys[*i]))
                 .await?;
             for i in still {
                 if let Some(id) = found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
@@ -1535,27 +1574,13 @@ impl Writer {
         let natural = entity.natural_key_columns(self.to).to_vec();
         // Without a natural key there are no links: each direction only
         // pairs the rows it creates, and the two never pair the same id.
-        let fresh = if natural.is_empty() {
-            fresh
-        } else {
-            // Decide with the other direction's decisions about this entity
-            // settled: it may have paired these rows since they were resolved.
+        // With one, the decision is made with the other direction's
+        // decisions settled: `resolve_keys` took the pair lock before it
+        // asked the source's id_map about `fresh`, so the other direction
+        // has paired none of them since (this call keeps the lock held).
+        if !natural.is_empty() {
             self.lock_pairs(target, source).await?;
-            let paired_meanwhile = self
-                .read_map(source, entity, fresh.iter().map(|i| keys[*i]))
-                .await?;
-            for i in &fresh {
-                let text = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
-                if let Some(id) = paired_meanwhile.get(&text) {
-                    self.learn(index, keys[*i], id);
-                    target_keys[*i] = Some(id.clone());
-                }
-            }
-            fresh
-                .into_iter()
-                .filter(|i| target_keys[*i].is_none())
-                .collect()
-        };
+        }
         if fresh.is_empty() {
             return Ok(());
         }
@@ -1626,10 +1651,12 @@ impl Writer {
                 for array in &arrays {
                     query_params.push(array);
                 }
+                let failed = |e| ApplyError::postgres(self.to.as_str(), "match natural keys", e);
+                let statement = self.statements.get(target, &sql).await.map_err(failed)?;
                 let rows = target
-                    .query(&sql, &query_params)
+                    .query(&statement, &query_params)
                     .await
-                    .map_err(|e| ApplyError::postgres(self.to.as_str(), "match natural keys", e))?;
+                    .map_err(failed)?;
                 // Natural key -> (target key, the source row it is paired
                 // with in the target's id_map, if any).
                 let existing: HashMap<Vec<String>, (String, Option<String>)> = rows
@@ -1850,7 +1877,15 @@ impl Writer {
         keys: impl Iterator<Item = &'k String>,
     ) -> Result<HashMap<String, String>> {
         let keys: Vec<&String> = keys.collect();
-        read_pairs(source, self.from.as_str(), entity, self.to, &keys).await
+        read_pairs(
+            source,
+            self.prepared(self.from),
+            self.from.as_str(),
+            entity,
+            self.to,
+            &keys,
+        )
+        .await
     }
 
     /// The changes among `rows` that were made on top of a version this
@@ -1971,7 +2006,15 @@ impl Writer {
                 .map(|id| capture::pgtype::to_text(id).unwrap_or_default())
                 .collect();
             let asked: Vec<&String> = texts.iter().collect();
-            let taken = read_pairs(target, "platform", entity, Side::Platform, &asked).await?;
+            let taken = read_pairs(
+                target,
+                self.prepared(self.to),
+                "platform",
+                entity,
+                Side::Platform,
+                &asked,
+            )
+            .await?;
             unknown = unknown
                 .into_iter()
                 .zip(&texts)
@@ -2070,12 +2113,20 @@ impl Writer {
     async fn read_map(
         &self,
         client: &Client,
+        side: Side,
         entity: &Entity,
         keys: impl Iterator<Item = &Value>,
     ) -> Result<HashMap<String, Value>> {
         let texts: Vec<String> = keys.filter_map(capture::pgtype::to_text).collect();
         let texts: Vec<&String> = texts.iter().collect();
-        read_pairs(client, "either", entity, self.from, &texts)
+        read_pairs(
+            client,
+            self.prepared(side),
+            side.as_str(),
+            entity,
+            self.from,
+            &texts,
+        )
             .await?
             .into_iter()
             .map(|(from, to)| Ok((from, parse_key(self.to, &to)?)))
@@ -2125,6 +2176,7 @@ impl Writer {
 /// key, typed (see [`PROBE`]).
 async fn read_pairs(
     client: &Client,
+    prepared: &Prepared,
     database: &'static str,
     entity: &Entity,
     by: Side,
@@ -2142,10 +2194,12 @@ async fn read_pairs(
          CROSS JOIN LATERAL (SELECT {by}, {give} FROM syncbridge.id_map \
            WHERE entity = $1 AND {by} = x.id {PROBE}) AS m"
     );
+    let failed = |e| ApplyError::postgres(database, "read the id correspondence", e);
+    let statement = prepared.get(client, &sql).await.map_err(failed)?;
     let rows = client
-        .query(&sql, &[&entity.name(), &keys])
+        .query(&statement, &[&entity.name(), &keys])
         .await
-        .map_err(|e| ApplyError::postgres(database, "read the id correspondence", e))?;
+        .map_err(failed)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
