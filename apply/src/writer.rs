@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape};
+use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
 use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{
@@ -40,7 +40,11 @@ const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_9e0a_3c47_4f2b_9a61_0c2e_8d4b_
 struct Prepared(std::sync::Mutex<HashMap<String, Statement>>);
 
 impl Prepared {
-    async fn get(&self, client: &Client, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+    async fn get(
+        &self,
+        client: &Client,
+        sql: &str,
+    ) -> std::result::Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.cached(sql) {
             return Ok(statement);
         }
@@ -2127,10 +2131,10 @@ impl Writer {
             self.from,
             &texts,
         )
-            .await?
-            .into_iter()
-            .map(|(from, to)| Ok((from, parse_key(self.to, &to)?)))
-            .collect()
+        .await?
+        .into_iter()
+        .map(|(from, to)| Ok((from, parse_key(self.to, &to)?)))
+        .collect()
     }
 
     /// New target ids: a uuid derived from the legacy id (stable, so a replay
@@ -2202,18 +2206,6 @@ async fn read_pairs(
         .map_err(failed)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
-
-/// Ends the `LATERAL` subquery that looks up one key of a batch, so that the
-/// lookup stays one index probe per key, whatever the table's size.
-///
-/// Written as a plain join (or `= ANY`), a batch of a thousand keys against
-/// a table of a hundred thousand rows was planned as a sequential scan: the
-/// planner prices a thousand probes above one scan, and the scan's cost
-/// grows with the table (measured by `scripts/bench apply` with auto_explain:
-/// 8-25 ms per batch at 70,000 rows, against about 1 ms for the probes).
-/// `OFFSET 0` keeps the subquery from being pulled up into a join the
-/// planner could turn into that scan.
-const PROBE: &str = "OFFSET 0";
 
 /// The row locks of [`lock_rows`]: `$1` the entity, `$2` the keys (text).
 const LOCK_ROWS: &str =
