@@ -28,7 +28,7 @@ mod scan;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -98,10 +98,10 @@ mod branch {
 }
 
 /// Encodes and decodes [`ChangeEvent`]s. Build it once with [`Codec::new`]
-/// and share it: cloning is cheap (an [`Arc`]), and it is `Send + Sync`.
+/// and share it: cloning is cheap (a reference), and it is `Send + Sync`.
 #[derive(Clone)]
 pub struct Codec {
-    inner: Arc<Inner>,
+    inner: &'static Inner,
 }
 
 struct Inner {
@@ -109,12 +109,47 @@ struct Inner {
     versions: Vec<Known>,
 }
 
+/// The shipped versions, parsed and checked once per process: they are
+/// constants of the build, and a decoder built for one (apache-avro resolves
+/// a schema's names when it builds one, which cost more than decoding a
+/// change event itself) borrows it for as long as the process runs.
+static SHIPPED: OnceLock<Inner> = OnceLock::new();
+
 struct Known {
     meta: SchemaVersion,
     schema: Schema,
     fingerprint: [u8; 8],
     /// Named types of `schema` by full name, for the scanner's references.
     names: HashMap<Name, Schema>,
+    /// apache-avro's decoder for data written with `schema`, read as the
+    /// current version; built on first use.
+    reader: OnceLock<GenericDatumReader<'static>>,
+}
+
+impl Known {
+    /// The decoder for data written with this version, resolving to
+    /// `current` when this is an older one.
+    fn reader(
+        &'static self,
+        current: &'static Known,
+    ) -> Result<&'static GenericDatumReader<'static>, apache_avro::Error> {
+        if let Some(reader) = self.reader.get() {
+            return Ok(reader);
+        }
+        // Resolving a schema to itself changes nothing, so current-version
+        // data (nearly all of it) skips apache-avro's resolution, which is the
+        // most expensive part of decoding (see MAX_ARRAY_DEPTH).
+        let reader_schema = if std::ptr::eq(self, current) {
+            None
+        } else {
+            Some(&current.schema)
+        };
+        let reader = GenericDatumReader::builder(&self.schema)
+            .maybe_reader_schema(reader_schema)
+            .build()?;
+        // Two threads may build it at once; either result will do.
+        Ok(self.reader.get_or_init(|| reader))
+    }
 }
 
 impl Codec {
@@ -123,6 +158,9 @@ impl Codec {
     /// version can be fully read as the current one, and the encoder was
     /// written for the current one. Fails only on a broken build.
     pub fn new() -> Result<Codec, Error> {
+        if let Some(inner) = SHIPPED.get() {
+            return Ok(Codec { inner });
+        }
         let mut versions: Vec<Known> = Vec::with_capacity(VERSIONS.len());
         for meta in VERSIONS {
             let invalid =
@@ -158,6 +196,7 @@ impl Codec {
                 schema,
                 fingerprint,
                 names,
+                reader: OnceLock::new(),
             });
         }
         let Some(current) = versions.last() else {
@@ -195,8 +234,9 @@ impl Codec {
                 source: None,
             });
         }
+        // Two threads may check the versions at once; either result will do.
         Ok(Codec {
-            inner: Arc::new(Inner { versions }),
+            inner: SHIPPED.get_or_init(|| Inner { versions }),
         })
     }
 
@@ -257,7 +297,7 @@ impl Codec {
             .find(|k| k.meta.version == version)
     }
 
-    fn current(&self) -> &Known {
+    fn current(&self) -> &'static Known {
         // Cannot be out of bounds: `new` refuses an empty version list, so
         // `len - 1` is the last entry.
         let versions = &self.inner.versions;
@@ -265,7 +305,7 @@ impl Codec {
     }
 
     /// Checks the header and finds the writer schema.
-    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(&Known, &'b [u8]), Error> {
+    fn split<'b>(&self, bytes: &'b [u8]) -> Result<(&'static Known, &'b [u8]), Error> {
         let bad_header = || Error::BadHeader {
             found: bytes[..bytes.len().min(HEADER_LEN)].to_vec(),
         };
@@ -289,29 +329,17 @@ impl Codec {
         Ok((known, datum))
     }
 
-    fn decode_datum(&self, writer: &Known, datum: &[u8]) -> Result<ChangeEvent, Error> {
+    fn decode_datum(&self, writer: &'static Known, datum: &[u8]) -> Result<ChangeEvent, Error> {
         scan::check(datum, &writer.schema, &writer.names).map_err(|e| Error::InvalidDatum {
             version: writer.meta.version,
             offset: e.offset,
             reason: e.reason,
         })?;
-        let current = self.current();
         let malformed = |source| Error::MalformedDatum {
             version: writer.meta.version,
             source,
         };
-        // Resolving a schema to itself changes nothing, so current-version
-        // data (nearly all of it) skips apache-avro's resolution, which is the
-        // most expensive part of decoding (see MAX_ARRAY_DEPTH).
-        let reader_schema = if std::ptr::eq(writer, current) {
-            None
-        } else {
-            Some(&current.schema)
-        };
-        let reader = GenericDatumReader::builder(&writer.schema)
-            .maybe_reader_schema(reader_schema)
-            .build()
-            .map_err(malformed)?;
+        let reader = writer.reader(self.current()).map_err(malformed)?;
         let mut input = datum;
         let value = reader.read_value(&mut input).map_err(malformed)?;
         if !input.is_empty() {
