@@ -1,6 +1,5 @@
 //! Pure row transforms: one entity's row from one side into the other side's columns.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use schemas::event::{Column, Value};
@@ -8,9 +7,12 @@ use schemas::event::{Column, Value};
 use super::model::{Entity, Field, FieldDef, Side, TimestampPrecision, ValueMap};
 
 /// A source row: column name -> value. Columns the mapping does not name are ignored.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// A list, searched in order: a row has a handful of columns, and building a
+/// hash map of them for every event cost more than the searches it saved.
+#[derive(Debug, Clone, Default)]
 pub struct Row<'a> {
-    values: HashMap<&'a str, &'a Value>,
+    values: Vec<(&'a str, &'a Value)>,
 }
 
 impl<'a> Row<'a> {
@@ -26,12 +28,19 @@ impl<'a> Row<'a> {
             .collect()
     }
 
+    /// Sets `column` to `value`, replacing what it held.
     pub fn insert(&mut self, column: &'a str, value: &'a Value) {
-        self.values.insert(column, value);
+        match self.values.iter_mut().find(|(c, _)| *c == column) {
+            Some(slot) => slot.1 = value,
+            None => self.values.push((column, value)),
+        }
     }
 
     pub fn get(&self, column: &str) -> Option<&'a Value> {
-        self.values.get(column).copied()
+        self.values
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map(|(_, v)| *v)
     }
 
     pub fn len(&self) -> usize {
@@ -45,9 +54,23 @@ impl<'a> Row<'a> {
 
 impl<'a> FromIterator<(&'a str, &'a Value)> for Row<'a> {
     fn from_iter<I: IntoIterator<Item = (&'a str, &'a Value)>>(iter: I) -> Self {
-        Row {
-            values: iter.into_iter().collect(),
+        let mut row = Row::new();
+        for (column, value) in iter {
+            row.insert(column, value);
         }
+        row
+    }
+}
+
+/// Rows are equal when they hold the same columns with the same values, in
+/// whatever order.
+impl PartialEq for Row<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .values
+                .iter()
+                .all(|(column, value)| other.get(column) == Some(*value))
     }
 }
 
