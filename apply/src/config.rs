@@ -280,7 +280,14 @@ impl Config {
         }
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
-        pg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
+        // Generic plans: apply's statements are prepared once per session
+        // and run with arrays of keys and values whose plans (one index probe
+        // per key, see `conflict::PROBE`) do not depend on the values; left
+        // to choose, the server planned the large upserts anew at every
+        // execution.
+        pg.options(
+            "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c plan_cache_mode=force_generic_plan",
+        );
         Ok(pg)
     }
 }

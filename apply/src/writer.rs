@@ -302,8 +302,11 @@ pub struct Writer {
 /// tables) far faster than autovacuum notices: a table planned as empty is
 /// then scanned whole for every key lookup, and each batch gets slower as it
 /// grows. Statistics are refreshed whenever the rows written since the last
-/// refresh reach the rows written before it (and at least
-/// [`Analyze::FIRST_AFTER`]), so a load of n rows costs O(log n) `ANALYZE`s.
+/// refresh reach [`Analyze::GROWTH`] times the rows written before it (and at
+/// least [`Analyze::FIRST_AFTER`]), so a load of n rows costs O(log n)
+/// `ANALYZE`s. Lookups probe one key at a time (see [`PROBE`]), so a plan
+/// only needs the right order of magnitude: the statistics may lag until
+/// the tables have grown fourfold.
 #[derive(Debug, Default)]
 struct Analyze {
     /// Rows written in committed transactions since the last refresh.
@@ -318,9 +321,16 @@ struct Analyze {
 
 impl Analyze {
     const FIRST_AFTER: u64 = 5_000;
+    const GROWTH: u64 = 3;
 
     fn due(&self) -> bool {
-        self.since >= Self::FIRST_AFTER.max(self.before)
+        self.since >= Self::FIRST_AFTER.max(Self::GROWTH * self.before)
+    }
+
+    /// A refresh started: the rows written so far are in its statistics.
+    fn refreshed(&mut self) {
+        self.before += self.since;
+        self.since = 0;
     }
 }
 
@@ -709,8 +719,7 @@ impl Writer {
             let table = self.mapping.entities()[index].table(self.to);
             tables.push(quote_table(&table.schema, &table.table));
         }
-        self.analyze.before += self.analyze.since;
-        self.analyze.since = 0;
+        self.analyze.refreshed();
         Some(format!("ANALYZE {}", tables.join(", ")))
     }
 
@@ -2255,5 +2264,27 @@ fn pair_of(from: Side, source_key: &Value, target_key: &Value) -> Option<(i64, U
         (Side::Legacy, Value::Int(l), Value::Uuid(p)) => Some((*l, Uuid::from_bytes(*p))),
         (Side::Platform, Value::Uuid(p), Value::Int(l)) => Some((*l, Uuid::from_bytes(*p))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_after_the_first_rows_and_then_each_time_the_tables_grew_fourfold() {
+        let mut analyze = Analyze::default();
+        let mut refreshed_at = Vec::new();
+        let mut written = 0;
+        for _ in 0..1_000 {
+            // Batches of 500 rows, committed.
+            analyze.since += 500;
+            written += 500;
+            if analyze.due() {
+                refreshed_at.push(written);
+                analyze.refreshed();
+            }
+        }
+        assert_eq!(refreshed_at, [5_000, 20_000, 80_000, 320_000]);
     }
 }
