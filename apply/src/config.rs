@@ -97,6 +97,11 @@ pub struct ApplyConfig {
     /// Events of a source transaction kept to dead-letter it whole if it fails.
     #[serde(default = "default_dead_letter_buffer")]
     pub dead_letter_buffer: usize,
+    /// Snapshot events kept in memory while a streaming transaction they
+    /// arrived inside is open (they are applied after it); beyond that many,
+    /// they are read again from the topic once it has ended.
+    #[serde(default = "default_deferred_snapshot_buffer")]
+    pub deferred_snapshot_buffer: usize,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// How often a running direction forgets tombstones older than the
@@ -114,6 +119,7 @@ impl Default for ApplyConfig {
             batch_linger: default_linger(),
             statement_max_rows: default_statement_rows(),
             dead_letter_buffer: default_dead_letter_buffer(),
+            deferred_snapshot_buffer: default_deferred_snapshot_buffer(),
             max_backoff: default_max_backoff(),
             tombstone_prune_interval: default_prune_interval(),
         }
@@ -148,6 +154,9 @@ fn default_statement_rows() -> usize {
     1000
 }
 fn default_dead_letter_buffer() -> usize {
+    10_000
+}
+fn default_deferred_snapshot_buffer() -> usize {
     10_000
 }
 fn default_prune_interval() -> Duration {
@@ -280,14 +289,7 @@ impl Config {
         }
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
-        // Generic plans: apply's statements are prepared once per session
-        // and run with arrays of keys and values whose plans (one index probe
-        // per key, see `conflict::PROBE`) do not depend on the values; left
-        // to choose, the server planned the large upserts anew at every
-        // execution.
-        pg.options(
-            "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c plan_cache_mode=force_generic_plan",
-        );
+        pg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
         Ok(pg)
     }
 }

@@ -25,7 +25,10 @@
 //! stream continues. Memory is bounded: a transaction streams through its
 //! savepoint however large it is; at most `dead_letter_buffer` of its
 //! messages are kept to dead-letter it whole, beyond which the dead letter
-//! names the offset range instead.
+//! names the offset range instead. Snapshot events that arrive inside a
+//! streaming transaction wait in memory until it ends, at most
+//! `deferred_snapshot_buffer` of them; beyond that, they are dropped and
+//! read again from the topic after it (see `Session::defer`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -164,6 +167,14 @@ struct Session<'a> {
     /// Snapshot events that arrived inside a streaming transaction, applied
     /// right after it (in the same target transaction).
     deferred: VecDeque<(i64, Vec<u8>)>,
+    /// The offset of the first snapshot event the open streaming transaction
+    /// held beyond `deferred_snapshot_buffer`: from there on its snapshot
+    /// events are dropped, to be read again once it has ended.
+    overflow: Option<i64>,
+    /// The first snapshot event dropped, once the transaction it sat in has
+    /// ended: the session must read its topic again from there (a live
+    /// session's stored position stops right before it).
+    reread: Option<i64>,
     /// Replay: messages read, messages skipped as committed before the start
     /// time, and the progress shown.
     read: u64,
@@ -244,6 +255,12 @@ enum Ended {
     Replan {
         until: i64,
     },
+    /// Snapshot events were dropped (see `Session::defer`): read the topic
+    /// again, live from the stored position, a replay from offset `from`
+    /// (the first event dropped).
+    Reread {
+        from: i64,
+    },
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -295,7 +312,7 @@ pub async fn session_reading(
     catalogs: Catalogs,
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
-    reading: Reading,
+    mut reading: Reading,
 ) -> Result<SessionEnd> {
     let mut careful_until = None;
     loop {
@@ -312,6 +329,13 @@ pub async fn session_reading(
         match ended {
             Ended::Done(end) => return Ok(end),
             Ended::Replan { until } => careful_until = Some(until),
+            Ended::Reread { from } => {
+                if let Reading::Replay { start, .. } = &mut reading {
+                    // The rest of the transaction the events sat in is
+                    // skipped as the tail of one that began before.
+                    *start = from;
+                }
+            }
         }
     }
 }
@@ -394,6 +418,8 @@ async fn run(
         batch_span: tracing::Span::none(),
         reading,
         deferred: VecDeque::new(),
+        overflow: None,
+        reread: None,
         read: 0,
         skipped_before: 0,
         seen: -1,
@@ -419,7 +445,7 @@ async fn run(
         )
         .await?;
     match drive(&mut session, &consumer, shutdown).await {
-        Ok(end) => Ok(Ended::Done(end)),
+        Ok(ended) => Ok(ended),
         Err(error) if session.writer.pipelining() && error.replans() => {
             session.replan(&error).await;
             Ok(Ended::Replan {
@@ -435,7 +461,7 @@ async fn drive(
     session: &mut Session<'_>,
     consumer: &StreamConsumer,
     shutdown: &CancellationToken,
-) -> Result<SessionEnd> {
+) -> Result<Ended> {
     let shared = session.shared;
     let config = &shared.config;
     let linger = config.apply.batch_linger;
@@ -444,7 +470,7 @@ async fn drive(
     loop {
         if session.replay_done() {
             session.commit(consumer).await?;
-            return Ok(session.replayed());
+            return Ok(Ended::Done(session.replayed()));
         }
         let between = session.open.as_ref().is_none_or(|open| open.snapshot);
         let wait = if session.batch_open && between {
@@ -469,7 +495,7 @@ async fn drive(
                 } else {
                     session.rollback().await?;
                 }
-                return Ok(SessionEnd::Shutdown);
+                return Ok(Ended::Done(SessionEnd::Shutdown));
             }
             Some(Err(_elapsed)) => {
                 if session.open.as_ref().is_some_and(|open| open.snapshot) {
@@ -482,7 +508,7 @@ async fn drive(
                     warn!(topic = %session.topic, "no message for a while before the replay's end offset; ending the replay");
                     session.rollback_open().await?;
                     session.commit(consumer).await?;
-                    return Ok(session.replayed());
+                    return Ok(Ended::Done(session.replayed()));
                 }
             }
             Some(Ok(message)) => {
@@ -491,6 +517,10 @@ async fn drive(
                 session.handle(&message).await?;
                 session.apply_deferred().await?;
                 session.count_replayed(message.offset());
+                if let Some(from) = session.reread {
+                    session.commit(consumer).await?;
+                    return Ok(Ended::Reread { from });
+                }
                 let full = session.batch_events >= config.apply.batch_max_events
                     || session.batch_started.elapsed() >= max_age;
                 if session.open.is_none() && full {
@@ -790,7 +820,7 @@ impl Session<'_> {
         }
         match self.open.as_ref().map(|open| open.snapshot) {
             Some(false) if snapshot => {
-                self.deferred.push_back((offset, payload.to_vec()));
+                self.defer(offset, payload);
                 return Ok(());
             }
             Some(true) if !snapshot => self.end_snapshot_group().await?,
@@ -1007,9 +1037,46 @@ impl Session<'_> {
         if Position::tracks(open.mode) {
             self.position.applied(open.commit_lsn);
         }
-        // Deferred snapshot events end before the transaction they sat in.
-        self.boundary = self.boundary.max(Some(offset));
+        match self.overflow.take() {
+            // Stored up to the first snapshot event dropped: after the commit
+            // the session reads again from there, skipping this transaction's
+            // events by their commit LSN (applied) and applying the snapshot
+            // events. A crash before that reads them again as well.
+            Some(first_dropped) => {
+                self.boundary = self.boundary.max(Some(first_dropped - 1));
+                self.reread = Some(first_dropped);
+                self.stats.snapshot_reread();
+            }
+            // Deferred snapshot events end before the transaction they sat in.
+            None => self.boundary = self.boundary.max(Some(offset)),
+        }
         Ok(())
+    }
+
+    /// Keeps a snapshot event that arrived inside the open streaming
+    /// transaction, to apply it once that has ended: at most
+    /// `deferred_snapshot_buffer` of them. The first one beyond drops them
+    /// all (memory stays bounded however long the transaction is), and
+    /// those that follow are dropped too: once the transaction has ended,
+    /// the session reads the topic again from the first one dropped (see
+    /// [`Self::finish`]).
+    fn defer(&mut self, offset: i64, payload: &[u8]) {
+        if self.overflow.is_some() {
+            return;
+        }
+        if self.deferred.len() < self.shared.config.apply.deferred_snapshot_buffer {
+            self.deferred.push_back((offset, payload.to_vec()));
+            return;
+        }
+        let first = self.deferred.front().map_or(offset, |(first, _)| *first);
+        info!(
+            topic = %self.topic,
+            first_offset = first,
+            kept = self.deferred.len(),
+            "snapshot events inside a long streaming transaction; reading them again after it"
+        );
+        self.deferred.clear();
+        self.overflow = Some(first);
     }
 
     /// Ends the open group of snapshot events early (a streaming transaction

@@ -238,6 +238,8 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
                 natural_keys_held = s.key_held,
                 echoes = s.echoes,
                 dead_lettered = s.dead_lettered,
+                replans = s.replans,
+                snapshot_rereads = s.snapshot_rereads,
                 last_commit_age_ms = lag_ms,
                 "progress"
             );

@@ -15,6 +15,7 @@ pub struct Stats {
     key_held: AtomicU64,
     transactions: AtomicU64,
     replans: AtomicU64,
+    snapshot_rereads: AtomicU64,
     /// Commit time (Unix micros) of the last source transaction applied.
     last_commit_micros: AtomicI64,
     /// When (Unix micros) the last target transaction committed.
@@ -45,6 +46,10 @@ pub struct Snapshot {
     /// Pipelined batches rolled back and applied again one statement at a
     /// time (see `Writer`'s statements sent ahead).
     pub replans: u64,
+    /// Streaming transactions that held more snapshot events than
+    /// `deferred_snapshot_buffer`: the snapshot events among them were
+    /// read again from the topic after the transaction.
+    pub snapshot_rereads: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
     pub committed_at_micros: i64,
@@ -78,6 +83,9 @@ impl Stats {
     pub fn replanned(&self) {
         self.replans.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn snapshot_reread(&self) {
+        self.snapshot_rereads.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn transaction(&self, commit_micros: i64) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_commit_micros
@@ -102,6 +110,7 @@ impl Stats {
             key_held: self.key_held.load(Ordering::Relaxed),
             transactions: self.transactions.load(Ordering::Relaxed),
             replans: self.replans.load(Ordering::Relaxed),
+            snapshot_rereads: self.snapshot_rereads.load(Ordering::Relaxed),
             last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
             committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),
         }

@@ -296,25 +296,40 @@ async fn an_empty_platform_is_brought_up_by_a_snapshot_of_200_000_users_taken_du
 /// Copies every message of `from` into `to`, in order, as the capture would
 /// have produced it late.
 async fn copy_topic(from: &str, to: &str, expected: usize) -> anyhow::Result<()> {
+    produce(to, &read_messages(from, expected).await?).await
+}
+
+/// The first `n` messages of `topic` (key, payload), in order.
+async fn read_messages(topic: &str, n: usize) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &Stack::get().brokers)
         .set("group.id", unique("copy"))
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(from, 0, Offset::Beginning)?;
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
+    let mut messages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
+        messages.push((
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    Ok(messages)
+}
+
+/// Writes `messages` (key, payload) to `topic`, in order.
+async fn produce(topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &Stack::get().brokers)
         .set("enable.idempotence", "true")
         .create()?;
-    for _ in 0..expected {
-        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
-        let key = message.key().unwrap_or_default().to_vec();
-        let payload = message.payload().unwrap_or_default().to_vec();
+    for (key, payload) in messages {
         producer
             .send(
-                FutureRecord::to(to).key(&key).payload(&payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Duration::from_secs(30),
             )
             .await
@@ -547,4 +562,75 @@ async fn a_replay_from_a_time_applies_only_what_was_committed_at_or_after_it() -
 fn humantime_rfc3339(micros: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_micros(micros as u64);
     humantime::format_rfc3339_micros(time).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_events_inside_a_streaming_transaction_beyond_the_buffer_are_read_again_after_it(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("deferral").await?;
+    bridge.apply_options = "deferred_snapshot_buffer = 5\n".into();
+    // Users 1-30 reach the platform only through a snapshot.
+    legacy_users(bridge.legacy(), 1, 30, "'2024-01-01 00:00:00'").await?;
+    let late = format!("{}.late", bridge.legacy.topic);
+    create_topic(&late).await?;
+    let mut detour = bridge.legacy.config()?;
+    detour.kafka.topic = Some(late.clone());
+    assert_eq!(
+        snapshot_with(detour, &["public.users"]).await?.confirmed,
+        30
+    );
+
+    // The capture streams to a topic of its own; apply reads one assembled
+    // from both: the snapshot's 30 events inside the streamed transaction
+    // of users 31-70, after its first 10 events.
+    let assembled = bridge.legacy.topic.clone();
+    let streamed = format!("{assembled}.streamed");
+    create_topic(&streamed).await?;
+    bridge.legacy.topic = streamed.clone();
+    bridge.start_captures().await?;
+    bridge.legacy.topic = assembled.clone();
+    legacy_users(bridge.legacy(), 31, 70, "'2024-06-01 00:00:00'").await?;
+    let transaction = read_messages(&streamed, 40).await?;
+    let snapshot = read_messages(&late, 30).await?;
+    let mut messages = transaction[..10].to_vec();
+    messages.extend(snapshot);
+    messages.extend_from_slice(&transaction[10..]);
+    produce(&assembled, &messages).await?;
+
+    bridge.start_apply()?;
+    let report = bridge.converged(WAIT).await?;
+    assert!(report.corresponds(), "{report}");
+    let platform = bridge.platform().client();
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM identity.identities").await?,
+        70
+    );
+    let stats = bridge.counters.of(MappedSide::Legacy).snapshot();
+    assert_eq!(
+        stats.snapshot_rereads, 1,
+        "more snapshot events than the buffer holds were read again, once"
+    );
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(
+        count(
+            platform,
+            "SELECT kafka_offset FROM syncbridge.apply_position WHERE source = 'legacy'"
+        )
+        .await?,
+        69,
+        "the position ends at the last message"
+    );
+
+    // A replay of the topic drops and reads them again the same way, and ends.
+    bridge.stop_apply().await?;
+    let done = tokio::time::timeout(
+        WAIT,
+        replay(&bridge, ReplayFrom::Earliest, &[MappedSide::Platform]),
+    )
+    .await??;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].stats.snapshot_rereads, 1, "{:?}", done[0]);
+    let report = bridge.compare().await?;
+    assert!(report.corresponds(), "{report}");
+    bridge.stop().await
 }
