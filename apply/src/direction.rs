@@ -30,7 +30,7 @@
 //! `deferred_snapshot_buffer` of them; beyond that, they are dropped and
 //! read again from the topic after it (see `Session::defer`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,6 +185,10 @@ struct Session<'a> {
     /// Statements are pipelined except up to this offset, which a pipelined
     /// pass failed at or before (see [`Writer::pipeline`]).
     careful_until: Option<i64>,
+    /// Offsets an earlier run sent to the dead-letter topic (see [`Pass`])...
+    dead_lettered_before: BTreeSet<i64>,
+    /// ...and those this run sent, since the stored position.
+    dead_lettered: BTreeSet<i64>,
     statistics: Statistics,
 }
 
@@ -250,17 +254,27 @@ impl Drop for Statistics {
 /// How one run of a session ended.
 enum Ended {
     Done(SessionEnd),
-    /// A pipelined batch failed: run again, one statement at a time up to
-    /// this offset.
-    Replan {
-        until: i64,
+    /// Run again from the stored position (a replay: from `reread_from`
+    /// when set), as `pass` says: a pipelined batch failed and is applied
+    /// again one statement at a time, or snapshot events were dropped (see
+    /// `Session::defer`) and are read again from `reread_from`.
+    Again {
+        pass: Pass,
+        reread_from: Option<i64>,
     },
-    /// Snapshot events were dropped (see `Session::defer`): read the topic
-    /// again, live from the stored position, a replay from offset `from`
-    /// (the first event dropped).
-    Reread {
-        from: i64,
-    },
+}
+
+/// What one run of a session hands to the next, which reads some of the same
+/// messages again.
+#[derive(Debug, Default)]
+struct Pass {
+    /// Statements are pipelined except up to this offset, which a pipelined
+    /// run failed at or before (see [`Writer::pipeline`]).
+    careful_until: Option<i64>,
+    /// Offsets after the stored position that an earlier run already sent to
+    /// the dead-letter topic: not sent again (its rollback undid the rows,
+    /// not the dead letters).
+    dead_lettered: BTreeSet<i64>,
 }
 
 async fn connect(config: &Config, side: Side) -> Result<Client> {
@@ -314,7 +328,7 @@ pub async fn session_reading(
     shutdown: &CancellationToken,
     mut reading: Reading,
 ) -> Result<SessionEnd> {
-    let mut careful_until = None;
+    let mut pass = Pass::default();
     loop {
         let ended = run(
             shared,
@@ -323,18 +337,21 @@ pub async fn session_reading(
             Arc::clone(&stats),
             shutdown,
             reading,
-            careful_until,
+            pass,
         )
         .await?;
         match ended {
             Ended::Done(end) => return Ok(end),
-            Ended::Replan { until } => careful_until = Some(until),
-            Ended::Reread { from } => {
-                if let Reading::Replay { start, .. } = &mut reading {
-                    // The rest of the transaction the events sat in is
-                    // skipped as the tail of one that began before.
+            Ended::Again {
+                pass: next,
+                reread_from,
+            } => {
+                if let (Reading::Replay { start, .. }, Some(from)) = (&mut reading, reread_from) {
+                    // The rest of the transaction the dropped events sat in
+                    // is skipped as the tail of one that began before.
                     *start = from;
                 }
+                pass = next;
             }
         }
     }
@@ -349,7 +366,7 @@ async fn run(
     stats: Arc<Stats>,
     shutdown: &CancellationToken,
     reading: Reading,
-    careful_until: Option<i64>,
+    pass: Pass,
 ) -> Result<Ended> {
     let config = &shared.config;
     let to = from.other();
@@ -396,7 +413,7 @@ async fn run(
     }
     // A replay restarts from its beginning, not from a stored position: it
     // never pipelines, so it never has to run again.
-    writer.pipeline(reading.is_live() && careful_until.is_none());
+    writer.pipeline(reading.is_live() && pass.careful_until.is_none());
     let mut session = Session {
         shared,
         from,
@@ -423,7 +440,9 @@ async fn run(
         read: 0,
         skipped_before: 0,
         seen: -1,
-        careful_until,
+        careful_until: pass.careful_until,
+        dead_lettered_before: pass.dead_lettered,
+        dead_lettered: BTreeSet::new(),
         statistics: Statistics::default(),
         progress: match reading {
             Reading::Live => None,
@@ -448,8 +467,10 @@ async fn run(
         Ok(ended) => Ok(ended),
         Err(error) if session.writer.pipelining() && error.replans() => {
             session.replan(&error).await;
-            Ok(Ended::Replan {
-                until: session.seen,
+            let until = session.seen;
+            Ok(Ended::Again {
+                pass: session.pass(Some(until)),
+                reread_from: None,
             })
         }
         Err(error) => Err(error),
@@ -519,7 +540,11 @@ async fn drive(
                 session.count_replayed(message.offset());
                 if let Some(from) = session.reread {
                     session.commit(consumer).await?;
-                    return Ok(Ended::Reread { from });
+                    let careful_until = session.careful_until;
+                    return Ok(Ended::Again {
+                        pass: session.pass(careful_until),
+                        reread_from: Some(from),
+                    });
                 }
                 let full = session.batch_events >= config.apply.batch_max_events
                     || session.batch_started.elapsed() >= max_age;
@@ -605,6 +630,17 @@ impl Session<'_> {
     /// the session runs again from the stored position, one statement at a
     /// time up to where this one got. What the rolled-back part counted in
     /// the statistics is counted again then.
+    /// What the next run, which reads from the stored position again, needs
+    /// to know of this one.
+    fn pass(&mut self, careful_until: Option<i64>) -> Pass {
+        let mut dead_lettered = std::mem::take(&mut self.dead_lettered_before);
+        dead_lettered.append(&mut self.dead_lettered);
+        Pass {
+            careful_until,
+            dead_lettered,
+        }
+    }
+
     async fn replan(&mut self, error: &ApplyError) {
         info!(
             topic = %self.topic,
@@ -684,6 +720,10 @@ impl Session<'_> {
         }
         self.sql("COMMIT").await?;
         self.batch_open = false;
+        // No run reads these again: the stored position passed them.
+        for offsets in [&mut self.dead_lettered_before, &mut self.dead_lettered] {
+            *offsets = offsets.split_off(&(offset + 1));
+        }
         crate::monitor::batch_committed(
             self.from,
             &self.stats,
@@ -1156,7 +1196,14 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn dead_letter(&self, offset: i64, payload: &[u8], reason: &str) -> Result<()> {
+    /// Sends the message at `offset` to the dead-letter topic, unless an
+    /// earlier run over the same messages did (see [`Pass`]).
+    async fn dead_letter(&mut self, offset: i64, payload: &[u8], reason: &str) -> Result<()> {
+        if self.dead_lettered_before.contains(&offset) {
+            debug!(topic = %self.topic, offset, "dead-lettered by an earlier run; not sent again");
+            return Ok(());
+        }
+        self.dead_lettered.insert(offset);
         let origin = Origin {
             topic: &self.topic,
             partition: 0,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sync_bridge_tests::{connect, count, eventually, unique, Bridge, Stack};
+use sync_bridge_tests::{connect, count, eventually, high_watermark, unique, Bridge, Stack};
 
 const WAIT: Duration = Duration::from_secs(180);
 const USERS: i64 = 20_000;
@@ -254,6 +254,97 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
         "the refusal, surfacing late in a pipelined batch, sent the batch through again one statement at a time"
     );
     bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_dead_lettered_once(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("poisonreplan").await?;
+    bridge
+        .platform()
+        .execute(
+            "ALTER TABLE identity.identities ADD CONSTRAINT no_rejects CHECK (given_name <> 'Rejected')",
+        )
+        .await?;
+    bridge.start_captures().await?;
+    // All on the topic before apply reads it, so that apply takes it in one
+    // pipelined target transaction: a good transaction, a poison message, a
+    // transaction the target refuses, a good one.
+    let topic = bridge.legacy.topic.clone();
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('before@example.com', 'Before Poison', 'member', now(), now())",
+        )
+        .await?;
+    until_messages(&topic, 1).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()?;
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("legacy")
+                .payload(b"\xC3\x01not avro at all"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    bridge
+        .legacy()
+        .execute(
+            "BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('refused@example.com', 'Rejected Person', 'member', now(), now()); COMMIT;
+             BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Refusal', 'member', now(), now()); COMMIT;",
+        )
+        .await?;
+    until_messages(&topic, 4).await?;
+
+    bridge.start_apply()?;
+    eventually("apply's position to reach the last message", WAIT, || async {
+        let position = count(
+            bridge.platform().client(),
+            "SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = 'legacy'",
+        )
+        .await?;
+        Ok((position == 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email IN ('before@example.com', 'after@example.com')",
+        )
+        .await?,
+        2
+    );
+    let legacy = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+    assert!(
+        legacy.replans >= 1,
+        "the refusal sent the batch, poison message included, through again"
+    );
+    assert_eq!(
+        high_watermark(&bridge.dead_letter_topic)?,
+        2,
+        "the poison message and the refused event, each dead-lettered once"
+    );
+    assert_eq!(legacy.dead_lettered, 2);
+    bridge.stop().await
+}
+
+/// Waits until `topic` holds at least `n` messages (read, not counted by
+/// watermark: the broker's high watermark can trail a batch it took whole).
+async fn until_messages(topic: &str, n: usize) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("count"))
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    for _ in 0..n {
+        tokio::time::timeout(WAIT, consumer.recv()).await??;
+    }
+    Ok(())
 }
 
 /// The `reason` headers of the first `count` messages on the dead-letter topic.
