@@ -30,6 +30,7 @@ mod convert;
 mod decode;
 mod encode;
 mod scan;
+mod wire;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -27,6 +27,7 @@
 //! Integers that do not fit the event (`xid`, `type_oid`) are an
 //! [`Error::UnexpectedShape`] naming the field, as after apache-avro.
 
+use super::wire::{Wire, WireError};
 use super::{branch, MAX_ARRAY_DEPTH};
 use crate::{CaptureMode, ChangeEvent, Column, Error, Op, Transaction, Value};
 
@@ -34,43 +35,51 @@ use crate::{CaptureMode, ChangeEvent, Column, Error, Op, Transaction, Value};
 /// header). `version` only labels errors.
 pub(super) fn event(datum: &[u8], version: u32) -> Result<ChangeEvent, Error> {
     let mut d = Decoder {
-        buf: datum,
-        pos: 0,
-        version,
+        wire: Wire::new(datum),
     };
-    let event = d.event()?;
-    if d.pos != datum.len() {
-        return Err(d.invalid(d.pos, "trailing bytes after the datum"));
+    let read = d.event().and_then(|event| {
+        d.wire.end().map_err(Refused::Wire)?;
+        Ok(event)
+    });
+    read.map_err(|e| match e {
+        Refused::Wire(e) => Error::InvalidDatum {
+            version,
+            offset: e.offset,
+            reason: e.reason,
+        },
+        Refused::Field(field, value) => Error::UnexpectedShape {
+            field,
+            detail: format!("{value} is out of range for an unsigned 32-bit integer"),
+        },
+    })
+}
+
+/// Why a datum does not decode.
+enum Refused {
+    /// Not well-formed (see [`Wire`]).
+    Wire(WireError),
+    /// Well-formed, but this field's integer does not fit the event.
+    Field(&'static str, i64),
+}
+
+impl From<WireError> for Refused {
+    fn from(e: WireError) -> Self {
+        Refused::Wire(e)
     }
-    Ok(event)
 }
 
 struct Decoder<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    version: u32,
+    wire: Wire<'a>,
 }
 
 impl Decoder<'_> {
-    fn invalid(&self, offset: usize, reason: &'static str) -> Error {
-        Error::InvalidDatum {
-            version: self.version,
-            offset,
-            reason,
-        }
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn event(&mut self) -> Result<ChangeEvent, Error> {
+    fn event(&mut self) -> Result<ChangeEvent, Refused> {
         Ok(ChangeEvent {
             source: self.string()?,
             database: self.string()?,
             schema: self.string()?,
             table: self.string()?,
-            op: match self.enum_index(5)? {
+            op: match self.wire.symbol(5)? {
                 0 => Op::Insert,
                 1 => Op::Update,
                 2 => Op::Delete,
@@ -83,36 +92,36 @@ impl Decoder<'_> {
             transaction: self.transaction()?,
             marker: self.optional(Self::string)?,
             origin: self.optional(Self::string)?,
-            mode: match self.enum_index(3)? {
+            mode: match self.wire.symbol(3)? {
                 0 => CaptureMode::Streaming,
                 1 => CaptureMode::Polling,
                 _ => CaptureMode::Snapshot,
             },
-            captured_at_micros: self.long()?,
+            captured_at_micros: self.wire.long()?,
         })
     }
 
-    fn transaction(&mut self) -> Result<Transaction, Error> {
+    fn transaction(&mut self) -> Result<Transaction, Refused> {
         Ok(Transaction {
-            xid: u32_field(self.long()?, "Transaction.xid")?,
-            commit_lsn: self.long()? as u64,
-            commit_time_micros: self.long()?,
-            position: self.long()? as u64,
-            last: self.boolean()?,
-            event_count: self.optional(|d| d.long().map(|n| n as u64))?,
+            xid: self.u32("Transaction.xid")?,
+            commit_lsn: self.wire.long()? as u64,
+            commit_time_micros: self.wire.long()?,
+            position: self.wire.long()? as u64,
+            last: self.wire.boolean()?,
+            event_count: self.optional(|d| Ok(d.wire.long()? as u64))?,
         })
     }
 
     /// An array of `Column` records.
-    fn columns(&mut self) -> Result<Vec<Column>, Error> {
+    fn columns(&mut self) -> Result<Vec<Column>, Refused> {
         let mut columns = Vec::new();
-        while let Some(count) = self.block()? {
+        while let Some(count) = self.wire.block()? {
             columns.reserve(count);
             for _ in 0..count {
                 columns.push(Column {
                     name: self.string()?,
                     type_name: self.string()?,
-                    type_oid: u32_field(self.long()?, "Column.type_oid")?,
+                    type_oid: self.u32("Column.type_oid")?,
                     // The column list is the first array level.
                     value: self.value(1)?,
                 });
@@ -122,34 +131,36 @@ impl Decoder<'_> {
     }
 
     /// A `Column.value` union inside `arrays` levels of Avro arrays.
-    fn value(&mut self, arrays: usize) -> Result<Value, Error> {
-        let at = self.pos;
-        Ok(match self.long()? {
+    fn value(&mut self, arrays: usize) -> Result<Value, Refused> {
+        Ok(match self.wire.branch(branch::ARRAY as usize + 1)? as i64 {
             branch::NULL => Value::Null,
             // Record `Unchanged`: one field of type null, no bytes.
             branch::UNCHANGED => Value::Unchanged,
-            branch::BOOLEAN => Value::Bool(self.boolean()?),
-            branch::LONG => Value::Int(self.long()?),
+            branch::BOOLEAN => Value::Bool(self.wire.boolean()?),
+            branch::LONG => Value::Int(self.wire.long()?),
             branch::DOUBLE => Value::Float(f64::from_le_bytes(self.fixed::<8>()?)),
             branch::NUMERIC => Value::Numeric(self.string()?),
             branch::STRING => Value::Text(self.string()?),
             branch::BYTES => {
-                let n = self.len()?;
-                Value::Bytes(self.take(n)?.to_vec())
+                let n = self.wire.len()?;
+                Value::Bytes(self.wire.take(n)?.to_vec())
             }
-            branch::TIMESTAMP => Value::Timestamp(self.long()?),
-            branch::TIMESTAMP_TZ => Value::TimestampTz(self.long()?),
-            branch::DATE => Value::Date(self.int()?),
-            branch::TIME => Value::Time(self.long()?),
+            branch::TIMESTAMP => Value::Timestamp(self.wire.long()?),
+            branch::TIMESTAMP_TZ => Value::TimestampTz(self.wire.long()?),
+            branch::DATE => Value::Date(self.wire.int()?),
+            branch::TIME => Value::Time(self.wire.long()?),
             branch::UUID => Value::Uuid(self.fixed::<16>()?),
             branch::JSON => Value::Json(self.string()?),
-            branch::ARRAY => {
+            _ => {
                 let depth = arrays + 1;
                 if depth > MAX_ARRAY_DEPTH + 1 {
-                    return Err(self.invalid(self.pos, "arrays nested deeper than MAX_ARRAY_DEPTH"));
+                    return Err(self
+                        .wire
+                        .error("arrays nested deeper than MAX_ARRAY_DEPTH")
+                        .into());
                 }
                 let mut items = Vec::new();
-                while let Some(count) = self.block()? {
+                while let Some(count) = self.wire.block()? {
                     items.reserve(count);
                     for _ in 0..count {
                         items.push(self.value(depth)?);
@@ -157,134 +168,38 @@ impl Decoder<'_> {
                 }
                 Value::Array(items)
             }
-            _ => return Err(self.invalid(at, "union branch out of range")),
         })
     }
 
     /// A `["null", T]` union.
     fn optional<T>(
         &mut self,
-        read: impl FnOnce(&mut Self) -> Result<T, Error>,
-    ) -> Result<Option<T>, Error> {
-        let at = self.pos;
-        match self.long()? {
+        read: impl FnOnce(&mut Self) -> Result<T, Refused>,
+    ) -> Result<Option<T>, Refused> {
+        match self.wire.branch(2)? {
             0 => Ok(None),
-            1 => read(self).map(Some),
-            _ => Err(self.invalid(at, "union branch out of range")),
+            _ => read(self).map(Some),
         }
     }
 
-    fn enum_index(&mut self, symbols: usize) -> Result<usize, Error> {
-        let at = self.pos;
-        let index = self.int()?;
-        usize::try_from(index)
-            .ok()
-            .filter(|i| *i < symbols)
-            .ok_or_else(|| self.invalid(at, "enum index out of range"))
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], Refused> {
+        let at = self.wire.pos();
+        let bytes = self.wire.take(N)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| self.wire.error_at(at, "truncated").into())
     }
 
-    fn byte(&mut self) -> Result<u8, Error> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.invalid(self.pos, "truncated"))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&[u8], Error> {
-        if n > self.remaining() {
-            return Err(self.invalid(self.pos, "truncated"));
-        }
-        let bytes = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(bytes)
-    }
-
-    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let at = self.pos;
-        let bytes = self.take(N)?;
-        <[u8; N]>::try_from(bytes).map_err(|_| self.invalid(at, "truncated"))
-    }
-
-    fn boolean(&mut self) -> Result<bool, Error> {
-        match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(self.invalid(self.pos - 1, "boolean byte is neither 0 nor 1")),
-        }
-    }
-
-    /// A zig-zag varint, read like apache-avro reads it: at most 10 bytes,
-    /// bits beyond 64 dropped.
-    fn long(&mut self) -> Result<i64, Error> {
-        let mut z = 0u64;
-        for i in 0..10 {
-            let b = self.byte()?;
-            z |= u64::from(b & 0x7f) << (i * 7);
-            if b & 0x80 == 0 {
-                let magnitude = (z >> 1) as i64;
-                return Ok(if z & 1 == 0 { magnitude } else { !magnitude });
-            }
-        }
-        Err(self.invalid(self.pos, "varint longer than 10 bytes"))
-    }
-
-    fn int(&mut self) -> Result<i32, Error> {
-        let at = self.pos;
-        let v = self.long()?;
-        i32::try_from(v).map_err(|_| self.invalid(at, "int out of range"))
-    }
-
-    /// A byte length: not negative, and at most the bytes left.
-    fn len(&mut self) -> Result<usize, Error> {
-        let at = self.pos;
-        let v = self.long()?;
-        let n = usize::try_from(v).map_err(|_| self.invalid(at, "negative length"))?;
-        if n > self.remaining() {
-            return Err(self.invalid(at, "length exceeds the remaining bytes"));
-        }
-        Ok(n)
-    }
-
-    fn string(&mut self) -> Result<String, Error> {
-        let at = self.pos;
-        let n = self.len()?;
-        let bytes = self.take(n)?;
+    fn string(&mut self) -> Result<String, Refused> {
+        let at = self.wire.pos();
+        let n = self.wire.len()?;
+        let bytes = self.wire.take(n)?;
         std::str::from_utf8(bytes)
             .map(str::to_owned)
-            .map_err(|_| self.invalid(at, "string is not UTF-8"))
+            .map_err(|_| self.wire.error_at(at, "string is not UTF-8").into())
     }
 
-    /// The item count of the next array block, `None` at the end. A
-    /// negative count is followed by the block's byte size.
-    fn block(&mut self) -> Result<Option<usize>, Error> {
-        let at = self.pos;
-        let count = self.long()?;
-        if count == 0 {
-            return Ok(None);
-        }
-        let count = if count < 0 {
-            let size = self.long()?;
-            if size < 0 {
-                return Err(self.invalid(self.pos, "negative block size"));
-            }
-            count
-                .checked_neg()
-                .ok_or_else(|| self.invalid(at, "block count overflows"))?
-        } else {
-            count
-        };
-        match usize::try_from(count) {
-            Ok(n) if n <= self.remaining() => Ok(Some(n)),
-            _ => Err(self.invalid(at, "block count exceeds the remaining bytes")),
-        }
+    /// A long that must fit a `u32` (`field` names it in the error).
+    fn u32(&mut self, field: &'static str) -> Result<u32, Refused> {
+        let v = self.wire.long()?;
+        u32::try_from(v).map_err(|_| Refused::Field(field, v))
     }
-}
-
-fn u32_field(v: i64, field: &'static str) -> Result<u32, Error> {
-    u32::try_from(v).map_err(|_| Error::UnexpectedShape {
-        field,
-        detail: format!("{v} is out of range for an unsigned 32-bit integer"),
-    })
 }

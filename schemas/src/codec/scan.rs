@@ -12,14 +12,8 @@ use std::collections::HashMap;
 use apache_avro::schema::{Name, NamespaceRef};
 use apache_avro::Schema;
 
+use super::wire::{Wire, WireError};
 use super::MAX_ARRAY_DEPTH;
-
-/// Why and where a datum was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ScanError {
-    pub offset: usize,
-    pub reason: &'static str,
-}
 
 /// How deep Avro arrays may nest in a datum: the column list of
 /// `key`/`before`/`after` is one, each nested [`Value::Array`] one more.
@@ -38,18 +32,14 @@ pub(super) fn check(
     datum: &[u8],
     schema: &Schema,
     names: &HashMap<Name, Schema>,
-) -> Result<(), ScanError> {
+) -> Result<(), WireError> {
     let mut scan = Scanner {
-        buf: datum,
-        pos: 0,
+        wire: Wire::new(datum),
         level: 0,
         names,
     };
     scan.value(schema, None, 0)?;
-    if scan.pos != datum.len() {
-        return Err(scan.error("trailing bytes after the datum"));
-    }
-    Ok(())
+    scan.wire.end()
 }
 
 /// Collects the named types of `schema` by full name. Fails, naming the
@@ -117,87 +107,16 @@ pub(super) fn collect_names(
 }
 
 struct Scanner<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    wire: Wire<'a>,
     /// The current recursion depth.
     level: usize,
     names: &'a HashMap<Name, Schema>,
 }
 
 impl Scanner<'_> {
-    fn error(&self, reason: &'static str) -> ScanError {
-        ScanError {
-            offset: self.pos,
-            reason,
-        }
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn byte(&mut self) -> Result<u8, ScanError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.error("truncated"))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), ScanError> {
-        if n > self.remaining() {
-            return Err(self.error("truncated"));
-        }
-        self.pos += n;
-        Ok(())
-    }
-
-    /// A zig-zag varint, read like apache-avro reads it: at most 10 bytes,
-    /// bits beyond 64 dropped.
-    fn long(&mut self) -> Result<i64, ScanError> {
-        let mut z = 0u64;
-        for i in 0..10 {
-            let b = self.byte()?;
-            z |= u64::from(b & 0x7f) << (i * 7);
-            if b & 0x80 == 0 {
-                let magnitude = (z >> 1) as i64;
-                return Ok(if z & 1 == 0 { magnitude } else { !magnitude });
-            }
-        }
-        Err(self.error("varint longer than 10 bytes"))
-    }
-
-    fn int(&mut self) -> Result<i32, ScanError> {
-        let at = self.pos;
-        let v = self.long()?;
-        i32::try_from(v).map_err(|_| ScanError {
-            offset: at,
-            reason: "int out of range",
-        })
-    }
-
-    /// A length or count: not negative, and at most the bytes left (every
-    /// byte string needs its bytes; every array item of this contract needs
-    /// at least one byte).
-    fn len(
-        &mut self,
-        what_negative: &'static str,
-        what_too_long: &'static str,
-    ) -> Result<usize, ScanError> {
-        let at = self.pos;
-        let v = self.long()?;
-        let err = |reason| ScanError { offset: at, reason };
-        let n = usize::try_from(v).map_err(|_| err(what_negative))?;
-        if n > self.remaining() {
-            return Err(err(what_too_long));
-        }
-        Ok(n)
-    }
-
-    fn value(&mut self, schema: &Schema, ns: NamespaceRef, arrays: usize) -> Result<(), ScanError> {
+    fn value(&mut self, schema: &Schema, ns: NamespaceRef, arrays: usize) -> Result<(), WireError> {
         if self.level == MAX_LEVEL {
-            return Err(self.error("schema recursion too deep"));
+            return Err(self.wire.error("schema recursion too deep"));
         }
         self.level += 1;
         let result = self.value_inner(schema, ns, arrays);
@@ -210,17 +129,11 @@ impl Scanner<'_> {
         schema: &Schema,
         ns: NamespaceRef,
         arrays: usize,
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), WireError> {
         match schema {
             Schema::Null => Ok(()),
-            Schema::Boolean => match self.byte()? {
-                0 | 1 => Ok(()),
-                _ => Err(ScanError {
-                    offset: self.pos - 1,
-                    reason: "boolean byte is neither 0 nor 1",
-                }),
-            },
-            Schema::Int | Schema::Date | Schema::TimeMillis => self.int().map(drop),
+            Schema::Boolean => self.wire.boolean().map(drop),
+            Schema::Int | Schema::Date | Schema::TimeMillis => self.wire.int().map(drop),
             Schema::Long
             | Schema::TimeMicros
             | Schema::TimestampMillis
@@ -228,37 +141,19 @@ impl Scanner<'_> {
             | Schema::TimestampNanos
             | Schema::LocalTimestampMillis
             | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => self.long().map(drop),
-            Schema::Float => self.skip(4),
-            Schema::Double => self.skip(8),
+            | Schema::LocalTimestampNanos => self.wire.long().map(drop),
+            Schema::Float => self.wire.take(4).map(drop),
+            Schema::Double => self.wire.take(8).map(drop),
             Schema::Bytes | Schema::String => {
-                let n = self.len("negative length", "length exceeds the remaining bytes")?;
-                self.skip(n)
+                let n = self.wire.len()?;
+                self.wire.take(n).map(drop)
             }
-            Schema::Fixed(fixed) => self.skip(fixed.size),
-            Schema::Enum(e) => {
-                let at = self.pos;
-                let index = self.int()?;
-                if usize::try_from(index).is_ok_and(|i| i < e.symbols.len()) {
-                    Ok(())
-                } else {
-                    Err(ScanError {
-                        offset: at,
-                        reason: "enum index out of range",
-                    })
-                }
-            }
+            Schema::Fixed(fixed) => self.wire.take(fixed.size).map(drop),
+            Schema::Enum(e) => self.wire.symbol(e.symbols.len()).map(drop),
             Schema::Union(union) => {
-                let at = self.pos;
-                let index = self.long()?;
-                let variant = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| union.variants().get(i))
-                    .ok_or(ScanError {
-                        offset: at,
-                        reason: "union branch out of range",
-                    })?;
-                self.value(variant, ns, arrays)
+                let variants = union.variants();
+                let index = self.wire.branch(variants.len())?;
+                self.value(&variants[index], ns, arrays)
             }
             Schema::Record(record) => {
                 let name = record.name.fully_qualified_name(ns);
@@ -271,9 +166,9 @@ impl Scanner<'_> {
             Schema::Array(array) => {
                 let depth = arrays + 1;
                 if depth > MAX_AVRO_ARRAY_DEPTH {
-                    return Err(self.error("arrays nested deeper than MAX_ARRAY_DEPTH"));
+                    return Err(self.wire.error("arrays nested deeper than MAX_ARRAY_DEPTH"));
                 }
-                while let Some(count) = self.block()? {
+                while let Some(count) = self.wire.block()? {
                     for _ in 0..count {
                         self.value(&array.items, ns, depth)?;
                     }
@@ -281,7 +176,7 @@ impl Scanner<'_> {
                 Ok(())
             }
             Schema::Map(map) => {
-                while let Some(count) = self.block()? {
+                while let Some(count) = self.wire.block()? {
                     for _ in 0..count {
                         self.value(&Schema::String, ns, arrays)?;
                         self.value(&map.types, ns, arrays)?;
@@ -294,44 +189,14 @@ impl Scanner<'_> {
                 let target = self
                     .names
                     .get(name.as_ref())
-                    .ok_or_else(|| self.error("reference to an unknown schema name"))?;
+                    .ok_or_else(|| self.wire.error("reference to an unknown schema name"))?;
                 self.value(target, name.namespace(), arrays)
             }
             // `collect_names` refuses schemas using these when the codec is
             // built, so a schema the codec holds never reaches here.
             Schema::Decimal(_) | Schema::BigDecimal | Schema::Uuid(_) | Schema::Duration(_) => {
-                Err(self.error("schema type not supported by the scanner"))
+                Err(self.wire.error("schema type not supported by the scanner"))
             }
-        }
-    }
-
-    /// The item count of the next array or map block, `None` at the end.
-    /// A negative count is followed by the block's byte size, as apache-avro
-    /// reads it.
-    fn block(&mut self) -> Result<Option<usize>, ScanError> {
-        let at = self.pos;
-        let count = self.long()?;
-        if count == 0 {
-            return Ok(None);
-        }
-        let count = if count < 0 {
-            let size = self.long()?;
-            if size < 0 {
-                return Err(self.error("negative block size"));
-            }
-            count.checked_neg().ok_or(ScanError {
-                offset: at,
-                reason: "block count overflows",
-            })?
-        } else {
-            count
-        };
-        match usize::try_from(count) {
-            Ok(n) if n <= self.remaining() => Ok(Some(n)),
-            _ => Err(ScanError {
-                offset: at,
-                reason: "block count exceeds the remaining bytes",
-            }),
         }
     }
 }
@@ -342,7 +207,7 @@ mod tests {
 
     use super::*;
 
-    fn scan(schema: &str, datum: &[u8]) -> Result<(), ScanError> {
+    fn scan(schema: &str, datum: &[u8]) -> Result<(), WireError> {
         let schema = Schema::parse_str(schema).unwrap();
         let mut names = HashMap::new();
         collect_names(&schema, None, &mut names).unwrap();
