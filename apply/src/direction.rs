@@ -626,10 +626,6 @@ impl Session<'_> {
             .await
     }
 
-    /// A pipelined pass failed: rolls the target transaction back, so that
-    /// the session runs again from the stored position, one statement at a
-    /// time up to where this one got. What the rolled-back part counted in
-    /// the statistics is counted again then.
     /// What the next run, which reads from the stored position again, needs
     /// to know of this one.
     fn pass(&mut self, careful_until: Option<i64>) -> Pass {
@@ -641,6 +637,11 @@ impl Session<'_> {
         }
     }
 
+    /// A pipelined pass failed: rolls the target transaction back, so that
+    /// the session runs again from the stored position, one statement at a
+    /// time up to where this one got. What the rolled-back part counted in
+    /// the statistics is counted again then; what it dead-lettered is not
+    /// sent again (see [`Pass`]).
     async fn replan(&mut self, error: &ApplyError) {
         info!(
             topic = %self.topic,
@@ -1077,7 +1078,14 @@ impl Session<'_> {
         if Position::tracks(open.mode) {
             self.position.applied(open.commit_lsn);
         }
-        match self.overflow.take() {
+        // Only the streaming transaction the dropped events sat in (or its
+        // replay, after it was cut short) ends their wait.
+        let overflow = if open.snapshot {
+            None
+        } else {
+            self.overflow.take()
+        };
+        match overflow {
             // Stored up to the first snapshot event dropped: after the commit
             // the session reads again from there, skipping this transaction's
             // events by their commit LSN (applied) and applying the snapshot
