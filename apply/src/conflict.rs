@@ -53,9 +53,9 @@ use crate::mapping::{Entity, Side};
 /// `OFFSET 0` keeps the subquery from being pulled up into a join the
 /// planner could turn into that scan. In an `EXISTS` it also keeps the
 /// planner from hashing the whole table once per statement: the parent
-/// checks of a 500-row memberships batch did that with 200,000 identities,
-/// twice per statement (seen in `scripts/bench apply` plans, 25-30 ms per
-/// statement, growing with the parent table).
+/// checks of a 500-row memberships batch read all 200,000 identities that
+/// way, twice per statement (seen in `scripts/bench apply` plans), a cost
+/// that grows with the parent table.
 pub const PROBE: &str = "OFFSET 0";
 
 /// What an upsert writes: a change, or a copy read by a snapshot.
@@ -545,6 +545,29 @@ mod tests {
         let replay = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Replay);
         assert!(live.contains("<= date_trunc") && live.contains("written_xmin = t.xmin"));
         assert!(replay.contains(") < date_trunc") && !replay.contains("written_xmin = t.xmin"));
+    }
+
+    #[test]
+    fn parent_and_tombstone_checks_probe_one_key_at_a_time() {
+        let mut shape = shape();
+        shape.parents.push(ParentCheck {
+            column: "group_id".into(),
+            table: quote_table("org", "groups"),
+            key: "id".into(),
+            set_null: false,
+        });
+        for sql in [shape.upsert_sql(), shape.update_sql()] {
+            assert!(
+                sql.contains("EXISTS (SELECT 1 FROM \"org\".\"groups\" p WHERE p.\"id\" = i.\"group_id\" OFFSET 0)"),
+                "{sql}"
+            );
+        }
+        assert!(shape.upsert_sql().contains("rv.deleted AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.\"updated_at\"::timestamptz) OFFSET 0)"));
+        let delete = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Live);
+        assert!(
+            delete.contains("WHERE e.\"id\" = i.k OFFSET 0)"),
+            "{delete}"
+        );
     }
 
     #[test]

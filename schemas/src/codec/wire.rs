@@ -112,20 +112,28 @@ impl<'a> Wire<'a> {
     pub fn branch(&mut self, branches: usize) -> Result<usize, WireError> {
         let at = self.pos;
         let index = self.long()?;
-        usize::try_from(index)
-            .ok()
-            .filter(|i| *i < branches)
-            .ok_or_else(|| self.error_at(at, "union branch out of range"))
+        self.below(index, branches, at, "union branch out of range")
     }
 
     /// An enum's symbol index (an int), below `symbols`.
     pub fn symbol(&mut self, symbols: usize) -> Result<usize, WireError> {
         let at = self.pos;
         let index = self.int()?;
+        self.below(i64::from(index), symbols, at, "enum index out of range")
+    }
+
+    /// `index` read at `at`, when it is below `count`.
+    fn below(
+        &self,
+        index: i64,
+        count: usize,
+        at: usize,
+        reason: &'static str,
+    ) -> Result<usize, WireError> {
         usize::try_from(index)
             .ok()
-            .filter(|i| *i < symbols)
-            .ok_or_else(|| self.error_at(at, "enum index out of range"))
+            .filter(|i| *i < count)
+            .ok_or_else(|| self.error_at(at, reason))
     }
 
     /// The item count of the next array or map block, `None` at the end. A
