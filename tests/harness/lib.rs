@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
 use schemas::event::ChangeEvent;
@@ -474,6 +475,52 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
         .create()?;
     let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     Ok(high)
+}
+
+/// The first `n` messages of `topic` (key, payload), in order, each awaited
+/// up to `timeout`. Also a way to wait for messages: the broker's high
+/// watermark can trail a batch it took whole.
+pub async fn read_messages(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("read"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut messages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let message = tokio::time::timeout(timeout, consumer.recv()).await??;
+        messages.push((
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    Ok(messages)
+}
+
+/// Writes `messages` (key, payload) to `topic`, in order, as one more
+/// producer would.
+pub async fn produce(topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("enable.idempotence", "true")
+        .create()?;
+    for (key, payload) in messages {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(())
 }
 
 /// Reads and decodes the events of one topic from the beginning.

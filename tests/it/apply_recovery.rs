@@ -5,7 +5,10 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sync_bridge_tests::{connect, count, eventually, high_watermark, unique, Bridge, Stack};
+use sync_bridge_tests::{
+    connect, count, eventually, high_watermark, produce, read_messages, unique, until_count,
+    Bridge, Stack,
+};
 
 const WAIT: Duration = Duration::from_secs(180);
 const USERS: i64 = 20_000;
@@ -188,13 +191,7 @@ async fn a_poison_message_reaches_the_dead_letter_topic_while_the_stream_continu
 async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbours_land_once(
 ) -> anyhow::Result<()> {
     let bridge = Bridge::start("refused").await?;
-    // A rule only the platform has: the mapping cannot satisfy it.
-    bridge
-        .platform()
-        .execute(
-            "ALTER TABLE identity.identities ADD CONSTRAINT no_rejects CHECK (given_name <> 'Rejected')",
-        )
-        .await?;
+    refuse_rejected_names(&bridge).await?;
     // Three source transactions back to back, so that apply takes them in
     // one target transaction: pipelined, the refusal surfaces after the
     // statements of the next one were sent.
@@ -207,14 +204,13 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
              BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Refusal', 'member', now(), now()); COMMIT;",
         )
         .await?;
-    eventually("the two good users to cross", WAIT, || async {
-        let users = count(
-            bridge.platform().client(),
-            "SELECT count(*) FROM identity.identities WHERE email IN ('before@example.com', 'after@example.com')",
-        )
-        .await?;
-        Ok((users == 2).then_some(()))
-    })
+    until_count(
+        "the two good users to cross",
+        WAIT,
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities WHERE email IN ('before@example.com', 'after@example.com')",
+        2,
+    )
     .await?;
 
     let reason = dead_letter_reasons(&bridge.dead_letter_topic, 1)
@@ -260,12 +256,7 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
 async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_dead_lettered_once(
 ) -> anyhow::Result<()> {
     let mut bridge = Bridge::prepare("poisonreplan").await?;
-    bridge
-        .platform()
-        .execute(
-            "ALTER TABLE identity.identities ADD CONSTRAINT no_rejects CHECK (given_name <> 'Rejected')",
-        )
-        .await?;
+    refuse_rejected_names(&bridge).await?;
     bridge.start_captures().await?;
     // All on the topic before apply reads it, so that apply takes it in one
     // pipelined target transaction: a good transaction, a poison message, a
@@ -277,19 +268,12 @@ async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_de
             "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('before@example.com', 'Before Poison', 'member', now(), now())",
         )
         .await?;
-    until_messages(&topic, 1).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .create()?;
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("legacy")
-                .payload(b"\xC3\x01not avro at all"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)?;
+    read_messages(&topic, 1, WAIT).await?;
+    produce(
+        &topic,
+        &[(b"legacy".to_vec(), b"\xC3\x01not avro at all".to_vec())],
+    )
+    .await?;
     bridge
         .legacy()
         .execute(
@@ -297,17 +281,17 @@ async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_de
              BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Refusal', 'member', now(), now()); COMMIT;",
         )
         .await?;
-    until_messages(&topic, 4).await?;
+    // Read, not counted by watermark (see `read_messages`).
+    read_messages(&topic, 4, WAIT).await?;
 
     bridge.start_apply()?;
-    eventually("apply's position to reach the last message", WAIT, || async {
-        let position = count(
-            bridge.platform().client(),
-            "SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = 'legacy'",
-        )
-        .await?;
-        Ok((position == 3).then_some(()))
-    })
+    until_count(
+        "apply's position to reach the last message",
+        WAIT,
+        bridge.platform().client(),
+        "SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = 'legacy'",
+        3,
+    )
     .await?;
     assert_eq!(
         count(
@@ -331,20 +315,15 @@ async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_de
     bridge.stop().await
 }
 
-/// Waits until `topic` holds at least `n` messages (read, not counted by
-/// watermark: the broker's high watermark can trail a batch it took whole).
-async fn until_messages(topic: &str, n: usize) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("count"))
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    for _ in 0..n {
-        tokio::time::timeout(WAIT, consumer.recv()).await??;
-    }
-    Ok(())
+/// A rule only the platform has, which the mapping cannot satisfy: no
+/// identity named "Rejected".
+async fn refuse_rejected_names(bridge: &Bridge) -> anyhow::Result<()> {
+    bridge
+        .platform()
+        .execute(
+            "ALTER TABLE identity.identities ADD CONSTRAINT no_rejects CHECK (given_name <> 'Rejected')",
+        )
+        .await
 }
 
 /// The `reason` headers of the first `count` messages on the dead-letter topic.
