@@ -102,6 +102,11 @@ pub struct ApplyConfig {
     /// they are read again from the topic once it has ended.
     #[serde(default = "default_deferred_snapshot_buffer")]
     pub deferred_snapshot_buffer: usize,
+    /// How long a direction fetches offsets missing before a message again
+    /// (a broker that showed a later batch first) before it goes on
+    /// without them (see `continuity`).
+    #[serde(default = "default_offset_gap_wait", with = "humantime_serde")]
+    pub offset_gap_wait: Duration,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// How often a running direction forgets tombstones older than the
@@ -120,6 +125,7 @@ impl Default for ApplyConfig {
             statement_max_rows: default_statement_rows(),
             dead_letter_buffer: default_dead_letter_buffer(),
             deferred_snapshot_buffer: default_deferred_snapshot_buffer(),
+            offset_gap_wait: default_offset_gap_wait(),
             max_backoff: default_max_backoff(),
             tombstone_prune_interval: default_prune_interval(),
         }
@@ -158,6 +164,9 @@ fn default_dead_letter_buffer() -> usize {
 }
 fn default_deferred_snapshot_buffer() -> usize {
     10_000
+}
+fn default_offset_gap_wait() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_prune_interval() -> Duration {
     Duration::from_secs(600)

@@ -47,6 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
+use crate::continuity::{Continuity, Next};
 use crate::deadletter::{DeadLetters, Origin};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Catalog, Mapping, Side};
@@ -155,8 +156,8 @@ struct Session<'a> {
     batch_events: usize,
     batch_started: Instant,
     open: Option<Open>,
-    /// Whether the first fetched message was checked against the position.
-    first_checked: bool,
+    /// Whether every offset after the position was received.
+    continuity: Continuity,
     /// When expired tombstones are next pruned.
     next_prune: Instant,
     /// Source commit times (Unix micros) of the transactions in the open batch.
@@ -429,7 +430,11 @@ async fn run(
         batch_events: 0,
         batch_started: Instant::now(),
         open: None,
-        first_checked: false,
+        continuity: Continuity::new(
+            fetch_start(position),
+            position.next_offset(),
+            config.apply.offset_gap_wait,
+        ),
         next_prune: Instant::now(),
         source_commits: Vec::new(),
         batch_span: tracing::Span::none(),
@@ -535,6 +540,9 @@ async fn drive(
             Some(Ok(message)) => {
                 let message = message.map_err(|e| ApplyError::kafka("consume", e))?;
                 last_received = Instant::now();
+                if !session.in_order(consumer, message.offset()).await? {
+                    continue;
+                }
                 session.handle(&message).await?;
                 session.apply_deferred().await?;
                 session.count_replayed(message.offset());
@@ -586,10 +594,8 @@ fn consumer(
         .create()
         .map_err(|e| ApplyError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
-    // Start a little before the position and skip what is already applied
-    // (see RESUME_LOOKBACK); without a position, from the beginning.
     let offset = match position.next_offset() {
-        Some(offset) => Offset::Offset(offset.saturating_sub(RESUME_LOOKBACK).max(0)),
+        Some(_) => Offset::Offset(fetch_start(position)),
         None => Offset::Beginning,
     };
     assignment
@@ -599,6 +605,15 @@ fn consumer(
         .assign(&assignment)
         .map_err(|e| ApplyError::kafka("assign", e))?;
     Ok(consumer)
+}
+
+/// Where a session starts fetching: a little before the position, skipping
+/// what is already applied (see [`RESUME_LOOKBACK`]); without a position,
+/// from the beginning.
+fn fetch_start(position: Position) -> i64 {
+    position
+        .next_offset()
+        .map_or(0, |next| next.saturating_sub(RESUME_LOOKBACK).max(0))
 }
 
 impl Session<'_> {
@@ -798,6 +813,67 @@ impl Session<'_> {
         self.writer.release_pair_lock(&self.source).await
     }
 
+    /// Whether the message at `offset` is the one due (see [`Continuity`]).
+    /// When offsets before it are missing, fetches again from the first
+    /// one after a pause and answers false; a gap that stays open is
+    /// logged and passed, or refused when it follows the position.
+    async fn in_order(&mut self, consumer: &StreamConsumer, offset: i64) -> Result<bool> {
+        match self.continuity.received(offset, Instant::now()) {
+            Next::Handle => Ok(true),
+            Next::Drop => Ok(false),
+            Next::FetchAgain {
+                from,
+                pause,
+                missing,
+                attempt,
+            } => {
+                if attempt == 0 {
+                    self.stats.gap_fetched();
+                    info!(topic = %self.topic, first_missing = missing.0, received = offset, fetch_from = from, "offsets missing before a message; fetching them again");
+                } else {
+                    debug!(topic = %self.topic, first_missing = missing.0, received = offset, attempt, "offsets still missing; fetching them again");
+                }
+                tokio::time::sleep(pause).await;
+                consumer
+                    .seek(
+                        &self.topic,
+                        0,
+                        Offset::Offset(from),
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| ApplyError::kafka("seek back to offsets missing", e))?;
+                Ok(false)
+            }
+            Next::HandleAfterGap { missing } => {
+                let waited = self.shared.config.apply.offset_gap_wait;
+                error!(
+                    topic = %self.topic,
+                    first_missing = missing.0,
+                    last_missing = missing.1 - 1,
+                    waited_s = waited.as_secs(),
+                    "offsets never became readable; continuing without them (check the producers and the topic's cleanup policy)"
+                );
+                capture::telemetry::metrics::apply_error(
+                    crate::monitor::direction(self.from),
+                    "offset_gap",
+                );
+                Ok(true)
+            }
+            Next::Missing { missing } => {
+                error!(
+                    topic = %self.topic,
+                    expected = missing.0,
+                    received = missing.1,
+                    "the broker skipped messages after apply's position; refusing to continue"
+                );
+                Err(ApplyError::Config(format!(
+                    "topic {}: the first message fetched is at offset {}, after apply's position {}: messages are missing (retention, or a broker that skips within a batch)",
+                    self.topic, missing.1, missing.0
+                )))
+            }
+        }
+    }
+
     async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
         self.handle_payload(message.offset(), message.payload().unwrap_or_default())
             .await
@@ -810,25 +886,12 @@ impl Session<'_> {
     /// are applied whatever their position in their page.
     async fn handle_payload(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
         self.seen = self.seen.max(offset);
-        if let Some(next) = self.position.next_offset() {
-            if !self.first_checked {
-                self.first_checked = true;
-                if offset > next {
-                    error!(
-                        topic = %self.topic,
-                        expected = next,
-                        received = offset,
-                        "the broker skipped messages after apply's position; refusing to continue"
-                    );
-                    return Err(ApplyError::Config(format!(
-                        "topic {}: the first message fetched is at offset {offset}, after apply's position {next}: messages are missing (retention, or a broker that skips within a batch)",
-                        self.topic
-                    )));
-                }
-            }
-            if offset < next {
-                return Ok(()); // applied before the restart
-            }
+        if self
+            .position
+            .next_offset()
+            .is_some_and(|next| offset < next)
+        {
+            return Ok(()); // applied before the restart
         }
         let event = match self.shared.codec.decode(payload) {
             Ok(event) => event,

@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conflict;
+pub mod continuity;
 pub mod deadletter;
 pub mod direction;
 pub mod error;
@@ -240,6 +241,7 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
                 dead_lettered = s.dead_lettered,
                 replans = s.replans,
                 snapshot_rereads = s.snapshot_rereads,
+                gaps_fetched = s.gaps_fetched,
                 last_commit_age_ms = lag_ms,
                 "progress"
             );

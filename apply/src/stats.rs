@@ -16,6 +16,7 @@ pub struct Stats {
     transactions: AtomicU64,
     replans: AtomicU64,
     snapshot_rereads: AtomicU64,
+    gaps_fetched: AtomicU64,
     /// Commit time (Unix micros) of the last source transaction applied.
     last_commit_micros: AtomicI64,
     /// When (Unix micros) the last target transaction committed.
@@ -50,6 +51,9 @@ pub struct Snapshot {
     /// `deferred_snapshot_buffer`: the snapshot events among them were
     /// read again from the topic after the transaction.
     pub snapshot_rereads: u64,
+    /// Gaps in the offsets received (a broker showed a later batch before
+    /// an earlier one), fetched again (see `continuity`).
+    pub gaps_fetched: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
     pub committed_at_micros: i64,
@@ -86,6 +90,9 @@ impl Stats {
     pub fn snapshot_reread(&self) {
         self.snapshot_rereads.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn gap_fetched(&self) {
+        self.gaps_fetched.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn transaction(&self, commit_micros: i64) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_commit_micros
@@ -111,6 +118,7 @@ impl Stats {
             transactions: self.transactions.load(Ordering::Relaxed),
             replans: self.replans.load(Ordering::Relaxed),
             snapshot_rereads: self.snapshot_rereads.load(Ordering::Relaxed),
+            gaps_fetched: self.gaps_fetched.load(Ordering::Relaxed),
             last_commit_micros: self.last_commit_micros.load(Ordering::Relaxed),
             committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),
         }

@@ -266,6 +266,10 @@ async fn an_empty_platform_is_brought_up_by_a_snapshot_of_200_000_users_taken_du
     // (100-175 s for the whole test so far). Well inside nextest's 600 s, so
     // that a divergence fails with the differences rather than a timeout.
     let report = bridge.converged(Duration::from_secs(420)).await?;
+    eprintln!(
+        "legacy to platform: {:?}",
+        bridge.counters.legacy_to_platform.snapshot()
+    );
     assert!(report.corresponds(), "{report}");
     let legacy_users = count(bridge.legacy().client(), "SELECT count(*) FROM users").await?;
     assert_eq!(legacy_users, USERS + inserts as i64 - deletes as i64);
