@@ -22,6 +22,9 @@ use schemas::codec::Codec;
 use schemas::event::ChangeEvent;
 use tokio_postgres::{Client, NoTls};
 
+mod sparse_batch;
+pub use sparse_batch::produce_with_offsets_skipped;
+
 /// The services `scripts/test` (or `scripts/stack up`) started.
 #[derive(Debug, Clone)]
 pub struct Stack {

@@ -6,8 +6,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sync_bridge_tests::{
-    connect, count, eventually, high_watermark, produce, read_messages, unique, until_count,
-    Bridge, Stack,
+    connect, count, eventually, high_watermark, produce, produce_with_offsets_skipped,
+    read_messages, unique, until_count, Bridge, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -348,4 +348,81 @@ async fn dead_letter_reasons(topic: &str, count: usize) -> anyhow::Result<Vec<St
         reasons.push(reason.unwrap_or_default());
     }
     Ok(reasons)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_missing_from_the_topic_are_fetched_again_and_passed_only_after_the_wait(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("offsetgap").await?;
+    bridge.apply_options = "offset_gap_wait = \"10s\"\n".into();
+    let bridge = bridge.run().await?;
+    let topic = bridge.legacy.topic.clone();
+    let platform = bridge.platform().client();
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('before@example.com', 'Before Gap', 'member', now(), now())",
+        )
+        .await?;
+    until_count(
+        "the first user to cross",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities",
+        1,
+    )
+    .await?;
+
+    // A copy of that change in a batch claiming six offsets: the five after
+    // it are never readable, as when a broker shows a later batch before an
+    // earlier one has been stored, except that these never come.
+    let (key, payload) = read_messages(&topic, 1, WAIT).await?.remove(0);
+    let copy = produce_with_offsets_skipped(&topic, &key, &payload, 5).await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('after@example.com', 'After Gap', 'member', now(), now())",
+        )
+        .await?;
+    assert_eq!(
+        read_messages(&topic, 3, WAIT).await?.len(),
+        3,
+        "the change after the gap is on the topic"
+    );
+
+    let stats = &bridge.counters.legacy_to_platform;
+    eventually("apply to find the gap", WAIT, || async {
+        Ok((stats.snapshot().gaps_fetched == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM identity.identities").await?,
+        1,
+        "the change after the gap waits while the gap is fetched again"
+    );
+    until_count(
+        "the change after the gap to cross",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities WHERE given_name = 'After'",
+        1,
+    )
+    .await?;
+    assert_eq!(stats.snapshot().gaps_fetched, 1);
+    assert_eq!(stats.snapshot().dead_lettered, 0);
+    let stored: i64 = bridge
+        .platform()
+        .client()
+        .query_one(
+            "SELECT kafka_offset FROM syncbridge.apply_position WHERE topic = $1",
+            &[&topic],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        stored,
+        copy + 6,
+        "the position passed the gap, at the change after it"
+    );
+    bridge.stop().await
 }
