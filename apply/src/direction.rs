@@ -381,6 +381,9 @@ async fn run(
     capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
     let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
+    // What a run that failed had counted of its open target transaction
+    // went with it.
+    stats.batch_discarded();
     let (position, consumer) = match reading {
         Reading::Live => {
             let position = checkpoint::read(&target, to.as_str(), &source_name).await?;
@@ -655,8 +658,9 @@ impl Session<'_> {
     /// A pipelined pass failed: rolls the target transaction back, so that
     /// the session runs again from the stored position, one statement at a
     /// time up to where this one got. What the rolled-back part counted in
-    /// the statistics is counted again then; what it dead-lettered is not
-    /// sent again (see [`Pass`]).
+    /// the statistics is dropped with it (see [`Stats`]) and counted when
+    /// applied again; what it dead-lettered is not sent again (see
+    /// [`Pass`]).
     async fn replan(&mut self, error: &ApplyError) {
         info!(
             topic = %self.topic,
@@ -803,6 +807,7 @@ impl Session<'_> {
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        self.stats.batch_discarded();
         self.writer.discard().await;
         if self.batch_open {
             self.sql("ROLLBACK").await?;

@@ -301,10 +301,21 @@ async fn a_poison_message_in_a_batch_applied_again_one_statement_at_a_time_is_de
         .await?,
         2
     );
-    let legacy = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+    // Counted when the target transaction commits, right after the position.
+    let stats = bridge.counters.of(apply::mapping::Side::Legacy);
+    eventually("the committed transactions to be counted", WAIT, || async {
+        Ok((stats.snapshot().transactions >= 2).then_some(()))
+    })
+    .await?;
+    let legacy = stats.snapshot();
     assert!(
         legacy.replans >= 1,
         "the refusal sent the batch, poison message included, through again"
+    );
+    assert_eq!(
+        (legacy.transactions, legacy.applied),
+        (2, 2),
+        "what the rolled-back pass counted does not count: each good transaction and row once"
     );
     assert_eq!(
         high_watermark(&bridge.dead_letter_topic)?,
