@@ -698,7 +698,7 @@ impl Writer {
     }
 
     /// The `ANALYZE` that refreshes the planner statistics of what this
-    /// writer fills, when one is due (see [`Analyze`]); from then on the
+    /// writer fills, when one is due (see `Analyze`); from then on the
     /// rows count towards the next one. The caller runs it on a connection
     /// of its own (it needs no transaction of apply's, and apply need not
     /// wait for it); asked between target transactions. Tables apply may not
@@ -1808,7 +1808,7 @@ impl Writer {
     }
 
     /// Frees the session pair lock this writer holds on its source (see
-    /// [`Self::lock_pairs`]); call after the target transaction ended.
+    /// `lock_pairs`); call after the target transaction ended.
     pub async fn release_pair_lock(&mut self, source: &Client) -> Result<()> {
         let held = std::mem::replace(&mut self.pair_lock, PairLock::None);
         if held != PairLock::Session {

@@ -167,7 +167,7 @@ impl PolledTable {
     }
 
     /// The query reading one page. Parameters: `$1` the table's label, then
-    /// those of `start` (see [`PageStart::params`]). Columns: `xmin` (int8),
+    /// those of `start` (see `PageStart::params`). Columns: `xmin` (int8),
     /// echo (bool), known (bool: the key is in the ledger), the `xmin`
     /// last sent (int8, NULL), then every column as text.
     pub fn page_query(&self, start: &PageStart, page_size: usize, echo_ledger: bool) -> String {
