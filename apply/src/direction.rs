@@ -47,12 +47,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
-use crate::continuity::{Continuity, Next};
 use crate::deadletter::{DeadLetters, Origin};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
 use crate::writer::Writer;
+use capture::continuity::{Continuity, Next};
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch

@@ -21,7 +21,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conflict;
-pub mod continuity;
 pub mod deadletter;
 pub mod direction;
 pub mod error;

@@ -27,6 +27,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod continuity;
 pub mod error;
 pub mod event;
 pub mod kafka;

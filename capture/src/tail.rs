@@ -2,8 +2,9 @@
 //! person watching the bridge (what `kafka-avro-console-consumer` is to a
 //! registry-based pipeline). Row values are printed only when asked for.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -13,7 +14,12 @@ use schemas::event::{ChangeEvent, Column, Op, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Lsn;
+use crate::continuity::{Continuity, Next};
 use crate::error::{CaptureError, Result};
+
+/// How long `tail` fetches offsets missing before a message again before it
+/// says so on stderr and goes on (see [`crate::continuity`]).
+const GAP_WAIT: Duration = Duration::from_secs(5);
 
 /// What to tail.
 #[derive(Debug, Clone)]
@@ -51,6 +57,13 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
     consumer
         .assign(&assignment)
         .map_err(|e| CaptureError::kafka("assign", e))?;
+    // Every offset, in order, even where the broker shows a later batch
+    // before an earlier one (see `continuity`).
+    let mut continuity: HashMap<String, Continuity> = options
+        .topics
+        .iter()
+        .map(|topic| (topic.clone(), Continuity::new(0, None, GAP_WAIT)))
+        .collect();
     let mut stream = consumer.stream();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
@@ -62,6 +75,29 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
                 Ok(Some(message)) => message.map_err(|e| CaptureError::kafka("consume", e))?,
             },
         };
+        let topic = message.topic().to_owned();
+        let next = continuity.get_mut(&topic).map_or(Next::Handle, |c| {
+            c.received(message.offset(), Instant::now())
+        });
+        match next {
+            Next::Handle => {}
+            Next::Drop => continue,
+            Next::FetchAgain { from, pause, .. } => {
+                drop(message);
+                tokio::time::sleep(pause).await;
+                consumer
+                    .seek(&topic, 0, Offset::Offset(from), Duration::from_secs(10))
+                    .map_err(|e| CaptureError::kafka("seek back to offsets missing", e))?;
+                continue;
+            }
+            Next::HandleAfterGap { missing } | Next::Missing { missing } => {
+                eprintln!(
+                    "{topic}: offsets {} to {} never became readable; going on without them",
+                    missing.0,
+                    missing.1 - 1
+                );
+            }
+        }
         let line = match codec.decode(message.payload().unwrap_or_default()) {
             Ok(event) => describe(&event, options.values),
             Err(error) => format!(

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use schemas::event::{ChangeEvent, Column, Op, Value};
-use sync_bridge_tests::{create_topic, CaptureSetup, EventReader, Side, TestDb};
+use sync_bridge_tests::{
+    binary, create_topic, produce, produce_with_offsets_skipped, unique, CaptureSetup, EventReader,
+    Side, Stack, TestDb,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -315,5 +318,44 @@ async fn a_transaction_whose_first_logical_message_is_the_bridge_marker_is_flagg
         "only the first logical message counts"
     );
     assert_eq!(events[0].source, "platform");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_message_in_order_and_says_where_offsets_never_became_readable(
+) -> anyhow::Result<()> {
+    let topic = unique("tail");
+    create_topic(&topic).await?;
+    // Offsets 0, 1 and 7: the batch at 1 claims 1 to 6 but holds one message.
+    produce(&topic, &[(b"k".to_vec(), b"first".to_vec())]).await?;
+    produce_with_offsets_skipped(&topic, b"k", b"second", 5).await?;
+    produce(&topic, &[(b"k".to_vec(), b"third".to_vec())]).await?;
+
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(binary("capture"))
+            .args([
+                "tail",
+                "--brokers",
+                &Stack::get().brokers,
+                "--topic",
+                &topic,
+            ])
+            .args(["--from-beginning", "--limit", "3"])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let offsets: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.split(" offset ").nth(1)?.split(':').next())
+        .collect();
+    assert_eq!(offsets, ["0", "1", "7"], "{stdout}");
+    assert!(
+        stderr.contains(&format!("{topic}: offsets 2 to 6 never became readable")),
+        "the gap is named once the wait is over: {stderr}"
+    );
     Ok(())
 }

@@ -10,16 +10,17 @@
 //! capture and a snapshot) can be answered with the later batch while the
 //! earlier one is still being stored.
 //!
-//! [`Continuity`] tells a direction, for each message received, whether to
-//! handle it, to drop it (received again after a seek), or to fetch again
-//! from the first offset missing after a short pause. A gap that stays
-//! open for the whole patience is not a batch on its way (a produce that
-//! failed after its offsets were taken leaves one; the producer's retry
-//! stores the batch at later offsets): the direction logs it and goes on.
-//! The first message of a session is only required to be at or before the
-//! position it resumes from (it starts fetching before it, see
-//! `direction::RESUME_LOOKBACK`); a gap there that stays open means the
-//! messages after the position are gone, which the direction refuses.
+//! [`Continuity`] tells a reader of one partition (an apply direction,
+//! `capture tail`), for each message received, whether to handle it, to
+//! drop it (received again after a seek), or to fetch again from the first
+//! offset missing after a short pause. A gap that stays open for the whole
+//! patience is not a batch on its way (a produce that failed after its
+//! offsets were taken leaves one; the producer's retry stores the batch at
+//! later offsets): the reader reports it and goes on. The first message of
+//! an apply session is only required to be at or before the position it
+//! resumes from (it starts fetching before it, see apply's
+//! `RESUME_LOOKBACK`); a gap there that stays open means the messages after
+//! the position are gone, which apply refuses.
 
 use std::time::{Duration, Instant};
 
