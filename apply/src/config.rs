@@ -104,7 +104,7 @@ pub struct ApplyConfig {
     pub deferred_snapshot_buffer: usize,
     /// How long a direction fetches offsets missing before a message again
     /// (a broker that showed a later batch first) before it goes on
-    /// without them (see `continuity`).
+    /// without them (see `capture::continuity`).
     #[serde(default = "default_offset_gap_wait", with = "humantime_serde")]
     pub offset_gap_wait: Duration,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]

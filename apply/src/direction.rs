@@ -28,12 +28,16 @@
 //! names the offset range instead. Snapshot events that arrive inside a
 //! streaming transaction wait in memory until it ends, at most
 //! `deferred_snapshot_buffer` of them; beyond that, they are dropped and
-//! read again from the topic after it (see `Session::defer`).
+//! read again from the topic after it (see `Session::defer`). Every offset
+//! after the position is read, in order: a gap (a broker that showed a
+//! later batch before an earlier one) is fetched again (see
+//! [`capture::continuity`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capture::continuity::{Continuity, Next};
 use capture::progress::Progress;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -52,7 +56,6 @@ use crate::error::{ApplyError, Result};
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
 use crate::writer::Writer;
-use capture::continuity::{Continuity, Next};
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch

@@ -91,7 +91,7 @@ pub struct Snapshot {
     /// read again from the topic after the transaction.
     pub snapshot_rereads: u64,
     /// Gaps in the offsets received (a broker showed a later batch before
-    /// an earlier one), fetched again (see `continuity`).
+    /// an earlier one), fetched again (see `capture::continuity`).
     pub gaps_fetched: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
