@@ -166,7 +166,8 @@ fn default_deferred_snapshot_buffer() -> usize {
     10_000
 }
 fn default_offset_gap_wait() -> Duration {
-    Duration::from_secs(30)
+    // Longer than a broker on an object store may retry one put.
+    Duration::from_secs(300)
 }
 fn default_prune_interval() -> Duration {
     Duration::from_secs(600)

@@ -834,10 +834,14 @@ impl Session<'_> {
                 pause,
                 missing,
                 attempt,
+                slow,
             } => {
                 if attempt == 0 {
                     self.stats.gap_fetched();
                     info!(topic = %self.topic, first_missing = missing.0, received = offset, fetch_from = from, "offsets missing before a message; fetching them again");
+                } else if slow {
+                    let wait = self.shared.config.apply.offset_gap_wait;
+                    warn!(topic = %self.topic, first_missing = missing.0, received = offset, open_s = capture::continuity::SLOW_GAP.as_secs(), wait_s = wait.as_secs(), "offsets still missing; waiting for them up to apply.offset_gap_wait");
                 } else {
                     debug!(topic = %self.topic, first_missing = missing.0, received = offset, attempt, "offsets still missing; fetching them again");
                 }

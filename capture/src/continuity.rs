@@ -34,12 +34,14 @@ pub enum Next {
     Drop,
     /// Offsets `missing.0 .. missing.1` have not been received: fetch again
     /// from `from` after `pause`, dropping this message. `attempt` counts
-    /// the fetches of this gap, from 0.
+    /// the fetches of this gap, from 0; `slow` is set on the one fetch at
+    /// which the gap has been open for [`SLOW_GAP`].
     FetchAgain {
         from: i64,
         pause: Duration,
         missing: (i64, i64),
         attempt: u32,
+        slow: bool,
     },
     /// Offsets `missing.0 .. missing.1` stayed unreadable for the whole
     /// patience, after the first message of the session was received:
@@ -73,12 +75,17 @@ struct Gap {
     first: i64,
     since: Instant,
     fetches: u32,
+    /// Whether it was reported slow.
+    slow: bool,
 }
 
 /// The first pause before fetching a gap again; doubled on each attempt.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between fetches of a gap.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// How long a gap stays open before the reader says so: longer than any
+/// batch takes to be stored by a healthy broker.
+pub const SLOW_GAP: Duration = Duration::from_secs(30);
 
 impl Continuity {
     /// A session whose consumer fetches from `fetch_start` and must receive
@@ -112,9 +119,11 @@ impl Continuity {
                 first: first_missing,
                 since: now,
                 fetches: 0,
+                slow: false,
             },
         };
-        if now.saturating_duration_since(gap.since) >= self.patience {
+        let open_for = now.saturating_duration_since(gap.since);
+        if open_for >= self.patience {
             self.gap = None;
             if self.last.is_none() {
                 return Next::Missing { missing };
@@ -125,8 +134,10 @@ impl Continuity {
         let pause = FIRST_PAUSE
             .saturating_mul(1 << gap.fetches.min(16))
             .min(MAX_PAUSE);
+        let slow = !gap.slow && open_for >= SLOW_GAP;
         self.gap = Some(Gap {
             fetches: gap.fetches + 1,
+            slow: gap.slow || slow,
             ..gap
         });
         Next::FetchAgain {
@@ -134,6 +145,7 @@ impl Continuity {
             pause,
             missing,
             attempt: gap.fetches,
+            slow,
         }
     }
 
@@ -181,6 +193,7 @@ mod tests {
                 pause: FIRST_PAUSE,
                 missing: (1, 184),
                 attempt: 0,
+                slow: false,
             }
         );
         // The earlier batch became readable.
@@ -261,6 +274,7 @@ mod tests {
                 pause: FIRST_PAUSE,
                 missing: (500, 520),
                 attempt: 0,
+                slow: false,
             }
         );
         assert_eq!(
@@ -269,5 +283,25 @@ mod tests {
                 missing: (500, 520)
             }
         );
+    }
+
+    #[test]
+    fn a_gap_open_for_thirty_seconds_is_reported_slow_once() {
+        let now = Instant::now();
+        let mut continuity = Continuity::new(0, None, Duration::from_secs(300));
+        continuity.received(0, now);
+        let slow_at = |continuity: &mut Continuity, after: Duration| match continuity
+            .received(4, now + after)
+        {
+            Next::FetchAgain { slow, .. } => slow,
+            other => panic!("expected a fetch again, got {other:?}"),
+        };
+        assert!(!slow_at(&mut continuity, Duration::ZERO));
+        assert!(!slow_at(
+            &mut continuity,
+            SLOW_GAP - Duration::from_millis(1)
+        ));
+        assert!(slow_at(&mut continuity, SLOW_GAP));
+        assert!(!slow_at(&mut continuity, SLOW_GAP * 2));
     }
 }
