@@ -37,7 +37,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capture::continuity::{Continuity, Next};
+use capture::continuity::{self, Continuity, Next};
 use capture::progress::Progress;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -845,14 +845,8 @@ impl Session<'_> {
                 } else {
                     debug!(topic = %self.topic, first_missing = missing.0, received = offset, attempt, "offsets still missing; fetching them again");
                 }
-                tokio::time::sleep(pause).await;
-                consumer
-                    .seek(
-                        &self.topic,
-                        0,
-                        Offset::Offset(from),
-                        Duration::from_secs(10),
-                    )
+                continuity::fetch_again(consumer, &self.topic, from, pause)
+                    .await
                     .map_err(|e| ApplyError::kafka("seek back to offsets missing", e))?;
                 Ok(false)
             }

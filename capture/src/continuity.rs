@@ -24,6 +24,10 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaResult;
+use rdkafka::Offset;
+
 /// What to do with a message just received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -156,11 +160,43 @@ impl Continuity {
     }
 }
 
+/// Does what [`Next::FetchAgain`] asks of the reader of partition 0 of
+/// `topic`: waits `pause`, then moves `consumer` back to `from`. Messages
+/// fetched before the seek are discarded by librdkafka.
+pub async fn fetch_again(
+    consumer: &(impl Consumer + Sync),
+    topic: &str,
+    from: i64,
+    pause: Duration,
+) -> KafkaResult<()> {
+    tokio::time::sleep(pause).await;
+    consumer.seek(topic, 0, Offset::Offset(from), Duration::from_secs(10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// The first fetch of a gap: from `from`, for `missing`.
+    fn first_fetch(from: i64, missing: (i64, i64)) -> Next {
+        Next::FetchAgain {
+            from,
+            pause: FIRST_PAUSE,
+            missing,
+            attempt: 0,
+            slow: false,
+        }
+    }
+
+    /// The pause and the slow flag of a fetch again.
+    fn fetch_of(next: Next) -> (Duration, bool) {
+        match next {
+            Next::FetchAgain { pause, slow, .. } => (pause, slow),
+            other => panic!("expected a fetch again, got {other:?}"),
+        }
+    }
 
     fn resuming_at(resume_at: i64) -> Continuity {
         Continuity::new(
@@ -186,16 +222,7 @@ mod tests {
         let now = Instant::now();
         let mut continuity = Continuity::new(0, None, PATIENCE);
         assert_eq!(continuity.received(0, now), Next::Handle);
-        assert_eq!(
-            continuity.received(184, now),
-            Next::FetchAgain {
-                from: 1,
-                pause: FIRST_PAUSE,
-                missing: (1, 184),
-                attempt: 0,
-                slow: false,
-            }
-        );
+        assert_eq!(continuity.received(184, now), first_fetch(1, (1, 184)));
         // The earlier batch became readable.
         assert_eq!(continuity.received(1, now), Next::Handle);
         assert_eq!(continuity.received(2, now), Next::Handle);
@@ -207,12 +234,7 @@ mod tests {
         let mut continuity = Continuity::new(0, None, PATIENCE);
         continuity.received(0, now);
         let pauses: Vec<Duration> = (0..10)
-            .map(
-                |i| match continuity.received(5, now + Duration::from_millis(i)) {
-                    Next::FetchAgain { pause, .. } => pause,
-                    other => panic!("expected a fetch again, got {other:?}"),
-                },
-            )
+            .map(|i| fetch_of(continuity.received(5, now + Duration::from_millis(i))).0)
             .collect();
         assert_eq!(pauses[0], Duration::from_millis(10));
         assert_eq!(pauses[1], Duration::from_millis(20));
@@ -267,16 +289,7 @@ mod tests {
     fn resuming_past_the_position_fetches_again_from_the_start() {
         let now = Instant::now();
         let mut continuity = resuming_at(500);
-        assert_eq!(
-            continuity.received(520, now),
-            Next::FetchAgain {
-                from: 400,
-                pause: FIRST_PAUSE,
-                missing: (500, 520),
-                attempt: 0,
-                slow: false,
-            }
-        );
+        assert_eq!(continuity.received(520, now), first_fetch(400, (500, 520)));
         assert_eq!(
             continuity.received(520, now + PATIENCE),
             Next::Missing {
@@ -290,11 +303,8 @@ mod tests {
         let now = Instant::now();
         let mut continuity = Continuity::new(0, None, Duration::from_secs(300));
         continuity.received(0, now);
-        let slow_at = |continuity: &mut Continuity, after: Duration| match continuity
-            .received(4, now + after)
-        {
-            Next::FetchAgain { slow, .. } => slow,
-            other => panic!("expected a fetch again, got {other:?}"),
+        let slow_at = |continuity: &mut Continuity, after: Duration| {
+            fetch_of(continuity.received(4, now + after)).1
         };
         assert!(!slow_at(&mut continuity, Duration::ZERO));
         assert!(!slow_at(

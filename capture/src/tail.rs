@@ -14,7 +14,7 @@ use schemas::event::{ChangeEvent, Column, Op, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Lsn;
-use crate::continuity::{Continuity, Next};
+use crate::continuity::{self, Continuity, Next};
 use crate::error::{CaptureError, Result};
 
 /// How long `tail` fetches offsets missing before a message again before it
@@ -59,7 +59,7 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
         .map_err(|e| CaptureError::kafka("assign", e))?;
     // Every offset, in order, even where the broker shows a later batch
     // before an earlier one (see `continuity`).
-    let mut continuity: HashMap<String, Continuity> = options
+    let mut offsets: HashMap<String, Continuity> = options
         .topics
         .iter()
         .map(|topic| (topic.clone(), Continuity::new(0, None, GAP_WAIT)))
@@ -76,7 +76,7 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
             },
         };
         let topic = message.topic().to_owned();
-        let next = continuity.get_mut(&topic).map_or(Next::Handle, |c| {
+        let next = offsets.get_mut(&topic).map_or(Next::Handle, |c| {
             c.received(message.offset(), Instant::now())
         });
         match next {
@@ -84,9 +84,8 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
             Next::Drop => continue,
             Next::FetchAgain { from, pause, .. } => {
                 drop(message);
-                tokio::time::sleep(pause).await;
-                consumer
-                    .seek(&topic, 0, Offset::Offset(from), Duration::from_secs(10))
+                continuity::fetch_again(&consumer, &topic, from, pause)
+                    .await
                     .map_err(|e| CaptureError::kafka("seek back to offsets missing", e))?;
                 continue;
             }
