@@ -83,6 +83,15 @@ enum RunKind {
     Delete,
 }
 
+/// How `Writer::write_rows` writes a run.
+struct Writing<'k> {
+    kind: &'k RunKind,
+    /// Rows without a counterpart get one (upserts and reads).
+    allocate: bool,
+    /// Every row is an insert or a read (see `Run::inserts`).
+    inserts: bool,
+}
+
 struct PendingRow {
     source_key: Value,
     row: TargetRow,
@@ -97,6 +106,9 @@ struct Run {
     kind: RunKind,
     rows: Vec<PendingRow>,
     keys: HashSet<String>,
+    /// Every row is an insert or a snapshot's read: rows that have most
+    /// likely not crossed yet (see `Writer::resolve_fresh_keys`).
+    inserts: bool,
 }
 
 /// Pairs of one entity-scoped correspondence, looked up either way.
@@ -618,9 +630,11 @@ impl Writer {
                 kind,
                 rows: Vec::new(),
                 keys: HashSet::new(),
+                inserts: true,
             });
         }
         if let Some(run) = self.run.as_mut() {
+            run.inserts &= matches!(event.op, Op::Insert | Op::Read);
             run.keys.insert(key_text);
             run.rows.push(PendingRow {
                 source_key,
@@ -653,10 +667,13 @@ impl Writer {
             }
             kind => {
                 let allocate = matches!(kind, RunKind::Upsert | RunKind::Read);
-                self.write_rows(
-                    target, source, run.entity, entity, &run.rows, kind, allocate,
-                )
-                .await
+                let writing = Writing {
+                    kind,
+                    allocate,
+                    inserts: run.inserts,
+                };
+                self.write_rows(target, source, run.entity, entity, &run.rows, writing)
+                    .await
             }
         }
     }
@@ -854,14 +871,15 @@ impl Writer {
         index: usize,
         entity: &Entity,
         rows: &[PendingRow],
-        kind: &RunKind,
-        allocate: bool,
+        writing: Writing<'_>,
     ) -> Result<()> {
+        let Writing {
+            kind,
+            allocate,
+            inserts,
+        } = writing;
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
         let linking = allocate && !entity.natural_key_columns(self.to).is_empty();
-        let mut target_keys = self
-            .resolve_keys(target, source, index, entity, &keys, linking)
-            .await?;
 
         // Columns: what the rows carry (the first row tells; a run shares a shape).
         let unchanged: &[String] = match kind {
@@ -915,9 +933,26 @@ impl Writer {
         let mut source_xids: Vec<String> = Vec::with_capacity(rows.len());
         let mut column_texts: Vec<Vec<Option<String>>> =
             vec![Vec::with_capacity(rows.len()); columns.len()];
-        let resolved = self
-            .resolve_row_values(target, source, entity, rows, &columns)
-            .await?;
+        let (mut target_keys, resolved, natural) = if linking && inserts {
+            // The values first (they do not depend on this run's own keys),
+            // then every read the pairing needs in one round (see
+            // `resolve_fresh_keys`).
+            let resolved = self
+                .resolve_row_values(target, source, entity, rows, &columns)
+                .await?;
+            let (target_keys, natural) = self
+                .resolve_fresh_keys(target, source, index, entity, &keys, &columns, &resolved)
+                .await?;
+            (target_keys, resolved, Some(natural))
+        } else {
+            let target_keys = self
+                .resolve_keys(target, source, index, entity, &keys, linking)
+                .await?;
+            let resolved = self
+                .resolve_row_values(target, source, entity, rows, &columns)
+                .await?;
+            (target_keys, resolved, None)
+        };
         // Rows with a counterpart already: inserting one of them brings back a
         // row deleted here (see `resync_children`).
         let crossed_before: Vec<bool> = target_keys.iter().map(Option::is_some).collect();
@@ -931,6 +966,7 @@ impl Writer {
                 &mut target_keys,
                 &columns,
                 &resolved,
+                natural,
             )
             .await?;
         }
@@ -1086,7 +1122,14 @@ impl Writer {
                 // never writes over a tombstone; only a strictly newer row
                 // replaces what is here.
                 for chunk in rows.chunks(self.max_rows.max(1)) {
-                    self.write_rows(target, source, index, &child, chunk, &RunKind::Read, true)
+                    // Rows that crossed before, most of them: their pairs
+                    // are read first, as for updates.
+                    let writing = Writing {
+                        kind: &RunKind::Read,
+                        allocate: true,
+                        inserts: false,
+                    };
+                    self.write_rows(target, source, index, &child, chunk, writing)
                         .await?;
                 }
             }
@@ -1575,6 +1618,7 @@ impl Writer {
         target_keys: &mut [Option<Value>],
         columns: &[String],
         resolved: &[Option<Vec<Option<String>>>],
+        prefetched: Option<NaturalMatches>,
     ) -> Result<()> {
         let fresh: Vec<usize> = (0..keys.len())
             .filter(|i| {
@@ -1594,95 +1638,18 @@ impl Writer {
         if !natural.is_empty() {
             self.lock_pairs(target, source).await?;
         }
-        if fresh.is_empty() {
-            return Ok(());
-        }
         let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
         let mut held: HashSet<usize> = HashSet::new();
-        let positions: Option<Vec<usize>> = natural
-            .iter()
-            .map(|n| columns.iter().position(|c| c == n))
-            .collect();
-        if let (false, Some(positions)) = (natural.is_empty(), positions) {
-            // The natural key of each fresh row, when complete (no NULL part).
-            let tuple_of = |i: usize| -> Option<Vec<String>> {
-                let values = resolved[i].as_ref()?;
-                positions.iter().map(|p| values[*p].clone()).collect()
+        if let Some(positions) = natural_positions(&natural, columns) {
+            let tuple_of = |i: usize| natural_tuple(&positions, resolved, i);
+            let existing = match prefetched {
+                Some(existing) => existing,
+                None => {
+                    self.natural_matches(target, entity, &positions, resolved, &fresh)
+                        .await?
+                }
             };
-            let mut arrays: Vec<Vec<String>> = vec![Vec::new(); natural.len()];
-            for i in &fresh {
-                if let Some(tuple) = tuple_of(*i) {
-                    for (array, value) in arrays.iter_mut().zip(tuple) {
-                        array.push(value);
-                    }
-                }
-            }
-            if !arrays[0].is_empty() {
-                let table = entity.table(self.to);
-                let key = quote(&table.key);
-                let map_column = match self.to {
-                    Side::Legacy => "legacy_id",
-                    Side::Platform => "platform_id",
-                };
-                let names: Vec<String> = (0..natural.len()).map(|n| format!("n{n}")).collect();
-                let params: Vec<String> = (0..natural.len())
-                    .map(|n| format!("${}::text[]", n + 2))
-                    .collect();
-                let select: Vec<String> = natural
-                    .iter()
-                    .map(|c| format!("t.{}::text", quote(c)))
-                    .collect();
-                let join: Vec<String> = natural
-                    .iter()
-                    .zip(&names)
-                    .map(|(c, n)| {
-                        // Typed, so an index on the natural key is used.
-                        let type_name = self
-                            .catalog
-                            .column_type(&table.schema, &table.table, c)
-                            .unwrap_or("text");
-                        format!("t.{} = x.{n}::{type_name}", quote(c))
-                    })
-                    .collect();
-                let other_column = match self.to {
-                    Side::Legacy => "platform_id",
-                    Side::Platform => "legacy_id",
-                };
-                let sql = format!(
-                    "SELECT t.{key}::text, m.{other_column}::text, {select} FROM unnest({params}) AS x({names}) \
-                     CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {join} {PROBE}) AS t \
-                     LEFT JOIN LATERAL (SELECT {other_column} FROM syncbridge.id_map \
-                       WHERE entity = $1 AND {map_column} = t.{key} {PROBE}) AS m ON true",
-                    select = select.join(", "),
-                    table = quote_table(&table.schema, &table.table),
-                    params = params.join(", "),
-                    names = names.join(", "),
-                    join = join.join(" AND "),
-                );
-                let name = entity.name().to_owned();
-                let mut query_params: Vec<&(dyn ToSql + Sync)> = vec![&name];
-                for array in &arrays {
-                    query_params.push(array);
-                }
-                let failed = |e| ApplyError::postgres(self.to.as_str(), "match natural keys", e);
-                let statement = self.statements.get(target, &sql).await.map_err(failed)?;
-                let rows = target
-                    .query(&statement, &query_params)
-                    .await
-                    .map_err(failed)?;
-                // Natural key -> (target key, the source row it is paired
-                // with in the target's id_map, if any).
-                let existing: HashMap<Vec<String>, (String, Option<String>)> = rows
-                    .iter()
-                    .map(|r| {
-                        (
-                            (2..natural.len() + 2)
-                                .map(|c| r.get::<_, String>(c))
-                                .collect(),
-                            (r.get(0), r.get(1)),
-                        )
-                    })
-                    .collect();
+            if !existing.is_empty() {
                 let paired = self
                     .paired_in_source(source, entity, existing.values().map(|(k, _)| k))
                     .await?;
@@ -1762,6 +1729,169 @@ impl Writer {
         Ok(())
     }
 
+    /// The target rows whose natural key is that of one of `rows` (values as
+    /// they will be written), by natural key (text): each row's key and the
+    /// source row it is paired with in the target's `id_map`, if any. One
+    /// index probe per key. Reads only the target, whose rows and pairs only
+    /// this direction and the target's applications change: no pair lock is
+    /// needed to read it.
+    async fn natural_matches(
+        &self,
+        target: &Client,
+        entity: &Entity,
+        positions: &[usize],
+        resolved: &[Option<Vec<Option<String>>>],
+        rows: &[usize],
+    ) -> Result<NaturalMatches> {
+        let natural = entity.natural_key_columns(self.to);
+        let mut arrays: Vec<Vec<String>> = vec![Vec::new(); natural.len()];
+        for tuple in rows
+            .iter()
+            .filter_map(|i| natural_tuple(positions, resolved, *i))
+        {
+            for (array, value) in arrays.iter_mut().zip(tuple) {
+                array.push(value);
+            }
+        }
+        if arrays.first().is_none_or(Vec::is_empty) {
+            return Ok(NaturalMatches::new());
+        }
+        let table = entity.table(self.to);
+        let key = quote(&table.key);
+        let (map_column, other_column) = match self.to {
+            Side::Legacy => ("legacy_id", "platform_id"),
+            Side::Platform => ("platform_id", "legacy_id"),
+        };
+        let names: Vec<String> = (0..natural.len()).map(|n| format!("n{n}")).collect();
+        let params: Vec<String> = (0..natural.len())
+            .map(|n| format!("${}::text[]", n + 2))
+            .collect();
+        let select: Vec<String> = natural
+            .iter()
+            .map(|c| format!("t.{}::text", quote(c)))
+            .collect();
+        let join: Vec<String> = natural
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| {
+                // Typed, so an index on the natural key is used.
+                let type_name = self
+                    .catalog
+                    .column_type(&table.schema, &table.table, c)
+                    .unwrap_or("text");
+                format!("t.{} = x.{n}::{type_name}", quote(c))
+            })
+            .collect();
+        let sql = format!(
+            "SELECT t.{key}::text, m.{other_column}::text, {select} FROM unnest({params}) AS x({names}) \
+             CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {join} {PROBE}) AS t \
+             LEFT JOIN LATERAL (SELECT {other_column} FROM syncbridge.id_map \
+               WHERE entity = $1 AND {map_column} = t.{key} {PROBE}) AS m ON true",
+            select = select.join(", "),
+            table = quote_table(&table.schema, &table.table),
+            params = params.join(", "),
+            names = names.join(", "),
+            join = join.join(" AND "),
+        );
+        let name = entity.name().to_owned();
+        let mut query_params: Vec<&(dyn ToSql + Sync)> = vec![&name];
+        for array in &arrays {
+            query_params.push(array);
+        }
+        let failed = |e| ApplyError::postgres(self.to.as_str(), "match natural keys", e);
+        let statement = self.statements.get(target, &sql).await.map_err(failed)?;
+        let found = target
+            .query(&statement, &query_params)
+            .await
+            .map_err(failed)?;
+        Ok(found
+            .iter()
+            .map(|r| {
+                (
+                    (2..natural.len() + 2)
+                        .map(|c| r.get::<_, String>(c))
+                        .collect(),
+                    (r.get(0), r.get(1)),
+                )
+            })
+            .collect())
+    }
+
+    /// [`Self::resolve_keys`] for a linking run of inserts (or reads), whose
+    /// rows have most likely not crossed yet and so go on to
+    /// [`Self::link_or_allocate`]: every read that takes in one round. The
+    /// target's `id_map` and its natural-key matches go out together on the
+    /// target connection while the source connection takes the pair lock
+    /// and then reads the source's `id_map`; done one after the other, each
+    /// reply kept the target waiting for apply (a fifth of the target's
+    /// time in `scripts/bench apply`). What is decided is the same: a pair
+    /// in the target's `id_map` first, then one in the source's, read with
+    /// the lock held; the natural-key matches (returned) are used only for
+    /// rows found in neither. Costs a natural-key probe for each row that
+    /// turns out to have crossed already, which is why updates keep the
+    /// sequential path.
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_fresh_keys(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        columns: &[String],
+        resolved: &[Option<Vec<Option<String>>>],
+    ) -> Result<(Vec<Option<Value>>, NaturalMatches)> {
+        let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
+        let unknown: Vec<usize> = (0..keys.len())
+            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
+            .collect();
+        if unknown.is_empty() {
+            return Ok((out, NaturalMatches::new()));
+        }
+        let natural = entity.natural_key_columns(self.to);
+        let positions = natural_positions(natural, columns);
+        let candidates: Vec<usize> = unknown
+            .iter()
+            .copied()
+            .filter(|i| resolved[*i].is_some())
+            .collect();
+        let lock = PairLockTaken::of(self.to);
+        let lock_client = PairLockTaken::client(self.to, target, source);
+        let this = &*self;
+        let in_target = this.read_map(target, this.to, entity, unknown.iter().map(|i| keys[*i]));
+        let matches = async {
+            match &positions {
+                Some(positions) => {
+                    this.natural_matches(target, entity, positions, resolved, &candidates)
+                        .await
+                }
+                None => Ok(NaturalMatches::new()),
+            }
+        };
+        let in_source = async {
+            if this.pair_lock == PairLock::None {
+                lock_client
+                    .execute(lock.sql, &[])
+                    .await
+                    .map_err(|e| ApplyError::postgres("legacy", "lock pair decisions", e))?;
+            }
+            this.read_map(source, this.from, entity, unknown.iter().map(|i| keys[*i]))
+                .await
+        };
+        let (in_target, matches, in_source) = tokio::try_join!(in_target, matches, in_source)?;
+        if self.pair_lock == PairLock::None {
+            self.pair_lock = lock.held;
+        }
+        for i in unknown {
+            let text = capture::pgtype::to_text(keys[i]).unwrap_or_default();
+            if let Some(id) = in_target.get(&text).or_else(|| in_source.get(&text)) {
+                out[i] = Some(id.clone());
+                self.learn(index, keys[i], id);
+            }
+        }
+        Ok((out, matches))
+    }
+
     /// Takes the pair lock for the rest of the target transaction: while it
     /// is held, the other direction cannot decide what rows pair with.
     ///
@@ -1787,23 +1917,12 @@ impl Writer {
         if self.pair_lock != PairLock::None {
             return Ok(());
         }
-        let (client, sql, held) = match self.to {
-            Side::Legacy => (
-                target,
-                "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended('syncbridge pairs', 0))::text",
-                PairLock::Transaction,
-            ),
-            Side::Platform => (
-                source,
-                "SELECT pg_catalog.pg_advisory_lock(hashtextextended('syncbridge pairs', 0))::text",
-                PairLock::Session,
-            ),
-        };
-        client
-            .execute(sql, &[])
+        let lock = PairLockTaken::of(self.to);
+        PairLockTaken::client(self.to, target, source)
+            .execute(lock.sql, &[])
             .await
             .map_err(|e| ApplyError::postgres("legacy", "lock pair decisions", e))?;
-        self.pair_lock = held;
+        self.pair_lock = lock.held;
         Ok(())
     }
 
@@ -2214,6 +2333,68 @@ async fn read_pairs(
         .await
         .map_err(failed)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Target rows by natural key (text): their key and the source row their
+/// pair in the target's `id_map` names, if any (see `Writer::natural_matches`).
+type NaturalMatches = HashMap<Vec<String>, (String, Option<String>)>;
+
+/// How a direction writing to `to` takes the pair lock (see
+/// `Writer::lock_pairs`): always in the legacy database, so as a transaction
+/// lock on its target connection when that is legacy, else as a session lock
+/// on its source connection.
+struct PairLockTaken {
+    sql: &'static str,
+    held: PairLock,
+}
+
+impl PairLockTaken {
+    fn of(to: Side) -> PairLockTaken {
+        match to {
+            Side::Legacy => PairLockTaken {
+                sql: "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended('syncbridge pairs', 0))::text",
+                held: PairLock::Transaction,
+            },
+            Side::Platform => PairLockTaken {
+                sql: "SELECT pg_catalog.pg_advisory_lock(hashtextextended('syncbridge pairs', 0))::text",
+                held: PairLock::Session,
+            },
+        }
+    }
+
+    /// The connection that takes it: the one to the legacy database.
+    fn client<'c>(to: Side, target: &'c Client, source: &'c Client) -> &'c Client {
+        match to {
+            Side::Legacy => target,
+            Side::Platform => source,
+        }
+    }
+}
+
+/// Where the natural key's columns are among `columns`; `None` without a
+/// natural key, or when the run does not carry all of its columns.
+fn natural_positions(natural: &[String], columns: &[String]) -> Option<Vec<usize>> {
+    if natural.is_empty() {
+        return None;
+    }
+    natural
+        .iter()
+        .map(|n| columns.iter().position(|c| c == n))
+        .collect()
+}
+
+/// The natural key of row `row` as it will be written, when complete (no
+/// NULL part, values resolved).
+fn natural_tuple(
+    positions: &[usize],
+    resolved: &[Option<Vec<Option<String>>>],
+    row: usize,
+) -> Option<Vec<String>> {
+    let values = resolved.get(row)?.as_ref()?;
+    positions
+        .iter()
+        .map(|p| values.get(*p).cloned().flatten())
+        .collect()
 }
 
 /// The row locks of [`lock_rows`]: `$1` the entity, `$2` the keys (text).

@@ -201,16 +201,33 @@ fn type_of(v: &Value) -> &'static str {
 /// Converts one field at a time, naming the field in errors.
 struct Cx<'e, 'r, 'a> {
     entity: &'e Entity,
-    field: String,
+    field: FieldName<'e>,
     from: Side,
     row: &'r Row<'a>,
+}
+
+/// The field a conversion is for, named only when an error needs it: most
+/// rows convert without one.
+#[derive(Clone, Copy)]
+enum FieldName<'e> {
+    Field(&'e FieldDef),
+    UpdatedAt,
+}
+
+impl FieldName<'_> {
+    fn label(self) -> String {
+        match self {
+            FieldName::Field(def) => def.label(),
+            FieldName::UpdatedAt => "updated_at".to_owned(),
+        }
+    }
 }
 
 impl<'a> Cx<'_, '_, 'a> {
     fn error(&self, column: &str, problem: ConvertProblem) -> ConvertError {
         ConvertError {
             entity: self.entity.name().to_owned(),
-            field: self.field.clone(),
+            field: self.field.label(),
             column: column.to_owned(),
             problem,
         }
@@ -267,7 +284,7 @@ pub fn to_target(entity: &Entity, from: Side, row: &Row<'_>) -> Result<TargetRow
     for (index, def) in entity.fields().iter().enumerate() {
         let cx = Cx {
             entity,
-            field: def.label(),
+            field: FieldName::Field(def),
             from,
             row,
         };
@@ -275,7 +292,7 @@ pub fn to_target(entity: &Entity, from: Side, row: &Row<'_>) -> Result<TargetRow
     }
     let cx = Cx {
         entity,
-        field: "updated_at".to_owned(),
+        field: FieldName::UpdatedAt,
         from,
         row,
     };
@@ -296,7 +313,7 @@ impl Entity {
         let row = Row::new();
         let cx = Cx {
             entity: self,
-            field: "updated_at".to_owned(),
+            field: FieldName::UpdatedAt,
             from,
             row: &row,
         };
