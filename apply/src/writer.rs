@@ -956,19 +956,24 @@ impl Writer {
         // Rows with a counterpart already: inserting one of them brings back a
         // row deleted here (see `resync_children`).
         let crossed_before: Vec<bool> = target_keys.iter().map(Option::is_some).collect();
+        let mut new_ids = vec![false; rows.len()];
         if allocate {
-            self.link_or_allocate(
-                target,
-                source,
-                index,
-                entity,
-                &keys,
-                &mut target_keys,
-                &columns,
-                &resolved,
-                natural,
-            )
-            .await?;
+            let allocated = self
+                .link_or_allocate(
+                    target,
+                    source,
+                    index,
+                    entity,
+                    &keys,
+                    &mut target_keys,
+                    &columns,
+                    &resolved,
+                    natural,
+                )
+                .await?;
+            for i in allocated {
+                new_ids[i] = true;
+            }
         }
         let mut orphans = 0u64;
         for (row_index, (target_key, values)) in target_keys.iter().zip(resolved).enumerate() {
@@ -1020,19 +1025,26 @@ impl Writer {
             .filter(|(i, _)| crossed_before[**i])
             .filter_map(|(i, key)| Some((key.clone()?, rows[*i].source_key.clone())))
             .collect();
-        let lock: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(entity.name().to_owned()),
-            Box::new(key_texts.clone()),
-        ];
-        self.send_prepared(
-            target,
-            source,
-            LOCK_ROWS.to_owned(),
-            lock,
-            "lock rows",
-            Then::Nothing,
-        )
-        .await?;
+        // Rows given a new id just now need no lock: see `lock_rows`.
+        let lock_keys: Vec<Option<String>> = written_rows
+            .iter()
+            .zip(&key_texts)
+            .filter(|(i, _)| !new_ids[**i])
+            .map(|(_, key)| key.clone())
+            .collect();
+        if !lock_keys.is_empty() {
+            let lock: Vec<Box<dyn ToSql + Sync + Send>> =
+                vec![Box::new(entity.name().to_owned()), Box::new(lock_keys)];
+            self.send_prepared(
+                target,
+                source,
+                LOCK_ROWS.to_owned(),
+                lock,
+                "lock rows",
+                Then::Nothing,
+            )
+            .await?;
+        }
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
         params.push(Box::new(key_texts));
         for texts in column_texts {
@@ -1596,6 +1608,7 @@ impl Writer {
     /// same natural key (values as they will be written, references already
     /// translated) that is nobody's counterpart yet, or a new id. Records the
     /// new pairs in the target's id correspondence, in the open transaction.
+    /// Returns the rows given a new id.
     ///
     /// "Nobody's counterpart" is asked of both databases: each holds the
     /// pairs of the rows it received, so a target row born here that already
@@ -1619,14 +1632,14 @@ impl Writer {
         columns: &[String],
         resolved: &[Option<Vec<Option<String>>>],
         prefetched: Option<NaturalMatches>,
-    ) -> Result<()> {
+    ) -> Result<Vec<usize>> {
         let fresh: Vec<usize> = (0..keys.len())
             .filter(|i| {
                 target_keys[*i].is_none() && *keys[*i] != Value::Null && resolved[*i].is_some()
             })
             .collect();
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let natural = entity.natural_key_columns(self.to).to_vec();
         // Without a natural key there are no links: each direction only
@@ -1726,7 +1739,7 @@ impl Writer {
             new_pairs,
         )
         .await?;
-        Ok(())
+        Ok(allocate)
     }
 
     /// The target rows whose natural key is that of one of `rows` (values as
@@ -2414,6 +2427,14 @@ type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 /// skew). With the lock taken first, the later writer waits for the earlier
 /// one's commit and its deciding statement, which starts after the lock is
 /// granted, sees it.
+///
+/// Rows that [`Writer::link_or_allocate`] gave a new id in the same run are
+/// not locked (a tenth of a run's cost in `scripts/bench apply`): no other
+/// writer can know that id before this transaction commits. A legacy id
+/// comes from the sequence; a derived platform id is only ever the one row's,
+/// and should another row hold it already (the pair gave way to a row with
+/// the same natural key, see `Writer::unpair`), the `id_map` insert sent
+/// before the write fails on its unique index and the write never runs.
 async fn lock_rows(
     client: &Client,
     side: &'static str,
