@@ -1883,18 +1883,24 @@ impl Writer {
         };
         let in_source = async {
             if this.pair_lock == PairLock::None {
-                lock_client
-                    .execute(lock.sql, &[])
-                    .await
-                    .map_err(|e| ApplyError::postgres("legacy", "lock pair decisions", e))?;
+                if let Err(e) = lock_client.execute(lock.sql, &[]).await {
+                    let error = ApplyError::postgres("legacy", "lock pair decisions", e);
+                    return (false, Err(error));
+                }
             }
-            this.read_map(source, this.from, entity, unknown.iter().map(|i| keys[*i]))
-                .await
+            let read = this
+                .read_map(source, this.from, entity, unknown.iter().map(|i| keys[*i]))
+                .await;
+            (true, read)
         };
-        let (in_target, matches, in_source) = tokio::try_join!(in_target, matches, in_source)?;
-        if self.pair_lock == PairLock::None {
+        // Joined, not `try_join`ed: a read that fails must not abandon a
+        // lock request the server may grant, or the session lock would be
+        // held without this writer knowing to release it.
+        let (in_target, matches, (locked, in_source)) = tokio::join!(in_target, matches, in_source);
+        if locked && self.pair_lock == PairLock::None {
             self.pair_lock = lock.held;
         }
+        let (in_target, matches, in_source) = (in_target?, matches?, in_source?);
         for i in unknown {
             let text = capture::pgtype::to_text(keys[i]).unwrap_or_default();
             if let Some(id) = in_target.get(&text).or_else(|| in_source.get(&text)) {
