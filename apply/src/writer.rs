@@ -90,6 +90,51 @@ struct Writing<'k> {
     allocate: bool,
     /// Every row is an insert or a read (see `Run::inserts`).
     inserts: bool,
+    /// The run's columns and plain values, if rendered already.
+    rendered: Option<Rendered>,
+}
+
+/// A run's target columns (what its rows carry: the first row tells, a run
+/// shares a shape) and, per row and column, the text of each plain value;
+/// references and lookups are left `None` for `Writer::resolve_row_values`,
+/// which needs the databases for them.
+struct Rendered {
+    columns: Vec<String>,
+    plain: Vec<Vec<Option<String>>>,
+}
+
+impl Rendered {
+    fn of(rows: &[PendingRow], kind: &RunKind) -> Rendered {
+        let unchanged: &[String] = match kind {
+            RunKind::Update(columns) => columns,
+            _ => &[],
+        };
+        let columns: Vec<String> = rows
+            .first()
+            .map(|row| {
+                row.row
+                    .iter()
+                    .map(|(c, _)| c.to_owned())
+                    .filter(|c| !unchanged.contains(c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let plain = rows
+            .iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .map(|column| match row.row.get(column) {
+                        Some(TargetValue::Value(v)) | Some(TargetValue::KeepExistingOr(v)) => {
+                            capture::pgtype::to_text(v)
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        Rendered { columns, plain }
+    }
 }
 
 struct PendingRow {
@@ -652,6 +697,13 @@ impl Writer {
         let Some(run) = self.run.take() else {
             return Ok(());
         };
+        // The run's plain values as text, while the target may still be
+        // busy with what was sent before: they need no reply.
+        let rendered = match &run.kind {
+            RunKind::Delete => None,
+            kind if !run.rows.is_empty() => Some(Rendered::of(&run.rows, kind)),
+            _ => None,
+        };
         // What this run reads must follow what the last one wrote, and its
         // follow-ups.
         self.settle(target, source).await?;
@@ -671,6 +723,7 @@ impl Writer {
                     kind,
                     allocate,
                     inserts: run.inserts,
+                    rendered,
                 };
                 self.write_rows(target, source, run.entity, entity, &run.rows, writing)
                     .await
@@ -877,21 +930,15 @@ impl Writer {
             kind,
             allocate,
             inserts,
+            rendered,
         } = writing;
         let keys: Vec<&Value> = rows.iter().map(|r| &r.source_key).collect();
         let linking = allocate && !entity.natural_key_columns(self.to).is_empty();
 
-        // Columns: what the rows carry (the first row tells; a run shares a shape).
-        let unchanged: &[String] = match kind {
-            RunKind::Update(columns) => columns,
-            _ => &[],
+        let Rendered { columns, plain } = match rendered {
+            Some(rendered) => rendered,
+            None => Rendered::of(rows, kind),
         };
-        let columns: Vec<String> = rows[0]
-            .row
-            .iter()
-            .map(|(c, _)| c.to_owned())
-            .filter(|c| !unchanged.contains(c))
-            .collect();
         let mut specs = Vec::with_capacity(columns.len());
         let mut parents = Vec::new();
         for column in &columns {
@@ -938,7 +985,7 @@ impl Writer {
             // then every read the pairing needs in one round (see
             // `resolve_fresh_keys`).
             let resolved = self
-                .resolve_row_values(target, source, entity, rows, &columns)
+                .resolve_row_values(target, source, entity, rows, &columns, plain)
                 .await?;
             let (target_keys, natural) = self
                 .resolve_fresh_keys(target, source, index, entity, &keys, &columns, &resolved)
@@ -949,7 +996,7 @@ impl Writer {
                 .resolve_keys(target, source, index, entity, &keys, linking)
                 .await?;
             let resolved = self
-                .resolve_row_values(target, source, entity, rows, &columns)
+                .resolve_row_values(target, source, entity, rows, &columns, plain)
                 .await?;
             (target_keys, resolved, None)
         };
@@ -1140,6 +1187,7 @@ impl Writer {
                         kind: &RunKind::Read,
                         allocate: true,
                         inserts: false,
+                        rendered: None,
                     };
                     self.write_rows(target, source, index, &child, chunk, writing)
                         .await?;
@@ -1321,6 +1369,7 @@ impl Writer {
         entity: &Entity,
         rows: &[PendingRow],
         columns: &[String],
+        mut plain: Vec<Vec<Option<String>>>,
     ) -> Result<Vec<Option<Vec<Option<String>>>>> {
         // Resolve references entity by entity, and lookups, in bulk.
         let mut references: HashMap<String, Vec<Value>> = HashMap::new();
@@ -1381,13 +1430,13 @@ impl Writer {
         }
 
         let mut out = Vec::with_capacity(rows.len());
-        'rows: for row in rows {
+        'rows: for (row, plain) in rows.iter().zip(plain.iter_mut()) {
             let mut values = Vec::with_capacity(columns.len());
-            for column in columns {
+            for (column, plain) in columns.iter().zip(plain.iter_mut()) {
                 let text = match row.row.get(column) {
                     None | Some(TargetValue::Unchanged) => None,
-                    Some(TargetValue::Value(v)) | Some(TargetValue::KeepExistingOr(v)) => {
-                        capture::pgtype::to_text(v)
+                    Some(TargetValue::Value(_)) | Some(TargetValue::KeepExistingOr(_)) => {
+                        plain.take()
                     }
                     Some(TargetValue::Reference { entity: parent, id }) => {
                         if *id == Value::Null {
