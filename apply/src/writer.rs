@@ -1604,6 +1604,16 @@ impl Writer {
         Ok(())
     }
 
+    /// The target-side ids of `keys` this process knows, and the positions
+    /// of those it does not (a NULL key has none).
+    fn known_keys(&self, index: usize, keys: &[&Value]) -> (Vec<Option<Value>>, Vec<usize>) {
+        let out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
+        let unknown = (0..keys.len())
+            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
+            .collect();
+        (out, unknown)
+    }
+
     /// The target-side ids of source-side ids of `entity`, from the id
     /// correspondence (this process's, then both databases'); None where the
     /// row has no counterpart yet.
@@ -1616,10 +1626,7 @@ impl Writer {
         keys: &[&Value],
         linking: bool,
     ) -> Result<Vec<Option<Value>>> {
-        let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
-        let unknown: Vec<usize> = (0..keys.len())
-            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
-            .collect();
+        let (mut out, unknown) = self.known_keys(index, keys);
         if unknown.is_empty() {
             return Ok(out);
         }
@@ -1884,13 +1891,13 @@ impl Writer {
     /// [`Self::link_or_allocate`]: every read that takes in one round. The
     /// target's `id_map` and its natural-key matches go out together on the
     /// target connection while the source connection takes the pair lock
-    /// and then reads the source's `id_map`; done one after the other, each
-    /// reply kept the target waiting for apply (a fifth of the target's
-    /// time in `scripts/bench apply`). What is decided is the same: a pair
-    /// in the target's `id_map` first, then one in the source's, read with
-    /// the lock held; the natural-key matches (returned) are used only for
-    /// rows found in neither. Costs a natural-key probe for each row that
-    /// turns out to have crossed already, which is why updates keep the
+    /// and then reads the source's `id_map`. Done one after the other, each
+    /// reply kept the target waiting for apply (after the first read alone,
+    /// 8% of the run in `scripts/bench apply`). What is decided is the same:
+    /// a pair in the target's `id_map` first, then one in the source's, read
+    /// with the lock held; the natural-key matches (returned) are used only
+    /// for rows found in neither. Costs a natural-key probe for each row
+    /// that turns out to have crossed already, which is why updates keep the
     /// sequential path.
     #[allow(clippy::too_many_arguments)]
     async fn resolve_fresh_keys(
@@ -1903,10 +1910,7 @@ impl Writer {
         columns: &[String],
         resolved: &[Option<Vec<Option<String>>>],
     ) -> Result<(Vec<Option<Value>>, NaturalMatches)> {
-        let mut out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
-        let unknown: Vec<usize> = (0..keys.len())
-            .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
-            .collect();
+        let (mut out, unknown) = self.known_keys(index, keys);
         if unknown.is_empty() {
             return Ok((out, NaturalMatches::new()));
         }
@@ -1917,8 +1921,8 @@ impl Writer {
             .copied()
             .filter(|i| resolved[*i].is_some())
             .collect();
-        let lock = PairLockTaken::of(self.to);
-        let lock_client = PairLockTaken::client(self.to, target, source);
+        let lock = PairLockStatement::of(self.to);
+        let lock_client = PairLockStatement::client(self.to, target, source);
         let this = &*self;
         let in_target = this.read_map(target, this.to, entity, unknown.iter().map(|i| keys[*i]));
         let matches = async {
@@ -1985,8 +1989,8 @@ impl Writer {
         if self.pair_lock != PairLock::None {
             return Ok(());
         }
-        let lock = PairLockTaken::of(self.to);
-        PairLockTaken::client(self.to, target, source)
+        let lock = PairLockStatement::of(self.to);
+        PairLockStatement::client(self.to, target, source)
             .execute(lock.sql, &[])
             .await
             .map_err(|e| ApplyError::postgres("legacy", "lock pair decisions", e))?;
@@ -2411,19 +2415,19 @@ type NaturalMatches = HashMap<Vec<String>, (String, Option<String>)>;
 /// `Writer::lock_pairs`): always in the legacy database, so as a transaction
 /// lock on its target connection when that is legacy, else as a session lock
 /// on its source connection.
-struct PairLockTaken {
+struct PairLockStatement {
     sql: &'static str,
     held: PairLock,
 }
 
-impl PairLockTaken {
-    fn of(to: Side) -> PairLockTaken {
+impl PairLockStatement {
+    fn of(to: Side) -> PairLockStatement {
         match to {
-            Side::Legacy => PairLockTaken {
+            Side::Legacy => PairLockStatement {
                 sql: "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended('syncbridge pairs', 0))::text",
                 held: PairLock::Transaction,
             },
-            Side::Platform => PairLockTaken {
+            Side::Platform => PairLockStatement {
                 sql: "SELECT pg_catalog.pg_advisory_lock(hashtextextended('syncbridge pairs', 0))::text",
                 held: PairLock::Session,
             },
@@ -2484,7 +2488,7 @@ type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 /// granted, sees it.
 ///
 /// Rows that [`Writer::link_or_allocate`] gave a new id in the same run are
-/// not locked (a tenth of a run's cost in `scripts/bench apply`): no other
+/// not locked (5% of the target's time in `scripts/bench apply`): no other
 /// writer can know that id before this transaction commits. A legacy id
 /// comes from the sequence; a derived platform id is only ever the one row's,
 /// and should another row hold it already (the pair gave way to a row with
