@@ -699,11 +699,7 @@ impl Writer {
         };
         // The run's plain values as text, while the target may still be
         // busy with what was sent before: they need no reply.
-        let rendered = match &run.kind {
-            RunKind::Delete => None,
-            kind if !run.rows.is_empty() => Some(Rendered::of(&run.rows, kind)),
-            _ => None,
-        };
+        let rendered = (run.kind != RunKind::Delete).then(|| Rendered::of(&run.rows, &run.kind));
         // What this run reads must follow what the last one wrote, and its
         // follow-ups.
         self.settle(target, source).await?;
@@ -1916,11 +1912,6 @@ impl Writer {
         }
         let natural = entity.natural_key_columns(self.to);
         let positions = natural_positions(natural, columns);
-        let candidates: Vec<usize> = unknown
-            .iter()
-            .copied()
-            .filter(|i| resolved[*i].is_some())
-            .collect();
         let lock = PairLockStatement::of(self.to);
         let lock_client = PairLockStatement::client(self.to, target, source);
         let this = &*self;
@@ -1928,7 +1919,8 @@ impl Writer {
         let matches = async {
             match &positions {
                 Some(positions) => {
-                    this.natural_matches(target, entity, positions, resolved, &candidates)
+                    // Rows whose values did not resolve have no natural key.
+                    this.natural_matches(target, entity, positions, resolved, &unknown)
                         .await
                 }
                 None => Ok(NaturalMatches::new()),
