@@ -167,6 +167,74 @@ async fn every_reference_entity_crosses_from_platform_to_legacy_through_the_mapp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_on_either_side_while_the_bridge_runs_does_not_stop_the_other_direction(
+) -> anyhow::Result<()> {
+    // The mapping does not know the new columns: their values stay where
+    // they were written, and every mapped change keeps crossing.
+    let bridge = Bridge::start("add_column").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             VALUES (1, 'before@example.com', 'Before Change', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+
+    bridge
+        .legacy()
+        .execute("ALTER TABLE users ADD COLUMN nickname text")
+        .await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, nickname, inserted_at, updated_at)
+             VALUES (2, 'after@example.com', 'After Change', 'staff', 'aft', '2030-01-01 00:00:00', '2030-01-01 00:00:00');
+             UPDATE users SET full_name = 'Before Renamed', nickname = 'bef', updated_at = '2030-01-01 00:00:05' WHERE id = 1",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let platform = bridge.platform().client();
+    let names: Vec<String> = platform
+        .query(
+            "SELECT given_name || ' ' || family_name FROM identity.identities ORDER BY email",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["After Change", "Before Renamed"]);
+
+    bridge
+        .platform()
+        .execute("ALTER TABLE identity.identities ADD COLUMN locale text DEFAULT 'en'")
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "UPDATE identity.identities SET family_name = 'Edited', locale = 'fr', updated_at = '2030-01-01 00:00:09+00' WHERE email = 'after@example.com'",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let name: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT full_name FROM users WHERE id = 2", &[])
+        .await?
+        .get(0);
+    assert_eq!(name, "After Edited");
+    for from in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+        assert_eq!(
+            bridge.counters.of(from).snapshot().dead_lettered,
+            0,
+            "{from:?}: nothing refused"
+        );
+    }
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()> {
     let bridge = Bridge::start("toast_apply").await?;
     // 200 kB of incompressible notes are stored out of line (TOAST).
