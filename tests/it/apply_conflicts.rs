@@ -308,15 +308,15 @@ async fn the_same_email_created_on_both_sides_at_once_becomes_one_linked_row() -
 /// The email of each user on `side`, by name (`full_name` on legacy, given
 /// and family name on the platform).
 async fn emails_by_name(bridge: &Bridge, side: Side) -> anyhow::Result<Vec<(String, String)>> {
-    let sql = match side {
-        Side::Legacy => "SELECT full_name, email FROM users ORDER BY full_name",
-        Side::Platform => {
-            "SELECT given_name || ' ' || family_name, email FROM identity.identities ORDER BY 1"
-        }
-    };
-    let db = match side {
-        Side::Legacy => bridge.legacy(),
-        Side::Platform => bridge.platform(),
+    let (db, sql) = match side {
+        Side::Legacy => (
+            bridge.legacy(),
+            "SELECT full_name, email FROM users ORDER BY full_name",
+        ),
+        Side::Platform => (
+            bridge.platform(),
+            "SELECT given_name || ' ' || family_name, email FROM identity.identities ORDER BY 1",
+        ),
     };
     let rows = db.client().query(sql, &[]).await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
