@@ -94,6 +94,10 @@ pub struct ApplyConfig {
     /// The most rows one statement writes.
     #[serde(default = "default_statement_rows")]
     pub statement_max_rows: usize,
+    /// Target connections per direction, 1 or 2: with 2, the next batch is
+    /// written while the one before it commits (see `direction::Lane`).
+    #[serde(default = "default_writers")]
+    pub writers: usize,
     /// Events of a source transaction kept to dead-letter it whole if it fails.
     #[serde(default = "default_dead_letter_buffer")]
     pub dead_letter_buffer: usize,
@@ -123,6 +127,7 @@ impl Default for ApplyConfig {
             batch_max_events: default_batch_events(),
             batch_linger: default_linger(),
             statement_max_rows: default_statement_rows(),
+            writers: default_writers(),
             dead_letter_buffer: default_dead_letter_buffer(),
             deferred_snapshot_buffer: default_deferred_snapshot_buffer(),
             offset_gap_wait: default_offset_gap_wait(),
@@ -151,7 +156,10 @@ fn default_marker_prefix() -> String {
     "syncbridge.apply".into()
 }
 fn default_batch_events() -> usize {
-    5000
+    1000
+}
+fn default_writers() -> usize {
+    2
 }
 fn default_linger() -> Duration {
     Duration::from_millis(20)
@@ -200,6 +208,9 @@ impl Config {
                 .tls(side)?
                 .validate(side.as_str())
                 .map_err(ApplyError::Config)?;
+        }
+        if !(1..=2).contains(&config.apply.writers) {
+            return Err(ApplyError::Config("apply.writers must be 1 or 2".into()));
         }
         if config.apply.batch_max_events == 0 || config.apply.statement_max_rows == 0 {
             return Err(ApplyError::Config(

@@ -24,6 +24,7 @@ pub mod conflict;
 pub mod deadletter;
 pub mod direction;
 pub mod error;
+pub mod footprint;
 pub mod lease;
 pub mod mapping;
 pub mod monitor;

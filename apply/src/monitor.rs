@@ -50,12 +50,13 @@ pub fn database(side: Side) -> &'static str {
 pub fn batch_committed(
     from: Side,
     stats: &Stats,
+    writer_stats: &Stats,
     events: usize,
     commit: Duration,
     source_commits_micros: &[i64],
 ) {
     let label = direction(from);
-    stats.batch_committed();
+    stats.absorb(writer_stats);
     metrics::histogram!(names::APPLY_BATCH_SIZE, label::DIRECTION => label).record(events as f64);
     metrics::histogram!(names::APPLY_BATCH_COMMIT, label::DIRECTION => label)
         .record(commit.as_secs_f64());

@@ -143,7 +143,13 @@ impl Stats {
 
     /// The open target transaction committed now: its counts count.
     pub fn batch_committed(&self) {
-        self.committed.take_from(&self.pending);
+        self.absorb(self);
+    }
+
+    /// A writer's target transaction committed now: what it counted (in
+    /// `writer`'s pending counts) counts here.
+    pub fn absorb(&self, writer: &Stats) {
+        self.committed.take_from(&writer.pending);
         self.committed_at_micros
             .fetch_max(crate::now_micros(), Ordering::Relaxed);
     }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
 use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
+use crate::footprint::{self, Footprint, Touch};
 use crate::mapping::{
     to_target, Catalog, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
 };
@@ -351,6 +352,13 @@ pub struct Writer {
     /// Source transactions ended (kept or forgotten) so far: whether a reply
     /// belongs to the open source transaction.
     transactions: u64,
+    /// What the open target transaction's events touched...
+    footprint: Footprint,
+    /// ...and the last event staged.
+    touched: Touch,
+    /// Whether the open target transaction wrote what its events do not
+    /// name: a stale pair given up, children of a row that came back.
+    hidden: bool,
 }
 
 /// When apply last refreshed the planner statistics of what it fills.
@@ -424,6 +432,9 @@ impl Writer {
             pipelining: false,
             sent: VecDeque::new(),
             transactions: 0,
+            footprint: Footprint::default(),
+            touched: Touch::default(),
+            hidden: false,
         }
     }
 
@@ -592,6 +603,7 @@ impl Writer {
         }
         let mapping = Arc::clone(&self.mapping);
         let entity = &mapping.entities()[run.entity];
+        self.hidden = true;
         self.resync_children(target, source, entity, returned).await
     }
 
@@ -607,6 +619,7 @@ impl Writer {
         source: &Client,
         event: &ChangeEvent,
     ) -> Result<Staged> {
+        self.touched = Touch::default();
         // A handle of its own, so that the entity can be borrowed across
         // `flush` (which needs `self` mutably) without copying it per event.
         let mapping = Arc::clone(&self.mapping);
@@ -678,6 +691,8 @@ impl Writer {
                 inserts: true,
             });
         }
+        self.touched = footprint::touch(entity, self.to, event.op, &key_text, &row);
+        self.footprint.add(&self.touched);
         if let Some(run) = self.run.as_mut() {
             run.inserts &= matches!(event.op, Op::Insert | Op::Read);
             run.keys.insert(key_text);
@@ -690,6 +705,60 @@ impl Writer {
             });
         }
         Ok(Staged::Staged)
+    }
+
+    /// What the last event staged touches (nothing if it was not staged).
+    pub fn touched(&self) -> &Touch {
+        &self.touched
+    }
+
+    /// What the target transaction's events touched, and whether it also
+    /// wrote what they do not name (see [`crate::footprint`]); starts over
+    /// for the next one.
+    pub fn take_footprint(&mut self) -> (Footprint, bool) {
+        (
+            std::mem::take(&mut self.footprint),
+            std::mem::take(&mut self.hidden),
+        )
+    }
+
+    /// Forgets the pairs known from committed transactions: another writer
+    /// of this direction gave up a pair this one may have known.
+    pub fn forget_committed_pairs(&mut self) {
+        self.ids.committed.clear();
+    }
+
+    /// Sends `sql` with `params`, a statement whose only answer is whether
+    /// it failed (see [`Self::settle`]).
+    pub async fn send_statement(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+        context: &'static str,
+    ) -> Result<()> {
+        self.send_prepared(
+            target,
+            source,
+            sql.to_owned(),
+            params,
+            context,
+            Then::Nothing,
+        )
+        .await
+    }
+
+    /// The target transaction's `COMMIT` was sent: replies still to come
+    /// belong to no open source transaction, so rows that came back can no
+    /// longer bring their children along in it (the batch is applied again).
+    pub fn commit_sent(&mut self) {
+        self.transactions += 1;
+    }
+
+    /// Whether the open target transaction holds the pair lock.
+    pub fn holds_pair_lock(&self) -> bool {
+        self.pair_lock != PairLock::None
     }
 
     /// Writes the staged run, if any.
@@ -761,6 +830,8 @@ impl Writer {
         self.ids.transaction.clear();
         self.ids.batch.clear();
         self.lookups.clear();
+        self.footprint = Footprint::default();
+        self.hidden = false;
     }
 
     /// The `ANALYZE` that refreshes the planner statistics of what this
@@ -2057,6 +2128,7 @@ impl Writer {
             .await
             .map_err(|e| ApplyError::postgres(self.to.as_str(), "remove a stale pair", e))?;
         self.ids.forget(index, legacy, platform);
+        self.hidden = true;
         debug!(
             entity = entity.name(),
             "a stale pair gave way to a natural-key link"

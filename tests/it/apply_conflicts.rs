@@ -329,8 +329,11 @@ async fn a_unique_email_handed_from_one_row_to_another_lands_in_source_order_on_
     // later transaction may give a row the value an earlier one freed, and
     // one transaction may swap values through a placeholder. Applied out of
     // order, or a statement at a time without the source's order, either
-    // hits the unique index.
-    let bridge = Bridge::start("email_moves").await?;
+    // hits the unique index. One source transaction per batch, with two
+    // writers: consecutive transactions land on alternate connections.
+    let mut bridge = Bridge::prepare("email_moves").await?;
+    bridge.apply_options = "writers = 2\nbatch_max_events = 1\n".into();
+    let bridge = bridge.run().await?;
     bridge
         .legacy()
         .execute(
