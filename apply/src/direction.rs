@@ -589,7 +589,15 @@ async fn run(
         .await?;
     match drive(&mut session, &consumer, shutdown).await {
         Ok(ended) => Ok(ended),
-        Err(error) if session.writer.pipelining() && error.replans() => {
+        // A deadlock between this session's two writers is a conflict the
+        // footprints missed: applied again with one writer, not retried as
+        // it was (it could deadlock again).
+        Err(error)
+            if session.writer.pipelining()
+                && (error.replans()
+                    || (session.spare.is_some() || session.parked.is_some())
+                        && error.sqlstate() == Some("40P01")) =>
+        {
             session.replan(&error).await;
             let until = session.seen;
             Ok(Ended::Again {
@@ -1075,8 +1083,6 @@ impl Session<'_> {
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        // The parked batch's commit was sent: it stands or fails on its own.
-        let parked = self.finish_parked().await;
         self.writer_stats.batch_discarded();
         self.writer.discard().await;
         if self.batch_open {
@@ -1086,7 +1092,9 @@ impl Session<'_> {
         self.writer.rolled_back();
         self.open = None;
         self.writer.release_pair_lock(&self.source).await?;
-        parked
+        // The parked batch's commit was sent: it stands or fails on its own,
+        // once the open batch has let go of its locks (it may wait for one).
+        self.finish_parked().await
     }
 
     /// Whether the message at `offset` is the one due (see [`Continuity`]).
