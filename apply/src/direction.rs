@@ -820,16 +820,7 @@ impl Session<'_> {
         if self.spare.is_some() || self.parked.is_some() {
             self.batch_seq = self.next_seq;
             self.next_seq = self.next_seq.wrapping_add(1);
-            let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-                vec![Box::new(ORDER_LOCK), Box::new(self.batch_seq)];
-            self.writer
-                .send_statement(
-                    &self.target,
-                    &self.source,
-                    ORDER_WAIT,
-                    params,
-                    "take the order lock",
-                )
+            self.send_order_lock(self.batch_seq, "take the order lock")
                 .await?;
         }
         self.batch_open = true;
@@ -981,19 +972,21 @@ impl Session<'_> {
         if self.batch_open {
             // Sent behind the open batch's statements, not waited for: they
             // go on while the parked batch commits.
-            let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-                vec![Box::new(ORDER_LOCK), Box::new(seq)];
-            self.writer
-                .send_statement(
-                    &self.target,
-                    &self.source,
-                    ORDER_WAIT,
-                    params,
-                    "wait for the batch before",
-                )
+            self.send_order_lock(seq, "wait for the batch before")
                 .await?;
         }
         self.finish_parked().await
+    }
+
+    /// Sends, on the open batch's connection, a request for the order lock
+    /// of batch `seq` (see [`ORDER_LOCK`]); its reply is read with the
+    /// batch's other statements.
+    async fn send_order_lock(&mut self, seq: i32, context: &'static str) -> Result<()> {
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+            vec![Box::new(ORDER_LOCK), Box::new(seq)];
+        self.writer
+            .send_statement(&self.target, &self.source, ORDER_WAIT, params, context)
+            .await
     }
 
     /// Reads the parked batch's commit reply and records the commit; its
