@@ -58,7 +58,7 @@ use crate::error::{ApplyError, Result};
 use crate::footprint::Footprint;
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
-use crate::writer::Writer;
+use crate::writer::{Analyze, Writer};
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch
@@ -288,6 +288,8 @@ const PAIR_LOCK_TURN: Duration = Duration::from_secs(1);
 /// next one is tried when due.
 #[derive(Default)]
 struct Statistics {
+    /// What the direction's writers wrote since the last refresh.
+    analyze: Analyze,
     connection: Option<Arc<Client>>,
     running: Option<tokio::task::JoinHandle<()>>,
 }
@@ -298,7 +300,7 @@ impl Statistics {
         if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
-        let Some(sql) = writer.statistics_due() else {
+        let Some(sql) = writer.statistics_due(&mut self.analyze) else {
             return;
         };
         let client = match &self.connection {

@@ -338,7 +338,7 @@ pub struct Writer {
     /// ...and on the source connection.
     source_statements: Prepared,
     stats: Arc<Stats>,
-    analyze: Analyze,
+    filled: Filled,
     delete_rule: conflict::DeleteRule,
     /// The pair lock this target transaction holds (see
     /// [`Writer::lock_pairs`]).
@@ -361,7 +361,9 @@ pub struct Writer {
     hidden: bool,
 }
 
-/// When apply last refreshed the planner statistics of what it fills.
+/// When apply last refreshed the planner statistics of what one direction
+/// fills. One per direction, shared by its writers (each would otherwise
+/// count only its own rows and refresh as often again).
 ///
 /// apply creates and fills its bookkeeping tables (and often the target
 /// tables) far faster than autovacuum notices: a table planned as empty is
@@ -373,13 +375,11 @@ pub struct Writer {
 /// only needs the right order of magnitude: the statistics may lag until
 /// the tables have grown fourfold.
 #[derive(Debug, Default)]
-struct Analyze {
+pub struct Analyze {
     /// Rows written in committed transactions since the last refresh.
     since: u64,
     /// Rows written in all before the last refresh.
     before: u64,
-    /// Rows written by the open target transaction.
-    pending: u64,
     /// Target entities written since the last refresh.
     entities: HashSet<usize>,
 }
@@ -396,6 +396,34 @@ impl Analyze {
     fn refreshed(&mut self) {
         self.before += self.since;
         self.since = 0;
+    }
+}
+
+/// What one writer wrote, for [`Analyze`]: rows of its open target
+/// transaction, and of committed ones not yet counted.
+#[derive(Debug, Default)]
+struct Filled {
+    pending: u64,
+    committed: u64,
+    entities: HashSet<usize>,
+}
+
+impl Filled {
+    /// The open target transaction committed: its rows count.
+    fn committed(&mut self) {
+        self.committed += std::mem::take(&mut self.pending);
+    }
+
+    /// The open target transaction rolled back: its rows were not written.
+    fn rolled_back(&mut self) {
+        self.pending = 0;
+    }
+
+    /// Hands the committed rows (and the entities written) to the
+    /// direction's count.
+    fn count_into(&mut self, analyze: &mut Analyze) {
+        analyze.since += std::mem::take(&mut self.committed);
+        analyze.entities.extend(self.entities.drain());
     }
 }
 
@@ -425,7 +453,7 @@ impl Writer {
             statements: Prepared::default(),
             source_statements: Prepared::default(),
             stats,
-            analyze: Analyze::default(),
+            filled: Filled::default(),
             delete_rule: conflict::DeleteRule::Live,
             pair_lock: PairLock::None,
             connection,
@@ -572,8 +600,8 @@ impl Writer {
         let written = row.get::<_, i64>(0) as u64;
         let inserted: Vec<String> = row.get(1);
         let parentless = row.get::<_, i64>(2) as u64;
-        self.analyze.pending += run.attempted;
-        self.analyze.entities.insert(run.entity);
+        self.filled.pending += run.attempted;
+        self.filled.entities.insert(run.entity);
         self.stats.applied(written);
         self.stats.conflict_orphans(parentless);
         self.stats.skipped_older(
@@ -817,7 +845,7 @@ impl Writer {
 
     /// The target transaction committed.
     pub fn committed(&mut self) {
-        self.analyze.since += std::mem::take(&mut self.analyze.pending);
+        self.filled.committed();
         self.ids.commit_batch();
     }
 
@@ -825,7 +853,7 @@ impl Writer {
     pub fn rolled_back(&mut self) {
         self.sent.clear();
         self.transactions += 1;
-        self.analyze.pending = 0;
+        self.filled.rolled_back();
         self.run = None;
         self.ids.transaction.clear();
         self.ids.batch.clear();
@@ -834,15 +862,17 @@ impl Writer {
         self.hidden = false;
     }
 
-    /// The `ANALYZE` that refreshes the planner statistics of what this
-    /// writer fills, when one is due (see `Analyze`); from then on the
-    /// rows count towards the next one. The caller runs it on a connection
-    /// of its own (it needs no transaction of apply's, and apply need not
-    /// wait for it); asked between target transactions. Tables apply may not
-    /// analyze (owned by another role) are skipped by the server with a
-    /// warning.
-    pub fn statistics_due(&mut self) -> Option<String> {
-        if !self.analyze.due() {
+    /// The `ANALYZE` that refreshes the planner statistics of what the
+    /// direction fills, when one is due: this writer's committed rows are
+    /// counted into the direction's `analyze` first (see [`Analyze`]); from
+    /// then on the rows count towards the next one. The caller runs it on a
+    /// connection of its own (it needs no transaction of apply's, and apply
+    /// need not wait for it); asked between target transactions. Tables
+    /// apply may not analyze (owned by another role) are skipped by the
+    /// server with a warning.
+    pub fn statistics_due(&mut self, analyze: &mut Analyze) -> Option<String> {
+        self.filled.count_into(analyze);
+        if !analyze.due() {
             return None;
         }
         let mut tables = vec![
@@ -850,13 +880,13 @@ impl Writer {
             "syncbridge.row_version".to_owned(),
             "syncbridge.apply_ledger".to_owned(),
         ];
-        let mut entities: Vec<usize> = self.analyze.entities.drain().collect();
+        let mut entities: Vec<usize> = analyze.entities.drain().collect();
         entities.sort_unstable();
         for index in entities {
             let table = self.mapping.entities()[index].table(self.to);
             tables.push(quote_table(&table.schema, &table.table));
         }
-        self.analyze.refreshed();
+        analyze.refreshed();
         Some(format!("ANALYZE {}", tables.join(", ")))
     }
 
@@ -2611,5 +2641,40 @@ mod tests {
             }
         }
         assert_eq!(refreshed_at, [5_000, 20_000, 80_000, 320_000]);
+    }
+
+    #[test]
+    fn the_rows_of_both_writers_of_a_direction_count_towards_one_refresh() {
+        let mut analyze = Analyze::default();
+        let mut writers = [Filled::default(), Filled::default()];
+        let mut refreshed_at = Vec::new();
+        let mut written = 0;
+        for round in 0..400 {
+            // Batches of 500 rows, committed by the writers in turn.
+            let writer = &mut writers[round % 2];
+            writer.pending += 500;
+            writer.entities.insert(0);
+            writer.committed();
+            written += 500;
+            writer.count_into(&mut analyze);
+            if analyze.due() {
+                refreshed_at.push(written);
+                analyze.refreshed();
+            }
+        }
+        assert_eq!(refreshed_at, [5_000, 20_000, 80_000]);
+    }
+
+    #[test]
+    fn rows_of_a_transaction_rolled_back_do_not_count() {
+        let mut analyze = Analyze::default();
+        let mut writer = Filled::default();
+        writer.pending += 6_000;
+        writer.rolled_back();
+        writer.pending += 100;
+        writer.committed();
+        writer.count_into(&mut analyze);
+        assert!(!analyze.due());
+        assert_eq!(analyze.since, 100);
     }
 }
