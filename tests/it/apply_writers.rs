@@ -78,3 +78,91 @@ async fn children_in_the_transaction_after_their_parents_wait_for_the_parents_co
     );
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_ends_in_source_order(
+) -> anyhow::Result<()> {
+    let mut bridge = one_transaction_per_batch("writers_unknown_unique").await?;
+    // A unique key the mapping does not declare as a natural key: the
+    // footprints cannot see two events compete for it. The first holder's
+    // row is written a second late, so that the next batch reaches the name
+    // first whatever the machine's speed.
+    bridge
+        .platform()
+        .execute(
+            "CREATE UNIQUE INDEX groups_name_unique ON org.groups (name);
+             CREATE FUNCTION public.write_late() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+             CREATE TRIGGER write_late BEFORE INSERT ON org.groups FOR EACH ROW
+               WHEN (NEW.notes = 'first holder') EXECUTE FUNCTION public.write_late();",
+        )
+        .await?;
+    bridge.start_captures().await?;
+    // First a transaction of 3,000 teams whose last one takes the name,
+    // then one team with the same name (the legacy side has no such key).
+    // Applied, the second transaction's row is written on the other
+    // connection while the first one's last row is still being written:
+    // it takes the name first, the first batch waits for it, and the
+    // second, committing after the first, waits for the first. Only its
+    // order lock lets Postgres see that deadlock and break it; the
+    // transactions must still land in source order.
+    // Two transactions before, one per writer, so that each writer has its
+    // statements prepared (a statement prepared while the connection is busy
+    // would wait for it).
+    let legacy = bridge.legacy();
+    for id in [9001, 9002] {
+        legacy
+            .execute(&format!(
+                "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+                 VALUES ({id}, 'Warm-up {id}', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')"
+            ))
+            .await?;
+    }
+    legacy
+        .execute(
+            "BEGIN;
+             INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
+             SELECT g, CASE WHEN g = 3000 THEN 'Contested' ELSE 'Team ' || g END, false,
+                    CASE WHEN g = 3000 THEN 'first holder' END,
+                    '2030-01-01 00:00:00', '2030-01-01 00:00:00'
+             FROM generate_series(1, 3000) g;
+             COMMIT;",
+        )
+        .await?;
+    legacy
+        .execute(
+            "INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
+             VALUES (3001, 'Contested', false, 'second holder', '2030-01-01 00:00:01', '2030-01-01 00:00:01')",
+        )
+        .await?;
+    bridge.start_apply()?;
+    let counts = eventually("the second transaction dead-lettered", WAIT, || async {
+        let counts = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+        Ok((counts.dead_lettered >= 1).then_some(counts))
+    })
+    .await?;
+    let platform = bridge.platform().client();
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(*) FROM org.groups WHERE name = 'Contested' AND notes = 'first holder'"
+        )
+        .await?,
+        1,
+        "the name belongs to the first transaction's team"
+    );
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM org.groups").await?,
+        3002,
+        "the first transaction landed whole, the second not at all"
+    );
+    assert_eq!(
+        counts.dead_lettered, 1,
+        "only the second transaction's event is dead-lettered"
+    );
+    assert!(
+        counts.replans >= 1,
+        "the conflict sent the batches through again with one writer"
+    );
+    bridge.stop().await
+}
