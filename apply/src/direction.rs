@@ -509,7 +509,7 @@ async fn run(
     let pipelining = reading.is_live() && pass.careful_until.is_none();
     writer.pipeline(pipelining);
     // A replay keeps one writer: it commits nothing before its end.
-    let spare = if config.apply.writers > 1 && reading.is_live() {
+    let mut spare = if config.apply.writers > 1 && reading.is_live() {
         let target = Arc::new(connect(config, to).await?);
         let stats = Arc::new(Stats::default());
         let mut writer = Writer::new(
@@ -529,6 +529,13 @@ async fn run(
     } else {
         None
     };
+    if let Some(spare) = spare.as_mut() {
+        // What a batch sends behind its own statements, prepared on both
+        // writers up front (see `Writer::prepare`).
+        let ahead = [checkpoint::STORE, ORDER_WAIT];
+        writer.prepare(&target, &ahead).await?;
+        spare.writer.prepare(&spare.target, &ahead).await?;
+    }
     let mut session = Session {
         shared,
         from,

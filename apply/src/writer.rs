@@ -983,6 +983,18 @@ impl Writer {
         }
     }
 
+    /// Prepares `sqls` on the target connection now, while it is idle. A
+    /// statement prepared on first use takes a round trip, which on a
+    /// connection with statements in flight waits behind them all: a batch
+    /// parked for the first time would wait for its own last run before it
+    /// could send its commit.
+    pub async fn prepare(&mut self, target: &Client, sqls: &[&str]) -> Result<()> {
+        for sql in sqls {
+            self.statement(target, (*sql).to_owned()).await?;
+        }
+        Ok(())
+    }
+
     async fn statement(&mut self, target: &Client, sql: String) -> Result<Statement> {
         self.statements
             .get(target, &sql)

@@ -84,40 +84,37 @@ async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_
 ) -> anyhow::Result<()> {
     let mut bridge = one_transaction_per_batch("writers_unknown_unique").await?;
     // A unique key the mapping does not declare as a natural key: the
-    // footprints cannot see two events compete for it. The first holder's
-    // row is written a second late, so that the next batch reaches the name
-    // first whatever the machine's speed.
+    // footprints cannot see two events compete for it. Two rows are written
+    // late (a trigger sleeps): the first holder's, so that the next batch
+    // reaches the name first, and the row after the second holder's, so
+    // that both batches wait at about the same time. Postgres breaks the
+    // deadlock by failing either batch (which one depends on timing: both
+    // were seen); either way the first must land before the second.
     bridge
         .platform()
         .execute(
             "CREATE UNIQUE INDEX groups_name_unique ON org.groups (name);
              CREATE FUNCTION public.write_late() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+               $$ BEGIN PERFORM pg_sleep(CASE NEW.notes WHEN 'first holder' THEN 0.3 ELSE 0.6 END);
+                  RETURN NEW; END $$;
              CREATE TRIGGER write_late BEFORE INSERT ON org.groups FOR EACH ROW
-               WHEN (NEW.notes = 'first holder') EXECUTE FUNCTION public.write_late();",
+               WHEN (NEW.notes IN ('first holder', 'late follower'))
+               EXECUTE FUNCTION public.write_late();",
         )
         .await?;
     bridge.start_captures().await?;
     // First a transaction of 3,000 teams whose last one takes the name,
-    // then one team with the same name (the legacy side has no such key).
+    // then one of two teams, the first with the same name (the legacy side
+    // has no such key).
     // Applied, the second transaction's row is written on the other
-    // connection while the first one's last row is still being written:
+    // connection while the first one's last row is still being written
+    // (the session's first batch already overlaps: what a parked batch
+    // sends was prepared when the writers were set up):
     // it takes the name first, the first batch waits for it, and the
     // second, committing after the first, waits for the first. Only its
     // order lock lets Postgres see that deadlock and break it; the
     // transactions must still land in source order.
-    // Two transactions before, one per writer, so that each writer has its
-    // statements prepared (a statement prepared while the connection is busy
-    // would wait for it).
     let legacy = bridge.legacy();
-    for id in [9001, 9002] {
-        legacy
-            .execute(&format!(
-                "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
-                 VALUES ({id}, 'Warm-up {id}', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')"
-            ))
-            .await?;
-    }
     legacy
         .execute(
             "BEGIN;
@@ -132,16 +129,28 @@ async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_
     legacy
         .execute(
             "INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
-             VALUES (3001, 'Contested', false, 'second holder', '2030-01-01 00:00:01', '2030-01-01 00:00:01')",
+             VALUES (3001, 'Contested', false, 'second holder', '2030-01-01 00:00:01', '2030-01-01 00:00:01'),
+                    (3002, 'Follower', false, 'late follower', '2030-01-01 00:00:01', '2030-01-01 00:00:01')",
         )
         .await?;
     bridge.start_apply()?;
     let counts = eventually("the second transaction dead-lettered", WAIT, || async {
         let counts = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
-        Ok((counts.dead_lettered >= 1).then_some(counts))
+        Ok((counts.dead_lettered >= 2).then_some(counts))
     })
     .await?;
     let platform = bridge.platform().client();
+    // Each backend reports its deadlocks when it next goes idle or ends.
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    eventually("the deadlock reported", WAIT, || async {
+        Ok((count(platform, deadlocks).await? >= 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        count(platform, deadlocks).await?,
+        1,
+        "the deadlock was broken once: the batches were applied again with one writer, not retried as they were"
+    );
     assert_eq!(
         count(
             platform,
@@ -153,12 +162,12 @@ async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_
     );
     assert_eq!(
         count(platform, "SELECT count(*) FROM org.groups").await?,
-        3002,
+        3000,
         "the first transaction landed whole, the second not at all"
     );
     assert_eq!(
-        counts.dead_lettered, 1,
-        "only the second transaction's event is dead-lettered"
+        counts.dead_lettered, 2,
+        "only the second transaction's two events are dead-lettered"
     );
     assert!(
         counts.replans >= 1,
