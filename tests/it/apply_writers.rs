@@ -105,15 +105,14 @@ async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_
     bridge.start_captures().await?;
     // First a transaction of 3,000 teams whose last one takes the name,
     // then one of two teams, the first with the same name (the legacy side
-    // has no such key).
-    // Applied, the second transaction's row is written on the other
-    // connection while the first one's last row is still being written
-    // (the session's first batch already overlaps: what a parked batch
-    // sends was prepared when the writers were set up):
-    // it takes the name first, the first batch waits for it, and the
-    // second, committing after the first, waits for the first. Only its
-    // order lock lets Postgres see that deadlock and break it; the
-    // transactions must still land in source order.
+    // has no such key). Applied, the second transaction is written on the
+    // other connection while the first one's last row is still being
+    // written (the session's first batch already overlaps: what a parked
+    // batch sends was prepared when the writers were set up). The second
+    // takes the name first and the first waits for it; the second, which
+    // commits after the first, waits for the first. Only the order lock
+    // lets Postgres see that deadlock and break it; the transactions must
+    // still land in source order.
     let legacy = bridge.legacy();
     legacy
         .execute(
