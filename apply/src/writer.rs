@@ -2466,20 +2466,59 @@ impl Writer {
                     ))),
                 })
                 .collect(),
+            // A value the sequence hands out may be taken already: by a row
+            // inserted with an explicit id (a load that bypassed the
+            // sequence), or by a pair. Such values are skipped, drawing
+            // twice as many each round, so that a new row never lands on
+            // another row's id and overwrites it.
             Side::Legacy => {
                 let table = entity.table(Side::Legacy);
-                let rows = target
-                    .query(
-                        "SELECT nextval(pg_get_serial_sequence($1, $2)) FROM generate_series(1, $3::int)",
-                        &[&quote_table(&table.schema, &table.table), &table.key, &(which.len() as i32)],
-                    )
-                    .await
-                    .map_err(|e| ApplyError::postgres("legacy", format!("allocate {} ids", entity.name()), e))?;
-                Ok(rows.iter().map(|r| Value::Int(r.get(0))).collect())
+                let qualified = quote_table(&table.schema, &table.table);
+                let free = format!(
+                    "SELECT s.v FROM (SELECT nextval(pg_get_serial_sequence($1, $2)) AS v \
+                                      FROM generate_series(1, $3::int)) AS s \
+                     WHERE NOT EXISTS (SELECT 1 FROM {qualified} t WHERE t.{key} = s.v {PROBE}) \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_map m \
+                                       WHERE m.entity = $4 AND m.legacy_id = s.v {PROBE})",
+                    key = quote(&table.key),
+                );
+                let mut ids = Vec::with_capacity(which.len());
+                let mut draw = which.len();
+                while ids.len() < which.len() {
+                    if draw > ALLOCATE_DRAW_LIMIT {
+                        return Err(ApplyError::Rejected(format!(
+                            "entity {}: the sequence of {} hands out only ids rows already have (reset it past the table's largest id)",
+                            entity.name(),
+                            qualified
+                        )));
+                    }
+                    let rows = target
+                        .query(
+                            &free,
+                            &[&qualified, &table.key, &(draw as i32), &entity.name()],
+                        )
+                        .await
+                        .map_err(|e| {
+                            ApplyError::postgres(
+                                "legacy",
+                                format!("allocate {} ids", entity.name()),
+                                e,
+                            )
+                        })?;
+                    ids.extend(rows.iter().map(|r| Value::Int(r.get(0))));
+                    draw *= 2;
+                }
+                ids.truncate(which.len());
+                Ok(ids)
             }
         }
     }
 }
+
+/// The most sequence values one round of a legacy id allocation draws: the
+/// rounds double while values are taken, so about a million taken ids in a
+/// row stop the allocation with an error rather than looping on.
+const ALLOCATE_DRAW_LIMIT: usize = 1 << 20;
 
 /// The pairs of `entity` in `client`'s `id_map` whose `by` side id is one of
 /// `keys` (text): that id -> the other side's id (text). One index probe per

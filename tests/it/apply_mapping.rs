@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::Bridge;
+use sync_bridge_tests::{count, until_count, Bridge};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -163,6 +163,60 @@ async fn every_reference_entity_crosses_from_platform_to_legacy_through_the_mapp
     assert_eq!(yard.get::<_, f64>(0), 40.7128);
     assert_eq!(yard.get::<_, f64>(1), -74.006);
     assert_eq!(yard.get::<_, i32>(2), 90);
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_born_on_the_platform_never_takes_the_id_of_a_legacy_row_inserted_past_the_sequence(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("map_ids_past_sequence").await?;
+    // Legacy rows inserted with explicit ids: the sequence still stands at
+    // its start, and hands out ids these rows have.
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             SELECT g, 'explicit' || g || '@example.com', 'Explicit ' || g, 'member',
+                    '2030-01-01 00:00:00', '2030-01-01 00:00:00'
+             FROM generate_series(1, 5) g",
+        )
+        .await?;
+    until_count(
+        "the explicit rows to cross",
+        WAIT,
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities",
+        5,
+    )
+    .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'platform-born@example.com', 'Platform', 'Born', 'member',
+                     '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let legacy = bridge.legacy().client();
+    assert_eq!(
+        count(
+            legacy,
+            "SELECT count(*) FROM users WHERE email = 'explicit' || id || '@example.com'"
+        )
+        .await?,
+        5,
+        "every explicit row keeps its own values"
+    );
+    assert!(
+        count(
+            legacy,
+            "SELECT id FROM users WHERE email = 'platform-born@example.com'"
+        )
+        .await?
+            > 5,
+        "the platform's row got an id no legacy row had"
+    );
     bridge.stop().await
 }
 

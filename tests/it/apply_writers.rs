@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{count, eventually, Bridge};
+use sync_bridge_tests::{count, eventually, until_count, Bridge};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -172,5 +172,62 @@ async fn a_unique_value_the_mapping_does_not_know_taken_by_the_next_batch_first_
         counts.replans >= 1,
         "the conflict sent the batches through again with one writer"
     );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_created_on_the_platform_crosses_while_a_legacy_backlog_of_users_is_still_being_applied(
+) -> anyhow::Result<()> {
+    const BACKLOG: i64 = 30_000;
+    let mut bridge = Bridge::prepare("writers_pair_turn").await?;
+    bridge.start_captures().await?;
+    // A backlog of new users on the legacy side: every batch links users
+    // by email, so it takes the natural-key pair lock, which the other
+    // direction needs for its own new users. With two writers the batches
+    // follow each other without a gap; they must still give the lock up
+    // now and then.
+    for first in (1..=BACKLOG).step_by(3000) {
+        bridge
+            .legacy()
+            .execute(&format!(
+                "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+                 SELECT g, 'backlog' || g || '@example.com', 'Backlog ' || g, 'member',
+                        '2030-01-01 00:00:00', '2030-01-01 00:00:00'
+                 FROM generate_series({first}, {first} + 2999) g"
+            ))
+            .await?;
+    }
+    bridge.start_apply()?;
+    let platform = bridge.platform().client();
+    until_count(
+        "the backlog to start crossing",
+        WAIT,
+        platform,
+        "SELECT least(count(*), 1) FROM identity.identities",
+        1,
+    )
+    .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'platform-born@example.com', 'Platform', 'Born', 'member',
+                     '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
+        )
+        .await?;
+    until_count(
+        "the platform's user to cross",
+        WAIT,
+        bridge.legacy().client(),
+        "SELECT count(*) FROM users WHERE email = 'platform-born@example.com'",
+        1,
+    )
+    .await?;
+    let crossed = count(platform, "SELECT count(*) FROM identity.identities").await?;
+    assert!(
+        crossed < BACKLOG,
+        "the platform's user crossed before the legacy backlog was through ({crossed} of {BACKLOG} users had)"
+    );
+    bridge.converged(WAIT).await?;
     bridge.stop().await
 }
