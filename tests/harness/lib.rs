@@ -208,6 +208,21 @@ impl TestDb {
             .with_context(|| format!("execute: {sql}"))
     }
 
+    /// Creates a user on the platform side (reference schema): a member
+    /// identity with `email`, a new uuid and a fixed `updated_at`.
+    pub async fn create_platform_user(&self, email: &str) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+                 VALUES (gen_random_uuid(), $1, 'Platform', 'Born', 'member',
+                         '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
+                &[&email],
+            )
+            .await
+            .context("create a platform user")?;
+        Ok(())
+    }
+
     /// The slot's confirmed position as a number, if the slot exists.
     pub async fn confirmed_flush_lsn(&self, slot: &str) -> Result<Option<u64>> {
         let row = self

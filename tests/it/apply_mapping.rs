@@ -191,11 +191,7 @@ async fn a_row_born_on_the_platform_never_takes_the_id_of_a_legacy_row_inserted_
     .await?;
     bridge
         .platform()
-        .execute(
-            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
-             VALUES (gen_random_uuid(), 'platform-born@example.com', 'Platform', 'Born', 'member',
-                     '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
-        )
+        .create_platform_user("platform-born@example.com")
         .await?;
     bridge.converged(WAIT).await?;
     let legacy = bridge.legacy().client();

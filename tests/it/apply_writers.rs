@@ -209,11 +209,7 @@ async fn a_user_created_on_the_platform_crosses_while_a_legacy_backlog_of_users_
     .await?;
     bridge
         .platform()
-        .execute(
-            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
-             VALUES (gen_random_uuid(), 'platform-born@example.com', 'Platform', 'Born', 'member',
-                     '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
-        )
+        .create_platform_user("platform-born@example.com")
         .await?;
     until_count(
         "the platform's user to cross",
