@@ -247,6 +247,34 @@ struct Lane {
     stats: Arc<Stats>,
 }
 
+impl Lane {
+    /// A writer of `from`'s direction on the target connection `target`,
+    /// with counts of its own.
+    fn open(
+        shared: &Shared,
+        from: Side,
+        catalogs: Catalogs,
+        target: Arc<Client>,
+        pipelining: bool,
+    ) -> Lane {
+        let stats = Arc::new(Stats::default());
+        let mut writer = Writer::new(
+            from,
+            Arc::clone(&shared.mapping),
+            catalogs,
+            shared.config.apply.statement_max_rows,
+            Arc::clone(&stats),
+            Arc::clone(&target),
+        );
+        writer.pipeline(pipelining);
+        Lane {
+            target,
+            writer,
+            stats,
+        }
+    }
+}
+
 /// A batch whose `COMMIT` was sent, and what its commit completes.
 struct Parked {
     lane: Lane,
@@ -492,40 +520,21 @@ async fn run(
     };
     info!(from = from.as_str(), topic = %topic, resume_after = ?position.offset, replay = !reading.is_live(), "applying");
 
-    let writer_stats = Arc::new(Stats::default());
-    let mut writer = Writer::new(
-        from,
-        Arc::clone(&shared.mapping),
-        catalogs.clone(),
-        config.apply.statement_max_rows,
-        Arc::clone(&writer_stats),
-        Arc::clone(&target),
-    );
-    if !reading.is_live() {
-        writer.replaying();
-    }
     // A replay restarts from its beginning, not from a stored position: it
     // never pipelines, so it never has to run again.
     let pipelining = reading.is_live() && pass.careful_until.is_none();
-    writer.pipeline(pipelining);
+    let Lane {
+        target,
+        mut writer,
+        stats: writer_stats,
+    } = Lane::open(shared, from, catalogs.clone(), target, pipelining);
+    if !reading.is_live() {
+        writer.replaying();
+    }
     // A replay keeps one writer: it commits nothing before its end.
     let mut spare = if config.apply.writers > 1 && reading.is_live() {
         let target = Arc::new(connect(config, to).await?);
-        let stats = Arc::new(Stats::default());
-        let mut writer = Writer::new(
-            from,
-            Arc::clone(&shared.mapping),
-            catalogs,
-            config.apply.statement_max_rows,
-            Arc::clone(&stats),
-            Arc::clone(&target),
-        );
-        writer.pipeline(pipelining);
-        Some(Lane {
-            target,
-            writer,
-            stats,
-        })
+        Some(Lane::open(shared, from, catalogs, target, pipelining))
     } else {
         None
     };
