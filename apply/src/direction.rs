@@ -927,6 +927,10 @@ impl Session<'_> {
                 )
                 .await?;
         }
+        // Deletes to re-assert are re-asserted after the commit, in a source
+        // transaction, which must not overlap a target transaction of this
+        // direction: the batch commits alone.
+        let alone = self.writer.recorded_deletes();
         let (footprint, hidden) = self.writer.take_footprint();
         let done = Committed {
             offset,
@@ -937,7 +941,7 @@ impl Session<'_> {
             span: std::mem::replace(&mut self.batch_span, tracing::Span::none()),
             footprint,
         };
-        if park && !hidden {
+        if park && !hidden && !alone {
             // Sent, not waited for: the database writes this batch while the
             // other writer takes the next.
             self.writer
@@ -1602,7 +1606,7 @@ async fn lane_committed(
     writer.committed();
     writer.release_pair_lock(source).await?;
     writer
-        .reassert_deletes(target, source, &shared.config.apply.marker_prefix)
+        .reassert_recorded_deletes(target, source, &shared.config.apply.marker_prefix)
         .await?;
     statistics
         .refresh(&shared.config, from.other(), writer)

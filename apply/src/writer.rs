@@ -359,6 +359,9 @@ pub struct Writer {
     /// Whether the open target transaction wrote what its events do not
     /// name: a stale pair given up, children of a row that came back.
     hidden: bool,
+    /// Whether the open target transaction recorded deletes to re-assert
+    /// (see [`Writer::reassert_recorded_deletes`]).
+    recorded_deletes: bool,
 }
 
 /// When apply last refreshed the planner statistics of what one direction
@@ -463,6 +466,7 @@ impl Writer {
             footprint: Footprint::default(),
             touched: Touch::default(),
             hidden: false,
+            recorded_deletes: false,
         }
     }
 
@@ -860,6 +864,7 @@ impl Writer {
         self.lookups.clear();
         self.footprint = Footprint::default();
         self.hidden = false;
+        self.recorded_deletes = false;
     }
 
     /// The `ANALYZE` that refreshes the planner statistics of what the
@@ -888,6 +893,33 @@ impl Writer {
         }
         analyze.refreshed();
         Some(format!("ANALYZE {}", tables.join(", ")))
+    }
+
+    /// Whether the open target transaction recorded deletes to re-assert on
+    /// the source once it has committed. Such a transaction commits alone:
+    /// with two writers, the re-assertion would otherwise run while the
+    /// other writer's target transaction is open (see
+    /// [`Self::reassert_deletes`]).
+    pub fn recorded_deletes(&self) -> bool {
+        self.recorded_deletes
+    }
+
+    /// [`Self::reassert_deletes`], when the target transaction that just
+    /// committed recorded deletes (see [`Self::recorded_deletes`]); without
+    /// them there is nothing to read (what a crash left behind is
+    /// re-asserted at session start).
+    pub async fn reassert_recorded_deletes(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        marker_prefix: &str,
+    ) -> Result<()> {
+        if !self.recorded_deletes {
+            return Ok(());
+        }
+        self.reassert_deletes(target, source, marker_prefix).await?;
+        self.recorded_deletes = false;
+        Ok(())
     }
 
     /// Re-asserts, on the side they came from, the deletes recorded in the
@@ -1430,6 +1462,7 @@ impl Writer {
             )
             .await
             .map_err(|e| ApplyError::postgres(self.to.as_str(), "record deletes to re-assert", e))?;
+        self.recorded_deletes = true;
         for (row, key) in rows.iter().zip(&target_keys) {
             // A row that never crossed has nothing to delete on this side,
             // but gets a tombstone under the id it would get.

@@ -237,6 +237,30 @@ impl TestDb {
             .map(|v| v as u64))
     }
 
+    /// Every session of this cluster whose transaction holds an xid, oldest
+    /// first, one line each: what a new logical slot waits for.
+    pub async fn transactions_holding_an_xid(&self) -> Result<String> {
+        let rows = self
+            .client
+            .query(
+                "SELECT format('pid %s db %s app %s state %s xact %s s wait %s/%s query %s',
+                        pid, datname, application_name, state,
+                        round(extract(epoch FROM now() - xact_start)::numeric, 1),
+                        wait_event_type, wait_event, left(query, 120))
+                   FROM pg_stat_activity
+                  WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+                  ORDER BY xact_start",
+                &[],
+            )
+            .await?;
+        let lines: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        Ok(if lines.is_empty() {
+            "(none)".to_string()
+        } else {
+            lines.join("\n")
+        })
+    }
+
     /// The server's current WAL position as a number.
     pub async fn current_wal_lsn(&self) -> Result<u64> {
         let row = self
@@ -418,10 +442,21 @@ impl CaptureSetup {
         if self.polling.is_some() {
             return Ok(());
         }
-        eventually("the slot", Duration::from_secs(60), || async {
+        let waited = eventually("the slot", Duration::from_secs(60), || async {
             Ok(self.db.confirmed_flush_lsn(&self.slot).await?.map(|_| ()))
         })
-        .await
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let holders = self
+                    .db
+                    .transactions_holding_an_xid()
+                    .await
+                    .unwrap_or_else(|e| format!("(unavailable: {e:#})"));
+                bail!("{error:#}\na new slot waits for every transaction that holds an xid in the cluster; those running now:\n{holders}")
+            }
+        }
     }
 
     /// Starts capture in this process.
@@ -790,6 +825,52 @@ impl Bridge {
         )
     }
 
+    /// Waits until apply has committed, in each target, the position of
+    /// the last message on the other side's topic: everything captured so
+    /// far is applied (or skipped as an echo) and no batch is left open.
+    pub async fn caught_up(&self, timeout: Duration) -> Result<()> {
+        let directions = [
+            (&self.legacy.topic, self.platform(), "legacy"),
+            (&self.platform.topic, self.legacy(), "platform"),
+        ];
+        let waited = eventually("apply to store the position of each topic's end", timeout, || async {
+            for (topic, target, source) in directions {
+                let end = high_watermark(topic)? - 1;
+                let stored = count(
+                    target.client(),
+                    &format!("SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = '{source}'"),
+                )
+                .await?;
+                if stored < end {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(error) => bail!("{error:#}\n{}", self.open_transactions().await),
+        }
+    }
+
+    /// Each side's sessions that hold a transaction id, for a failure
+    /// message.
+    async fn open_transactions(&self) -> String {
+        let mut open = String::new();
+        for db in [self.legacy(), self.platform()] {
+            let holders = db
+                .transactions_holding_an_xid()
+                .await
+                .unwrap_or_else(|e| format!("(unavailable: {e:#})"));
+            open.push_str(&format!(
+                "{} transactions holding an xid:\n{holders}\n",
+                db.side.name()
+            ));
+        }
+        open
+    }
+
     /// Waits until both databases correspond, twice in a row with no apply
     /// activity in between.
     pub async fn converged(&self, timeout: Duration) -> Result<apply::verify::Report> {
@@ -814,7 +895,8 @@ impl Bridge {
                     .history_of_differences()
                     .await
                     .unwrap_or_else(|e| format!("(history unavailable: {e:#})"));
-                bail!("{error:#}\nlast comparison:\n{last}\n{history}")
+                let open = self.open_transactions().await;
+                bail!("{error:#}\nlast comparison:\n{last}\n{history}\n{open}")
             }
         }
     }

@@ -227,3 +227,95 @@ async fn a_user_created_on_the_platform_crosses_while_a_legacy_backlog_of_users_
     bridge.converged(WAIT).await?;
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_re_asserted_by_both_directions_at_once_do_not_wait_for_each_others_open_batches(
+) -> anyhow::Result<()> {
+    // A delete is re-asserted on its own side after it committed on the
+    // other, in a source transaction that locks the rows it deletes. Each
+    // direction here deletes one team and then updates the team the other
+    // direction deletes; the deletes commit slowly (a deferred trigger), so
+    // that each update's batch has locked its row on the other side before
+    // either delete is re-asserted. Re-asserted while the update's batch is
+    // still open, each re-assertion waits for the other direction's open
+    // batch, whose direction waits in its own re-assertion: a wait across
+    // two clusters that neither server can see.
+    let mut bridge = one_transaction_per_batch("writers_reassert").await?;
+    bridge.start_captures().await?;
+    bridge.start_apply()?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at) VALUES
+               (1, 'One', false, '2020-01-01 00:00:00', '2020-01-01 00:00:00'),
+               (2, 'Two', false, '2020-01-01 00:00:00', '2020-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop_apply().await?;
+
+    let slow_commit = |table: &str, name: &str| {
+        format!(
+            "CREATE FUNCTION public.commit_slowly() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER commit_slowly AFTER DELETE ON {table}
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (OLD.name = '{name}')
+               EXECUTE FUNCTION public.commit_slowly();"
+        )
+    };
+    // Where apply deletes: team One on the platform, team Two on legacy.
+    bridge
+        .platform()
+        .execute(&slow_commit("org.groups", "One"))
+        .await?;
+    bridge
+        .legacy()
+        .execute(&slow_commit("teams", "Two"))
+        .await?;
+    let topics = [bridge.legacy.topic.clone(), bridge.platform.topic.clone()];
+    let before = [
+        sync_bridge_tests::high_watermark(&topics[0])?,
+        sync_bridge_tests::high_watermark(&topics[1])?,
+    ];
+    bridge
+        .legacy()
+        .execute("DELETE FROM teams WHERE id = 1")
+        .await?;
+    bridge
+        .legacy()
+        .execute("UPDATE teams SET notes = 'legacy edit', updated_at = '2020-01-01 00:00:05' WHERE id = 2")
+        .await?;
+    bridge
+        .platform()
+        .execute("DELETE FROM org.groups WHERE name = 'Two'")
+        .await?;
+    bridge
+        .platform()
+        .execute("UPDATE org.groups SET notes = 'platform edit', updated_at = '2020-01-01 00:00:05+00' WHERE name = 'One'")
+        .await?;
+    eventually("both topics to hold both changes", WAIT, || async {
+        let grown = (0..2).all(|i| {
+            sync_bridge_tests::high_watermark(&topics[i]).is_ok_and(|high| high >= before[i] + 2)
+        });
+        Ok(grown.then_some(()))
+    })
+    .await?;
+
+    bridge.start_apply()?;
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    // The deletes are newer than the updates: both teams are gone.
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM teams").await?,
+        0
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM org.groups"
+        )
+        .await?,
+        0
+    );
+    bridge.stop().await
+}
