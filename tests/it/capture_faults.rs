@@ -7,8 +7,8 @@ use std::time::Duration;
 use capture::telemetry::http::get_once;
 use capture::telemetry::metrics::CAPTURE_ERRORS;
 use sync_bridge_tests::{
-    connect, create_topic, eventually, free_port, unique, EventReader, ServiceProcess, Stack,
-    ThrowawayCluster,
+    connect, create_topic, eventually, free_port, unique, CaptureSetup, EventReader, PrivateBroker,
+    ServiceProcess, Side, Stack, TestDb, ThrowawayCluster,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -81,4 +81,93 @@ async fn failed_attempts(telemetry: &str) -> f64 {
         .filter(|line| line.starts_with(CAPTURE_ERRORS))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_for_longer_than_wal_sender_timeout_keeps_the_replication_session_and_loses_nothing(
+) -> anyhow::Result<()> {
+    // A consumer that stops answering while its sink is stalled gets its
+    // walsender terminated after wal_sender_timeout, reconnects, is
+    // stalled again, in a loop. Capture holds at most `max_in_flight`
+    // undelivered events and waits; the replication session must stay up
+    // (feedback keeps flowing) however long the broker is away.
+    const ROWS: i64 = 100;
+    let mut broker = PrivateBroker::start("stalled_broker").await?;
+    let db = TestDb::create(Side::Legacy, "stalled").await?;
+    db.execute(&format!(
+        "CREATE TABLE rows (id int PRIMARY KEY, note text);
+         ALTER DATABASE \"{}\" SET wal_sender_timeout = '2s';",
+        db.name
+    ))
+    .await?;
+    let mut setup = CaptureSetup::new(db, &["public.rows"]);
+    setup.capture_options = "max_in_flight = 10\n".into();
+    let toml = setup
+        .toml()
+        .replace(&Stack::get().brokers, &broker.address());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let capture = tokio::spawn(capture::run(
+        capture::Config::from_toml(&toml)?,
+        shutdown.clone(),
+    ));
+    setup.wait_for_slot().await?;
+    let walsender = || async {
+        let row = setup
+            .db
+            .client()
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&setup.slot],
+            )
+            .await?;
+        anyhow::Ok(row.get::<_, Option<i32>>(0))
+    };
+    let session = Some(
+        eventually("capture to stream from its slot", WAIT, || async {
+            walsender().await
+        })
+        .await?,
+    );
+
+    broker.kill()?;
+    for id in 1..=ROWS {
+        setup
+            .db
+            .execute(&format!(
+                "INSERT INTO rows VALUES ({id}, 'while the broker is down')"
+            ))
+            .await?;
+    }
+    let written = setup.db.current_wal_lsn().await?;
+    // Four times wal_sender_timeout without the broker: long enough for the
+    // server to give up on a silent receiver twice over.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < watch_until {
+        assert_eq!(
+            walsender().await?,
+            session,
+            "the replication session outlived the broker's absence"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let confirmed = setup.db.confirmed_flush_lsn(&setup.slot).await?;
+    assert!(
+        confirmed.is_some_and(|lsn| lsn < written),
+        "nothing is acknowledged while the broker cannot hold it"
+    );
+
+    broker.restart().await?;
+    eventually("every row delivered and acknowledged", WAIT, || async {
+        let confirmed = setup.db.confirmed_flush_lsn(&setup.slot).await?;
+        Ok(confirmed.filter(|lsn| *lsn >= written).map(|_| ()))
+    })
+    .await?;
+    assert_eq!(
+        walsender().await?,
+        session,
+        "one replication session throughout"
+    );
+    shutdown.cancel();
+    capture.await??;
+    setup.db.drop_slot(&setup.slot).await
 }
