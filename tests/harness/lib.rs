@@ -530,6 +530,38 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
     Ok(high)
 }
 
+/// The `reason` headers of the first `count` records of the dead-letter
+/// topic `topic`, in order, each awaited up to 90 s.
+pub async fn dead_letter_reasons(topic: &str, count: usize) -> Result<Vec<String>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("group.id", unique("dlq"))
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut reasons = Vec::new();
+    while reasons.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
+            .await
+            .with_context(|| {
+                format!(
+                    "waiting for dead letter {} of {count} on {topic}; got: {reasons:?}",
+                    reasons.len() + 1
+                )
+            })??;
+        let reason = message.headers().map(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .filter(|h| h.key == "reason")
+                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                .collect::<String>()
+        });
+        reasons.push(reason.unwrap_or_default());
+    }
+    Ok(reasons)
+}
+
 /// The first `n` messages of `topic` (key, payload), in order, each awaited
 /// up to `timeout`. Also a way to wait for messages: the broker's high
 /// watermark can trail a batch it took whole.

@@ -285,6 +285,110 @@ async fn a_column_added_on_either_side_while_the_bridge_runs_does_not_stop_the_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_column_dropped_while_the_bridge_runs_dead_letters_what_needs_it_and_the_rest_goes_on(
+) -> anyhow::Result<()> {
+    // The platform drops the column legacy phones map to. Neither direction
+    // may guess: a user written to the platform has nowhere to put its
+    // phone, and a platform user's change no longer says what the legacy
+    // phone should be (writing NULL there would erase it). Both are
+    // dead-lettered with a reason naming the column, to replay once the
+    // mapping is fixed; other entities keep crossing.
+    let mut bridge = Bridge::start("drop_column").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, phone, inserted_at, updated_at)
+             VALUES (1, 'kept@example.com', 'Kept Phone', 'member', '+33600000001', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+
+    bridge
+        .platform()
+        .execute("ALTER TABLE identity.identities DROP COLUMN phone_e164")
+        .await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, phone, inserted_at, updated_at)
+             VALUES (2, 'after@example.com', 'After Drop', 'member', '+33600000002', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute("UPDATE identity.identities SET given_name = 'Renamed', updated_at = '2030-01-01 00:00:05+00' WHERE email = 'kept@example.com'")
+        .await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (1, 'Still Crossing', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    until_count(
+        "the team on the platform",
+        WAIT,
+        bridge.platform().client(),
+        "SELECT count(*) FROM org.groups WHERE name = 'Still Crossing'",
+        1,
+    )
+    .await?;
+    let mut reasons = sync_bridge_tests::dead_letter_reasons(&bridge.dead_letter_topic, 2).await?;
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.contains("phone_e164")),
+        "each reason names the column: {reasons:?}"
+    );
+    assert!(
+        !reasons.iter().any(|r| r.contains("+336")),
+        "no reason quotes a phone: {reasons:?}"
+    );
+    let legacy = bridge.legacy().client();
+    let kept: (String, Option<String>) = {
+        let row = legacy
+            .query_one("SELECT full_name, phone FROM users WHERE id = 1", &[])
+            .await?;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        kept,
+        ("Kept Phone".to_owned(), Some("+33600000001".to_owned())),
+        "the legacy user keeps its phone: the change that could not say it was not applied"
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email = 'after@example.com'"
+        )
+        .await?,
+        0,
+        "the user whose phone has nowhere to go is not written without it"
+    );
+    for from in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+        assert_eq!(
+            bridge.counters.of(from).snapshot().dead_lettered,
+            1,
+            "{from:?}: one transaction refused"
+        );
+    }
+    // Started again, apply refuses the mapping and says why.
+    bridge.stop_apply().await?;
+    let restarted = tokio::time::timeout(
+        WAIT,
+        apply::run(
+            apply::Config::from_toml(&bridge.apply_toml())?,
+            apply::Counters::default(),
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await?;
+    let error = capture::error_chain(&restarted.expect_err("the mapping is refused at start"));
+    assert!(error.contains("phone_e164"), "{error}");
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()> {
     let bridge = Bridge::start("toast_apply").await?;
     // 200 kB of incompressible notes are stored out of line (TOAST).

@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use sync_bridge_tests::{
-    connect, count, eventually, high_watermark, produce, produce_with_offsets_skipped,
-    read_messages, unique, until_count, Bridge, Stack,
+    connect, count, dead_letter_reasons, eventually, high_watermark, produce,
+    produce_with_offsets_skipped, read_messages, until_count, Bridge, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -338,29 +337,6 @@ async fn refuse_rejected_names(bridge: &Bridge) -> anyhow::Result<()> {
 }
 
 /// The `reason` headers of the first `count` messages on the dead-letter topic.
-async fn dead_letter_reasons(topic: &str, count: usize) -> anyhow::Result<Vec<String>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("dlq"))
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let mut reasons = Vec::new();
-    while reasons.len() < count {
-        let message = tokio::time::timeout(WAIT, consumer.recv()).await??;
-        let reason = message.headers().map(|h| {
-            use rdkafka::message::Headers;
-            h.iter()
-                .filter(|h| h.key == "reason")
-                .filter_map(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                .collect::<String>()
-        });
-        reasons.push(reason.unwrap_or_default());
-    }
-    Ok(reasons)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_missing_from_the_topic_are_fetched_again_and_passed_only_after_the_wait(
 ) -> anyhow::Result<()> {
