@@ -237,6 +237,11 @@ struct Session<'a> {
 /// - A batch whose writer wrote rows its events do not name (a stale pair
 ///   given up, children of a row that came back) commits before the next
 ///   starts, and the other writer forgets the pairs it knew.
+/// - So does a batch that recorded deletes to re-assert: the re-assertion
+///   (a source transaction that locks rows) runs after its commit and must
+///   not overlap another target transaction of the direction, or two
+///   directions could each wait for the other's open batch, across two
+///   servers that cannot see the cycle.
 /// - The pair lock (see `Writer::lock_pairs`) is shared: both writers take
 ///   it on the one source connection, where it counts. At least every
 ///   [`PAIR_LOCK_TURN`] a batch that holds it commits before the next
