@@ -1025,6 +1025,12 @@ impl Session<'_> {
         if let Err(error) = lane.writer.settle(&lane.target, &self.source).await {
             lane.writer.rolled_back();
             lane.stats.batch_discarded();
+            // A pair lock of its transaction went with it; a session one
+            // (counted on the shared source connection) is let go here, so
+            // the writer never believes it holds a lock it does not.
+            if let Err(release) = lane.writer.release_pair_lock(&self.source).await {
+                debug!(error = %capture::error_chain(&release), "letting the pair lock go after a failed commit failed; it ends with the session");
+            }
             self.spare = Some(lane);
             return Err(error);
         }
