@@ -563,12 +563,32 @@ pub async fn dead_letter_reasons(topic: &str, count: usize) -> Result<Vec<String
 }
 
 /// The first `n` messages of `topic` (key, payload), in order, each awaited
-/// up to `timeout`. Also a way to wait for messages: the broker's high
-/// watermark can trail a batch it took whole.
+/// up to `timeout`; fails if an offset is skipped or repeated. Also a way to
+/// wait for messages: the broker's high watermark can trail a batch it took
+/// whole.
 pub async fn read_messages(
     topic: &str,
     n: usize,
     timeout: Duration,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    read_from_start(topic, n, timeout, true).await
+}
+
+/// [`read_messages`] of a topic whose offsets have gaps on purpose (see
+/// [`produce_with_offsets_skipped`]).
+pub async fn read_messages_across_gaps(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    read_from_start(topic, n, timeout, false).await
+}
+
+async fn read_from_start(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+    contiguous: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &Stack::get().brokers)
@@ -579,14 +599,36 @@ pub async fn read_messages(
     assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let mut messages = Vec::with_capacity(n);
+    let mut next_offset = 0;
     for _ in 0..n {
         let message = tokio::time::timeout(timeout, consumer.recv()).await??;
+        if contiguous {
+            next_in_order(&mut next_offset, message.offset())?;
+        }
         messages.push((
             message.key().unwrap_or_default().to_vec(),
             message.payload().unwrap_or_default().to_vec(),
         ));
     }
     Ok(messages)
+}
+
+/// Checks that a message read from the start of a test's own topic has the
+/// offset that follows the last one (`next`), and moves `next` on.
+fn next_in_order(next: &mut i64, offset: i64) -> Result<()> {
+    if offset != *next {
+        bail!(
+            "read offset {offset} where offset {} was due: {}",
+            *next,
+            if offset > *next {
+                "offsets were skipped"
+            } else {
+                "an offset came twice"
+            }
+        );
+    }
+    *next = offset + 1;
+    Ok(())
 }
 
 /// Writes `messages` (key, payload) to `topic`, in order, as one more
@@ -613,6 +655,9 @@ pub struct EventReader {
     consumer: StreamConsumer,
     codec: Codec,
     pub events: Vec<ChangeEvent>,
+    /// The offset the next message must have: a reader that skipped one
+    /// would hide a lost event from a test that counts "at least".
+    next_offset: i64,
 }
 
 impl EventReader {
@@ -630,6 +675,7 @@ impl EventReader {
             consumer,
             codec: Codec::new()?,
             events: Vec::new(),
+            next_offset: 0,
         })
     }
 
@@ -658,6 +704,7 @@ impl EventReader {
                 Err(_) => continue,
                 Ok(message) => {
                     let message = message?;
+                    next_in_order(&mut self.next_offset, message.offset())?;
                     let payload = message.payload().unwrap_or_default();
                     self.events.push(self.codec.decode(payload)?);
                 }
@@ -1608,5 +1655,22 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_in_order;
+
+    #[test]
+    fn a_reader_accepts_consecutive_offsets_and_refuses_a_gap_or_a_repeat() {
+        let mut next = 0;
+        for offset in 0..3 {
+            next_in_order(&mut next, offset).expect("consecutive");
+        }
+        let gap = next_in_order(&mut next, 5).expect_err("a gap");
+        assert!(gap.to_string().contains("skipped"), "{gap}");
+        let repeat = next_in_order(&mut 3, 2).expect_err("a repeat");
+        assert!(repeat.to_string().contains("twice"), "{repeat}");
     }
 }
