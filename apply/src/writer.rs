@@ -2515,6 +2515,13 @@ impl Writer {
                                        WHERE m.entity = $4 AND m.legacy_id = s.v {PROBE})",
                     key = quote(&table.key),
                 );
+                let allocate = self
+                    .prepared(self.to)
+                    .get(target, &free)
+                    .await
+                    .map_err(|e| {
+                        ApplyError::postgres("legacy", format!("allocate {} ids", entity.name()), e)
+                    })?;
                 let mut ids = Vec::with_capacity(which.len());
                 let mut draw = which.len();
                 while ids.len() < which.len() {
@@ -2527,7 +2534,7 @@ impl Writer {
                     }
                     let rows = target
                         .query(
-                            &free,
+                            &allocate,
                             &[&qualified, &table.key, &(draw as i32), &entity.name()],
                         )
                         .await

@@ -238,9 +238,10 @@ impl TestDb {
     }
 
     /// Every session of this cluster whose transaction holds an xid, oldest
-    /// first, one line each: what a new logical slot waits for.
-    pub async fn transactions_holding_an_xid(&self) -> Result<String> {
-        let rows = self
+    /// first, one line each: what a new logical slot waits for. For a
+    /// failure message: a failed query is reported in the text.
+    pub async fn transactions_holding_an_xid(&self) -> String {
+        let rows = match self
             .client
             .query(
                 "SELECT format('pid %s db %s app %s state %s xact %s s wait %s/%s query %s',
@@ -252,13 +253,29 @@ impl TestDb {
                   ORDER BY xact_start",
                 &[],
             )
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => return format!("(unavailable: {error:#})"),
+        };
         let lines: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-        Ok(if lines.is_empty() {
+        if lines.is_empty() {
             "(none)".to_string()
         } else {
             lines.join("\n")
-        })
+        }
+    }
+
+    /// Where the server inserts its next WAL record, as a number: past
+    /// every record written so far, committed asynchronously or not (the
+    /// stack runs with `synchronous_commit = off`, so
+    /// [`Self::current_wal_lsn`], the write position, can trail a commit).
+    pub async fn current_wal_insert_lsn(&self) -> Result<u64> {
+        let row = self
+            .client
+            .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     /// The server's current WAL position as a number.
@@ -449,11 +466,7 @@ impl CaptureSetup {
         match waited {
             Ok(()) => Ok(()),
             Err(error) => {
-                let holders = self
-                    .db
-                    .transactions_holding_an_xid()
-                    .await
-                    .unwrap_or_else(|e| format!("(unavailable: {e:#})"));
+                let holders = self.db.transactions_holding_an_xid().await;
                 bail!("{error:#}\na new slot waits for every transaction that holds an xid in the cluster; those running now:\n{holders}")
             }
         }
@@ -530,16 +543,25 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
     Ok(high)
 }
 
-/// The `reason` headers of the first `count` records of the dead-letter
-/// topic `topic`, in order, each awaited up to 90 s.
-pub async fn dead_letter_reasons(topic: &str, count: usize) -> Result<Vec<String>> {
+/// A consumer of a test's own one-partition `topic`, from its first
+/// offset, in a group of its own that commits nothing.
+fn consumer_from_start(topic: &str) -> Result<StreamConsumer> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("dlq"))
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// The `reason` headers of the first `count` records of the dead-letter
+/// topic `topic`, in order, each awaited up to 90 s.
+pub async fn dead_letter_reasons(topic: &str, count: usize) -> Result<Vec<String>> {
+    let consumer = consumer_from_start(topic)?;
     let mut reasons = Vec::new();
     while reasons.len() < count {
         let message = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
@@ -590,14 +612,7 @@ async fn read_from_start(
     timeout: Duration,
     contiguous: bool,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .set("group.id", unique("read"))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
+    let consumer = consumer_from_start(topic)?;
     let mut messages = Vec::with_capacity(n);
     let mut next_offset = 0;
     for _ in 0..n {
@@ -662,17 +677,8 @@ pub struct EventReader {
 
 impl EventReader {
     pub fn new(topic: &str) -> Result<EventReader> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &Stack::get().brokers)
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
-        consumer.assign(&assignment)?;
         Ok(EventReader {
-            consumer,
+            consumer: consumer_from_start(topic)?,
             codec: Codec::new()?,
             events: Vec::new(),
             next_offset: 0,
@@ -938,10 +944,7 @@ impl Bridge {
     async fn open_transactions(&self) -> String {
         let mut open = String::new();
         for db in [self.legacy(), self.platform()] {
-            let holders = db
-                .transactions_holding_an_xid()
-                .await
-                .unwrap_or_else(|e| format!("(unavailable: {e:#})"));
+            let holders = db.transactions_holding_an_xid().await;
             open.push_str(&format!(
                 "{} transactions holding an xid:\n{holders}\n",
                 db.side.name()
