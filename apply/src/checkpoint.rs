@@ -6,8 +6,10 @@
 //! - `apply_position`: per source, the Kafka offset and commit LSN of the last
 //!   source transaction applied. A restart resumes right after it, so a crash
 //!   at any point neither loses nor repeats a change.
-//! - `id_map`: the id correspondence (legacy bigint <-> platform uuid) of the
-//!   rows this database received.
+//! - `id_derived` and `id_map`: the id correspondence (legacy bigint <->
+//!   platform uuid) of the rows this database received: legacy rows with
+//!   their derived platform ids, and every other pair (see
+//!   [`crate::correspondence`]). The view `id_pairs` shows both.
 //! - `apply_ledger`: one entry per source transaction apply wrote here,
 //!   keyed by the xid its rows carry as `xmin` (`written_xmin`: apply writes
 //!   each source transaction inside a savepoint, so that is the
@@ -66,6 +68,16 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                PRIMARY KEY (entity, legacy_id),
                UNIQUE (entity, platform_id)
              );
+             CREATE TABLE IF NOT EXISTS syncbridge.id_derived (
+               entity      text NOT NULL,
+               legacy_id   bigint NOT NULL,
+               platform_id uuid NOT NULL,
+               PRIMARY KEY (entity, legacy_id)
+             );
+             CREATE OR REPLACE VIEW syncbridge.id_pairs AS
+               SELECT entity, legacy_id, platform_id FROM syncbridge.id_map
+               UNION ALL
+               SELECT entity, legacy_id, platform_id FROM syncbridge.id_derived;
              CREATE TABLE IF NOT EXISTS syncbridge.row_version (
                entity       text NOT NULL,
                row_key      text NOT NULL,

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - [`mapping`]: the correspondence between the schemas (configuration).
-//! - [`writer`]: events into multi-row statements; the id correspondence.
+//! - [`writer`]: events into multi-row statements.
+//! - [`correspondence`]: legacy ids and platform uuids of one row; derived ids.
 //! - [`conflict`]: the statements that decide last-writer-wins as they write.
 //! - [`checkpoint`]: the bookkeeping schema and the position, stored with the rows.
 //! - [`direction`]: one source topic into one target database.
@@ -21,6 +22,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conflict;
+pub mod correspondence;
 pub mod deadletter;
 pub mod direction;
 pub mod error;

@@ -148,7 +148,7 @@ async fn read_id_map(
     for (client, side) in [(legacy, "legacy"), (platform, "platform")] {
         let rows = client
             .query(
-                "SELECT entity, legacy_id, platform_id::text FROM syncbridge.id_map",
+                "SELECT entity, legacy_id, platform_id::text FROM syncbridge.id_pairs",
                 &[],
             )
             .await

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
+use crate::correspondence::{derived_legacy_id_sql, derived_platform_id};
 use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
 use crate::footprint::{self, Footprint, Touch};
@@ -26,9 +27,6 @@ use crate::mapping::{
     to_target, Catalog, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
 };
 use crate::stats::Stats;
-
-/// The namespace of the uuids apply derives for rows born on the legacy side.
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_9e0a_3c47_4f2b_9a61_0c2e_8d4b_7f13);
 
 /// The statements prepared on one connection, by their text.
 ///
@@ -882,6 +880,7 @@ impl Writer {
         }
         let mut tables = vec![
             "syncbridge.id_map".to_owned(),
+            "syncbridge.id_derived".to_owned(),
             "syncbridge.row_version".to_owned(),
             "syncbridge.apply_ledger".to_owned(),
         ];
@@ -1969,9 +1968,9 @@ impl Writer {
         }
         let table = entity.table(self.to);
         let key = quote(&table.key);
-        let (map_column, other_column) = match self.to {
-            Side::Legacy => ("legacy_id", "platform_id"),
-            Side::Platform => ("platform_id", "legacy_id"),
+        let other_column = match self.to {
+            Side::Legacy => "platform_id",
+            Side::Platform => "legacy_id",
         };
         let names: Vec<String> = (0..natural.len()).map(|n| format!("n{n}")).collect();
         let params: Vec<String> = (0..natural.len())
@@ -1996,8 +1995,8 @@ impl Writer {
         let sql = format!(
             "SELECT t.{key}::text, m.{other_column}::text, {select} FROM unnest({params}) AS x({names}) \
              CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {join} {PROBE}) AS t \
-             LEFT JOIN LATERAL (SELECT {other_column} FROM syncbridge.id_map \
-               WHERE entity = $1 AND {map_column} = t.{key} {PROBE}) AS m ON true",
+             LEFT JOIN LATERAL ({pairs} LIMIT 1) AS m ON true",
+            pairs = pairs_of(&format!("t.{key}"), self.to),
             select = select.join(", "),
             table = quote_table(&table.schema, &table.table),
             params = params.join(", "),
@@ -2197,7 +2196,10 @@ impl Writer {
         };
         target
             .execute(
-                "DELETE FROM syncbridge.id_map WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3",
+                "WITH m AS (DELETE FROM syncbridge.id_map \
+                            WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3) \
+                 DELETE FROM syncbridge.id_derived \
+                 WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3",
                 &[&entity.name(), &legacy, &platform],
             )
             .await
@@ -2404,32 +2406,43 @@ impl Writer {
                 target_keys[i] = Some(id);
             }
         }
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        // A plain insert, not `ON CONFLICT DO NOTHING` (which checks both
-        // unique indexes before each row: twice the cost, measured): these
+        // A legacy row given its derived id goes to `id_derived`, every
+        // other pair to `id_map` (see `correspondence`).
+        let (derived, other): (Vec<_>, Vec<_>) =
+            pairs.into_iter().partition(|(legacy, platform)| {
+                self.to == Side::Platform
+                    && derived_platform_id(entity.name(), *legacy) == *platform
+            });
+        // Plain inserts, not `ON CONFLICT DO NOTHING` (which checks every
+        // unique index before each row: twice the cost, measured): these
         // pairs were looked for in both databases just before, with the pair
         // lock held for entities that link. Should one exist after all, the
         // unique violation fails the source transaction, which is applied
         // again once and then finds the pair; nothing is dropped silently.
-        let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
-        let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(entity.name().to_owned()),
-            Box::new(legacy),
-            Box::new(platform),
-        ];
-        self.send_prepared(
-            target,
-            source,
-            "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) \
-             SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)"
-                .to_owned(),
-            params,
-            "record the id correspondence",
-            Then::Nothing,
-        )
-        .await
+        for (table, pairs) in [("id_derived", derived), ("id_map", other)] {
+            if pairs.is_empty() {
+                continue;
+            }
+            let (legacy, platform): (Vec<i64>, Vec<Uuid>) = pairs.into_iter().unzip();
+            let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+                Box::new(entity.name().to_owned()),
+                Box::new(legacy),
+                Box::new(platform),
+            ];
+            self.send_prepared(
+                target,
+                source,
+                format!(
+                    "INSERT INTO syncbridge.{table} (entity, legacy_id, platform_id) \
+                     SELECT $1, l, p FROM unnest($2::int8[], $3::uuid[]) AS m(l, p)"
+                ),
+                params,
+                "record the id correspondence",
+                Then::Nothing,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     fn known(&self, index: usize, key: &Value) -> Option<Value> {
@@ -2490,8 +2503,7 @@ impl Writer {
                 .iter()
                 .map(|i| match keys[*i] {
                     Value::Int(id) => Ok(Value::Uuid(
-                        *Uuid::new_v5(&ID_NAMESPACE, format!("{}:{id}", entity.name()).as_bytes())
-                            .as_bytes(),
+                        derived_platform_id(entity.name(), *id).into_bytes(),
                     )),
                     _ => Err(ApplyError::Rejected(format!(
                         "entity {}: a legacy key that is not an integer",
@@ -2512,7 +2524,9 @@ impl Writer {
                                       FROM generate_series(1, $3::int)) AS s \
                      WHERE NOT EXISTS (SELECT 1 FROM {qualified} t WHERE t.{key} = s.v {PROBE}) \
                        AND NOT EXISTS (SELECT 1 FROM syncbridge.id_map m \
-                                       WHERE m.entity = $4 AND m.legacy_id = s.v {PROBE})",
+                                       WHERE m.entity = $4 AND m.legacy_id = s.v {PROBE}) \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_derived d \
+                                       WHERE d.entity = $4 AND d.legacy_id = s.v {PROBE})",
                     key = quote(&table.key),
                 );
                 let allocate = self
@@ -2574,14 +2588,14 @@ async fn read_pairs(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let (by, give, by_type) = match by {
+    let (column, give, by_type) = match by {
         Side::Legacy => ("legacy_id", "platform_id", "int8"),
         Side::Platform => ("platform_id", "legacy_id", "uuid"),
     };
     let sql = format!(
-        "SELECT m.{by}::text, m.{give}::text FROM unnest($2::text[]::{by_type}[]) AS x(id) \
-         CROSS JOIN LATERAL (SELECT {by}, {give} FROM syncbridge.id_map \
-           WHERE entity = $1 AND {by} = x.id {PROBE}) AS m"
+        "SELECT m.{column}::text, m.{give}::text FROM unnest($2::text[]::{by_type}[]) AS x(id) \
+         CROSS JOIN LATERAL ({pairs}) AS m",
+        pairs = pairs_of("x.id", by)
     );
     let failed = |e| ApplyError::postgres(database, "read the id correspondence", e);
     let statement = prepared.get(client, &sql).await.map_err(failed)?;
@@ -2590,6 +2604,30 @@ async fn read_pairs(
         .await
         .map_err(failed)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A subquery of the pairs of `$1` (the entity) whose `by` side id is
+/// `id`, from both tables of the correspondence (see `correspondence`):
+/// columns `legacy_id` and `platform_id`, one index probe each.
+fn pairs_of(id: &str, by: Side) -> String {
+    let derived = match by {
+        Side::Legacy => format!("legacy_id = {id}"),
+        Side::Platform => format!(
+            "legacy_id = {} AND platform_id = {id}",
+            derived_legacy_id_sql(id)
+        ),
+    };
+    let by = match by {
+        Side::Legacy => "legacy_id",
+        Side::Platform => "platform_id",
+    };
+    format!(
+        "(SELECT legacy_id, platform_id FROM syncbridge.id_map \
+           WHERE entity = $1 AND {by} = {id} {PROBE}) \
+         UNION ALL \
+         (SELECT legacy_id, platform_id FROM syncbridge.id_derived \
+           WHERE entity = $1 AND {derived} {PROBE})"
+    )
 }
 
 /// Target rows by natural key (text): their key and the source row their

@@ -2,7 +2,7 @@
 -- Run in the legacy database after the workload, output to a file:
 --   psql -X -qtA -v ON_ERROR_STOP=1 -f apply-baseline.sql -o baseline-load.sql
 -- The legacy rows in their platform form (schemas/reference/mapping.md), computed here in SQL:
--- ids are apply's (uuid v5 of "<entity>:<legacy id>" in apply's namespace, uuid-ossp), full_name
+-- ids are apply's derived ids (below; the uuid v5 part from uuid-ossp), full_name
 -- split at the first space, role -> (kind, is_admin), category_id -> categories.name, archived
 -- -> archived_at = updated_at, naive UTC timestamps -> timestamptz. Written as one psql script of
 -- multi-row `INSERT ... ON CONFLICT (id) DO UPDATE SET ... WHERE newer` statements of 1000 rows,
@@ -14,8 +14,15 @@ SET TimeZone = 'UTC';
 CREATE SCHEMA IF NOT EXISTS bench_ext;
 CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA bench_ext;
 
+-- apply's derived id (apply/src/correspondence.rs): a version-8 uuid whose hex digits 1-12,
+-- 14-16 and 18 are the legacy id's 16 hex digits, and whose digits 17 and 19-32 are those of
+-- the uuid v5 of "<entity>:<legacy id>" in apply's namespace.
 CREATE FUNCTION pg_temp.pid(entity text, id bigint) RETURNS uuid LANGUAGE sql IMMUTABLE AS
-$$ SELECT bench_ext.uuid_generate_v5('5b1d9e0a-3c47-4f2b-9a61-0c2e8d4b7f13', entity || ':' || id) $$;
+$$ SELECT (substr(l, 1, 12) || '8' || substr(l, 13, 3) || substr(c, 17, 1) || substr(l, 16, 1)
+           || substr(c, 19, 14))::uuid
+   FROM (SELECT lpad(to_hex(id), 16, '0') AS l,
+                replace(bench_ext.uuid_generate_v5('5b1d9e0a-3c47-4f2b-9a61-0c2e8d4b7f13',
+                                                   entity || ':' || id)::text, '-', '') AS c) AS d $$;
 
 WITH v AS (
   SELECT 1 AS t, g.id, format('(%L,%L,%L,%L,%L,%L,%L)',

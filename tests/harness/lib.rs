@@ -1037,7 +1037,7 @@ impl Bridge {
             let rows = db
                 .client()
                 .query(
-                    "SELECT entity, legacy_id::text, platform_id::text FROM syncbridge.id_map \
+                    "SELECT entity, legacy_id::text, platform_id::text FROM syncbridge.id_pairs \
                      WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)",
                     &[&keys],
                 )
@@ -1053,7 +1053,7 @@ impl Bridge {
         }
         for (side, db) in [("legacy", self.legacy()), ("platform", self.platform())] {
             for (what, sql) in [
-                ("id_map", "SELECT row_to_json(m)::text FROM syncbridge.id_map m WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)"),
+                ("id pair", "SELECT row_to_json(m)::text FROM syncbridge.id_pairs m WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)"),
                 ("tombstone", "SELECT row_to_json(v)::text FROM syncbridge.row_version v WHERE row_key = ANY($1)"),
                 ("delete_outbox", "SELECT row_to_json(o)::text FROM syncbridge.delete_outbox o WHERE source_key = ANY($1)"),
             ] {
@@ -1330,10 +1330,10 @@ async fn writes(
             match (updates, side) {
             (Updates::AnyParent, _) => String::new(),
             (Updates::OwnRows, Side::Legacy) => format!(
-                " WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = '{entity}')"
+                " WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_pairs WHERE entity = '{entity}')"
             ),
             (Updates::OwnRows, Side::Platform) => format!(
-                " WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = '{entity}')"
+                " WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_pairs WHERE entity = '{entity}')"
             ),
         }
         };
@@ -1367,12 +1367,12 @@ async fn writes(
                     rng.gen_bool(0.3)
                 ),
                 75..=82 => format!(
-                    "UPDATE geofences SET latitude = {}, radius_m = {}, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM geofences WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = 'geofence') ORDER BY random() LIMIT 1)",
+                    "UPDATE geofences SET latitude = {}, radius_m = {}, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM geofences WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_pairs WHERE entity = 'geofence') ORDER BY random() LIMIT 1)",
                     rng.gen_range(-90.0..90.0f64), rng.gen_range(1..1000)
                 ),
-                83..=88 => "UPDATE team_members SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM team_members WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
-                89..=92 => "DELETE FROM team_members WHERE id = (SELECT id FROM team_members WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
-                93..=95 => "DELETE FROM geofences WHERE id = (SELECT id FROM geofences WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_map WHERE entity = 'geofence') ORDER BY random() LIMIT 1)".to_owned(),
+                83..=88 => "UPDATE team_members SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE id = (SELECT id FROM team_members WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_pairs WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
+                89..=92 => "DELETE FROM team_members WHERE id = (SELECT id FROM team_members WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_pairs WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
+                93..=95 => "DELETE FROM geofences WHERE id = (SELECT id FROM geofences WHERE id NOT IN (SELECT legacy_id FROM syncbridge.id_pairs WHERE entity = 'geofence') ORDER BY random() LIMIT 1)".to_owned(),
                 // Parents are not deleted here: see the known limitation in
                 // `random_writes`'s doc; `apply_conflicts` has dedicated
                 // parent-delete tests.
@@ -1401,12 +1401,12 @@ async fn writes(
                     if rng.gen_bool(0.3) { "now()" } else { "NULL" }
                 ),
                 75..=82 => format!(
-                    "UPDATE geo.zones SET center = jsonb_build_object('lat', {}::float8, 'lng', {}::float8), updated_at = now() WHERE id = (SELECT id FROM geo.zones WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'geofence') ORDER BY random() LIMIT 1)",
+                    "UPDATE geo.zones SET center = jsonb_build_object('lat', {}::float8, 'lng', {}::float8), updated_at = now() WHERE id = (SELECT id FROM geo.zones WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_pairs WHERE entity = 'geofence') ORDER BY random() LIMIT 1)",
                     rng.gen_range(-90.0..90.0f64), rng.gen_range(-180.0..180.0f64)
                 ),
-                83..=88 => "UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now() WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
-                89..=92 => "DELETE FROM org.memberships WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
-                93..=95 => "DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_map WHERE entity = 'geofence') ORDER BY random() LIMIT 1)".to_owned(),
+                83..=88 => "UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now() WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_pairs WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
+                89..=92 => "DELETE FROM org.memberships WHERE id = (SELECT id FROM org.memberships WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_pairs WHERE entity = 'team_member') ORDER BY random() LIMIT 1)".to_owned(),
+                93..=95 => "DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones WHERE id NOT IN (SELECT platform_id FROM syncbridge.id_pairs WHERE entity = 'geofence') ORDER BY random() LIMIT 1)".to_owned(),
                 _ => format!("UPDATE identity.identities SET phone_e164 = '+44' || (random() * 1e9)::int8, updated_at = now() WHERE id = (SELECT id FROM identity.identities{own_user} ORDER BY random() LIMIT 1)"),
             },
         };

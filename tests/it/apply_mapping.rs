@@ -522,3 +522,149 @@ async fn tombstones(bridge: &Bridge) -> anyhow::Result<Vec<String>> {
         .map(|r| r.get(0))
         .collect())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_row_crosses_under_its_derived_id_recorded_once_and_found_again_by_it(
+) -> anyhow::Result<()> {
+    // Teams have no natural key: only the pair leads back to the row.
+    let bridge = Bridge::start("map_derived_ids").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (42, 'Derived Team', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let derived = apply::correspondence::derived_platform_id("team", 42);
+    let platform = bridge.platform().client();
+    let id: uuid::Uuid = platform
+        .query_one("SELECT id FROM org.groups", &[])
+        .await?
+        .get(0);
+    assert_eq!(id, derived, "the platform row has the derived id");
+    assert_eq!(
+        count(
+            platform,
+            &format!("SELECT count(*) FROM syncbridge.id_derived WHERE entity = 'team' AND legacy_id = 42 AND platform_id = '{derived}'"),
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM syncbridge.id_map").await?,
+        0,
+        "a derived pair is recorded in id_derived only"
+    );
+    // The platform's change is found by its platform id and lands on row 42.
+    bridge
+        .platform()
+        .execute("UPDATE org.groups SET name = 'Edited', updated_at = '2030-01-01 00:00:05+00'")
+        .await?;
+    until_count(
+        "the platform's edit to reach legacy team 42",
+        WAIT,
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE id = 42 AND name = 'Edited'",
+        1,
+    )
+    .await?;
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM teams").await?,
+        1
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_reads_the_legacy_id_out_of_a_derived_id_as_apply_does() -> anyhow::Result<()>
+{
+    let db =
+        sync_bridge_tests::TestDb::create(sync_bridge_tests::Side::Platform, "derived_sql").await?;
+    let sql = format!(
+        "SELECT {}",
+        apply::correspondence::derived_legacy_id_sql("$1::uuid")
+    );
+    for legacy in [0, 1, 42, 0xffff, 1 << 40, i64::MAX, -1, i64::MIN] {
+        let derived = apply::correspondence::derived_platform_id("team_member", legacy);
+        let read: i64 = db.client().query_one(&sql, &[&derived]).await?.get(0);
+        assert_eq!(read, legacy, "{derived}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_an_earlier_version_recorded_in_id_map_keeps_its_platform_id_both_ways(
+) -> anyhow::Result<()> {
+    // Before derived ids carried the legacy id, a legacy row got a uuid v5
+    // and its pair went to id_map. Such a pair must keep working: no second
+    // platform row under the new derived id, and the old id still found.
+    // Teams have no natural key, so only the pair can lead to the row.
+    let mut bridge = Bridge::prepare("map_earlier_pairs").await?;
+    apply::checkpoint::install(bridge.platform().client(), "platform").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (7, 'Earlier Team', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    let earlier: uuid::Uuid = bridge
+        .platform()
+        .client()
+        .query_one(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Earlier Team', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
+             RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    bridge
+        .platform()
+        .client()
+        .execute(
+            "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) VALUES ('team', 7, $1)",
+            &[&earlier],
+        )
+        .await?;
+    bridge = bridge.run().await?;
+
+    bridge
+        .legacy()
+        .execute("UPDATE teams SET name = 'Legacy Edit', updated_at = '2030-01-01 00:00:05' WHERE id = 7")
+        .await?;
+    until_count(
+        "the legacy edit to reach the earlier platform row",
+        WAIT,
+        bridge.platform().client(),
+        &format!("SELECT count(*) FROM org.groups WHERE id = '{earlier}' AND name = 'Legacy Edit'"),
+        1,
+    )
+    .await?;
+    bridge
+        .platform()
+        .client()
+        .execute(
+            "UPDATE org.groups SET name = 'Platform Edit', updated_at = '2030-01-01 00:00:09+00' WHERE id = $1",
+            &[&earlier],
+        )
+        .await?;
+    until_count(
+        "the platform edit to reach legacy row 7",
+        WAIT,
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE id = 7 AND name = 'Platform Edit'",
+        1,
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    let platform = bridge.platform().client();
+    assert_eq!(count(platform, "SELECT count(*) FROM org.groups").await?, 1);
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM syncbridge.id_derived").await?,
+        0,
+        "no derived pair beside the earlier one"
+    );
+    bridge.stop().await
+}

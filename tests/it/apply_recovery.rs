@@ -79,7 +79,7 @@ async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -
     assert_eq!(
         count(
             platform,
-            "SELECT count(*) FROM syncbridge.id_map WHERE entity = 'user'"
+            "SELECT count(*) FROM syncbridge.id_pairs WHERE entity = 'user'"
         )
         .await?,
         USERS,
@@ -236,7 +236,7 @@ async fn a_transaction_the_target_refuses_is_dead_lettered_alone_and_its_neighbo
         "the refused transaction is not applied"
     );
     assert_eq!(
-        count(platform, "SELECT count(*) FROM syncbridge.id_map").await?,
+        count(platform, "SELECT count(*) FROM syncbridge.id_pairs").await?,
         2,
         "one id pair per good user: nothing recorded twice, nothing of the refused one"
     );
