@@ -2574,9 +2574,10 @@ impl Writer {
 /// row stop the allocation with an error rather than looping on.
 const ALLOCATE_DRAW_LIMIT: usize = 1 << 20;
 
-/// The pairs of `entity` in `client`'s `id_map` whose `by` side id is one of
-/// `keys` (text): that id -> the other side's id (text). One index probe per
-/// key, typed (see [`PROBE`]).
+/// The pairs of `entity` in `client`'s id correspondence (`id_map` and
+/// `id_derived`, see [`pairs_of`]) whose `by` side id is one of `keys`
+/// (text): that id -> the other side's id (text). One index probe per key
+/// and table, typed (see [`PROBE`]).
 async fn read_pairs(
     client: &Client,
     prepared: &Prepared,
@@ -2631,7 +2632,8 @@ fn pairs_of(id: &str, by: Side) -> String {
 }
 
 /// Target rows by natural key (text): their key and the source row their
-/// pair in the target's `id_map` names, if any (see `Writer::natural_matches`).
+/// pair in the target's correspondence names, if any (see
+/// `Writer::natural_matches`).
 type NaturalMatches = HashMap<Vec<String>, (String, Option<String>)>;
 
 /// How a direction writing to `to` takes the pair lock (see
