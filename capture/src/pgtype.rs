@@ -920,7 +920,7 @@ pub fn to_text(value: &Value) -> Option<String> {
             let mut text = String::with_capacity(2 + bytes.len() * 2);
             text.push_str("\\x");
             for byte in bytes {
-                let _ = write!(text, "{byte:02x}");
+                push_hex(&mut text, *byte);
             }
             text
         }
@@ -953,12 +953,20 @@ pub fn to_text(value: &Value) -> Option<String> {
                 if matches!(index, 4 | 6 | 8 | 10) {
                     text.push('-');
                 }
-                let _ = write!(text, "{byte:02x}");
+                push_hex(&mut text, *byte);
             }
             text
         }
         Value::Array(items) => array_text(items),
     })
+}
+
+/// Appends `byte` as two lowercase hex digits (a `write!` per byte cost
+/// about 3% of apply's CPU, in uuids).
+fn push_hex(text: &mut String, byte: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+    text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
 }
 
 fn float_text(value: f64) -> String {
