@@ -17,8 +17,8 @@
 //!   by legacy id only: a lookup by platform id reads the legacy id out of
 //!   the uuid ([`derived_legacy_id_sql`]) and checks the stored uuid equals
 //!   it, so a platform id that merely looks derived matches nothing. One
-//!   index per pair instead of two made a bulk load of legacy rows about a
-//!   fifth faster (`scripts/bench apply`).
+//!   index per pair instead of two took the platform server's CPU for
+//!   `scripts/bench apply` from 8.7-9.9 s to 7.3-8.1 s (alternating runs).
 //! - `id_map`: every other pair (a platform-born row given a legacy id from
 //!   the legacy sequence, two rows linked by a natural key, and derived
 //!   pairs recorded before `id_derived` existed), indexed both ways.
@@ -50,24 +50,6 @@ pub fn derived_platform_id(entity: &str, legacy: i64) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
-/// The legacy id `platform` was derived from, if it is the derived id of a
-/// row of `entity`.
-pub fn derived_from(entity: &str, platform: Uuid) -> Option<i64> {
-    let legacy = legacy_digits(platform);
-    (derived_platform_id(entity, legacy) == platform).then_some(legacy)
-}
-
-/// The legacy id digits of any uuid, read where a derived id keeps them
-/// (what [`derived_legacy_id_sql`] computes in the database).
-fn legacy_digits(platform: Uuid) -> i64 {
-    let b = platform.into_bytes();
-    let mut id = [0u8; 8];
-    id[..6].copy_from_slice(&b[..6]);
-    id[6] = (b[6] << 4) | (b[7] >> 4);
-    id[7] = (b[7] << 4) | (b[8] & 0x0f);
-    u64::from_be_bytes(id) as i64
-}
-
 /// SQL reading the legacy id digits out of the uuid expression `uuid`, from
 /// its text form `xxxxxxxx-xxxx-8xxx-vxxx-xxxxxxxxxxxx`. Any uuid gives some
 /// number: callers compare the stored derived id with `uuid` too.
@@ -82,6 +64,24 @@ pub fn derived_legacy_id_sql(uuid: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The legacy id `platform` was derived from, if it is the derived id of
+    /// a row of `entity` (the database does this by comparing the stored id).
+    fn derived_from(entity: &str, platform: Uuid) -> Option<i64> {
+        let legacy = legacy_digits(platform);
+        (derived_platform_id(entity, legacy) == platform).then_some(legacy)
+    }
+
+    /// The legacy id digits of any uuid, read from its bytes where a derived
+    /// id keeps them.
+    fn legacy_digits(platform: Uuid) -> i64 {
+        let b = platform.into_bytes();
+        let mut id = [0u8; 8];
+        id[..6].copy_from_slice(&b[..6]);
+        id[6] = (b[6] << 4) | (b[7] >> 4);
+        id[7] = (b[7] << 4) | (b[8] & 0x0f);
+        u64::from_be_bytes(id) as i64
+    }
 
     /// What the SQL of [`derived_legacy_id_sql`] does, on the text form.
     fn digits_as_the_database_reads_them(platform: Uuid) -> i64 {

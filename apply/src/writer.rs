@@ -254,17 +254,17 @@ impl IdMap {
     /// Forgets the committed pairs, keeping those of the open target
     /// transaction.
     fn forget_committed(&mut self) {
-        self.forward.clear();
-        self.reverse.clear();
-        let open: Vec<(usize, i64, Uuid)> = self
-            .batch
-            .iter()
-            .chain(&self.transaction)
-            .copied()
-            .collect();
-        for (entity, legacy, platform) in open {
-            self.forward.entry((entity, legacy)).or_insert(platform);
-            self.reverse.entry((entity, platform)).or_insert(legacy);
+        let IdMap {
+            forward,
+            reverse,
+            batch,
+            transaction,
+        } = self;
+        forward.clear();
+        reverse.clear();
+        for &(entity, legacy, platform) in batch.iter().chain(transaction.iter()) {
+            forward.entry((entity, legacy)).or_insert(platform);
+            reverse.entry((entity, platform)).or_insert(legacy);
         }
     }
 }
@@ -2430,18 +2430,18 @@ impl Writer {
         // other pair to `id_map` (see `correspondence`). New platform ids
         // are derived ones; a link is one when it pairs a legacy row with
         // the id derived from it.
-        let mut derived = Vec::new();
-        if self.to == Side::Platform {
-            derived = pairs.split_off(links);
-            pairs.retain(|&(legacy, platform)| {
-                let is_derived = derived_platform_id(entity.name(), legacy) == platform;
-                if is_derived {
-                    derived.push((legacy, platform));
-                }
-                !is_derived
-            });
-        }
-        let other = pairs;
+        let (derived, other) = match self.to {
+            Side::Platform => {
+                let mut derived = pairs.split_off(links);
+                let (more, linked): (Vec<_>, Vec<_>) =
+                    pairs.into_iter().partition(|&(legacy, platform)| {
+                        derived_platform_id(entity.name(), legacy) == platform
+                    });
+                derived.extend(more);
+                (derived, linked)
+            }
+            Side::Legacy => (Vec::new(), pairs),
+        };
         // Plain inserts, not `ON CONFLICT DO NOTHING` (which checks every
         // unique index before each row: twice the cost, measured): these
         // pairs were looked for in both databases just before, with the pair
@@ -2552,11 +2552,9 @@ impl Writer {
                     "SELECT s.v FROM (SELECT nextval(pg_get_serial_sequence($1, $2)) AS v \
                                       FROM generate_series(1, $3::int)) AS s \
                      WHERE NOT EXISTS (SELECT 1 FROM {qualified} t WHERE t.{key} = s.v {PROBE}) \
-                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_map m \
-                                       WHERE m.entity = $4 AND m.legacy_id = s.v {PROBE}) \
-                       AND NOT EXISTS (SELECT 1 FROM syncbridge.id_derived d \
-                                       WHERE d.entity = $4 AND d.legacy_id = s.v {PROBE})",
+                       AND NOT EXISTS ({pairs})",
                     key = quote(&table.key),
+                    pairs = pairs_of_entity("$4", "s.v", Side::Legacy),
                 );
                 let allocate = self
                     .prepared(self.to)
@@ -2640,6 +2638,11 @@ async fn read_pairs(
 /// `id`, from both tables of the correspondence (see `correspondence`):
 /// columns `legacy_id` and `platform_id`, one index probe each.
 fn pairs_of(id: &str, by: Side) -> String {
+    pairs_of_entity("$1", id, by)
+}
+
+/// [`pairs_of`] with the entity given by the SQL expression `entity`.
+fn pairs_of_entity(entity: &str, id: &str, by: Side) -> String {
     let derived = match by {
         Side::Legacy => format!("legacy_id = {id}"),
         Side::Platform => format!(
@@ -2653,10 +2656,10 @@ fn pairs_of(id: &str, by: Side) -> String {
     };
     format!(
         "(SELECT legacy_id, platform_id FROM syncbridge.id_map \
-           WHERE entity = $1 AND {by} = {id} {PROBE}) \
+           WHERE entity = {entity} AND {by} = {id} {PROBE}) \
          UNION ALL \
          (SELECT legacy_id, platform_id FROM syncbridge.id_derived \
-           WHERE entity = $1 AND {derived} {PROBE})"
+           WHERE entity = {entity} AND {derived} {PROBE})"
     )
 }
 
