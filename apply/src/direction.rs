@@ -303,8 +303,21 @@ struct Committed {
 /// batch number)`): "SYNO".
 const ORDER_LOCK: i32 = 0x5359_4E4F;
 
-/// Takes (or waits for) a batch's order lock.
+/// Waits for the order lock of the batch before.
 const ORDER_WAIT: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1, $2)";
+
+/// A batch's first statement: the echo marker, by which its writes are
+/// recognised when they come back on the target's topic.
+const MARKER: &str = "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)";
+
+/// The echo marker and, with two writers, the batch's own order lock, in
+/// one round trip: the lock is held before the batch can be parked. Sent
+/// ahead instead, the lock could reach the server after the next batch,
+/// on the other connection, had asked for it: that batch would hold it,
+/// the batch it belongs to would wait for it, and the next batch would
+/// wait in apply for that one's commit, a cycle no server sees.
+const MARKER_AND_ORDER_LOCK: &str = "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2), \
+     pg_catalog.pg_advisory_xact_lock($3, $4)";
 
 /// How long a direction's writers may keep the pair lock without both
 /// being idle once.
@@ -546,7 +559,7 @@ async fn run(
     if let Some(spare) = spare.as_mut() {
         // What a batch sends behind its own statements, prepared on both
         // writers up front (see `Writer::prepare`).
-        let ahead = [checkpoint::STORE, ORDER_WAIT];
+        let ahead = [checkpoint::STORE, ORDER_WAIT, MARKER_AND_ORDER_LOCK];
         writer.prepare(&target, &ahead).await?;
         spare.writer.prepare(&spare.target, &ahead).await?;
     }
@@ -833,17 +846,26 @@ impl Session<'_> {
         }
         self.sql("BEGIN").await?;
         let content = format!("{}:{}", self.source_name, self.position.commit_lsn);
-        self.target
-            .execute(
-                "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)",
-                &[&self.shared.config.apply.marker_prefix, &content],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.target_side(), "write the echo marker", e))?;
+        let prefix = &self.shared.config.apply.marker_prefix;
         if self.spare.is_some() || self.parked.is_some() {
             self.batch_seq = self.next_seq;
             self.next_seq = self.next_seq.wrapping_add(1);
-            self.send_order_lock(self.batch_seq, "take the order lock")
+            self.writer
+                .execute_prepared(
+                    &self.target,
+                    MARKER_AND_ORDER_LOCK,
+                    &[prefix, &content, &ORDER_LOCK, &self.batch_seq],
+                    "write the echo marker and take the order lock",
+                )
+                .await?;
+        } else {
+            self.writer
+                .execute_prepared(
+                    &self.target,
+                    MARKER,
+                    &[prefix, &content],
+                    "write the echo marker",
+                )
                 .await?;
         }
         self.batch_open = true;

@@ -1045,6 +1045,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Runs `sql` (prepared once on this connection) with `params` and
+    /// waits for it; statements sent before it are not settled first.
+    pub async fn execute_prepared(
+        &mut self,
+        target: &Client,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        context: &'static str,
+    ) -> Result<()> {
+        let statement = self.statement(target, sql.to_owned()).await?;
+        target
+            .execute(&statement, params)
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), context, e))?;
+        Ok(())
+    }
+
     async fn statement(&mut self, target: &Client, sql: String) -> Result<Statement> {
         self.statements
             .get(target, &sql)

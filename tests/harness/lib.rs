@@ -543,9 +543,36 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
     Ok(high)
 }
 
+/// The offset of the last message of `topic`, -1 when it has none. The
+/// high watermark can trail the last message (Tansu 0.6 answers the last
+/// record batch's base offset + 1, so a batch of several records counts
+/// once): the batch it points into is read to its end.
+pub async fn last_offset(topic: &str) -> Result<i64> {
+    let high = high_watermark(topic)?;
+    if high <= 0 {
+        return Ok(-1);
+    }
+    let consumer = consumer_from(topic, Offset::Offset(high - 1))?;
+    let first = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .with_context(|| format!("reading offset {} of {topic}", high - 1))??;
+    let mut last = first.offset();
+    // The rest of that batch arrives with it, from the same fetch.
+    while let Ok(message) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await
+    {
+        last = last.max(message?.offset());
+    }
+    Ok(last)
+}
+
 /// A consumer of a test's own one-partition `topic`, from its first
 /// offset, in a group of its own that commits nothing.
 fn consumer_from_start(topic: &str) -> Result<StreamConsumer> {
+    consumer_from(topic, Offset::Beginning)
+}
+
+/// [`consumer_from_start`], from `offset`.
+fn consumer_from(topic: &str, offset: Offset) -> Result<StreamConsumer> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &Stack::get().brokers)
         .set("group.id", unique("reader"))
@@ -553,7 +580,7 @@ fn consumer_from_start(topic: &str) -> Result<StreamConsumer> {
         .set("auto.offset.reset", "earliest")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    assignment.add_partition_offset(topic, 0, offset)?;
     consumer.assign(&assignment)?;
     Ok(consumer)
 }
@@ -911,8 +938,9 @@ impl Bridge {
     }
 
     /// Waits until apply has committed, in each target, the position of
-    /// the last message on the other side's topic: everything captured so
-    /// far is applied (or skipped as an echo) and no batch is left open.
+    /// the last message on the other side's topic, and re-asserted every
+    /// delete it recorded: everything captured so far is applied (or
+    /// skipped as an echo) and no batch is left open.
     pub async fn caught_up(&self, timeout: Duration) -> Result<()> {
         let directions = [
             (&self.legacy.topic, self.platform(), "legacy"),
@@ -920,13 +948,18 @@ impl Bridge {
         ];
         let waited = eventually("apply to store the position of each topic's end", timeout, || async {
             for (topic, target, source) in directions {
-                let end = high_watermark(topic)? - 1;
                 let stored = count(
                     target.client(),
                     &format!("SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = '{source}'"),
                 )
                 .await?;
-                if stored < end {
+                // The watermark first: it is cheap, and never past the end.
+                if stored < high_watermark(topic)? - 1 || stored < last_offset(topic).await? {
+                    return Ok(None);
+                }
+                // A delete is re-asserted on its own side after its batch
+                // committed, and its outbox entry removed after that.
+                if count(target.client(), "SELECT count(*) FROM syncbridge.delete_outbox").await? > 0 {
                     return Ok(None);
                 }
             }
