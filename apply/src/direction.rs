@@ -557,8 +557,10 @@ async fn run(
         None
     };
     if let Some(spare) = spare.as_mut() {
-        // What a batch sends behind its own statements, prepared on both
-        // writers up front (see `Writer::prepare`).
+        // What a batch runs with two writers (its marker and order lock,
+        // and, behind its own statements, the wait for the batch before and
+        // the position store), prepared on both writers up front (see
+        // `Writer::prepare`).
         let ahead = [checkpoint::STORE, ORDER_WAIT, MARKER_AND_ORDER_LOCK];
         writer.prepare(&target, &ahead).await?;
         spare.writer.prepare(&spare.target, &ahead).await?;
@@ -1020,22 +1022,21 @@ impl Session<'_> {
         };
         if self.batch_open {
             // Sent behind the open batch's statements, not waited for: they
-            // go on while the parked batch commits.
-            self.send_order_lock(seq, "wait for the batch before")
+            // go on while the parked batch commits. Its reply is read with
+            // theirs.
+            let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+                vec![Box::new(ORDER_LOCK), Box::new(seq)];
+            self.writer
+                .send_statement(
+                    &self.target,
+                    &self.source,
+                    ORDER_WAIT,
+                    params,
+                    "wait for the batch before",
+                )
                 .await?;
         }
         self.finish_parked().await
-    }
-
-    /// Sends, on the open batch's connection, a request for the order lock
-    /// of batch `seq` (see [`ORDER_LOCK`]); its reply is read with the
-    /// batch's other statements.
-    async fn send_order_lock(&mut self, seq: i32, context: &'static str) -> Result<()> {
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-            vec![Box::new(ORDER_LOCK), Box::new(seq)];
-        self.writer
-            .send_statement(&self.target, &self.source, ORDER_WAIT, params, context)
-            .await
     }
 
     /// Reads the parked batch's commit reply and records the commit; its

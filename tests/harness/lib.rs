@@ -548,7 +548,11 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
 /// record batch's base offset + 1, so a batch of several records counts
 /// once): the batch it points into is read to its end.
 pub async fn last_offset(topic: &str) -> Result<i64> {
-    let high = high_watermark(topic)?;
+    last_offset_from(topic, high_watermark(topic)?).await
+}
+
+/// [`last_offset`], given the high watermark `high` just read.
+async fn last_offset_from(topic: &str, high: i64) -> Result<i64> {
     if high <= 0 {
         return Ok(-1);
     }
@@ -954,7 +958,8 @@ impl Bridge {
                 )
                 .await?;
                 // The watermark first: it is cheap, and never past the end.
-                if stored < high_watermark(topic)? - 1 || stored < last_offset(topic).await? {
+                let high = high_watermark(topic)?;
+                if stored < high - 1 || stored < last_offset_from(topic, high).await? {
                     return Ok(None);
                 }
                 // A delete is re-asserted on its own side after its batch
