@@ -53,6 +53,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
+use crate::correspondence::PairCeiling;
 use crate::deadletter::{DeadLetters, Origin};
 use crate::error::{ApplyError, Result};
 use crate::footprint::Footprint;
@@ -75,6 +76,26 @@ pub struct Shared {
     pub mapping: Arc<Mapping>,
     pub codec: Codec,
     pub dead_letters: DeadLetters,
+    /// Which legacy ids may be paired (see [`PairCeiling`]).
+    pub ceiling: Arc<PairCeiling>,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        mapping: Arc<Mapping>,
+        codec: Codec,
+        dead_letters: DeadLetters,
+    ) -> Shared {
+        let ceiling = Arc::new(PairCeiling::new(mapping.entities().len()));
+        Shared {
+            config,
+            mapping,
+            codec,
+            dead_letters,
+            ceiling,
+        }
+    }
 }
 
 /// How a session ended without error.
@@ -270,6 +291,7 @@ impl Lane {
             shared.config.apply.statement_max_rows,
             Arc::clone(&stats),
             Arc::clone(&target),
+            Arc::clone(&shared.ceiling),
         );
         writer.pipeline(pipelining);
         Lane {
@@ -515,6 +537,18 @@ async fn run(
     capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
     let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
+    if from == Side::Legacy {
+        // Read at every start: pairs another process recorded meanwhile
+        // count from here on (see `PairCeiling`).
+        let entities: Vec<&str> = shared.mapping.entities().iter().map(|e| e.name()).collect();
+        shared
+            .ceiling
+            .read(
+                &[(to.as_str(), &target), (from.as_str(), &source)],
+                &entities,
+            )
+            .await?;
+    }
     // What a run that failed had counted of its open target transaction
     // went with it.
     stats.batch_discarded();

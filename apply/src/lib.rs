@@ -111,12 +111,7 @@ async fn run_directions(
         Arc::clone(&health),
         shutdown.child_token(),
     ));
-    let shared = Arc::new(direction::Shared {
-        config,
-        mapping,
-        codec,
-        dead_letters,
-    });
+    let shared = Arc::new(direction::Shared::new(config, mapping, codec, dead_letters));
     let mut tasks = Vec::new();
     for from in [Side::Legacy, Side::Platform] {
         let shared = Arc::clone(&shared);

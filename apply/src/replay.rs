@@ -118,12 +118,7 @@ pub async fn replay(
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = DeadLetters::new(&config.kafka)?;
-    let shared = Shared {
-        config,
-        mapping,
-        codec,
-        dead_letters,
-    };
+    let shared = Shared::new(config, mapping, codec, dead_letters);
     let mut done = Vec::new();
     for &to in targets {
         if shutdown.is_cancelled() {

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
-use crate::correspondence::{derived_legacy_id_sql, derived_platform_id};
+use crate::correspondence::{derived_legacy_id_sql, derived_platform_id, PairCeiling};
 use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
 use crate::footprint::{self, Footprint, Touch};
@@ -349,6 +349,8 @@ pub struct Writer {
     max_rows: usize,
     run: Option<Run>,
     ids: IdMap,
+    /// Which legacy ids may be paired at all, shared by every writer.
+    ceiling: Arc<PairCeiling>,
     /// Lookup values read from the legacy side: (field, key text) -> value text.
     lookups: HashMap<(usize, usize, String), Option<String>>,
     /// Statements prepared on the target connection...
@@ -456,6 +458,7 @@ impl Writer {
         max_rows: usize,
         stats: Arc<Stats>,
         connection: Arc<Client>,
+        ceiling: Arc<PairCeiling>,
     ) -> Writer {
         let origin = mapping.side(from).source.clone();
         let tie_wins = mapping.conflicts().tie_winner == from;
@@ -470,6 +473,7 @@ impl Writer {
             max_rows,
             run: None,
             ids: IdMap::default(),
+            ceiling,
             lookups: HashMap::new(),
             statements: Prepared::default(),
             source_statements: Prepared::default(),
@@ -1791,6 +1795,19 @@ impl Writer {
         (out, unknown)
     }
 
+    /// Of the rows `unknown`, those whose pair, if any, only a database
+    /// knows: a legacy id above the [`PairCeiling`] has none.
+    fn to_read(&self, index: usize, keys: &[&Value], unknown: &[usize]) -> Vec<usize> {
+        unknown
+            .iter()
+            .copied()
+            .filter(|i| match (self.from, keys[*i]) {
+                (Side::Legacy, Value::Int(legacy)) => self.ceiling.may_be_paired(index, *legacy),
+                _ => true,
+            })
+            .collect()
+    }
+
     /// The target-side ids of source-side ids of `entity`, from the id
     /// correspondence (this process's, then both databases'); None where the
     /// row has no counterpart yet.
@@ -1823,6 +1840,9 @@ impl Writer {
                 // (see `link_or_allocate`).
                 self.lock_pairs(target, source).await?;
             }
+            // Asked after the pair lock: a pair the other direction made
+            // before letting it go was noted before its commit.
+            let still = self.to_read(index, keys, &still);
             let found = self
                 .read_map(client, side, entity, still.iter().map(|i| keys[*i]))
                 .await?;
@@ -2095,8 +2115,12 @@ impl Writer {
         let positions = natural_positions(natural, columns);
         let lock = PairLockStatement::of(self.to);
         let lock_client = PairLockStatement::client(self.to, target, source);
+        // Natural keys are matched for every unknown row, pairs read only
+        // for those that may have one (an empty read asks nothing). Only
+        // this direction records pairs in the target.
+        let to_read = self.to_read(index, keys, &unknown);
         let this = &*self;
-        let in_target = this.read_map(target, this.to, entity, unknown.iter().map(|i| keys[*i]));
+        let in_target = this.read_map(target, this.to, entity, to_read.iter().map(|i| keys[*i]));
         let matches = async {
             match &positions {
                 Some(positions) => {
@@ -2114,8 +2138,11 @@ impl Writer {
                     return (false, Err(error));
                 }
             }
+            // Asked once the pair lock is held: the other direction notes
+            // the pairs it records before it commits and lets the lock go.
+            let to_read = this.to_read(index, keys, &unknown);
             let read = this
-                .read_map(source, this.from, entity, unknown.iter().map(|i| keys[*i]))
+                .read_map(source, this.from, entity, to_read.iter().map(|i| keys[*i]))
                 .await;
             (true, read)
         };
@@ -2507,6 +2534,7 @@ impl Writer {
 
     fn learn(&mut self, index: usize, source_key: &Value, target_key: &Value) {
         if let Some((legacy, platform)) = pair_of(self.from, source_key, target_key) {
+            self.ceiling.paired(index, legacy);
             self.ids.remember(index, legacy, platform);
         }
     }

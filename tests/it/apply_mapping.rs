@@ -600,48 +600,9 @@ async fn a_pair_an_earlier_version_recorded_in_id_map_keeps_its_platform_id_both
     // and its pair went to id_map. Such a pair must keep working: no second
     // platform row under the new derived id, and the old id still found.
     // Teams have no natural key, so only the pair can lead to the row.
-    let mut bridge = Bridge::prepare("map_earlier_pairs").await?;
-    apply::checkpoint::install(bridge.platform().client(), "platform").await?;
-    bridge
-        .legacy()
-        .execute(
-            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
-             VALUES (7, 'Earlier Team', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
-        )
-        .await?;
-    let earlier: uuid::Uuid = bridge
-        .platform()
-        .client()
-        .query_one(
-            "INSERT INTO org.groups (id, name, created_at, updated_at)
-             VALUES (gen_random_uuid(), 'Earlier Team', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
-             RETURNING id",
-            &[],
-        )
-        .await?
-        .get(0);
-    bridge
-        .platform()
-        .client()
-        .execute(
-            "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) VALUES ('team', 7, $1)",
-            &[&earlier],
-        )
-        .await?;
-    bridge = bridge.run().await?;
-
-    bridge
-        .legacy()
-        .execute("UPDATE teams SET name = 'Legacy Edit', updated_at = '2030-01-01 00:00:05' WHERE id = 7")
-        .await?;
-    until_count(
-        "the legacy edit to reach the earlier platform row",
-        WAIT,
-        bridge.platform().client(),
-        &format!("SELECT count(*) FROM org.groups WHERE id = '{earlier}' AND name = 'Legacy Edit'"),
-        1,
-    )
-    .await?;
+    let (bridge, earlier) =
+        team_paired_before_apply_started("map_earlier_pairs", 7, "platform").await?;
+    a_legacy_edit_reaches(&bridge, 7, earlier).await?;
     bridge
         .platform()
         .client()
@@ -665,6 +626,148 @@ async fn a_pair_an_earlier_version_recorded_in_id_map_keeps_its_platform_id_both
         count(platform, "SELECT count(*) FROM syncbridge.id_derived").await?,
         0,
         "no derived pair beside the earlier one"
+    );
+    bridge.stop().await
+}
+
+/// A bridge whose legacy team `id` and a platform group (returned) were
+/// paired, in `database`'s id_map, before apply started.
+async fn team_paired_before_apply_started(
+    hint: &str,
+    id: i64,
+    database: &'static str,
+) -> anyhow::Result<(Bridge, uuid::Uuid)> {
+    let bridge = Bridge::prepare(hint).await?;
+    for (side, db) in [("legacy", bridge.legacy()), ("platform", bridge.platform())] {
+        apply::checkpoint::install(db.client(), side).await?;
+    }
+    bridge
+        .legacy()
+        .client()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES ($1, 'Earlier Team', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+            &[&id],
+        )
+        .await?;
+    let group: uuid::Uuid = bridge
+        .platform()
+        .client()
+        .query_one(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Earlier Team', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
+             RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    let pairs = if database == "legacy" {
+        bridge.legacy()
+    } else {
+        bridge.platform()
+    };
+    pairs
+        .client()
+        .execute(
+            "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) VALUES ('team', $1, $2)",
+            &[&id, &group],
+        )
+        .await?;
+    Ok((bridge.run().await?, group))
+}
+
+/// Renames legacy team `id` and waits for the rename to reach `group`.
+async fn a_legacy_edit_reaches(bridge: &Bridge, id: i64, group: uuid::Uuid) -> anyhow::Result<()> {
+    bridge
+        .legacy()
+        .client()
+        .execute(
+            "UPDATE teams SET name = 'Legacy Edit', updated_at = '2030-01-01 00:00:05' WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    until_count(
+        "the legacy edit to reach the platform group it is paired with",
+        WAIT,
+        bridge.platform().client(),
+        &format!("SELECT count(*) FROM org.groups WHERE id = '{group}' AND name = 'Legacy Edit'"),
+        1,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_born_on_the_platform_and_renamed_on_legacy_while_apply_runs_stays_one_group(
+) -> anyhow::Result<()> {
+    // The platform->legacy direction gives the group a legacy id from the
+    // legacy sequence while apply runs: above every id paired when apply
+    // started. The other direction must still look that id up (teams have
+    // no natural key: only the pair leads back to the group).
+    let bridge = Bridge::start("map_platform_born_renamed").await?;
+    let group: uuid::Uuid = bridge
+        .platform()
+        .client()
+        .query_one(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Platform Born', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
+             RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    until_count(
+        "the group to cross to legacy",
+        WAIT,
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE name = 'Platform Born'",
+        1,
+    )
+    .await?;
+    bridge
+        .legacy()
+        .execute(
+            "UPDATE teams SET name = 'Renamed On Legacy', updated_at = '2030-01-01 00:00:05'
+             WHERE name = 'Platform Born'",
+        )
+        .await?;
+    until_count(
+        "the rename to reach the platform's group",
+        WAIT,
+        bridge.platform().client(),
+        &format!(
+            "SELECT count(*) FROM org.groups WHERE id = '{group}' AND name = 'Renamed On Legacy'"
+        ),
+        1,
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    let platform = bridge.platform().client();
+    assert_eq!(count(platform, "SELECT count(*) FROM org.groups").await?, 1);
+    assert_eq!(
+        count(platform, "SELECT count(*) FROM syncbridge.id_derived").await?,
+        0,
+        "the legacy team was not taken for a new one"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_the_legacy_database_recorded_before_apply_started_is_looked_up_however_high_its_id(
+) -> anyhow::Result<()> {
+    // A group that crossed from the platform in an earlier run: its pair is
+    // in the *legacy* database's id_map, and its legacy id is above any pair
+    // the platform database holds.
+    let (bridge, group) =
+        team_paired_before_apply_started("map_legacy_side_pair", 9000, "legacy").await?;
+    a_legacy_edit_reaches(&bridge, 9000, group).await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM org.groups"
+        )
+        .await?,
+        1
     );
     bridge.stop().await
 }
