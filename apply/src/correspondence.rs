@@ -83,8 +83,10 @@ pub fn derived_legacy_id_sql(uuid: &str) -> String {
 ///   holds the lease (one writer per pair of databases).
 /// - Pairs recorded by another process after the last read (a replay run
 ///   beside the live apply) are not known. Recording such a pair again
-///   fails on the table's primary key, the source transaction is applied
-///   again by a new run, which reads the ceiling anew.
+///   fails on the table's primary key, and the source transaction is
+///   applied again: in the same run, the failed attempt has noted the id;
+///   in a new one (a failure that came back pipelined), the ceiling is read
+///   anew. Either way the id is looked up this time.
 /// - It only rises: a pair given up (`Writer::unpair`) leaves it where it is.
 #[derive(Debug)]
 pub struct PairCeiling {

@@ -771,3 +771,73 @@ async fn a_pair_the_legacy_database_recorded_before_apply_started_is_looked_up_h
     );
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_another_process_records_while_apply_runs_is_found_when_the_transaction_is_applied_again(
+) -> anyhow::Result<()> {
+    // A replay run beside the live apply writes team 500's group and pair
+    // (with apply's echo marker, as apply writes) above the ceiling the
+    // live apply read at its start. The live apply then takes team 500 for
+    // a row without a pair, and recording the pair again fails on the
+    // primary key: the transaction must be applied again with the pair
+    // looked up, not dead-lettered.
+    let bridge = Bridge::start("map_pair_from_elsewhere").await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (1, 'Applied Before', false, '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    until_count(
+        "apply to run (team 1 crossed)",
+        WAIT,
+        bridge.platform().client(),
+        "SELECT count(*) FROM org.groups",
+        1,
+    )
+    .await?;
+    let group = apply::correspondence::derived_platform_id("team", 500);
+    bridge
+        .platform()
+        .client()
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'a replay');
+             INSERT INTO org.groups (id, name, created_at, updated_at)
+               VALUES ('{group}', 'Written By A Replay', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00');
+             INSERT INTO syncbridge.id_derived (entity, legacy_id, platform_id) VALUES ('team', 500, '{group}');
+             COMMIT;"
+        ))
+        .await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (500, 'Legacy Team', false, '2030-01-01 00:00:00', '2030-01-01 00:00:05')",
+        )
+        .await?;
+    until_count(
+        "the legacy team to reach the group the replay wrote",
+        WAIT,
+        bridge.platform().client(),
+        &format!("SELECT count(*) FROM org.groups WHERE id = '{group}' AND name = 'Legacy Team'"),
+        1,
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM org.groups"
+        )
+        .await?,
+        2
+    );
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM teams").await?,
+        2,
+        "the replay's write did not come back as another team"
+    );
+    bridge.stop().await
+}
