@@ -169,10 +169,10 @@ impl<T: ToSql> ToSql for Presized<T> {
 
 /// The size of a one-dimensional array of `texts` in the binary format,
 /// header and element lengths included.
-fn text_array_bytes<T: AsRef<str>>(texts: &[Option<T>]) -> usize {
+fn text_array_bytes<'a>(texts: impl IntoIterator<Item = Option<&'a str>>) -> usize {
     20 + texts
-        .iter()
-        .map(|text| 4 + text.as_ref().map_or(0, |t| t.as_ref().len()))
+        .into_iter()
+        .map(|text| 4 + text.map_or(0, str::len))
         .sum::<usize>()
 }
 
@@ -1313,13 +1313,14 @@ impl Writer {
             .await?;
         }
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
-        let bytes = text_array_bytes(&key_texts)
+        let texts =
+            |column: &[Option<String>]| text_array_bytes(column.iter().map(Option::as_deref));
+        let bytes = texts(&key_texts)
             + column_texts
                 .iter()
-                .map(|texts| text_array_bytes(texts))
+                .map(|column| texts(column))
                 .sum::<usize>()
-            + 20
-            + source_xids.iter().map(|xid| 4 + xid.len()).sum::<usize>();
+            + text_array_bytes(source_xids.iter().map(|xid| Some(xid.as_str())));
         params.push(Box::new(Presized {
             value: key_texts,
             bytes,
@@ -2971,7 +2972,10 @@ mod tests {
             .expect("encodes");
         assert_eq!(presized, plain);
         assert!(presized.capacity() >= 4096, "room reserved for the rest");
-        assert_eq!(text_array_bytes(&texts), plain.len());
+        assert_eq!(
+            text_array_bytes(texts.iter().map(Option::as_deref)),
+            plain.len()
+        );
         assert!(!<Presized<Vec<Option<String>>> as ToSql>::accepts(
             &Type::INT8_ARRAY
         ));
