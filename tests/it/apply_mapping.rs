@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{count, until_count, Bridge};
+use sync_bridge_tests::{count, until_count, Bridge, Side};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -601,7 +601,7 @@ async fn a_pair_an_earlier_version_recorded_in_id_map_keeps_its_platform_id_both
     // platform row under the new derived id, and the old id still found.
     // Teams have no natural key, so only the pair can lead to the row.
     let (bridge, earlier) =
-        team_paired_before_apply_started("map_earlier_pairs", 7, "platform").await?;
+        team_paired_before_apply_started("map_earlier_pairs", 7, Side::Platform).await?;
     a_legacy_edit_reaches(&bridge, 7, earlier).await?;
     bridge
         .platform()
@@ -631,15 +631,15 @@ async fn a_pair_an_earlier_version_recorded_in_id_map_keeps_its_platform_id_both
 }
 
 /// A bridge whose legacy team `id` and a platform group (returned) were
-/// paired, in `database`'s id_map, before apply started.
+/// paired, in the id_map of `database`, before apply started.
 async fn team_paired_before_apply_started(
     hint: &str,
     id: i64,
-    database: &'static str,
+    database: Side,
 ) -> anyhow::Result<(Bridge, uuid::Uuid)> {
     let bridge = Bridge::prepare(hint).await?;
-    for (side, db) in [("legacy", bridge.legacy()), ("platform", bridge.platform())] {
-        apply::checkpoint::install(db.client(), side).await?;
+    for side in [Side::Legacy, Side::Platform] {
+        apply::checkpoint::install(bridge_db(&bridge, side).client(), side.name()).await?;
     }
     bridge
         .legacy()
@@ -650,23 +650,8 @@ async fn team_paired_before_apply_started(
             &[&id],
         )
         .await?;
-    let group: uuid::Uuid = bridge
-        .platform()
-        .client()
-        .query_one(
-            "INSERT INTO org.groups (id, name, created_at, updated_at)
-             VALUES (gen_random_uuid(), 'Earlier Team', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
-             RETURNING id",
-            &[],
-        )
-        .await?
-        .get(0);
-    let pairs = if database == "legacy" {
-        bridge.legacy()
-    } else {
-        bridge.platform()
-    };
-    pairs
+    let group = new_platform_group(&bridge, "Earlier Team").await?;
+    bridge_db(&bridge, database)
         .client()
         .execute(
             "INSERT INTO syncbridge.id_map (entity, legacy_id, platform_id) VALUES ('team', $1, $2)",
@@ -674,6 +659,29 @@ async fn team_paired_before_apply_started(
         )
         .await?;
     Ok((bridge.run().await?, group))
+}
+
+fn bridge_db(bridge: &Bridge, side: Side) -> &sync_bridge_tests::TestDb {
+    match side {
+        Side::Legacy => bridge.legacy(),
+        Side::Platform => bridge.platform(),
+    }
+}
+
+/// Inserts a group born on the platform (updated 2030-01-01 00:00:00 UTC);
+/// returns its id.
+async fn new_platform_group(bridge: &Bridge, name: &str) -> anyhow::Result<uuid::Uuid> {
+    let row = bridge
+        .platform()
+        .client()
+        .query_one(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), $1, '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
+             RETURNING id",
+            &[&name],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Renames legacy team `id` and waits for the rename to reach `group`.
@@ -704,17 +712,7 @@ async fn a_group_born_on_the_platform_and_renamed_on_legacy_while_apply_runs_sta
     // started. The other direction must still look that id up (teams have
     // no natural key: only the pair leads back to the group).
     let bridge = Bridge::start("map_platform_born_renamed").await?;
-    let group: uuid::Uuid = bridge
-        .platform()
-        .client()
-        .query_one(
-            "INSERT INTO org.groups (id, name, created_at, updated_at)
-             VALUES (gen_random_uuid(), 'Platform Born', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')
-             RETURNING id",
-            &[],
-        )
-        .await?
-        .get(0);
+    let group = new_platform_group(&bridge, "Platform Born").await?;
     until_count(
         "the group to cross to legacy",
         WAIT,
@@ -758,7 +756,7 @@ async fn a_pair_the_legacy_database_recorded_before_apply_started_is_looked_up_h
     // in the *legacy* database's id_map, and its legacy id is above any pair
     // the platform database holds.
     let (bridge, group) =
-        team_paired_before_apply_started("map_legacy_side_pair", 9000, "legacy").await?;
+        team_paired_before_apply_started("map_legacy_side_pair", 9000, Side::Legacy).await?;
     a_legacy_edit_reaches(&bridge, 9000, group).await?;
     bridge.converged(WAIT).await?;
     assert_eq!(
