@@ -533,8 +533,7 @@ async fn run(
     // before the first fetch or dead letter (a broker may not create topics
     // on use). Retried like any other transient failure.
     let kafka = config.kafka.as_capture();
-    capture::kafka::ensure_topic(&kafka, &topic).await?;
-    capture::kafka::ensure_topic(&kafka, &config.kafka.dead_letter_topic).await?;
+    capture::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
     let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
     if from == Side::Legacy {
@@ -796,10 +795,14 @@ fn consumer(
         .create()
         .map_err(|e| ApplyError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
-    let offset = match position.next_offset() {
-        Some(_) => Offset::Offset(fetch_start(position)),
-        None => Offset::Beginning,
-    };
+    // An offset, never `Offset::Beginning`: a logical offset is resolved by
+    // a query that librdkafka, not knowing the partition's leader yet at
+    // assignment, puts off by half a second (every start of apply on a
+    // topic without a stored position began fetching 0.5 s late). Offset 0
+    // is fetched at once; where the log no longer starts at 0, the broker
+    // answers out of range and `auto.offset.reset = earliest` starts at its
+    // beginning, as for a stored position that retention has passed.
+    let offset = Offset::Offset(fetch_start(position));
     assignment
         .add_partition_offset(topic, 0, offset)
         .map_err(|e| ApplyError::kafka("assign", e))?;

@@ -533,6 +533,18 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether `topic` exists on the broker with at least one partition.
+pub fn topic_exists(topic: &str) -> Result<bool> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
 /// The high watermark (the offset after the last message) of a
 /// one-partition topic.
 pub fn high_watermark(topic: &str) -> Result<i64> {
@@ -572,7 +584,7 @@ async fn last_offset_from(topic: &str, high: i64) -> Result<i64> {
 /// A consumer of a test's own one-partition `topic`, from its first
 /// offset, in a group of its own that commits nothing.
 fn consumer_from_start(topic: &str) -> Result<StreamConsumer> {
-    consumer_from(topic, Offset::Beginning)
+    consumer_from(topic, Offset::Offset(0))
 }
 
 /// [`consumer_from_start`], from `offset`.

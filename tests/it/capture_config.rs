@@ -38,6 +38,23 @@ async fn a_table_that_does_not_exist_is_named_in_the_error() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_it_may_not_create_is_named_in_the_error() -> anyhow::Result<()> {
+    let db = TestDb::create(Side::Legacy, "notopic").await?;
+    db.execute("CREATE TABLE present (id int PRIMARY KEY)")
+        .await?;
+    let setup = CaptureSetup::new(db, &["present"]);
+    let toml = setup
+        .toml()
+        .replace("\n\n[capture]", "\ncreate_topic = false\n\n[capture]");
+    exits_with_message(
+        &toml,
+        "notopic",
+        &[&setup.topic, "does not exist", "create_topic is false"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_replication_is_told_to_grant_it() -> anyhow::Result<()> {
     let db = TestDb::create(Side::Legacy, "norepl").await?;
     let role = unique("plain");

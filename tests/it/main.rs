@@ -7,6 +7,7 @@ mod apply_conflicts;
 mod apply_mapping;
 mod apply_recovery;
 mod apply_single_writer;
+mod apply_startup;
 mod apply_writers;
 mod backfill;
 mod capture_config;
