@@ -239,6 +239,33 @@ impl Config {
             .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.topic_prefix))
     }
 
+    /// Both sides' topics, given their source names (`[legacy, platform]`),
+    /// refused unless they are distinct from each other and from the
+    /// dead-letter topic: apply would read its own dead letters, or one
+    /// side's changes, as the other side's, and dead-letter them again and
+    /// again.
+    pub fn topics(&self, sources: [&str; 2]) -> Result<[String; 2]> {
+        let [legacy, platform] = [
+            self.topic(Side::Legacy, sources[0]),
+            self.topic(Side::Platform, sources[1]),
+        ];
+        let dead_letter = &self.kafka.dead_letter_topic;
+        if legacy == platform {
+            return Err(ApplyError::Config(format!(
+                "legacy and platform read the same topic {legacy}: give each side its own (legacy.topic, platform.topic)"
+            )));
+        }
+        if let Some(side) = [(&legacy, "legacy"), (&platform, "platform")]
+            .into_iter()
+            .find_map(|(topic, side)| (topic == dead_letter).then_some(side))
+        {
+            return Err(ApplyError::Config(format!(
+                "{side}'s topic {dead_letter} is also kafka.dead_letter_topic: dead letters need a topic of their own"
+            )));
+        }
+        Ok([legacy, platform])
+    }
+
     /// How connections to `side` are secured.
     pub fn tls(&self, side: Side) -> Result<PgTls> {
         let database = self.database(side);
@@ -365,6 +392,29 @@ mod tests {
         assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert!(!format!("{config:?}").contains("kafka-Secret-42"));
+    }
+
+    #[test]
+    fn a_dead_letter_topic_that_is_also_a_source_topic_is_refused() {
+        let text = SECURED
+            .replace("[platform]", "[platform]\ntopic = \"shared.changes\"")
+            .replace("[kafka]", "[kafka]\ndead_letter_topic = \"shared.changes\"");
+        let config = Config::from_toml(&text).unwrap();
+        let error = config
+            .topics(["legacy", "platform"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("platform's topic shared.changes"), "{error}");
+        assert!(error.contains("kafka.dead_letter_topic"), "{error}");
+    }
+
+    #[test]
+    fn two_sides_reading_one_topic_are_refused_and_distinct_topics_pass() {
+        let config = Config::from_toml(SECURED).unwrap();
+        let error = config.topics(["same", "same"]).unwrap_err().to_string();
+        assert!(error.contains("the same topic"), "{error}");
+        let [legacy, platform] = config.topics(["legacy", "platform"]).unwrap();
+        assert_ne!(legacy, platform);
     }
 
     #[test]

@@ -102,8 +102,14 @@ async fn run_directions(
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
     let health = capture::telemetry::start(&config.telemetry, "apply", &shutdown).await;
     monitor::register(&health);
-    let topics = [Side::Legacy, Side::Platform]
-        .map(|from| (from, config.topic(from, &mapping.side(from).source)));
+    let [legacy_topic, platform_topic] = config.topics([
+        &mapping.side(Side::Legacy).source,
+        &mapping.side(Side::Platform).source,
+    ])?;
+    let topics = [
+        (Side::Legacy, legacy_topic),
+        (Side::Platform, platform_topic),
+    ];
     let watcher = tokio::spawn(monitor::watch(
         config.clone(),
         topics,
