@@ -12,7 +12,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 use crate::error::{ApplyError, Result};
-use crate::mapping::Side;
+use crate::mapping::{Mapping, Side};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,16 +239,13 @@ impl Config {
             .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.topic_prefix))
     }
 
-    /// Both sides' topics, given their source names (`[legacy, platform]`),
-    /// refused unless they are distinct from each other and from the
-    /// dead-letter topic: apply would read its own dead letters, or one
-    /// side's changes, as the other side's, and dead-letter them again and
-    /// again.
-    pub fn topics(&self, sources: [&str; 2]) -> Result<[String; 2]> {
-        let [legacy, platform] = [
-            self.topic(Side::Legacy, sources[0]),
-            self.topic(Side::Platform, sources[1]),
-        ];
+    /// Each side's topic, its source name taken from `mapping`, refused
+    /// unless the two are distinct from each other and from the dead-letter
+    /// topic: apply would read its own dead letters, or one side's changes,
+    /// as the other side's, and dead-letter them again and again.
+    pub fn topics(&self, mapping: &Mapping) -> Result<[(Side, String); 2]> {
+        let [legacy, platform] =
+            [Side::Legacy, Side::Platform].map(|side| self.topic(side, &mapping.side(side).source));
         let dead_letter = &self.kafka.dead_letter_topic;
         if legacy == platform {
             return Err(ApplyError::Config(format!(
@@ -263,7 +260,7 @@ impl Config {
                 "{side}'s topic {dead_letter} is also kafka.dead_letter_topic: dead letters need a topic of their own"
             )));
         }
-        Ok([legacy, platform])
+        Ok([(Side::Legacy, legacy), (Side::Platform, platform)])
     }
 
     /// How connections to `side` are secured.
@@ -394,26 +391,40 @@ mod tests {
         assert!(!format!("{config:?}").contains("kafka-Secret-42"));
     }
 
+    fn reference_mapping() -> Mapping {
+        Mapping::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/mapping"))
+            .unwrap()
+    }
+
     #[test]
     fn a_dead_letter_topic_that_is_also_a_source_topic_is_refused() {
         let text = SECURED
             .replace("[platform]", "[platform]\ntopic = \"shared.changes\"")
             .replace("[kafka]", "[kafka]\ndead_letter_topic = \"shared.changes\"");
         let config = Config::from_toml(&text).unwrap();
-        let error = config
-            .topics(["legacy", "platform"])
-            .unwrap_err()
-            .to_string();
+        let error = config.topics(&reference_mapping()).unwrap_err().to_string();
         assert!(error.contains("platform's topic shared.changes"), "{error}");
         assert!(error.contains("kafka.dead_letter_topic"), "{error}");
     }
 
     #[test]
     fn two_sides_reading_one_topic_are_refused_and_distinct_topics_pass() {
+        let mapping = reference_mapping();
+        let text = SECURED
+            .replace("[legacy]", "[legacy]\ntopic = \"shared.changes\"")
+            .replace("[platform]", "[platform]\ntopic = \"shared.changes\"");
+        let error = Config::from_toml(&text)
+            .unwrap()
+            .topics(&mapping)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the same topic shared.changes"), "{error}");
         let config = Config::from_toml(SECURED).unwrap();
-        let error = config.topics(["same", "same"]).unwrap_err().to_string();
-        assert!(error.contains("the same topic"), "{error}");
-        let [legacy, platform] = config.topics(["legacy", "platform"]).unwrap();
+        let [(_, legacy), (_, platform)] = config.topics(&mapping).unwrap();
+        assert_eq!(
+            legacy,
+            config.topic(Side::Legacy, &mapping.side(Side::Legacy).source)
+        );
         assert_ne!(legacy, platform);
     }
 

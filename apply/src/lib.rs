@@ -98,18 +98,11 @@ async fn run_directions(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
+    let topics = config.topics(&mapping)?;
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
     let health = capture::telemetry::start(&config.telemetry, "apply", &shutdown).await;
     monitor::register(&health);
-    let [legacy_topic, platform_topic] = config.topics([
-        &mapping.side(Side::Legacy).source,
-        &mapping.side(Side::Platform).source,
-    ])?;
-    let topics = [
-        (Side::Legacy, legacy_topic),
-        (Side::Platform, platform_topic),
-    ];
     let watcher = tokio::spawn(monitor::watch(
         config.clone(),
         topics,

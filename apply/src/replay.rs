@@ -116,10 +116,7 @@ pub async fn replay(
     shutdown: &CancellationToken,
 ) -> Result<Vec<DirectionReplay>> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
-    config.topics([
-        &mapping.side(Side::Legacy).source,
-        &mapping.side(Side::Platform).source,
-    ])?;
+    config.topics(&mapping)?;
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = DeadLetters::new(&config.kafka)?;
     let shared = Shared::new(config, mapping, codec, dead_letters);
