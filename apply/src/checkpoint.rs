@@ -36,18 +36,9 @@ use tokio_postgres::Client;
 
 use crate::error::{ApplyError, Result};
 
-/// Creates the bookkeeping schema if it is missing (idempotent). Both
-/// directions install on both databases at start; an advisory lock makes
-/// them take turns (`CREATE ... IF NOT EXISTS` alone races). A schema an
-/// administrator created for the apply role beforehand (`deploy/sql/`) is
-/// used as it is, so the role needs no `CREATE` on the database.
-pub async fn install(client: &Client, side: &'static str) -> Result<()> {
-    client
-        .batch_execute(
-            "BEGIN;
-             SET LOCAL client_min_messages = warning;
-             SELECT pg_advisory_xact_lock(7391254482319);
-             DO $$ BEGIN
+/// The bookkeeping schema and tables, created if missing, then `COMMIT`
+/// (run after `BEGIN` and the install lock).
+const TABLES: &str = "DO $$ BEGIN
                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'syncbridge') THEN
                  CREATE SCHEMA syncbridge;
                END IF;
@@ -110,7 +101,23 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                deleted_at timestamptz NOT NULL,
                PRIMARY KEY (entity, source_key)
              );
-             COMMIT;",
+             COMMIT;";
+
+/// Creates the bookkeeping schema if it is missing (idempotent). Both
+/// directions install on both databases at start; an advisory lock makes
+/// them take turns (`CREATE ... IF NOT EXISTS` alone races). A schema an
+/// administrator created for the apply role beforehand (`deploy/sql/`) is
+/// used as it is, so the role needs no `CREATE` on the database.
+pub async fn install(client: &Client, side: &'static str) -> Result<()> {
+    client
+        .batch_execute(
+            &format!(
+                "BEGIN;
+             SET LOCAL client_min_messages = warning;
+             SELECT pg_advisory_xact_lock({});
+             {TABLES}",
+                pg::bookkeeping::INSTALL_LOCK
+            ),
         )
         .await
         .map_err(|e| match e.code().map(|c| c.code()) {

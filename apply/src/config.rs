@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use capture::config::Secret;
-use capture::tls::{PgTls, SslMode};
 use figment::providers::{Format, Toml};
 use figment::Figment;
+use runtime::config::Secret;
+use runtime::tls::{PgTls, SslMode};
 use serde::Deserialize;
 
 use crate::error::{ApplyError, Result};
@@ -23,7 +23,7 @@ pub struct Config {
     #[serde(default)]
     pub apply: ApplyConfig,
     #[serde(default)]
-    pub telemetry: capture::telemetry::TelemetryConfig,
+    pub telemetry: runtime::telemetry::TelemetryConfig,
 }
 
 /// One database: where apply writes that side's rows, and the topic that
@@ -108,7 +108,7 @@ pub struct ApplyConfig {
     pub deferred_snapshot_buffer: usize,
     /// How long a direction fetches offsets missing before a message again
     /// (a broker that showed a later batch first) before it goes on
-    /// without them (see `capture::continuity`).
+    /// without them (see `runtime::continuity`).
     #[serde(default = "default_offset_gap_wait", with = "humantime_serde")]
     pub offset_gap_wait: Duration,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
@@ -190,7 +190,7 @@ fn default_max_backoff() -> Duration {
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        Self::from_figment(capture::config::layers(path).map_err(ApplyError::Config)?)
+        Self::from_figment(runtime::config::layers(path).map_err(ApplyError::Config)?)
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
@@ -201,7 +201,7 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ApplyError::Config(e.to_string()))?;
-        let mut kafka = config.kafka.as_capture();
+        let mut kafka = config.kafka.as_client();
         kafka.sasl_password = config.kafka.sasl_password.take();
         kafka.sasl_password_file = config.kafka.sasl_password_file.take();
         kafka.resolve_secrets().map_err(ApplyError::Config)?;
@@ -293,13 +293,13 @@ impl Config {
             .connect(connector)
             .await
             .map_err(|e| {
-                if capture::tls::is_tls_refusal(&e) {
+                if runtime::tls::is_tls_refusal(&e) {
                     ApplyError::Config(format!(
                         "TLS to the {} database failed with {}.sslmode = {}: {}; enable ssl on the server, fix {}.sslrootcert, or change {}.sslmode",
                         side.as_str(),
                         side.as_str(),
                         tls.mode,
-                        capture::error_chain(&e),
+                        runtime::error_chain(&e),
                         side.as_str(),
                         side.as_str()
                     ))
@@ -338,15 +338,15 @@ impl Config {
         }
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
-        pg.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3");
+        pg.options(pg::session::OPTIONS);
         Ok(pg)
     }
 }
 
 impl KafkaConfig {
-    /// The same settings in capture's shape, to share its Kafka helpers.
-    pub fn as_capture(&self) -> capture::config::KafkaConfig {
-        capture::config::KafkaConfig {
+    /// The same settings in the shape the shared Kafka helpers take.
+    pub fn as_client(&self) -> runtime::config::KafkaConfig {
+        runtime::config::KafkaConfig {
             brokers: self.brokers.clone(),
             topic_prefix: self.topic_prefix.clone(),
             topic: None,
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(config.tls(Side::Legacy).unwrap().mode, SslMode::VerifyFull);
         // Without the key, the URL's sslmode counts.
         assert_eq!(config.tls(Side::Platform).unwrap().mode, SslMode::Require);
-        let client = capture::kafka::client_config(&config.kafka.as_capture());
+        let client = runtime::kafka::client_config(&config.kafka.as_client());
         assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert!(!format!("{config:?}").contains("kafka-Secret-42"));

@@ -129,13 +129,7 @@ pub struct Shape {
     pub parents: Vec<ParentCheck>,
 }
 
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-pub fn quote_table(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote(schema), quote(table))
-}
+pub use pg::ident::{quote, quote_table};
 
 impl Shape {
     /// The shape of `entity`'s table on `side`, for the given columns.

@@ -33,14 +33,14 @@
 //! read again from the topic after it (see `Session::defer`). Every offset
 //! after the position is read, in order: a gap (a broker that showed a
 //! later batch before an earlier one) is fetched again (see
-//! [`capture::continuity`]).
+//! [`runtime::continuity`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capture::continuity::{self, Continuity, Next};
-use capture::progress::Progress;
+use runtime::continuity::{self, Continuity, Next};
+use runtime::progress::Progress;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
@@ -390,7 +390,7 @@ impl Statistics {
                 ),
                 Err(error) => warn!(
                     database = side.as_str(),
-                    error = %capture::error_chain(&error),
+                    error = %runtime::error_chain(&error),
                     "refreshing planner statistics failed"
                 ),
             }
@@ -532,8 +532,8 @@ async fn run(
     // The topic this direction reads and the dead-letter topic must exist
     // before the first fetch or dead letter (a broker may not create topics
     // on use). Retried like any other transient failure.
-    let kafka = config.kafka.as_capture();
-    capture::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
+    let kafka = config.kafka.as_client();
+    runtime::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
     let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
     if from == Side::Legacy {
@@ -873,9 +873,9 @@ impl Session<'_> {
             "a pipelined batch failed; applying it again one statement at a time"
         );
         self.stats.replanned();
-        capture::telemetry::metrics::apply_error(crate::monitor::direction(self.from), "replan");
+        crate::metrics::error(crate::monitor::direction(self.from), "replan");
         if let Err(error) = self.rollback().await {
-            debug!(error = %capture::error_chain(&error), "rolling back the pipelined batch failed; it ends with the session");
+            debug!(error = %runtime::error_chain(&error), "rolling back the pipelined batch failed; it ends with the session");
         }
     }
 
@@ -1089,7 +1089,7 @@ impl Session<'_> {
             // (counted on the shared source connection) is let go here, so
             // the writer never believes it holds a lock it does not.
             if let Err(release) = lane.writer.release_pair_lock(&self.source).await {
-                debug!(error = %capture::error_chain(&release), "letting the pair lock go after a failed commit failed; it ends with the session");
+                debug!(error = %runtime::error_chain(&release), "letting the pair lock go after a failed commit failed; it ends with the session");
             }
             self.spare = Some(lane);
             return Err(error);
@@ -1203,7 +1203,7 @@ impl Session<'_> {
                     info!(topic = %self.topic, first_missing = missing.0, received = offset, fetch_from = from, "offsets missing before a message; fetching them again");
                 } else if slow {
                     let wait = self.shared.config.apply.offset_gap_wait;
-                    warn!(topic = %self.topic, first_missing = missing.0, received = offset, open_s = capture::continuity::SLOW_GAP.as_secs(), wait_s = wait.as_secs(), "offsets still missing; waiting for them up to apply.offset_gap_wait");
+                    warn!(topic = %self.topic, first_missing = missing.0, received = offset, open_s = runtime::continuity::SLOW_GAP.as_secs(), wait_s = wait.as_secs(), "offsets still missing; waiting for them up to apply.offset_gap_wait");
                 } else {
                     debug!(topic = %self.topic, first_missing = missing.0, received = offset, attempt, "offsets still missing; fetching them again");
                 }
@@ -1221,10 +1221,7 @@ impl Session<'_> {
                     waited_s = waited.as_secs(),
                     "offsets never became readable; continuing without them (check the producers and the topic's cleanup policy)"
                 );
-                capture::telemetry::metrics::apply_error(
-                    crate::monitor::direction(self.from),
-                    "offset_gap",
-                );
+                crate::metrics::error(crate::monitor::direction(self.from), "offset_gap");
                 Ok(true)
             }
             Next::Missing { missing } => {
@@ -1487,7 +1484,7 @@ impl Session<'_> {
                 Err(error) if error.is_retryable() => return Err(error),
                 Err(error) if self.writer.pipelining() && error.replans() => return Err(error),
                 Err(error) => {
-                    let reason = capture::error_chain(&error);
+                    let reason = runtime::error_chain(&error);
                     self.recover(&error, &reason).await?;
                     // A successful re-application staged everything again.
                     let failed = self.open.as_ref().is_none_or(|o| o.failed.is_some());
@@ -1496,7 +1493,7 @@ impl Session<'_> {
                             if error.is_retryable() {
                                 return Err(error);
                             }
-                            self.fail(&capture::error_chain(&error)).await?;
+                            self.fail(&runtime::error_chain(&error)).await?;
                         }
                     }
                 }
@@ -1692,7 +1689,7 @@ fn rejection(event: &ChangeEvent, error: &ApplyError) -> String {
         "{}.{}: {}",
         event.schema,
         event.table,
-        capture::error_chain(error)
+        runtime::error_chain(error)
     )
 }
 

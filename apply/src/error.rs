@@ -38,9 +38,9 @@ pub enum ApplyError {
     #[error("event schema")]
     Schema(#[source] schemas::Error),
 
-    /// A shared Kafka or Postgres helper of the capture crate failed.
+    /// The shared Kafka plumbing (topics, producer) failed.
     #[error(transparent)]
-    Shared(#[from] capture::CaptureError),
+    Runtime(#[from] runtime::RuntimeError),
 
     /// A source transaction could not be applied for a reason retrying cannot fix.
     #[error("{0}")]
@@ -64,9 +64,9 @@ impl ApplyError {
         match self {
             ApplyError::Config(_) | ApplyError::Mapping(_) | ApplyError::Schema(_) => false,
             ApplyError::Rejected(_) | ApplyError::Incomplete(_) => false,
-            ApplyError::Postgres { source, .. } => postgres_is_transient(source),
+            ApplyError::Postgres { source, .. } => pg::sqlstate::is_transient(source),
             ApplyError::Kafka { .. } | ApplyError::Replan(_) => true,
-            ApplyError::Shared(error) => error.is_retryable(),
+            ApplyError::Runtime(error) => error.is_retryable(),
         }
     }
 
@@ -80,7 +80,7 @@ impl ApplyError {
             ApplyError::Rejected(_) => "rejected",
             ApplyError::Incomplete(_) => "incomplete",
             ApplyError::Replan(_) => "replan",
-            ApplyError::Shared(error) => error.kind(),
+            ApplyError::Runtime(error) => error.kind(),
         }
     }
 
@@ -111,7 +111,7 @@ impl ApplyError {
     pub fn replans(&self) -> bool {
         match self {
             ApplyError::Replan(_) => true,
-            ApplyError::Postgres { source, .. } => !postgres_is_transient(source),
+            ApplyError::Postgres { source, .. } => !pg::sqlstate::is_transient(source),
             _ => false,
         }
     }
@@ -121,23 +121,6 @@ impl ApplyError {
         match self {
             ApplyError::Postgres { source, .. } => source.code().map(|c| c.code()),
             _ => None,
-        }
-    }
-}
-
-/// Connection loss, shutdown, serialization failures and deadlocks are
-/// transient; a statement the server rejected for its content is not.
-pub fn postgres_is_transient(error: &tokio_postgres::Error) -> bool {
-    match error.code() {
-        None => true,
-        Some(state) => {
-            let code = state.code();
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code == "40001"
-                || code == "40P01"
-                || code == "55P03" // lock_not_available
         }
     }
 }

@@ -78,7 +78,7 @@ fn hash(key: Key<'_>) -> u64 {
 }
 
 fn text(value: &Value) -> String {
-    capture::pgtype::to_text(value).unwrap_or_default()
+    pg::value::to_text(value).unwrap_or_default()
 }
 
 /// What an event of `entity` (`op`, source key `key`, mapped to `row` for

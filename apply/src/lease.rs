@@ -90,7 +90,7 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
                 }
             }
             Err(error) if error.is_retryable() => {
-                let description = capture::error_chain(&error);
+                let description = runtime::error_chain(&error);
                 if failing.as_deref() != Some(description.as_str()) {
                     warn!(kind = error.kind(), error = %description, "cannot take the single-writer lock yet; retrying");
                     failing = Some(description);

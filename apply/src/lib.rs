@@ -16,6 +16,7 @@
 //! - [`lease`]: one writer per pair of databases (a session advisory lock).
 //! - [`stats`]: counters of what apply did.
 //! - [`monitor`]: lags, metrics and health watched from outside; `apply status`.
+//! - [`metrics`], [`status`]: apply's metric names and its part of the status report.
 //! - [`verify`]: compares the two databases under the mapping.
 //! - [`replay`]: the topics again from a point (`apply replay`).
 
@@ -29,16 +30,18 @@ pub mod error;
 pub mod footprint;
 pub mod lease;
 pub mod mapping;
+pub mod metrics;
 pub mod monitor;
 pub mod replay;
 pub mod stats;
+pub mod status;
 pub mod verify;
 pub mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
+use runtime::supervise::Retries;
 use schemas::codec::Codec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -101,7 +104,8 @@ async fn run_directions(
     let topics = config.topics(&mapping)?;
     let codec = Codec::new().map_err(ApplyError::Schema)?;
     let dead_letters = deadletter::DeadLetters::new(&config.kafka)?;
-    let health = capture::telemetry::start(&config.telemetry, "apply", &shutdown).await;
+    let health =
+        runtime::telemetry::start(&config.telemetry, "apply", metrics::CATALOG, &shutdown).await;
     monitor::register(&health);
     let watcher = tokio::spawn(monitor::watch(
         config.clone(),
@@ -166,13 +170,11 @@ async fn supervise(
     shared: &direction::Shared,
     from: Side,
     stats: Arc<Stats>,
-    health: &capture::telemetry::Health,
+    health: &runtime::telemetry::Health,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let component = monitor::direction(from);
-    let backoff_builder = capture::reconnect_backoff(shared.config.apply.max_backoff);
-    let mut backoff = backoff_builder.build();
-    let mut failing: Option<String> = None;
+    let mut retries = Retries::new(shared.config.apply.max_backoff);
     loop {
         let started = Instant::now();
         let outcome = async {
@@ -185,25 +187,19 @@ async fn supervise(
         match outcome {
             Ok(_) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
-                let description = capture::error_chain(&error);
-                capture::telemetry::metrics::apply_error(component, error.kind());
+                let description = runtime::error_chain(&error);
+                metrics::error(component, error.kind());
                 health.failed(component, &description);
-                if failing.as_deref() != Some(description.as_str()) {
+                if retries.failed(description.clone(), started.elapsed(), true) {
                     warn!(from = from.as_str(), kind = error.kind(), error = %description, "apply interrupted; retrying with backoff");
-                    failing = Some(description);
                 }
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = backoff_builder.build();
-                }
-                let delay = backoff.next().unwrap_or(shared.config.apply.max_backoff);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Ok(()),
+                if !retries.pause(shutdown).await {
+                    return Ok(());
                 }
             }
             Err(error) => {
-                capture::telemetry::metrics::apply_error(component, error.kind());
-                health.failed(component, &capture::error_chain(&error));
+                metrics::error(component, error.kind());
+                health.failed(component, &runtime::error_chain(&error));
                 return Err(error);
             }
         }
@@ -221,7 +217,7 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
         for from in [Side::Legacy, Side::Platform] {
             let s = counters.of(from).snapshot();
             let lag_ms = if s.last_commit_micros > 0 {
-                (now_micros() - s.last_commit_micros) / 1000
+                (pg::time::now_micros() - s.last_commit_micros) / 1000
             } else {
                 0
             };
@@ -243,11 +239,4 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
             );
         }
     }
-}
-
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     let telemetry = apply::Config::load(args.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
-    let _traces = capture::telemetry::init_with_traces(
+    let _traces = runtime::telemetry::init_with_traces(
         args.log_format.as_deref(),
         telemetry.as_ref(),
         "apply",
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {
-        tokio::spawn(capture::telemetry::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(runtime::telemetry::cancel_on_signal(shutdown.clone()));
         let config = apply::Config::load(args.config.as_deref())?;
         match args.command.unwrap_or(Command::Run) {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
                 } else {
                     print!("{report}");
                 }
-                Ok(report.verified != Some(false))
+                Ok(report.detail.verified != Some(false))
             }
             Command::Replay { from, to_side } => {
                 let from = apply::replay::ReplayFrom::parse(&from)?;
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            let text = capture::error_chain(&error);
+            let text = runtime::error_chain(&error);
             error!(kind = error.kind(), error = %text, "apply stopped");
             eprintln!("apply: {text}");
             if matches!(

@@ -11,18 +11,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capture::telemetry::health::Progress;
-use capture::telemetry::metrics::{self as names, label};
-use capture::telemetry::status::{
-    self, end_to_end_lag, DirectionReport, PartitionLag, SlotReport, StatusReport,
-};
-use capture::telemetry::Health;
+use runtime::telemetry::health::Progress;
+use runtime::telemetry::metrics::label;
+use runtime::telemetry::status::{self, end_to_end_lag, PartitionLag, SlotReport};
+use runtime::telemetry::Health;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::mapping::{Mapping, Side};
+use crate::metrics as names;
 use crate::stats::Stats;
+use crate::status::{ApplyStatus, DirectionReport, StatusReport};
 use crate::Counters;
 
 /// Health component names of apply besides the directions.
@@ -64,7 +64,7 @@ pub fn batch_committed(
         return;
     }
     let latency = metrics::histogram!(names::APPLY_COMMIT_LATENCY, label::DIRECTION => label);
-    let now = crate::now_micros();
+    let now = pg::time::now_micros();
     for commit_micros in source_commits_micros {
         latency.record(((now - commit_micros).max(0) as f64) / 1_000_000.0);
     }
@@ -113,7 +113,7 @@ pub async fn watch(
     health.component(BROKER);
     health.component(database(Side::Legacy));
     health.component(database(Side::Platform));
-    let kafka = config.kafka.as_capture();
+    let kafka = config.kafka.as_client();
     let mut clients: HashMap<Side, Client> = HashMap::new();
     let mut counters_tick = tokio::time::interval(Duration::from_secs(1));
     let mut sample_tick = tokio::time::interval(
@@ -179,7 +179,7 @@ fn publish_counters(from: Side, stats: &Stats) {
 /// Takes one lag sample of a direction: gauges, `/status` figures, progress.
 fn observe(w: &mut Watched, lags: &[PartitionLag], health: &Health) {
     let label = direction(w.from);
-    let now = crate::now_micros();
+    let now = pg::time::now_micros();
     let total: i64 = lags.iter().map(|l| l.lag).sum();
     for lag in lags {
         metrics::gauge!(
@@ -244,7 +244,7 @@ async fn connect(config: &Config, side: Side) -> Result<Client, String> {
     tokio::time::timeout(Duration::from_secs(10), config.connect(side))
         .await
         .map_err(|_| "cannot connect: no answer within 10s".to_owned())?
-        .map_err(|e| format!("cannot connect: {}", capture::error_chain(&e)))
+        .map_err(|e| format!("cannot connect: {}", runtime::error_chain(&e)))
 }
 
 /// `user@host:port/dbname` of `side`'s database, never a password.
@@ -270,10 +270,10 @@ fn display_database(config: &Config, side: Side) -> String {
 /// `verify` also compares the two databases (as `apply check`).
 pub async fn status(config: &Config, address: Option<String>, verify: bool) -> StatusReport {
     let address =
-        address.or_else(|| capture::telemetry::http::local_address(&config.telemetry.listen));
+        address.or_else(|| runtime::telemetry::http::local_address(&config.telemetry.listen));
     let running = status::running(address).await;
     let mapping = Mapping::load_dir(&config.apply.mapping_dir).ok();
-    let kafka = config.kafka.as_capture();
+    let kafka = config.kafka.as_client();
     let mut slots = Vec::new();
     let mut directions = Vec::new();
     let mut in_step = true;
@@ -327,7 +327,7 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
     let (verified, verify_report) = if verify {
         match crate::check(config).await {
             Ok(report) => (Some(report.corresponds()), Some(report.to_string())),
-            Err(error) => (Some(false), Some(capture::error_chain(&error))),
+            Err(error) => (Some(false), Some(runtime::error_chain(&error))),
         }
     } else {
         (None, None)
@@ -336,10 +336,12 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
         service: "apply".to_owned(),
         running,
         slots,
-        directions,
-        in_step: Some(in_step && verified != Some(false)),
-        verified,
-        verify_report,
+        detail: ApplyStatus {
+            directions,
+            in_step: Some(in_step && verified != Some(false)),
+            verified,
+            verify_report,
+        },
     }
 }
 

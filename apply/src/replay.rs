@@ -139,8 +139,8 @@ async fn replay_into(
     let config = &shared.config;
     let source_name = shared.mapping.side(from).source.clone();
     let topic = config.topic(from, &source_name);
-    let kafka = config.kafka.as_capture();
-    capture::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
+    let kafka = config.kafka.as_client();
+    runtime::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
     let (low, high) = watermarks(config, &topic).await?;
     let (start, from_micros) = match start_at {
         ReplayFrom::Earliest => (low, None),

@@ -91,7 +91,7 @@ pub struct Snapshot {
     /// read again from the topic after the transaction.
     pub snapshot_rereads: u64,
     /// Gaps in the offsets received (a broker showed a later batch before
-    /// an earlier one), fetched again (see `capture::continuity`).
+    /// an earlier one), fetched again (see `runtime::continuity`).
     pub gaps_fetched: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
@@ -151,7 +151,7 @@ impl Stats {
     pub fn absorb(&self, writer: &Stats) {
         self.committed.take_from(&writer.pending);
         self.committed_at_micros
-            .fetch_max(crate::now_micros(), Ordering::Relaxed);
+            .fetch_max(pg::time::now_micros(), Ordering::Relaxed);
     }
 
     /// The open target transaction rolled back, or was lost with its

@@ -125,7 +125,7 @@ async fn read_table(
             let text: Option<String> = row.get(index);
             let value = match text {
                 None => Value::Null,
-                Some(text) => capture::pgtype::parse_text(*oid, &text).unwrap_or(Value::Text(text)),
+                Some(text) => pg::value::parse_text(*oid, &text).unwrap_or(Value::Text(text)),
             };
             columns.push(Column {
                 name: name.clone(),
@@ -168,7 +168,7 @@ async fn read_id_map(
 fn key_text(row: &[Column], column: &str) -> String {
     row.iter()
         .find(|c| c.name == column)
-        .and_then(|c| capture::pgtype::to_text(&c.value))
+        .and_then(|c| pg::value::to_text(&c.value))
         .unwrap_or_default()
 }
 
@@ -300,7 +300,7 @@ async fn lookup_name(
         quote_table(&lookup.table.schema, &lookup.table.table),
         quote(&lookup.key)
     );
-    let key = capture::pgtype::to_text(key).unwrap_or_default();
+    let key = pg::value::to_text(key).unwrap_or_default();
     let row = legacy
         .query_opt(&sql, &[&key])
         .await

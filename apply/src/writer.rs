@@ -125,7 +125,7 @@ impl Rendered {
                     .iter()
                     .map(|column| match row.row.get(column) {
                         Some(TargetValue::Value(v)) | Some(TargetValue::KeepExistingOr(v)) => {
-                            capture::pgtype::to_text(v)
+                            pg::value::to_text(v)
                         }
                         _ => None,
                     })
@@ -768,7 +768,7 @@ impl Writer {
                 )))
             }
         };
-        let key_text = capture::pgtype::to_text(&source_key).unwrap_or_default();
+        let key_text = pg::value::to_text(&source_key).unwrap_or_default();
         let continues = self.run.as_ref().is_some_and(|run| {
             run.entity == index
                 && run.kind == kind
@@ -1253,7 +1253,7 @@ impl Writer {
                 continue;
             };
             written_rows.push(row_index);
-            key_texts.push(capture::pgtype::to_text(target_key));
+            key_texts.push(pg::value::to_text(target_key));
             source_xids.push(rows[row_index].source_xid.to_string());
             for (texts, value) in column_texts.iter_mut().zip(values) {
                 texts.push(value);
@@ -1371,10 +1371,7 @@ impl Writer {
                 Some(Value::Uuid(_)) => "uuid",
                 _ => "int8",
             };
-            let texts: Vec<String> = parent_keys
-                .iter()
-                .filter_map(capture::pgtype::to_text)
-                .collect();
+            let texts: Vec<String> = parent_keys.iter().filter_map(pg::value::to_text).collect();
             let from = self.from;
             let children: Vec<(usize, Entity, String)> = self
                 .mapping
@@ -1481,7 +1478,7 @@ impl Writer {
                 let text: Option<String> = row.get(position + 2);
                 let value = match text {
                     None => Value::Null,
-                    Some(text) => capture::pgtype::parse_text(*oid, &text)
+                    Some(text) => pg::value::parse_text(*oid, &text)
                         .map_err(|e| ApplyError::Rejected(format!("{qualified}.{name}: {e}")))?,
                 };
                 columns.push(schemas::event::Column {
@@ -1540,8 +1537,8 @@ impl Writer {
             _ => "int8",
         };
         for row in rows {
-            outbox_keys.push(capture::pgtype::to_text(&row.source_key));
-            outbox_times.push(capture::pgtype::to_text(&Value::TimestampTz(row.delete_at)));
+            outbox_keys.push(pg::value::to_text(&row.source_key));
+            outbox_times.push(pg::value::to_text(&Value::TimestampTz(row.delete_at)));
         }
         target
             .execute(
@@ -1557,8 +1554,8 @@ impl Writer {
             // A row that never crossed has nothing to delete on this side,
             // but gets a tombstone under the id it would get.
             if let Some(key) = key {
-                key_texts.push(capture::pgtype::to_text(key));
-                times.push(capture::pgtype::to_text(&Value::TimestampTz(row.delete_at)));
+                key_texts.push(pg::value::to_text(key));
+                times.push(pg::value::to_text(&Value::TimestampTz(row.delete_at)));
             }
         }
         if key_texts.is_empty() {
@@ -1646,10 +1643,7 @@ impl Writer {
                 .await?;
             for (id, target_id) in ids.iter().zip(resolved) {
                 reference_ids.insert(
-                    (
-                        parent.clone(),
-                        capture::pgtype::to_text(id).unwrap_or_default(),
-                    ),
+                    (parent.clone(), pg::value::to_text(id).unwrap_or_default()),
                     target_id,
                 );
             }
@@ -1674,12 +1668,9 @@ impl Writer {
                         if *id == Value::Null {
                             None
                         } else {
-                            let key = (
-                                parent.clone(),
-                                capture::pgtype::to_text(id).unwrap_or_default(),
-                            );
+                            let key = (parent.clone(), pg::value::to_text(id).unwrap_or_default());
                             match reference_ids.get(&key).cloned().flatten() {
-                                Some(target_id) => capture::pgtype::to_text(&target_id),
+                                Some(target_id) => pg::value::to_text(&target_id),
                                 None => {
                                     out.push(None);
                                     continue 'rows;
@@ -1694,7 +1685,7 @@ impl Writer {
                             let k = (
                                 self.entity_index(entity),
                                 *field,
-                                capture::pgtype::to_text(key).unwrap_or_default(),
+                                pg::value::to_text(key).unwrap_or_default(),
                             );
                             self.lookups.get(&k).cloned().flatten()
                         }
@@ -1706,7 +1697,7 @@ impl Writer {
                             let k = (
                                 self.entity_index(entity),
                                 usize::MAX - *field,
-                                capture::pgtype::to_text(value).unwrap_or_default(),
+                                pg::value::to_text(value).unwrap_or_default(),
                             );
                             self.lookups.get(&k).cloned().flatten()
                         }
@@ -1751,7 +1742,7 @@ impl Writer {
         let e = self.entity_index(entity);
         let missing: Vec<String> = keys
             .iter()
-            .filter_map(capture::pgtype::to_text)
+            .filter_map(pg::value::to_text)
             .filter(|k| !self.lookups.contains_key(&(e, field, k.clone())))
             .collect();
         if missing.is_empty() {
@@ -1799,7 +1790,7 @@ impl Writer {
     ) -> Result<()> {
         let lookup = Self::lookup_of(entity, field)?;
         let e = self.entity_index(entity);
-        let texts: Vec<String> = values.iter().filter_map(capture::pgtype::to_text).collect();
+        let texts: Vec<String> = values.iter().filter_map(pg::value::to_text).collect();
         let table = quote_table(&lookup.table.schema, &lookup.table.table);
         if lookup.create_missing {
             let mut columns = vec![quote(&lookup.value)];
@@ -1898,8 +1889,7 @@ impl Writer {
                 .read_map(client, side, entity, still.iter().map(|i| keys[*i]))
                 .await?;
             for i in still {
-                if let Some(id) = found.get(&capture::pgtype::to_text(keys[i]).unwrap_or_default())
-                {
+                if let Some(id) = found.get(&pg::value::to_text(keys[i]).unwrap_or_default()) {
                     out[i] = Some(id.clone());
                     self.learn(index, keys[i], id);
                 }
@@ -1980,7 +1970,7 @@ impl Writer {
                     else {
                         continue;
                     };
-                    let incoming = capture::pgtype::to_text(keys[*i]).unwrap_or_default();
+                    let incoming = pg::value::to_text(keys[*i]).unwrap_or_default();
                     let other = in_target.clone().or_else(|| paired.get(&found).cloned());
                     match other {
                         Some(other) if other != incoming => {
@@ -2206,7 +2196,7 @@ impl Writer {
         }
         let (in_target, matches, in_source) = (in_target?, matches?, in_source?);
         for i in unknown {
-            let text = capture::pgtype::to_text(keys[i]).unwrap_or_default();
+            let text = pg::value::to_text(keys[i]).unwrap_or_default();
             if let Some(id) = in_target.get(&text).or_else(|| in_source.get(&text)) {
                 out[i] = Some(id.clone());
                 self.learn(index, keys[i], id);
@@ -2462,7 +2452,7 @@ impl Writer {
             let derived = self.allocate(target, entity, keys, &unknown).await?;
             let texts: Vec<String> = derived
                 .iter()
-                .map(|id| capture::pgtype::to_text(id).unwrap_or_default())
+                .map(|id| pg::value::to_text(id).unwrap_or_default())
                 .collect();
             let asked: Vec<&String> = texts.iter().collect();
             let taken = read_pairs(
@@ -2598,7 +2588,7 @@ impl Writer {
         entity: &Entity,
         keys: impl Iterator<Item = &Value>,
     ) -> Result<HashMap<String, Value>> {
-        let texts: Vec<String> = keys.filter_map(capture::pgtype::to_text).collect();
+        let texts: Vec<String> = keys.filter_map(pg::value::to_text).collect();
         let texts: Vec<&String> = texts.iter().collect();
         read_pairs(
             client,

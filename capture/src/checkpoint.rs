@@ -9,46 +9,20 @@
 //! is delivered.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// A position in the write-ahead log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
+use pg::Lsn;
 
-impl Lsn {
-    pub const ZERO: Lsn = Lsn(0);
-
-    /// Parses Postgres's `XXXXXXXX/XXXXXXXX` form.
-    pub fn parse(text: &str) -> Option<Lsn> {
-        let (high, low) = text.split_once('/')?;
-        let high = u64::from_str_radix(high, 16).ok()?;
-        let low = u64::from_str_radix(low, 16).ok()?;
-        if high > u64::from(u32::MAX) || low > u64::from(u32::MAX) {
-            return None;
-        }
-        Some(Lsn((high << 32) | low))
-    }
+/// The replication client's LSN as ours.
+pub fn from_wire(lsn: pgwire_replication::Lsn) -> Lsn {
+    Lsn(lsn.as_u64())
 }
 
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-impl From<pgwire_replication::Lsn> for Lsn {
-    fn from(lsn: pgwire_replication::Lsn) -> Self {
-        Lsn(lsn.as_u64())
-    }
-}
-
-impl From<Lsn> for pgwire_replication::Lsn {
-    fn from(lsn: Lsn) -> Self {
-        pgwire_replication::Lsn::from_u64(lsn.0)
-    }
+/// Our LSN as the replication client's.
+pub fn to_wire(lsn: Lsn) -> pgwire_replication::Lsn {
+    pgwire_replication::Lsn::from_u64(lsn.0)
 }
 
 /// The position acknowledged to the slot: everything before it is in Kafka.
@@ -209,16 +183,6 @@ mod tests {
         let flatten: fn(_) -> _ =
             |r: Result<Result<(), &'static str>, oneshot::Canceled>| r.unwrap_or(Err("canceled"));
         (tx, rx.map(flatten))
-    }
-
-    #[test]
-    fn lsn_parses_and_prints_postgres_form() {
-        let lsn = Lsn::parse("16/B374D848").unwrap();
-        assert_eq!(lsn.0, 0x16_B374_D848);
-        assert_eq!(lsn.to_string(), "16/B374D848");
-        assert_eq!(Lsn::parse("nonsense"), None);
-        assert_eq!(Lsn::parse("1/"), None);
-        assert_eq!(Lsn::parse("100000000/0"), None);
     }
 
     #[test]

@@ -1,116 +1,21 @@
-//! Configuration: a TOML file, then environment overrides.
-//!
-//! Every key of the file can be overridden by an environment variable named
-//! `SYNC_BRIDGE_` followed by the key path in capitals with `__` between
-//! levels, e.g. `SYNC_BRIDGE_SOURCE__URL` or `SYNC_BRIDGE_KAFKA__BROKERS`.
-//! Secrets belong in the environment (`SYNC_BRIDGE_SOURCE__PASSWORD`) or in a
-//! file (`source.password_file`), never in the TOML file; they are never
-//! logged: [`Secret`] prints as `***`.
+//! Capture's configuration: the `[source]`, `[capture]`, `[polling]` and
+//! `[snapshot]` sections, with `[kafka]` and `[telemetry]` as both services
+//! read them. Layering (file, then `SYNC_BRIDGE_*` environment) and secrets
+//! are [`runtime::config`]'s.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
+use pg::ident::TableName;
+use runtime::config::{layers, read_secret_file, KafkaConfig, Secret};
+use runtime::tls::{PgTls, SslMode};
 use serde::Deserialize;
 
 use crate::error::{CaptureError, Result};
-use crate::tls::{PgTls, SslMode};
-
-/// The environment prefix for overrides.
-pub const ENV_PREFIX: &str = "SYNC_BRIDGE_";
-
-/// A value that must never appear in logs.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// `url` with any password replaced by `***`, for printing. A text that does
-/// not look like a URL is shown only up to its first space.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
-        };
-        if let Some((userinfo, host)) = authority.rsplit_once('@') {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let path = redact_query_password(path);
-            if userinfo.contains(':') {
-                return format!("{scheme}://{user}:***@{host}{path}");
-            }
-            return format!("{scheme}://{user}@{host}{path}");
-        }
-        return format!("{scheme}://{authority}{}", redact_query_password(path));
-    }
-    // key=value form: drop the password pair.
-    url.split_whitespace()
-        .map(|pair| {
-            if pair.to_ascii_lowercase().starts_with("password=") {
-                "password=***"
-            } else {
-                pair
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn redact_query_password(path: &str) -> String {
-    let Some((before, query)) = path.split_once('?') else {
-        return path.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            if pair.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect();
-    format!("{before}?{}", query.join("&"))
-}
-
-/// The configuration sources every service reads, in order: the TOML file at
-/// `path` (if given), then `SYNC_BRIDGE_<SECTION>__<KEY>` environment
-/// variables. Other `SYNC_BRIDGE_*` variables (`SYNC_BRIDGE_CONFIG`, the test
-/// stack's settings) are not configuration and are ignored. The error is a
-/// message for the operator.
-pub fn layers(path: Option<&Path>) -> std::result::Result<Figment, String> {
-    let mut figment = Figment::new();
-    if let Some(path) = path {
-        if !path.exists() {
-            return Err(format!("config file {} does not exist", path.display()));
-        }
-        figment = figment.merge(Toml::file(path));
-    }
-    Ok(figment.merge(
-        Env::prefixed(ENV_PREFIX)
-            .filter(|key| key.as_str().contains("__"))
-            .split("__"),
-    ))
-}
 
 /// The whole capture configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,12 +26,12 @@ pub struct Config {
     #[serde(default)]
     pub capture: CaptureConfig,
     #[serde(default)]
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: runtime::telemetry::TelemetryConfig,
     /// The polling fallback's settings, read when `capture.mode = "polling"`.
     #[serde(default)]
     pub polling: PollingConfig,
     #[serde(default)]
-    pub snapshot: crate::snapshot::SnapshotConfig,
+    pub snapshot: SnapshotConfig,
 }
 
 /// The source database and what to read from it.
@@ -147,7 +52,7 @@ pub struct SourceConfig {
     pub password_file: Option<PathBuf>,
     /// libpq's `sslmode` for both the query and the replication connection:
     /// `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (see
-    /// [`crate::tls`]). Default: the URL's `sslmode`, else `prefer`.
+    /// [`runtime::tls`]). Default: the URL's `sslmode`, else `prefer`.
     #[serde(default)]
     pub sslmode: Option<SslMode>,
     /// The CA certificate (PEM) the server's certificate must chain to;
@@ -164,67 +69,6 @@ pub struct SourceConfig {
     /// Replication slot name; default `syncbridge_<name>`.
     #[serde(default)]
     pub slot: Option<String>,
-}
-
-/// Where events go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
-    /// The topic prefix; the topic is `<topic_prefix>.<source.name>.changes`.
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    /// The full topic name, overriding the prefix rule.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Create the topic (one partition) when it does not exist.
-    #[serde(default = "default_true")]
-    pub create_topic: bool,
-    /// Replication factor for a topic capture creates.
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
-    /// `sasl.username`, `ssl.ca.location`, ...). Values given here win over
-    /// capture's defaults except the ones that guarantee delivery
-    /// (`enable.idempotence`, `acks`).
-    #[serde(default)]
-    pub properties: BTreeMap<String, Secret>,
-    /// The SASL password (`sasl.password`), best set through
-    /// `SYNC_BRIDGE_KAFKA__SASL_PASSWORD` (an environment variable cannot
-    /// name a dotted property).
-    #[serde(default)]
-    pub sasl_password: Option<Secret>,
-    /// A file whose first line is the SASL password (a mounted secret).
-    #[serde(default)]
-    pub sasl_password_file: Option<PathBuf>,
-}
-
-impl KafkaConfig {
-    /// Moves `sasl_password` / `sasl_password_file` into
-    /// `properties["sasl.password"]`, where every client picks it up.
-    pub fn resolve_secrets(&mut self) -> std::result::Result<(), String> {
-        let password = match (&self.sasl_password, &self.sasl_password_file) {
-            (Some(password), _) => Some(password.clone()),
-            (None, Some(path)) => Some(read_secret_file(path).map_err(|e| {
-                format!(
-                    "cannot read kafka.sasl_password_file {}: {e}",
-                    path.display()
-                )
-            })?),
-            (None, None) => None,
-        };
-        if let Some(password) = password {
-            self.properties.insert("sasl.password".to_owned(), password);
-        }
-        Ok(())
-    }
-}
-
-/// The first line of a secret file (a mounted Kubernetes secret).
-pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(Secret::new(text.lines().next().unwrap_or_default()))
 }
 
 /// How capture behaves.
@@ -343,15 +187,6 @@ fn default_updated_at_column() -> String {
     "updated_at".to_owned()
 }
 
-fn default_topic_prefix() -> String {
-    "syncbridge".to_owned()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_replication_factor() -> i32 {
-    1
-}
 fn default_marker_prefix() -> String {
     "syncbridge.apply".to_owned()
 }
@@ -443,7 +278,7 @@ impl Config {
             )));
         }
         for identifier in [self.slot_name(), self.publication_name()] {
-            if !is_plain_identifier(&identifier) || identifier.len() > 63 {
+            if !pg::ident::is_plain(&identifier) || identifier.len() > 63 {
                 return Err(CaptureError::Config(format!(
                     "slot and publication names must be lower-case letters, digits and '_', at most 63 characters (got {identifier:?})"
                 )));
@@ -497,7 +332,7 @@ impl Config {
         self.source
             .tables
             .iter()
-            .map(|t| TableName::parse(t))
+            .map(|t| TableName::parse(t).map_err(CaptureError::from))
             .collect()
     }
 
@@ -551,13 +386,12 @@ impl Config {
             return Ok(password.clone());
         }
         if let Some(path) = &self.source.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            return read_secret_file(path).map_err(|e| {
                 CaptureError::Config(format!(
                     "cannot read source.password_file {}: {e}",
                     path.display()
                 ))
-            })?;
-            return Ok(Secret::new(text.lines().next().unwrap_or_default()));
+            });
         }
         Ok(Secret::new(
             pg.get_password()
@@ -567,53 +401,34 @@ impl Config {
     }
 }
 
-/// A `schema.table` name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub table: String,
+/// Settings of `capture snapshot` (`[snapshot]` in the capture config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Rows per page: one page is one read transaction and one
+    /// pseudo-transaction on the topic; bounds memory.
+    #[serde(default = "default_snapshot_page_size")]
+    pub page_size: usize,
+    /// How often a progress line is logged when stderr is not a terminal.
+    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    pub progress_interval: Duration,
 }
 
-impl TableName {
-    pub fn parse(text: &str) -> Result<TableName> {
-        let (schema, table) = match text.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => ("public", text),
-        };
-        if schema.is_empty() || table.is_empty() || table.contains('.') {
-            return Err(CaptureError::Config(format!(
-                "table {text:?} is not of the form schema.table"
-            )));
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            page_size: default_snapshot_page_size(),
+            progress_interval: default_progress_interval(),
         }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-        })
-    }
-
-    /// The name quoted for SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 }
 
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
+fn default_snapshot_page_size() -> usize {
+    5_000
 }
 
-/// Quotes an SQL identifier.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-fn is_plain_identifier(ident: &str) -> bool {
-    !ident.is_empty()
-        && ident
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !ident.starts_with(|c: char| c.is_ascii_digit())
+fn default_progress_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[cfg(test)]
@@ -674,29 +489,13 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://capture:hunter2@db:5432/legacy?sslmode=require&password=x"),
-            "postgres://capture:***@db:5432/legacy?sslmode=require&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://capture@db/legacy"),
-            "postgres://capture@db/legacy"
-        );
-        assert_eq!(
-            redact_url("host=db user=capture password=hunter2"),
-            "host=db user=capture password=***"
-        );
-    }
-
-    #[test]
     fn telemetry_defaults_and_overrides() {
         let config = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(config.telemetry.listen, "0.0.0.0:9090");
         assert_eq!(config.telemetry.dogstatsd, None);
         let text = format!("{MINIMAL}\n[telemetry]\nlisten = \"off\"\ndogstatsd = \"127.0.0.1:8125\"\nsample_interval = \"1s\"\n");
         let config = Config::from_toml(&text).unwrap();
-        assert!(crate::telemetry::disabled(&config.telemetry.listen));
+        assert!(runtime::telemetry::disabled(&config.telemetry.listen));
         assert_eq!(
             config.telemetry.dogstatsd.as_deref(),
             Some("127.0.0.1:8125")
@@ -725,5 +524,68 @@ mod tests {
         let text = format!("{MINIMAL}\n[capture]\nheartbeat_interval = \"2s\"\n");
         let config = Config::from_toml(&text).unwrap();
         assert_eq!(config.capture.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    const SECURED: &str = r#"
+        [source]
+        name = "legacy"
+        url = "postgres://capture@db:5432/legacy"
+        [kafka]
+        brokers = "broker-1:9093,broker-2:9093"
+        sasl_password = "kafka-Secret-42"
+        [kafka.properties]
+        "security.protocol" = "SASL_SSL"
+        "sasl.mechanism" = "SCRAM-SHA-512"
+        "sasl.username" = "syncbridge"
+        "ssl.ca.location" = "/etc/sync-bridge/ca/kafka-ca.crt"
+    "#;
+
+    fn assert_secured(client: &rdkafka::ClientConfig) {
+        assert_eq!(
+            client.get("bootstrap.servers"),
+            Some("broker-1:9093,broker-2:9093")
+        );
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("syncbridge"));
+        assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
+        assert_eq!(
+            client.get("ssl.ca.location"),
+            Some("/etc/sync-bridge/ca/kafka-ca.crt")
+        );
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_every_client_and_the_password_stays_redacted() {
+        let config = Config::from_toml(SECURED).unwrap();
+        assert_secured(&runtime::kafka::client_config(&config.kafka));
+        assert!(!format!("{config:?}").contains("kafka-Secret-42"));
+        assert!(!format!("{:?}", config.kafka).contains("kafka-Secret-42"));
+        // rdkafka's own Debug leaves sensitive keys out, too.
+        assert!(
+            !format!("{:?}", runtime::kafka::client_config(&config.kafka))
+                .contains("kafka-Secret-42")
+        );
+    }
+
+    #[test]
+    fn the_sasl_password_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("syncbridge-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sasl-password");
+        std::fs::write(&file, "kafka-Secret-42\n").unwrap();
+        let text = SECURED.replace(
+            "sasl_password = \"kafka-Secret-42\"",
+            &format!("sasl_password_file = {:?}", file.display().to_string()),
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_secured(&runtime::kafka::client_config(&config.kafka));
+        let missing = SECURED.replace(
+            "sasl_password = \"kafka-Secret-42\"",
+            "sasl_password_file = \"/nonexistent/sasl-password\"",
+        );
+        let error = Config::from_toml(&missing).unwrap_err().to_string();
+        assert!(error.contains("kafka.sasl_password_file"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -39,14 +39,18 @@ pub enum CaptureError {
     /// bytes again, so this is definite.
     #[error("undecodable pgoutput message at wal position {lsn}")]
     Decode {
-        lsn: crate::checkpoint::Lsn,
+        lsn: pg::Lsn,
         #[source]
-        source: crate::pgoutput::DecodeError,
+        source: pg::pgoutput::DecodeError,
     },
 
     /// The stream referred to a relation that no Relation message described.
     #[error("pgoutput protocol: {0}")]
     Protocol(String),
+
+    /// The shared Kafka plumbing (producer, topics) failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
 
     /// Kafka refused or failed to deliver.
     #[error("kafka: {context}")]
@@ -81,13 +85,14 @@ impl CaptureError {
             | CaptureError::Schema(_)
             | CaptureError::Incomplete(_)
             | CaptureError::ShutdownTimeout(_) => false,
-            CaptureError::Postgres { source, .. } => postgres_error_is_transient(source),
+            CaptureError::Postgres { source, .. } => pg::sqlstate::is_transient(source),
+            CaptureError::Runtime(error) => error.is_retryable(),
             CaptureError::Replication { source, .. } => {
                 source.is_transient()
                     || source.is_io()
                     || replication_server_error_is_transient(source)
             }
-            CaptureError::Kafka { source, .. } => kafka_error_is_transient(source),
+            CaptureError::Kafka { source, .. } => runtime::error::kafka_error_is_transient(source),
         }
     }
 
@@ -100,6 +105,7 @@ impl CaptureError {
             CaptureError::Decode { .. } => "decode",
             CaptureError::Protocol(_) => "protocol",
             CaptureError::Kafka { .. } => "kafka",
+            CaptureError::Runtime(error) => error.kind(),
             CaptureError::Schema(_) => "schema",
             CaptureError::Incomplete(_) => "incomplete",
             CaptureError::ShutdownTimeout(_) => "shutdown",
@@ -131,23 +137,6 @@ impl CaptureError {
     }
 }
 
-/// A connection-level failure (no SQLSTATE, or class 08 / 57P, or too many
-/// connections) is transient; a statement the server rejected is not.
-fn postgres_error_is_transient(error: &tokio_postgres::Error) -> bool {
-    match error.code() {
-        None => true,
-        Some(state) => {
-            let code = state.code();
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code == "53300" // too_many_connections
-                || code == "55006" // object_in_use: the slot is still held by an old session
-                || code == "40001"
-                || code == "40P01"
-        }
-    }
-}
-
 fn replication_server_error_is_transient(error: &pgwire_replication::PgWireError) -> bool {
     // The slot can still be active for a few moments after a previous session
     // died; the server answers "replication slot ... is active for PID ...".
@@ -165,19 +154,8 @@ fn replication_server_error_is_transient(error: &pgwire_replication::PgWireError
     .any(|needle| text.contains(needle))
 }
 
-fn kafka_error_is_transient(error: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    match error.rdkafka_error_code() {
-        Some(
-            Code::TopicAuthorizationFailed
-            | Code::ClusterAuthorizationFailed
-            | Code::SaslAuthenticationFailed
-            | Code::Authentication
-            | Code::MessageSizeTooLarge
-            | Code::InvalidConfig
-            | Code::UnknownTopicOrPartition
-            | Code::UnknownTopic,
-        ) => false,
-        _ => !matches!(error, rdkafka::error::KafkaError::ClientCreation(_)),
+impl From<pg::ident::TableNameError> for CaptureError {
+    fn from(error: pg::ident::TableNameError) -> Self {
+        CaptureError::Config(error.to_string())
     }
 }

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
 use tracing::warn;
 
-use crate::checkpoint::Lsn;
 use crate::error::{CaptureError, Result};
-use crate::pgoutput::{Message, OldTuple, Relation, Tuple, TupleValue};
-use crate::pgtype::{self, TypeRegistry};
+use pg::pgoutput::{Message, OldTuple, Relation, Tuple, TupleValue};
+use pg::value::{self, TypeRegistry};
+use pg::Lsn;
 
 /// A column as the latest Relation message described it.
 #[derive(Debug, Clone)]
@@ -348,7 +348,7 @@ impl Assembler {
     }
 
     fn old_row(&mut self, oid: u32, relation: &RelationInfo, old: OldTuple) -> Result<Vec<Column>> {
-        let key_only = matches!(old.kind, crate::pgoutput::OldTupleKind::Key);
+        let key_only = matches!(old.kind, pg::pgoutput::OldTupleKind::Key);
         let row = self.row(oid, relation, old.tuple)?;
         if !key_only {
             return Ok(row);
@@ -402,7 +402,7 @@ impl Assembler {
         bytes: &[u8],
     ) -> Value {
         let text = String::from_utf8_lossy(bytes);
-        match pgtype::parse_text(meta.type_oid, &text) {
+        match value::parse_text(meta.type_oid, &text) {
             Ok(value) => value,
             Err(error) => {
                 if self.warned.insert((oid, index)) {

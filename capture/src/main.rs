@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     let telemetry = capture::Config::load(args.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
-    let _traces = capture::telemetry::init_with_traces(
+    let _traces = runtime::telemetry::init_with_traces(
         args.log_format.as_deref(),
         telemetry.as_ref(),
         "capture",
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let outcome = runtime.block_on(async {
-        tokio::spawn(capture::telemetry::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(runtime::telemetry::cancel_on_signal(shutdown.clone()));
         match args.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = capture::Config::load(args.config.as_deref())?;
@@ -145,10 +145,10 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let text = capture::error_chain(&error);
+            let text = runtime::error_chain(&error);
             error!(kind = error.kind(), error = %text, "capture stopped");
             eprintln!("capture: {text}");
-            if matches!(error, capture::CaptureError::Config(_)) {
+            if error.kind() == "config" {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

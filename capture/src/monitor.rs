@@ -14,11 +14,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::checkpoint::Lsn;
 use crate::config::{Config, Connection};
+use crate::metrics;
 use crate::slot::Source;
-use crate::telemetry::status::{self, SlotReport, StatusReport};
-use crate::telemetry::{self, metrics, Health};
+use pg::Lsn;
+use runtime::telemetry::status::{self, NoDetail, SlotReport};
+use runtime::telemetry::{self, Health};
+
+/// The `capture status` report: the common part only.
+pub type StatusReport = status::StatusReport<NoDetail>;
 
 /// Health component names of capture.
 pub const STREAM: &str = "stream";
@@ -61,7 +65,7 @@ pub async fn watch(config: Config, health: Arc<Health>, shutdown: CancellationTo
         .telemetry
         .sample_interval
         .max(Duration::from_millis(100));
-    let probe: Option<Arc<BaseConsumer>> = crate::kafka::client_config(&config.kafka)
+    let probe: Option<Arc<BaseConsumer>> = runtime::kafka::client_config(&config.kafka)
         .set("log_level", "3")
         .create()
         .ok()
@@ -80,9 +84,9 @@ pub async fn watch(config: Config, health: Arc<Health>, shutdown: CancellationTo
             match config.connection() {
                 Ok(connection) => match Source::connect(&connection).await {
                     Ok(connected) => source = Some(connected),
-                    Err(error) => health.failed(SOURCE, &crate::error_chain(&error)),
+                    Err(error) => health.failed(SOURCE, &runtime::error_chain(&error)),
                 },
-                Err(error) => health.failed(SOURCE, &crate::error_chain(&error)),
+                Err(error) => health.failed(SOURCE, &runtime::error_chain(&error)),
             }
         }
         if let Some(connected) = &source {
@@ -92,7 +96,7 @@ pub async fn watch(config: Config, health: Arc<Health>, shutdown: CancellationTo
                     let flush_age = confirmed
                         .map(|c| age.observe(c, current, Instant::now()))
                         .unwrap_or_default();
-                    metrics::capture_slot(
+                    metrics::slot(
                         &config.source.name,
                         &slot,
                         state_bytes as f64,
@@ -145,7 +149,7 @@ async fn sample_slot(
     let state = source
         .slot_state(slot)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| runtime::error_chain(&e))?;
     let Some(state) = state else {
         return Ok(None);
     };
@@ -178,7 +182,7 @@ pub async fn status(config: &Config, address: Option<String>) -> StatusReport {
             active: None,
             retained_wal_bytes: None,
             confirmed_flush_lsn: None,
-            error: Some(crate::error_chain(&error)),
+            error: Some(runtime::error_chain(&error)),
         },
         Ok(connection) => slot_report(&config.source.name, &connection, &slot_name).await,
     };
@@ -186,10 +190,7 @@ pub async fn status(config: &Config, address: Option<String>) -> StatusReport {
         service: "capture".to_owned(),
         running,
         slots: vec![slot],
-        directions: Vec::new(),
-        in_step: None,
-        verified: None,
-        verify_report: None,
+        detail: NoDetail {},
     }
 }
 

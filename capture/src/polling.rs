@@ -69,8 +69,6 @@
 //! SELECT on `syncbridge.apply_ledger` (created by apply). No REPLICATION.
 //! An index on `(updated_at, primary key)` keeps each page a range scan.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::future::try_join_all;
 use rdkafka::producer::FutureProducer;
 use schemas::codec::Codec;
@@ -79,21 +77,14 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{quote_ident, Config, Connection, TableName};
+use crate::config::{Config, Connection};
 use crate::error::{CaptureError, Result};
-use crate::kafka;
-use crate::pgtype;
 use crate::reconcile::{KeyMerge, MergeStep};
-use crate::stream::SessionEnd;
-use crate::telemetry::Progress;
-
-/// The advisory lock apply takes to install the bookkeeping schema; capture
-/// takes it too so the two never race on `CREATE`.
-const INSTALL_LOCK: i64 = 7_391_254_482_319;
-
-/// Session settings pinning how values are rendered in text (as streaming).
-const SESSION_OPTIONS: &str =
-    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex";
+use pg::ident::{quote, TableName};
+use pg::time::now_micros;
+use pg::value;
+use runtime::kafka;
+use runtime::telemetry::Progress;
 
 /// The types an `updated_at` column may have.
 const TIMESTAMP_OIDS: [u32; 3] = [1114, 1184, 1082];
@@ -144,7 +135,7 @@ impl PolledTable {
     }
 
     fn column_ident(&self, index: usize) -> String {
-        quote_ident(&self.columns[index].name)
+        quote(&self.columns[index].name)
     }
 
     /// `ARRAY[t.k1::text, ...]::text[] COLLATE "C"`: the key as the ledger stores it.
@@ -328,7 +319,7 @@ pub struct Poller<'a> {
 
 async fn connect(connection: &Connection) -> Result<Client> {
     let mut pg = connection.pg_config().clone();
-    pg.options(SESSION_OPTIONS);
+    pg.options(pg::session::OPTIONS);
     let connector = connection.tls.connector().map_err(CaptureError::Config)?;
     let (client, driver) = pg
         .connect(connector)
@@ -930,11 +921,7 @@ impl<'a> Poller<'a> {
         for row in rows {
             let table: String = row.get(0);
             let age: f64 = row.get(1);
-            crate::telemetry::metrics::capture_polling_watermark_age(
-                &self.config.source.name,
-                &table,
-                age.max(0.0),
-            );
+            crate::metrics::polling_watermark_age(&self.config.source.name, &table, age.max(0.0));
         }
     }
 
@@ -953,7 +940,7 @@ impl<'a> Poller<'a> {
 fn typed_column(table: &PolledTable, column: &PolledColumn, text: Option<&str>) -> Column {
     let value = match text {
         None => Value::Null,
-        Some(text) => match pgtype::parse_text(column.type_oid, text) {
+        Some(text) => match value::parse_text(column.type_oid, text) {
             Ok(value) => value,
             Err(error) => {
                 warn!(table = %table.name, column = %column.name, pg_type = %column.type_name, %error, "value did not parse as its type; sending it as text");
@@ -994,7 +981,7 @@ async fn install(client: &Client) -> Result<()> {
     };
     let sql = format!(
         "BEGIN;
-         SELECT pg_advisory_xact_lock({INSTALL_LOCK});
+         SELECT pg_advisory_xact_lock({lock});
          {create_schema}
          CREATE TABLE IF NOT EXISTS syncbridge.capture_watermark (
            tbl        text PRIMARY KEY,
@@ -1008,7 +995,8 @@ async fn install(client: &Client) -> Result<()> {
            row_xmin bigint,
            PRIMARY KEY (tbl, key)
          );
-         COMMIT;"
+         COMMIT;",
+        lock = pg::bookkeeping::INSTALL_LOCK
     );
     if let Err(error) = client.batch_execute(&sql).await {
         let _ = client.batch_execute("ROLLBACK").await;
@@ -1051,7 +1039,7 @@ pub async fn describe(client: &Client, name: &TableName, updated_at: &str) -> Re
         columns.push(PolledColumn {
             name: row.get(0),
             type_oid,
-            type_name: pgtype::type_name(type_oid)
+            type_name: value::type_name(type_oid)
                 .map(str::to_owned)
                 .unwrap_or_else(|| row.get(3)),
             sql_type: row.get(2),
@@ -1091,13 +1079,6 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Runs polling until shutdown or an error: a round every
 /// `polling.interval` (from the start of one to the start of the next), a
 /// reconciliation after the first round and then every
@@ -1109,7 +1090,7 @@ pub async fn session(
     shutdown: &CancellationToken,
     on_streaming: &(dyn Fn() + Sync),
     progress: &Progress,
-) -> Result<SessionEnd> {
+) -> Result<()> {
     let topic = config.topic();
     kafka::ensure_topic(&config.kafka, &topic).await?;
     let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
@@ -1121,18 +1102,18 @@ pub async fn session(
     let mut reconciled_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            () = shutdown.cancelled() => return Ok(()),
             _ = ticks.tick() => {}
         }
         if !poller.round(shutdown).await? {
-            return Ok(SessionEnd::Shutdown);
+            return Ok(());
         }
         progress.advanced(false);
         poller.publish_watermark_ages().await;
         let due = reconciled_at.is_none_or(|at| at.elapsed() >= config.polling.reconcile_interval);
         if due {
             if !poller.reconcile(shutdown).await? {
-                return Ok(SessionEnd::Shutdown);
+                return Ok(());
             }
             reconciled_at = Some(tokio::time::Instant::now());
         }
@@ -1176,7 +1157,7 @@ mod tests {
         PolledColumn {
             name: name.to_owned(),
             type_oid: oid,
-            type_name: pgtype::type_name(oid).unwrap_or("?").to_owned(),
+            type_name: value::type_name(oid).unwrap_or("?").to_owned(),
             sql_type: sql_type.to_owned(),
         }
     }

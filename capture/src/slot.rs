@@ -13,9 +13,10 @@
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::Lsn;
-use crate::config::{quote_ident, Config, Connection, TableName};
+use crate::config::{Config, Connection};
 use crate::error::{CaptureError, Result};
+use pg::ident::{quote, TableName};
+use pg::Lsn;
 
 /// An open ordinary connection to the source.
 pub struct Source {
@@ -47,11 +48,11 @@ impl Source {
             .connect(connector)
             .await
             .map_err(|e| {
-                if crate::tls::is_tls_refusal(&e) {
+                if runtime::tls::is_tls_refusal(&e) {
                     CaptureError::Config(format!(
                         "TLS to {connection} failed with source.sslmode = {}: {}; enable ssl on the server, fix source.sslrootcert, or change source.sslmode",
                         connection.tls.mode,
-                        crate::error_chain(&e)
+                        runtime::error_chain(&e)
                     ))
                 } else {
                     CaptureError::postgres(format!("connect to {connection}"), e)
@@ -113,7 +114,7 @@ impl Source {
         if !may_replicate {
             return Err(CaptureError::Config(format!(
                 "role {user} may not use replication slots: grant it with ALTER ROLE {} REPLICATION (or use polling mode)",
-                quote_ident(&user)
+                quote(&user)
             )));
         }
         Ok(())
@@ -172,7 +173,7 @@ impl Source {
             let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(publication),
+                quote(publication),
                 list.join(", ")
             );
             self.client
@@ -203,7 +204,7 @@ impl Source {
             let list: Vec<String> = missing.iter().map(|t| t.quoted()).collect();
             let sql = format!(
                 "ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(publication),
+                quote(publication),
                 list.join(", ")
             );
             self.client

@@ -29,63 +29,30 @@
 //!
 //! Values are read with the text protocol (the simple query protocol), so
 //! they are the output functions' text exactly as pgoutput sends them, under
-//! the same session settings, and [`crate::pgtype::parse_text`] turns them
+//! the same session settings, and [`pg::value::parse_text`] turns them
 //! into the same typed values as streaming does. Memory is one page plus at
 //! most `capture.max_in_flight` undelivered events. Capture exits 0 only when
 //! Kafka confirmed every event.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use schemas::codec::Codec;
 use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
-use serde::Deserialize;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::Lsn;
-use crate::config::{quote_ident, Config, TableName};
+use crate::config::Config;
 use crate::error::{CaptureError, Result};
-use crate::kafka::{self, Delivered};
-use crate::pgtype::{self, TypeRegistry};
-use crate::progress::Progress;
-
-/// Settings of `capture snapshot` (`[snapshot]` in the capture config).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotConfig {
-    /// Rows per page: one page is one read transaction and one
-    /// pseudo-transaction on the topic; bounds memory.
-    #[serde(default = "default_page_size")]
-    pub page_size: usize,
-    /// How often a progress line is logged when stderr is not a terminal.
-    #[serde(default = "default_progress_interval", with = "humantime_serde")]
-    pub progress_interval: Duration,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        SnapshotConfig {
-            page_size: default_page_size(),
-            progress_interval: default_progress_interval(),
-        }
-    }
-}
-
-fn default_page_size() -> usize {
-    5_000
-}
-
-fn default_progress_interval() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// Session settings that pin how values are rendered in text, as the
-/// replication session does.
-const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex -c standard_conforming_strings=on";
+use pg::ident::{quote, TableName};
+use pg::time::now_micros;
+use pg::value::{self, TypeRegistry};
+use pg::Lsn;
+use runtime::kafka::{self, Delivered};
+use runtime::progress::Progress;
 
 /// What to snapshot.
 #[derive(Debug, Clone, Default)]
@@ -167,13 +134,13 @@ impl TableShape {
             if index > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&quote_ident(&column.name));
+            sql.push_str(&quote(&column.name));
         }
         let _ = write!(sql, " FROM {}", self.table.quoted());
         let keys: Vec<String> = self
             .key
             .iter()
-            .map(|&index| quote_ident(&self.columns[index].name))
+            .map(|&index| quote(&self.columns[index].name))
             .collect();
         if let Some(after) = after {
             let literals: Vec<String> = self
@@ -215,7 +182,7 @@ pub async fn snapshot(
         false => options
             .tables
             .iter()
-            .map(|t| TableName::parse(t))
+            .map(|t| TableName::parse(t).map_err(CaptureError::from))
             .collect::<Result<Vec<_>>>()?,
     };
     if tables.is_empty() {
@@ -230,7 +197,7 @@ pub async fn snapshot(
         ));
     }
     let mut pg = connection.pg_config().clone();
-    pg.options(SESSION_OPTIONS);
+    pg.options(pg::session::OPTIONS);
     pg.application_name(format!("syncbridge-snapshot-{}", config.source.name));
     let connector = connection.tls.connector().map_err(CaptureError::Config)?;
     let (client, conn) = pg
@@ -432,7 +399,7 @@ impl Run<'_> {
     }
 
     fn typed(&mut self, shape: &TableShape, column: &TableColumn, text: String) -> Value {
-        match pgtype::parse_text(column.type_oid, &text) {
+        match value::parse_text(column.type_oid, &text) {
             Ok(value) => value,
             Err(error) => {
                 let id = (shape.table.to_string(), column.name.clone());
@@ -510,7 +477,7 @@ async fn read_shape(client: &Client, table: &TableName) -> Result<(TableShape, O
         let type_oid: u32 = row.get(1);
         let namespace: String = row.get(4);
         let type_name: String = row.get(3);
-        if pgtype::type_name(type_oid).is_none() {
+        if value::type_name(type_oid).is_none() {
             types.record(type_oid, &namespace, &type_name);
         }
         if let Some(ord) = row.get::<_, Option<i64>>(5) {
@@ -588,13 +555,6 @@ async fn read_page(
     })
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -604,7 +564,7 @@ mod tests {
         let column = |name: &str, oid: u32, sql: &str| TableColumn {
             name: name.into(),
             type_oid: oid,
-            type_name: pgtype::type_name(oid).unwrap().into(),
+            type_name: value::type_name(oid).unwrap().into(),
             sql_type: sql.into(),
         };
         TableShape {

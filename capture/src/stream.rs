@@ -20,7 +20,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pgwire_replication::{
     FeedbackObserver, ReplicationClient, ReplicationConfig, ReplicationEvent,
@@ -31,29 +31,19 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{Acknowledged, Ledger};
+use pg::pgoutput::{self, Message, Relation, ReplicaIdentity};
+use pg::time::{now_micros, postgres_to_unix_micros};
+use pg::Lsn;
+use rdkafka::producer::FutureProducer;
+use runtime::kafka::{self, Delivered};
+use runtime::telemetry::Progress;
+
+use crate::checkpoint::{from_wire, to_wire, Acknowledged, Ledger};
 use crate::config::{Config, Connection};
 use crate::error::{CaptureError, Result};
 use crate::event::{Assembler, Step};
-use crate::kafka::{self, Delivered};
-use crate::pgoutput::{self, Message, Relation, ReplicaIdentity};
+use crate::metrics;
 use crate::slot::Source;
-use crate::telemetry::{metrics, Progress};
-
-/// Microseconds between the Postgres epoch (2000-01-01) and the Unix epoch.
-const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// Session settings that pin how values are rendered in text, so the value
-/// parser sees one format whatever the server's defaults are.
-const SESSION_OPTIONS: &str =
-    "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex";
-
-/// How a session ended without error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// Shutdown was requested; everything delivered was acknowledged.
-    Shutdown,
-}
 
 /// Signals the feedback the replication client sends to the server.
 #[derive(Default)]
@@ -62,29 +52,51 @@ struct FeedbackSignal {
     notify: Notify,
 }
 
-/// Runs one session until shutdown or an error.
-pub async fn session(
+/// A source ready to stream from: the publication and slot exist (created
+/// at the current position when missing), the topic exists, the producer is
+/// connected. What the slot retains from here on is not lost; a polling
+/// catch-up can run now, before [`stream`] starts reading the slot.
+pub struct Prepared {
+    source: Source,
+    confirmed: Option<Lsn>,
+    /// The producer streaming will use, shared with a catch-up.
+    pub producer: FutureProducer,
+}
+
+/// Checks the source and prepares its slot, topic and producer.
+pub async fn prepare(config: &Config, connection: &Connection) -> Result<Prepared> {
+    let source = Source::connect(connection).await?;
+    let confirmed = source.prepare(config).await?;
+    source
+        .warn_about_replica_identity(&config.publication_name())
+        .await?;
+    kafka::ensure_topic(&config.kafka, &config.topic()).await?;
+    let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
+    Ok(Prepared {
+        source,
+        confirmed,
+        producer,
+    })
+}
+
+/// Streams the prepared slot to Kafka until shutdown (Ok) or an error.
+pub async fn stream(
     config: &Config,
     connection: &Connection,
     codec: &Codec,
+    prepared: Prepared,
     shutdown: &CancellationToken,
     on_streaming: &(dyn Fn() + Sync),
     progress: &Progress,
-) -> Result<SessionEnd> {
+) -> Result<()> {
+    let Prepared {
+        source,
+        confirmed,
+        producer,
+    } = prepared;
     let slot = config.slot_name();
     let publication = config.publication_name();
     let topic = config.topic();
-
-    let source = Source::connect(connection).await?;
-    let confirmed = source.prepare(config).await?;
-    source.warn_about_replica_identity(&publication).await?;
-
-    kafka::ensure_topic(&config.kafka, &topic).await?;
-    let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
-    // Polling ran here before: cover the switch (the slot exists now).
-    if !crate::polling::catch_up(config, connection, codec, producer.clone(), shutdown).await? {
-        return Ok(SessionEnd::Shutdown);
-    }
 
     let feedback = Arc::new(FeedbackSignal::default());
     let observer = {
@@ -106,7 +118,7 @@ pub async fn session(
     .with_tls(connection.tls.replication(&connection.host))
     .with_start_lsn(pgwire_replication::Lsn::ZERO)
     .with_status_interval(config.capture.status_interval)
-    .with_options(SESSION_OPTIONS)
+    .with_options(pg::session::OPTIONS)
     .with_application_name(format!("syncbridge-capture-{}", config.source.name))
     .with_feedback_observer(observer);
 
@@ -144,12 +156,7 @@ pub async fn session(
         CaptureMode::Polling,
         CaptureMode::Snapshot,
     ]
-    .map(|mode| {
-        (
-            mode,
-            metrics::capture_events(&config.source.name, mode_label(mode)),
-        )
-    });
+    .map(|mode| (mode, metrics::events(&config.source.name, mode_label(mode))));
 
     loop {
         tokio::select! {
@@ -158,7 +165,7 @@ pub async fn session(
             released = ledger.released(), if !ledger.is_empty() => {
                 if let Some(lsn) = released? {
                     if acknowledged.advance(lsn) {
-                        client.update_applied_lsn(lsn.into());
+                        client.update_applied_lsn(to_wire(lsn));
                     }
                 }
                 progress.advanced(!ledger.is_empty());
@@ -218,7 +225,7 @@ pub async fn session(
             Ok(released) => {
                 if let Some(lsn) = released? {
                     if acknowledged.advance(lsn) {
-                        client.update_applied_lsn(lsn.into());
+                        client.update_applied_lsn(to_wire(lsn));
                     }
                 }
             }
@@ -245,7 +252,7 @@ pub async fn session(
         debug!(%error, "replication stream ended with an error during shutdown");
     }
     info!(acknowledged = %acknowledged.get(), "capture stopped");
-    Ok(SessionEnd::Shutdown)
+    Ok(())
 }
 
 /// The `mode` label of a capture mode.
@@ -271,11 +278,11 @@ fn handle(
             xid,
             commit_time_micros,
         } => assembler.begin(
-            final_lsn.into(),
+            from_wire(final_lsn),
             xid,
-            commit_time_micros.saturating_add(PG_EPOCH_OFFSET_MICROS),
+            postgres_to_unix_micros(commit_time_micros),
         )?,
-        ReplicationEvent::Commit { end_lsn, .. } => assembler.commit(end_lsn.into())?,
+        ReplicationEvent::Commit { end_lsn, .. } => assembler.commit(from_wire(end_lsn))?,
         ReplicationEvent::Message {
             transactional,
             lsn,
@@ -287,14 +294,14 @@ fn handle(
             } else if !assembler.in_transaction() {
                 // A heartbeat (or anyone's non-transactional message): every
                 // transaction before it has been received.
-                ledger.push_position(lsn.into());
+                ledger.push_position(from_wire(lsn));
             }
         }
         ReplicationEvent::XLogData {
             data, wal_start, ..
         } => {
             let message = pgoutput::decode(&data).map_err(|source| CaptureError::Decode {
-                lsn: wal_start.into(),
+                lsn: from_wire(wal_start),
                 source,
             })?;
             match message {
@@ -311,7 +318,7 @@ fn handle(
         ReplicationEvent::KeepAlive { wal_end, .. }
             if !assembler.in_transaction() && !wal_end.is_zero() =>
         {
-            ledger.push_position(wal_end.into());
+            ledger.push_position(from_wire(wal_end));
         }
         ReplicationEvent::KeepAlive { .. } => {}
         ReplicationEvent::StoppedAt { .. } => {}
@@ -319,11 +326,4 @@ fn handle(
         _ => {}
     }
     Ok(None)
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

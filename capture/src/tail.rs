@@ -13,9 +13,9 @@ use schemas::codec::Codec;
 use schemas::event::{ChangeEvent, Column, Op, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Lsn;
-use crate::continuity::{self, Continuity, Next};
 use crate::error::{CaptureError, Result};
+use pg::Lsn;
+use runtime::continuity::{self, Continuity, Next};
 
 /// How long `tail` fetches offsets missing before a message again before it
 /// says so on stderr and goes on (see [`crate::continuity`]).
@@ -161,6 +161,6 @@ fn show(value: &Value) -> String {
     match value {
         Value::Null => "NULL".to_owned(),
         Value::Unchanged => "<unchanged>".to_owned(),
-        other => crate::pgtype::to_text(other).unwrap_or_default(),
+        other => pg::value::to_text(other).unwrap_or_default(),
     }
 }

@@ -1,8 +1,9 @@
-//! The report of the `status` subcommands (`capture status`, `apply status`):
-//! the slot of each source, the consumer lag of each partition, each
-//! direction's end-to-end lag, what the running service says about itself,
-//! and whether the two sides are in step. Printed for a person, or as JSON
-//! with `--json`. URLs are shown redacted; nothing here carries a secret.
+//! What the `status` subcommands (`capture status`, `apply status`) share:
+//! what the running service says about itself, the replication slots, the
+//! consumer lag of a partition and the end-to-end lag arithmetic. Each
+//! service adds its own part as the report's `detail`. Printed for a person,
+//! or as JSON with `--json`. URLs are shown redacted; nothing here carries a
+//! secret.
 
 use std::fmt;
 use std::time::Duration;
@@ -39,20 +40,6 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
-/// One apply direction.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DirectionReport {
-    pub direction: String,
-    pub topic: String,
-    /// As the running service measures it; `None` when it is unreachable.
-    pub end_to_end_lag_seconds: Option<f64>,
-    pub partitions: Vec<PartitionLag>,
-    /// Messages not yet applied, summed over the partitions; `None` when Kafka
-    /// could not be asked.
-    pub consumer_lag: Option<i64>,
-    pub error: Option<String>,
-}
-
 /// What the running service says about itself through `/status`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunningReport {
@@ -65,19 +52,26 @@ pub struct RunningReport {
     pub status: Option<serde_json::Value>,
 }
 
-/// The whole report.
+/// The whole report: what every service shows (the running service, the
+/// replication slots it depends on), then the service's own `detail`
+/// (flattened into the same JSON object, printed after the slots).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StatusReport {
+pub struct StatusReport<D> {
     pub service: String,
     pub running: RunningReport,
     pub slots: Vec<SlotReport>,
-    pub directions: Vec<DirectionReport>,
-    /// Whether the sides are in step (apply: no consumer lag, nothing
-    /// pending); `None` when unknown.
-    pub in_step: Option<bool>,
-    /// The result of `--verify` (the `apply check` comparison), if run.
-    pub verified: Option<bool>,
-    pub verify_report: Option<String>,
+    #[serde(flatten)]
+    pub detail: D,
+}
+
+/// A report with nothing of the service's own.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct NoDetail {}
+
+impl fmt::Display for NoDetail {
+    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
 }
 
 /// Messages between the group's committed offset and the high watermark.
@@ -200,14 +194,14 @@ pub async fn running(address: Option<String>) -> RunningReport {
     }
 }
 
-fn or_dash<T: fmt::Display>(value: &Option<T>) -> String {
+pub fn or_dash<T: fmt::Display>(value: &Option<T>) -> String {
     value
         .as_ref()
         .map(|v| v.to_string())
         .unwrap_or_else(|| "-".to_owned())
 }
 
-impl fmt::Display for StatusReport {
+impl<D: fmt::Display> fmt::Display for StatusReport<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} status", self.service)?;
         let running = &self.running;
@@ -259,52 +253,7 @@ impl fmt::Display for StatusReport {
                 or_dash(&slot.confirmed_flush_lsn),
             )?;
         }
-        for direction in &self.directions {
-            let lag = direction
-                .end_to_end_lag_seconds
-                .map(|s| format!("{s:.1}s"))
-                .unwrap_or_else(|| "unknown".to_owned());
-            writeln!(
-                f,
-                "  {}: end-to-end lag {lag}, consumer lag {}",
-                direction.direction,
-                or_dash(&direction.consumer_lag)
-            )?;
-            for partition in &direction.partitions {
-                writeln!(
-                    f,
-                    "    {}[{}]: committed {} of {} (lag {})",
-                    partition.topic,
-                    partition.partition,
-                    or_dash(&partition.committed),
-                    partition.high_watermark,
-                    partition.lag
-                )?;
-            }
-            if let Some(error) = &direction.error {
-                writeln!(f, "    {error}")?;
-            }
-        }
-        if let Some(in_step) = self.in_step {
-            writeln!(f, "  in step:     {}", if in_step { "yes" } else { "no" })?;
-        }
-        if let Some(verified) = self.verified {
-            writeln!(
-                f,
-                "  verified:    {}",
-                if verified {
-                    "the databases correspond"
-                } else {
-                    "DIFFERENCES"
-                }
-            )?;
-            if let Some(report) = &self.verify_report {
-                for line in report.lines() {
-                    writeln!(f, "    {line}")?;
-                }
-            }
-        }
-        Ok(())
+        write!(f, "{}", self.detail)
     }
 }
 
@@ -337,61 +286,5 @@ mod tests {
             1.0,
             "a change after a quiet time is as late as the backlog is old"
         );
-    }
-
-    #[test]
-    fn a_report_for_a_person_names_lags_slots_and_an_unreachable_service() {
-        let report = StatusReport {
-            service: "apply".into(),
-            running: RunningReport {
-                address: Some("127.0.0.1:9090".into()),
-                reachable: false,
-                state: None,
-                last_error: None,
-                status: None,
-            },
-            slots: vec![SlotReport {
-                source: "legacy".into(),
-                database: "capture@db:5432/legacy".into(),
-                slot: "syncbridge_legacy".into(),
-                exists: true,
-                active: Some(true),
-                retained_wal_bytes: Some(2048),
-                confirmed_flush_lsn: Some("0/16B3748".into()),
-                error: None,
-            }],
-            directions: vec![DirectionReport {
-                direction: "legacy_to_platform".into(),
-                topic: "syncbridge.legacy.changes".into(),
-                end_to_end_lag_seconds: None,
-                partitions: vec![PartitionLag {
-                    topic: "syncbridge.legacy.changes".into(),
-                    partition: 0,
-                    high_watermark: 10,
-                    committed: Some(7),
-                    lag: 3,
-                }],
-                consumer_lag: Some(3),
-                error: None,
-            }],
-            in_step: Some(false),
-            verified: None,
-            verify_report: None,
-        };
-        let text = report.to_string();
-        assert!(text.contains("unreachable at 127.0.0.1:9090"), "{text}");
-        assert!(text.contains("last error:  unreachable"), "{text}");
-        assert!(text.contains("slot syncbridge_legacy (legacy, capture@db:5432/legacy): active, retained WAL 2048 bytes, confirmed_flush_lsn 0/16B3748"), "{text}");
-        assert!(
-            text.contains("legacy_to_platform: end-to-end lag unknown, consumer lag 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("syncbridge.legacy.changes[0]: committed 7 of 10 (lag 3)"),
-            "{text}"
-        );
-        assert!(text.contains("in step:     no"), "{text}");
-        let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["directions"][0]["partitions"][0]["lag"], 3);
     }
 }

@@ -1,7 +1,7 @@
 //! Process-level plumbing shared by the service binaries: structured logs,
 //! metrics, the health endpoints, traces, and shutdown on SIGTERM/SIGINT.
 //!
-//! - [`metrics`]: the metric names (one place) and the recorders.
+//! - [`metrics`]: the recorders, label names and the metric catalog type.
 //! - [`health`]: what the services report about themselves.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`status`]: the `status` subcommands' report, for a person or as JSON.
@@ -81,6 +81,7 @@ pub fn disabled(listen: &str) -> bool {
 pub async fn start(
     config: &TelemetryConfig,
     service: &'static str,
+    catalog: &'static [metrics::Metric],
     shutdown: &CancellationToken,
 ) -> Arc<Health> {
     let health = Health::new(service, config.stall_after);
@@ -88,7 +89,7 @@ pub async fn start(
     if !serving && config.dogstatsd.is_none() {
         return health;
     }
-    if let Err(error) = metrics::install(config.dogstatsd.as_deref()) {
+    if let Err(error) = metrics::install(config.dogstatsd.as_deref(), catalog) {
         error!(%error, "metrics recorder not installed; no metrics");
     }
     if serving {

@@ -166,7 +166,7 @@ impl PgTls {
 /// Whether a tokio-postgres connection error is a TLS failure a retry cannot
 /// fix: the server refuses TLS, or its certificate does not verify.
 pub fn is_tls_refusal(error: &tokio_postgres::Error) -> bool {
-    let text = crate::error_chain(error);
+    let text = crate::error::error_chain(error);
     text.contains("server does not support TLS") || text.contains("invalid peer certificate")
 }
 

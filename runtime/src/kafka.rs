@@ -27,7 +27,7 @@ use rdkafka::util::Timeout;
 use tracing::info;
 
 use crate::config::KafkaConfig;
-use crate::error::{CaptureError, Result};
+use crate::error::{Result, RuntimeError};
 
 /// librdkafka settings for a client of `config`, extra properties applied.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
@@ -66,7 +66,7 @@ pub fn producer(config: &KafkaConfig, max_in_flight: usize) -> Result<FutureProd
         .set("message.timeout.ms", "0");
     client
         .create()
-        .map_err(|e| CaptureError::kafka("create the producer", e))
+        .map_err(|e| RuntimeError::kafka("create the producer", e))
 }
 
 /// Makes sure `topic` exists, creating it with one partition when allowed.
@@ -79,22 +79,22 @@ pub async fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<()> {
 ///
 /// One metadata client answers for all of them, and the admin client is
 /// made only when one is missing: dropping an admin client joins its
-/// polling thread, which wakes every 100 ms, so making one per check cost
-/// apply about 0.1 s per topic at every start.
+/// polling thread, which wakes every 100 ms, a delay per topic at every
+/// start otherwise.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> {
     let missing = missing_topics(config, topics).await?;
     if missing.is_empty() {
         return Ok(());
     }
     if !config.create_topic {
-        return Err(CaptureError::Config(format!(
+        return Err(RuntimeError::Config(format!(
             "topic {} does not exist and kafka.create_topic is false: create it (one partition keeps commit order)",
             missing.join(", ")
         )));
     }
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
-        .map_err(|e| CaptureError::kafka("create the admin client", e))?;
+        .map_err(|e| RuntimeError::kafka("create the admin client", e))?;
     let new_topics: Vec<NewTopic> = missing
         .iter()
         .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(config.replication_factor)))
@@ -102,13 +102,13 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<()> 
     let results = admin
         .create_topics(&new_topics, &AdminOptions::new())
         .await
-        .map_err(|e| CaptureError::kafka("create the topic", e))?;
+        .map_err(|e| RuntimeError::kafka("create the topic", e))?;
     for result in results {
         match result {
             Ok(topic) => info!(topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(CaptureError::kafka(
+                return Err(RuntimeError::kafka(
                     format!("create topic {topic}"),
                     KafkaError::AdminOp(code),
                 ))
@@ -132,12 +132,12 @@ async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec<Str
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client
             .create()
-            .map_err(|e| CaptureError::kafka("create a metadata client", e))?;
+            .map_err(|e| RuntimeError::kafka("create a metadata client", e))?;
         let mut missing = Vec::new();
         for name in names {
             let metadata = consumer
                 .fetch_metadata(Some(&name), Timeout::After(Duration::from_secs(10)))
-                .map_err(|e| CaptureError::kafka("fetch topic metadata", e))?;
+                .map_err(|e| RuntimeError::kafka("fetch topic metadata", e))?;
             let exists = metadata
                 .topics()
                 .iter()
@@ -149,7 +149,7 @@ async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec<Str
         Ok(missing)
     })
     .await
-    .map_err(|e| CaptureError::Protocol(format!("metadata task failed: {e}")))?
+    .map_err(|e| RuntimeError::Task(format!("metadata: {e}")))?
 }
 
 /// Hands one encoded event to the producer, waiting while its queue is full.
@@ -167,7 +167,7 @@ pub async fn send(
                 // The queue drains as the broker acknowledges; give it a moment.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            Err((error, _)) => return Err(CaptureError::kafka("produce", error)),
+            Err((error, _)) => return Err(RuntimeError::kafka("produce", error)),
         }
     }
 }
@@ -181,8 +181,8 @@ impl Future for Delivered {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.0.poll_unpin(cx).map(|outcome| match outcome {
             Ok(Ok(_delivery)) => Ok(()),
-            Ok(Err((error, _message))) => Err(CaptureError::kafka("deliver", error)),
-            Err(_canceled) => Err(CaptureError::kafka("deliver", KafkaError::Canceled)),
+            Ok(Err((error, _message))) => Err(RuntimeError::kafka("deliver", error)),
+            Err(_canceled) => Err(RuntimeError::kafka("deliver", KafkaError::Canceled)),
         })
     }
 }
@@ -191,72 +191,5 @@ impl Future for Delivered {
 pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
     producer
         .flush(Timeout::After(timeout))
-        .map_err(|e| CaptureError::kafka("flush", e))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    const SECURED: &str = r#"
-        [source]
-        name = "legacy"
-        url = "postgres://capture@db:5432/legacy"
-        [kafka]
-        brokers = "broker-1:9093,broker-2:9093"
-        sasl_password = "kafka-Secret-42"
-        [kafka.properties]
-        "security.protocol" = "SASL_SSL"
-        "sasl.mechanism" = "SCRAM-SHA-512"
-        "sasl.username" = "syncbridge"
-        "ssl.ca.location" = "/etc/sync-bridge/ca/kafka-ca.crt"
-    "#;
-
-    fn assert_secured(client: &ClientConfig) {
-        assert_eq!(
-            client.get("bootstrap.servers"),
-            Some("broker-1:9093,broker-2:9093")
-        );
-        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
-        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(client.get("sasl.username"), Some("syncbridge"));
-        assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
-        assert_eq!(
-            client.get("ssl.ca.location"),
-            Some("/etc/sync-bridge/ca/kafka-ca.crt")
-        );
-    }
-
-    #[test]
-    fn tls_and_sasl_settings_reach_every_client_and_the_password_stays_redacted() {
-        let config = Config::from_toml(SECURED).unwrap();
-        assert_secured(&client_config(&config.kafka));
-        assert!(!format!("{config:?}").contains("kafka-Secret-42"));
-        assert!(!format!("{:?}", config.kafka).contains("kafka-Secret-42"));
-        // rdkafka's own Debug leaves sensitive keys out, too.
-        assert!(!format!("{:?}", client_config(&config.kafka)).contains("kafka-Secret-42"));
-    }
-
-    #[test]
-    fn the_sasl_password_can_come_from_a_file() {
-        let dir = std::env::temp_dir().join(format!("syncbridge-sasl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("sasl-password");
-        std::fs::write(&file, "kafka-Secret-42\n").unwrap();
-        let text = SECURED.replace(
-            "sasl_password = \"kafka-Secret-42\"",
-            &format!("sasl_password_file = {:?}", file.display().to_string()),
-        );
-        let config = Config::from_toml(&text).unwrap();
-        assert_secured(&client_config(&config.kafka));
-        let missing = SECURED.replace(
-            "sasl_password = \"kafka-Secret-42\"",
-            "sasl_password_file = \"/nonexistent/sasl-password\"",
-        );
-        let error = Config::from_toml(&missing).unwrap_err().to_string();
-        assert!(error.contains("kafka.sasl_password_file"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+        .map_err(|e| RuntimeError::kafka("flush", e))
 }

@@ -1,0 +1,200 @@
+//! Configuration both services read: a TOML file, then environment overrides.
+//!
+//! Every key of the file can be overridden by an environment variable named
+//! `SYNC_BRIDGE_` followed by the key path in capitals with `__` between
+//! levels, e.g. `SYNC_BRIDGE_SOURCE__URL` or `SYNC_BRIDGE_KAFKA__BROKERS`.
+//! Secrets belong in the environment (`SYNC_BRIDGE_SOURCE__PASSWORD`) or in a
+//! file (`source.password_file`), never in the TOML file; they are never
+//! logged: [`Secret`] prints as `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The environment prefix for overrides.
+pub const ENV_PREFIX: &str = "SYNC_BRIDGE_";
+
+/// A value that must never appear in logs.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `url` with any password replaced by `***`, for printing. A text that does
+/// not look like a URL is shown only up to its first space.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let path = redact_query_password(path);
+            if userinfo.contains(':') {
+                return format!("{scheme}://{user}:***@{host}{path}");
+            }
+            return format!("{scheme}://{user}@{host}{path}");
+        }
+        return format!("{scheme}://{authority}{}", redact_query_password(path));
+    }
+    // key=value form: drop the password pair.
+    url.split_whitespace()
+        .map(|pair| {
+            if pair.to_ascii_lowercase().starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn redact_query_password(path: &str) -> String {
+    let Some((before, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            if pair.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_owned()
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{before}?{}", query.join("&"))
+}
+
+/// The configuration sources every service reads, in order: the TOML file at
+/// `path` (if given), then `SYNC_BRIDGE_<SECTION>__<KEY>` environment
+/// variables. Other `SYNC_BRIDGE_*` variables (`SYNC_BRIDGE_CONFIG`, the test
+/// stack's settings) are not configuration and are ignored. The error is a
+/// message for the operator.
+pub fn layers(path: Option<&Path>) -> std::result::Result<Figment, String> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    Ok(figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    ))
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The topic prefix; the topic is `<topic_prefix>.<source.name>.changes`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// The full topic name, overriding the prefix rule.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Create the topic (one partition) when it does not exist.
+    #[serde(default = "default_true")]
+    pub create_topic: bool,
+    /// Replication factor for a topic capture creates.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`, ...). Values given here win over
+    /// capture's defaults except the ones that guarantee delivery
+    /// (`enable.idempotence`, `acks`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, Secret>,
+    /// The SASL password (`sasl.password`), best set through
+    /// `SYNC_BRIDGE_KAFKA__SASL_PASSWORD` (an environment variable cannot
+    /// name a dotted property).
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// A file whose first line is the SASL password (a mounted secret).
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+impl KafkaConfig {
+    /// Moves `sasl_password` / `sasl_password_file` into
+    /// `properties["sasl.password"]`, where every client picks it up.
+    pub fn resolve_secrets(&mut self) -> std::result::Result<(), String> {
+        let password = match (&self.sasl_password, &self.sasl_password_file) {
+            (Some(password), _) => Some(password.clone()),
+            (None, Some(path)) => Some(read_secret_file(path).map_err(|e| {
+                format!(
+                    "cannot read kafka.sasl_password_file {}: {e}",
+                    path.display()
+                )
+            })?),
+            (None, None) => None,
+        };
+        if let Some(password) = password {
+            self.properties.insert("sasl.password".to_owned(), password);
+        }
+        Ok(())
+    }
+}
+
+/// The first line of a secret file (a mounted Kubernetes secret).
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(Secret::new(text.lines().next().unwrap_or_default()))
+}
+
+fn default_topic_prefix() -> String {
+    "syncbridge".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://capture:hunter2@db:5432/legacy?sslmode=require&password=x"),
+            "postgres://capture:***@db:5432/legacy?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://capture@db/legacy"),
+            "postgres://capture@db/legacy"
+        );
+        assert_eq!(
+            redact_url("host=db user=capture password=hunter2"),
+            "host=db user=capture password=***"
+        );
+    }
+}

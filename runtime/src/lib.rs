@@ -1,0 +1,27 @@
+//! What both services run on, with nothing of either service's domain.
+//!
+//! ```text
+//!   main ──► config::layers ──► service config ──► supervise::Retries ──► sessions
+//!                                                        │
+//!             telemetry (logs, metrics, /healthz, /status) ◄── health of each session
+//! ```
+//!
+//! - [`config`]: the TOML file and `SYNC_BRIDGE_*` layering, secrets, the `[kafka]` section.
+//! - [`tls`]: libpq's `sslmode` for both kinds of Postgres connection.
+//! - [`kafka`]: client settings, the idempotent producer, topics, deliveries.
+//! - [`continuity`]: a consumer's offsets checked for gaps, in order.
+//! - [`telemetry`]: logs, the metrics registry, health, HTTP endpoints, status reports.
+//! - [`supervise`]: the retry loop's backoff and once-per-change failure logging.
+//! - [`progress`]: a progress bar or progress log lines for long jobs.
+//! - [`error`]: the crate's error, and errors told without row values.
+
+pub mod config;
+pub mod continuity;
+pub mod error;
+pub mod kafka;
+pub mod progress;
+pub mod supervise;
+pub mod telemetry;
+pub mod tls;
+
+pub use error::{error_chain, Result, RuntimeError};
