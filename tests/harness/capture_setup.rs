@@ -1,0 +1,143 @@
+//! One capture under test ([`CaptureSetup`]): its database, slot,
+//! publication, topic and configuration, run in this process
+//! ([`RunningCapture`]) or as the `capture` binary.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::databases::TestDb;
+use crate::processes::ServiceProcess;
+use crate::stack::Stack;
+use crate::support::eventually;
+
+/// The `[telemetry]` body of the services under test unless a test asks for
+/// endpoints: off, so that parallel tests do not compete for a port.
+pub const TELEMETRY_OFF: &str = "listen = \"off\"\n";
+
+/// Everything a capture under test needs: its database, names and config.
+pub struct CaptureSetup {
+    pub db: TestDb,
+    pub source: String,
+    pub slot: String,
+    pub publication: String,
+    pub topic: String,
+    pub tables: Vec<String>,
+    /// Extra TOML appended to the `[capture]` section.
+    pub capture_options: String,
+    /// The `[telemetry]` section's body (endpoints off unless a test sets them).
+    pub telemetry_options: String,
+    /// The `[polling]` section when capture runs in polling mode.
+    pub polling: Option<String>,
+    /// The source URL capture connects with, when not the database's own
+    /// (another role).
+    pub source_url: Option<String>,
+}
+
+impl CaptureSetup {
+    /// Names derived from the database's unique name.
+    pub fn new(db: TestDb, tables: &[&str]) -> CaptureSetup {
+        let source = db.side.name().to_owned();
+        let slot = format!("s_{}", db.name);
+        let publication = format!("p_{}", db.name);
+        let topic = format!("{}.changes", db.name);
+        CaptureSetup {
+            db,
+            source,
+            slot,
+            publication,
+            topic,
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            capture_options: String::from("heartbeat_interval = \"0s\"\n"),
+            telemetry_options: String::from(TELEMETRY_OFF),
+            polling: None,
+            source_url: None,
+        }
+    }
+
+    /// Runs capture in polling mode with `section` as its `[polling]` settings.
+    pub fn use_polling(&mut self, section: &str) {
+        self.polling = Some(section.to_owned());
+    }
+
+    /// Runs capture in streaming mode (the default).
+    pub fn use_streaming(&mut self) {
+        self.polling = None;
+    }
+
+    /// The capture configuration as TOML.
+    pub fn toml(&self) -> String {
+        let tables: Vec<String> = self.tables.iter().map(|t| format!("{t:?}")).collect();
+        let polling = match &self.polling {
+            Some(section) => format!("mode = \"polling\"\n\n[polling]\n{section}\n"),
+            None => String::new(),
+        };
+        format!(
+            "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n\n\
+             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}{polling}\n[telemetry]\n{}",
+            self.source,
+            self.source_url.as_deref().unwrap_or(&self.db.url),
+            tables.join(", "),
+            self.slot,
+            self.publication,
+            Stack::get().brokers,
+            self.topic,
+            self.capture_options,
+            self.telemetry_options,
+        )
+    }
+
+    pub fn config(&self) -> Result<capture::Config> {
+        Ok(capture::Config::from_toml(&self.toml())?)
+    }
+
+    /// In streaming mode, waits until capture has its slot.
+    pub async fn wait_for_slot(&self) -> Result<()> {
+        if self.polling.is_some() {
+            return Ok(());
+        }
+        let waited = eventually("the slot", Duration::from_secs(60), || async {
+            Ok(self.db.confirmed_flush_lsn(&self.slot).await?.map(|_| ()))
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let holders = self.db.transactions_holding_an_xid().await;
+                bail!("{error:#}\na new slot waits for every transaction that holds an xid in the cluster; those running now:\n{holders}")
+            }
+        }
+    }
+
+    /// Starts capture in this process.
+    pub fn start(&self) -> Result<RunningCapture> {
+        let config = self.config()?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(capture::run(config, shutdown.clone()));
+        Ok(RunningCapture { shutdown, task })
+    }
+
+    /// Writes the config to a file and starts the `capture` binary with it.
+    pub fn spawn_process(&self) -> Result<ServiceProcess> {
+        ServiceProcess::spawn("capture", &self.toml(), &self.db.name)
+    }
+}
+
+/// Capture running as a task of the test's runtime.
+pub struct RunningCapture {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<capture::Result<()>>,
+}
+
+impl RunningCapture {
+    /// Requests a clean shutdown and waits for it.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
