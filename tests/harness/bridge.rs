@@ -379,7 +379,7 @@ impl Bridge {
                         .key
                         .iter()
                         .chain(event.after.iter().flatten())
-                        .filter_map(|c| capture::pgtype::to_text(&c.value))
+                        .filter_map(|c| pg::value::to_text(&c.value))
                         .any(|text| keys.contains(&text));
                 if mentions {
                     let updated_at = event
@@ -387,14 +387,14 @@ impl Bridge {
                         .iter()
                         .flatten()
                         .find(|c| c.name == "updated_at")
-                        .and_then(|c| capture::pgtype::to_text(&c.value));
+                        .and_then(|c| pg::value::to_text(&c.value));
                     let _ = writeln!(
                         out,
                         "  {topic}: {:?} {}.{} key {:?} updated_at {:?} xid {} commit_lsn {:X} commit_time {} mode {:?} echo {}",
                         event.op,
                         event.schema,
                         event.table,
-                        event.key.iter().filter_map(|c| capture::pgtype::to_text(&c.value)).collect::<Vec<_>>(),
+                        event.key.iter().filter_map(|c| pg::value::to_text(&c.value)).collect::<Vec<_>>(),
                         updated_at,
                         event.transaction.xid,
                         event.transaction.commit_lsn,

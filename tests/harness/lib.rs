@@ -17,6 +17,7 @@
 //! - `processes`: service binaries as child processes ([`ServiceProcess`]);
 //! - `bridge`: both sides captured and applied ([`Bridge`]);
 //! - `workloads`: random writes on one side ([`random_writes`]);
+//! - [`metrics`]: every metric name the services export;
 //! - `private_servers`: a test's own cluster and broker
 //!   ([`ThrowawayCluster`], [`PrivateBroker`]).
 
@@ -24,6 +25,7 @@ mod bridge;
 mod broker;
 mod capture_setup;
 mod databases;
+pub mod metrics;
 mod private_servers;
 mod processes;
 mod sparse_batch;

@@ -383,7 +383,7 @@ async fn a_mapped_column_dropped_while_the_bridge_runs_dead_letters_what_needs_i
         ),
     )
     .await?;
-    let error = capture::error_chain(&restarted.expect_err("the mapping is refused at start"));
+    let error = runtime::error_chain(&restarted.expect_err("the mapping is refused at start"));
     assert!(error.contains("phone_e164"), "{error}");
     bridge.stop().await
 }

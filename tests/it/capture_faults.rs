@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use capture::telemetry::http::get_once;
-use capture::telemetry::metrics::CAPTURE_ERRORS;
+use capture::metrics::CAPTURE_ERRORS;
+use runtime::telemetry::http::get_once;
 use sync_bridge_tests::{
     connect, create_topic, eventually, free_port, unique, CaptureSetup, EventReader, PrivateBroker,
     ServiceProcess, Side, Stack, TestDb, ThrowawayCluster,

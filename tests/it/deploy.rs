@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The metric names with their types, as the Datadog assets use them. The
-/// names themselves are defined once, in `capture::telemetry::metrics`; the
+/// names themselves are defined once, in `capture::metrics` and `apply::metrics`; the
 /// test `the_datadog_assets_know_exactly_the_metrics_the_services_export`
 /// keeps this list equal to that module's.
 const AGREED_METRICS: &[(&str, MetricType)] = &[
@@ -847,7 +847,7 @@ fn docker_compose_config_accepts_the_file() {
 
 #[test]
 fn the_datadog_assets_know_exactly_the_metrics_the_services_export() {
-    let exported: BTreeSet<&str> = capture::telemetry::metrics::ALL.iter().copied().collect();
+    let exported: BTreeSet<&str> = sync_bridge_tests::metrics::all().into_iter().collect();
     let here: BTreeSet<&str> = AGREED_METRICS.iter().map(|(name, _)| *name).collect();
     assert_eq!(here, exported);
 }

@@ -509,7 +509,7 @@ async fn the_watermark_does_not_move_while_kafka_cannot_confirm_a_page() -> anyh
     let config = capture::Config::from_toml(&toml)?;
     let connection = config.connection()?;
     let codec = schemas::codec::Codec::new()?;
-    let producer = capture::kafka::producer(&config.kafka, 1000)?;
+    let producer = runtime::kafka::producer(&config.kafka, 1000)?;
     let mut poller =
         capture::polling::Poller::connect(&config, &connection, &codec, producer).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();

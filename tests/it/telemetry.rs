@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use capture::telemetry::http::get_once;
-use capture::telemetry::metrics as names;
+use runtime::telemetry::http::get_once;
+use sync_bridge_tests::metrics as names;
 use sync_bridge_tests::{
     binary, connect, count, eventually, free_port, unique, until_count, Bridge, PrivateBroker,
     ServiceProcess, Stack, TempDir,
@@ -275,15 +275,15 @@ async fn metrics_carry_the_agreed_names_and_labels_and_the_services_report_ready
             let base = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|suffix| metric.strip_suffix(suffix))
-                .filter(|base| names::ALL.contains(base))
+                .filter(|base| names::all().contains(base))
                 .unwrap_or(metric);
-            assert!(names::ALL.contains(&base), "unexpected series {metric}");
+            assert!(names::all().contains(&base), "unexpected series {metric}");
             seen.insert(base.to_owned());
         }
     }
     // All of them but the error counters (no error happened) and the
     // polling watermark (no table is polled).
-    let expected: BTreeSet<String> = names::ALL
+    let expected: BTreeSet<String> = names::all()
         .iter()
         .filter(|name| {
             ![

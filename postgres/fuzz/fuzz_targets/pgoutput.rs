@@ -1,6 +1,6 @@
 //! Fuzzes the pgoutput decoder and the text value parser.
 //!
-//! Run from `capture/fuzz` with a nightly toolchain:
+//! Run from `postgres/fuzz` with a nightly toolchain:
 //! `cargo +nightly fuzz run pgoutput`.
 //!
 //! Every input is decoded as a pgoutput message. It is also split into a
@@ -12,15 +12,8 @@
 use libfuzzer_sys::fuzz_target;
 use schemas::event::Value;
 
-// The modules are compiled in on their own, so this crate need not build
-// the whole capture crate and its C dependencies. They use nothing else
-// from capture.
-#[path = "../../src/pgoutput.rs"]
-#[allow(dead_code)]
-mod pgoutput;
-#[path = "../../src/pgtype.rs"]
-#[allow(dead_code)]
-mod pgtype;
+use pg::pgoutput;
+use pg::value;
 
 fuzz_target!(|data: &[u8]| {
     let _ = pgoutput::decode(&bytes::Bytes::copy_from_slice(data));
@@ -28,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    let builtin: Vec<u32> = pgtype::builtin_types().map(|(oid, _)| oid).collect();
+    let builtin: Vec<u32> = value::builtin_types().map(|(oid, _)| oid).collect();
     // Mostly a built-in type; otherwise a raw oid from the next four bytes.
     let (type_oid, text) = match builtin.get(usize::from(selector)) {
         Some(&oid) => (oid, rest),
@@ -39,9 +32,9 @@ fuzz_target!(|data: &[u8]| {
         None => return,
     };
     let text = String::from_utf8_lossy(text);
-    if let Ok(value) = pgtype::parse_text(type_oid, &text) {
-        if let Some(printed) = pgtype::to_text(&value) {
-            match pgtype::parse_text(type_oid, &printed) {
+    if let Ok(value) = value::parse_text(type_oid, &text) {
+        if let Some(printed) = value::to_text(&value) {
+            match value::parse_text(type_oid, &printed) {
                 Ok(again) => assert!(same(&value, &again), "to_text did not round-trip"),
                 Err(error) => panic!("to_text wrote unparsable text: {error}"),
             }
