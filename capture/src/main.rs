@@ -67,15 +67,6 @@ enum Command {
     },
 }
 
-/// mimalloc: capture and apply allocate many small, short-lived buffers per
-/// event; measured with `scripts/bench`. Built without transparent huge
-/// pages (`no_thp`, workspace Cargo.toml): zeroing a 2 MiB page whenever
-/// the allocator touched a fresh region cost apply about a tenth of its
-/// CPU. A host whose THP setting is `always` (not `madvise`) still gives
-/// huge pages.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.

@@ -25,3 +25,13 @@ pub mod telemetry;
 pub mod tls;
 
 pub use error::{error_chain, Result, RuntimeError};
+
+/// The allocator of every process built on this crate (both services, and
+/// their tests): mimalloc, because the services allocate many small,
+/// short-lived buffers per event (compared with `scripts/bench`). Built
+/// without transparent huge pages (`no_thp`, workspace Cargo.toml): zeroing
+/// a huge page whenever the allocator touched a fresh region showed up high
+/// in profiles. A host whose THP setting is `always` (not `madvise`) still
+/// gives huge pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -67,8 +67,8 @@ pub fn to_text(value: &Value) -> Option<String> {
     })
 }
 
-/// Appends `byte` as two lowercase hex digits (a `write!` per byte cost
-/// about 3% of apply's CPU, in uuids).
+/// Appends `byte` as two lowercase hex digits (a `write!` per byte showed
+/// up in apply's profiles, in uuids).
 fn push_hex(text: &mut String, byte: u8) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     text.push(char::from(DIGITS[usize::from(byte >> 4)]));

@@ -4,7 +4,7 @@
 //! Data written with the current schema (nearly all of it) is read here
 //! straight into a [`ChangeEvent`]; apache-avro would build a generic value
 //! tree first (a name and an allocation per record field) and look named
-//! types up by name on the way, which made decoding some 30 times slower
+//! types up by name on the way, which made decoding many times slower
 //! than encoding. Older versions still go through the scanner and
 //! apache-avro (see `codec.rs`).
 //!
