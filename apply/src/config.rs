@@ -293,18 +293,10 @@ impl Config {
             .connect(connector)
             .await
             .map_err(|e| {
-                if runtime::tls::is_tls_refusal(&e) {
-                    ApplyError::Config(format!(
-                        "TLS to the {} database failed with {}.sslmode = {}: {}; enable ssl on the server, fix {}.sslrootcert, or change {}.sslmode",
-                        side.as_str(),
-                        side.as_str(),
-                        tls.mode,
-                        runtime::error_chain(&e),
-                        side.as_str(),
-                        side.as_str()
-                    ))
-                } else {
-                    ApplyError::postgres(side.as_str(), "connect", e)
+                let database = format!("the {} database", side.as_str());
+                match runtime::tls::refusal_advice(&e, side.as_str(), &database, tls.mode) {
+                    Some(advice) => ApplyError::Config(advice),
+                    None => ApplyError::postgres(side.as_str(), "connect", e),
                 }
             })?;
         tokio::spawn(async move {
@@ -324,18 +316,14 @@ impl Config {
                 side.as_str()
             ))
         })?;
-        if let Some(password) = &database.password {
-            pg.password(password.expose());
-        } else if let Some(path) = &database.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ApplyError::Config(format!(
-                    "cannot read {}.password_file {}: {e}",
-                    side.as_str(),
-                    path.display()
-                ))
-            })?;
-            pg.password(text.lines().next().unwrap_or_default());
-        }
+        let password = runtime::config::database_password(
+            database.password.as_ref(),
+            database.password_file.as_deref(),
+            &pg,
+            side.as_str(),
+        )
+        .map_err(ApplyError::Config)?;
+        pg.password(password.expose());
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
         pg.options(pg::session::OPTIONS);

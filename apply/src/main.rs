@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 /// Applies both sides' change events to the other side, through the mapping.
@@ -79,24 +78,18 @@ fn main() -> ExitCode {
     let telemetry = apply::Config::load(args.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
-    let _traces = runtime::telemetry::init_with_traces(
+    let service = match runtime::service::Service::start(
+        "apply",
         args.log_format.as_deref(),
         telemetry.as_ref(),
-        "apply",
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    ) {
+        Ok(service) => service,
         Err(error) => {
-            eprintln!("apply: cannot start the runtime: {error}");
+            eprintln!("apply: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
-    let outcome = runtime.block_on(async {
-        tokio::spawn(runtime::telemetry::cancel_on_signal(shutdown.clone()));
+    let outcome = service.run(|shutdown| async move {
         let config = apply::Config::load(args.config.as_deref())?;
         match args.command.unwrap_or(Command::Run) {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)

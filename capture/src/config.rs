@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use pg::ident::TableName;
-use runtime::config::{layers, read_secret_file, KafkaConfig, Secret};
+use runtime::config::{layers, KafkaConfig, Secret};
 use runtime::tls::{PgTls, SslMode};
 use serde::Deserialize;
 
@@ -382,22 +382,13 @@ impl Config {
     }
 
     fn password(&self, pg: &tokio_postgres::Config) -> Result<Secret> {
-        if let Some(password) = &self.source.password {
-            return Ok(password.clone());
-        }
-        if let Some(path) = &self.source.password_file {
-            return read_secret_file(path).map_err(|e| {
-                CaptureError::Config(format!(
-                    "cannot read source.password_file {}: {e}",
-                    path.display()
-                ))
-            });
-        }
-        Ok(Secret::new(
-            pg.get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default(),
-        ))
+        runtime::config::database_password(
+            self.source.password.as_ref(),
+            self.source.password_file.as_deref(),
+            pg,
+            "source",
+        )
+        .map_err(CaptureError::Config)
     }
 }
 

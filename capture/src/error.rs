@@ -52,14 +52,6 @@ pub enum CaptureError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
 
-    /// Kafka refused or failed to deliver.
-    #[error("kafka: {context}")]
-    Kafka {
-        context: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
-
     /// The event contract could not be loaded.
     #[error("event schema")]
     Schema(#[source] schemas::Error),
@@ -92,7 +84,6 @@ impl CaptureError {
                     || source.is_io()
                     || replication_server_error_is_transient(source)
             }
-            CaptureError::Kafka { source, .. } => runtime::error::kafka_error_is_transient(source),
         }
     }
 
@@ -104,7 +95,6 @@ impl CaptureError {
             CaptureError::Replication { .. } => "replication",
             CaptureError::Decode { .. } => "decode",
             CaptureError::Protocol(_) => "protocol",
-            CaptureError::Kafka { .. } => "kafka",
             CaptureError::Runtime(error) => error.kind(),
             CaptureError::Schema(_) => "schema",
             CaptureError::Incomplete(_) => "incomplete",
@@ -124,13 +114,6 @@ impl CaptureError {
         source: pgwire_replication::PgWireError,
     ) -> Self {
         CaptureError::Replication {
-            context: context.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        CaptureError::Kafka {
             context: context.into(),
             source,
         }

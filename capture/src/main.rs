@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 /// Streams one PostgreSQL database's changes into Kafka as Avro change events.
@@ -73,24 +72,18 @@ fn main() -> ExitCode {
     let telemetry = capture::Config::load(args.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
-    let _traces = runtime::telemetry::init_with_traces(
+    let service = match runtime::service::Service::start(
+        "capture",
         args.log_format.as_deref(),
         telemetry.as_ref(),
-        "capture",
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    ) {
+        Ok(service) => service,
         Err(error) => {
-            eprintln!("capture: cannot start the runtime: {error}");
+            eprintln!("capture: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
-    let outcome = runtime.block_on(async {
-        tokio::spawn(runtime::telemetry::cancel_on_signal(shutdown.clone()));
+    let outcome = service.run(|shutdown| async move {
         match args.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = capture::Config::load(args.config.as_deref())?;

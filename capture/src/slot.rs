@@ -48,14 +48,14 @@ impl Source {
             .connect(connector)
             .await
             .map_err(|e| {
-                if runtime::tls::is_tls_refusal(&e) {
-                    CaptureError::Config(format!(
-                        "TLS to {connection} failed with source.sslmode = {}: {}; enable ssl on the server, fix source.sslrootcert, or change source.sslmode",
-                        connection.tls.mode,
-                        runtime::error_chain(&e)
-                    ))
-                } else {
-                    CaptureError::postgres(format!("connect to {connection}"), e)
+                match runtime::tls::refusal_advice(
+                    &e,
+                    "source",
+                    &connection.to_string(),
+                    connection.tls.mode,
+                ) {
+                    Some(advice) => CaptureError::Config(advice),
+                    None => CaptureError::postgres(format!("connect to {connection}"), e),
                 }
             })?;
         let connection_task = tokio::spawn(async move {

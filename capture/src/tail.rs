@@ -13,6 +13,8 @@ use schemas::codec::Codec;
 use schemas::event::{ChangeEvent, Column, Op, Value};
 use tokio_util::sync::CancellationToken;
 
+use runtime::RuntimeError;
+
 use crate::error::{CaptureError, Result};
 use pg::Lsn;
 use runtime::continuity::{self, Continuity, Next};
@@ -42,7 +44,7 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
         .set("group.id", "syncbridge-tail")
         .set("enable.auto.commit", "false")
         .create()
-        .map_err(|e| CaptureError::kafka("create the consumer", e))?;
+        .map_err(|e| RuntimeError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
     let start = if options.from_beginning {
         Offset::Beginning
@@ -52,11 +54,11 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
     for topic in &options.topics {
         assignment
             .add_partition_offset(topic, 0, start)
-            .map_err(|e| CaptureError::kafka("assign", e))?;
+            .map_err(|e| RuntimeError::kafka("assign", e))?;
     }
     consumer
         .assign(&assignment)
-        .map_err(|e| CaptureError::kafka("assign", e))?;
+        .map_err(|e| RuntimeError::kafka("assign", e))?;
     // Every offset, in order, even where the broker shows a later batch
     // before an earlier one (see `continuity`).
     let mut offsets: HashMap<String, Continuity> = options
@@ -72,7 +74,7 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
             () = shutdown.cancelled() => return Ok(()),
             next = tokio::time::timeout(Duration::from_secs(3600), stream.next()) => match next {
                 Err(_) | Ok(None) => continue,
-                Ok(Some(message)) => message.map_err(|e| CaptureError::kafka("consume", e))?,
+                Ok(Some(message)) => message.map_err(|e| RuntimeError::kafka("consume", e))?,
             },
         };
         let topic = message.topic().to_owned();
@@ -86,7 +88,7 @@ pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<(
                 drop(message);
                 continuity::fetch_again(&consumer, &topic, from, pause)
                     .await
-                    .map_err(|e| CaptureError::kafka("seek back to offsets missing", e))?;
+                    .map_err(|e| RuntimeError::kafka("seek back to offsets missing", e))?;
                 continue;
             }
             Next::HandleAfterGap { missing } | Next::Missing { missing } => {

@@ -162,6 +162,33 @@ impl KafkaConfig {
     }
 }
 
+/// A database password from its sources, first found wins: `password`,
+/// the first line of `password_file`, the URL's own. `section` names the
+/// configuration section in the error.
+pub fn database_password(
+    password: Option<&Secret>,
+    password_file: Option<&Path>,
+    url: &tokio_postgres::Config,
+    section: &str,
+) -> std::result::Result<Secret, String> {
+    if let Some(password) = password {
+        return Ok(password.clone());
+    }
+    if let Some(path) = password_file {
+        return read_secret_file(path).map_err(|e| {
+            format!(
+                "cannot read {section}.password_file {}: {e}",
+                path.display()
+            )
+        });
+    }
+    Ok(Secret::new(
+        url.get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+    ))
+}
+
 /// The first line of a secret file (a mounted Kubernetes secret).
 pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
     let text = std::fs::read_to_string(path)?;

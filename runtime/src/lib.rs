@@ -12,6 +12,7 @@
 //! - [`continuity`]: a consumer's offsets checked for gaps, in order.
 //! - [`telemetry`]: logs, the metrics registry, health, HTTP endpoints, status reports.
 //! - [`supervise`]: the retry loop's backoff and once-per-change failure logging.
+//! - [`service`]: a service binary's logs, runtime and shutdown on signals.
 //! - [`progress`]: a progress bar or progress log lines for long jobs.
 //! - [`error`]: the crate's error, and errors told without row values.
 
@@ -20,6 +21,7 @@ pub mod continuity;
 pub mod error;
 pub mod kafka;
 pub mod progress;
+pub mod service;
 pub mod supervise;
 pub mod telemetry;
 pub mod tls;

@@ -170,6 +170,23 @@ pub fn is_tls_refusal(error: &tokio_postgres::Error) -> bool {
     text.contains("server does not support TLS") || text.contains("invalid peer certificate")
 }
 
+/// When `error` is a TLS refusal ([`is_tls_refusal`]), what the operator
+/// must fix, naming the configuration `section` (`source`, `legacy`, ...)
+/// and the `database` as the person knows it.
+pub fn refusal_advice(
+    error: &tokio_postgres::Error,
+    section: &str,
+    database: &str,
+    mode: SslMode,
+) -> Option<String> {
+    is_tls_refusal(error).then(|| {
+        format!(
+            "TLS to {database} failed with {section}.sslmode = {mode}: {}; enable ssl on the server, fix {section}.sslrootcert, or change {section}.sslmode",
+            crate::error::error_chain(error)
+        )
+    })
+}
+
 fn read_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(path)
