@@ -1,6 +1,5 @@
 //! `apply`: both sides' changes into the other side's database.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,13 +9,8 @@ use tracing::error;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The TOML configuration file; every key can be overridden by a
-    /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
-    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Log format: `json` (default when stderr is not a terminal) or `text`.
-    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT", global = true)]
-    log_format: Option<String>,
+    #[command(flatten)]
+    common: runtime::service::CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,12 +69,12 @@ impl ToSide {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.
-    let telemetry = apply::Config::load(args.config.as_deref())
+    let telemetry = apply::Config::load(args.common.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
     let service = match runtime::service::Service::start(
         "apply",
-        args.log_format.as_deref(),
+        args.common.log_format.as_deref(),
         telemetry.as_ref(),
     ) {
         Ok(service) => service,
@@ -90,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = service.run(|shutdown| async move {
-        let config = apply::Config::load(args.config.as_deref())?;
+        let config = apply::Config::load(args.common.config.as_deref())?;
         match args.command.unwrap_or(Command::Run) {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)
                 .await

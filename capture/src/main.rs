@@ -1,6 +1,5 @@
 //! `capture`: streams one PostgreSQL database's changes into Kafka.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,13 +9,8 @@ use tracing::error;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The TOML configuration file; every key can be overridden by a
-    /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
-    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Log format: `json` (default when stderr is not a terminal) or `text`.
-    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT", global = true)]
-    log_format: Option<String>,
+    #[command(flatten)]
+    common: runtime::service::CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -69,12 +63,12 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.
-    let telemetry = capture::Config::load(args.config.as_deref())
+    let telemetry = capture::Config::load(args.common.config.as_deref())
         .ok()
         .map(|config| config.telemetry);
     let service = match runtime::service::Service::start(
         "capture",
-        args.log_format.as_deref(),
+        args.common.log_format.as_deref(),
         telemetry.as_ref(),
     ) {
         Ok(service) => service,
@@ -86,7 +80,7 @@ fn main() -> ExitCode {
     let outcome = service.run(|shutdown| async move {
         match args.command.unwrap_or(Command::Run) {
             Command::Run => {
-                let config = capture::Config::load(args.config.as_deref())?;
+                let config = capture::Config::load(args.common.config.as_deref())?;
                 capture::run(config, shutdown).await
             }
             Command::Tail {
@@ -106,7 +100,7 @@ fn main() -> ExitCode {
                 capture::tail::tail(options, shutdown).await
             }
             Command::Status { json, address } => {
-                let config = capture::Config::load(args.config.as_deref())?;
+                let config = capture::Config::load(args.common.config.as_deref())?;
                 let report = capture::monitor::status(&config, address).await;
                 if json {
                     let text = serde_json::to_string_pretty(&report)
@@ -118,7 +112,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Snapshot { tables, page_size } => {
-                let config = capture::Config::load(args.config.as_deref())?;
+                let config = capture::Config::load(args.common.config.as_deref())?;
                 let options = capture::snapshot::SnapshotOptions { tables, page_size };
                 let summary = capture::snapshot::snapshot(&config, &options, &shutdown).await?;
                 print!("{summary}");

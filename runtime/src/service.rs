@@ -3,10 +3,24 @@
 //! SIGTERM or SIGINT cancels.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{self, TelemetryConfig, Traces};
+
+/// The options every service command line has (flattened into each
+/// binary's own arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The TOML configuration file; every key can be overridden by a
+    /// SYNC_BRIDGE_<SECTION>__<KEY> environment variable.
+    #[arg(long, short, env = "SYNC_BRIDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format: `json` (default when stderr is not a terminal) or `text`.
+    #[arg(long, env = "SYNC_BRIDGE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
 
 /// A started service process: keep it until `main` returns, so that traces
 /// are flushed last.
