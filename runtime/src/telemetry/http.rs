@@ -49,7 +49,10 @@ pub async fn serve(
     Ok(bound)
 }
 
-async fn metrics() -> impl IntoResponse {
+/// The registry as it stands, with readiness as of this request (the
+/// background tick only refreshes it every second, for DogStatsD).
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    super::metrics::ready(health.service(), health.status().ready);
     (
         [(
             header::CONTENT_TYPE,
