@@ -17,8 +17,8 @@
 //!   by legacy id only: a lookup by platform id reads the legacy id out of
 //!   the uuid ([`derived_legacy_id_sql`]) and checks the stored uuid equals
 //!   it, so a platform id that merely looks derived matches nothing. One
-//!   index per pair instead of two took the platform server's CPU for
-//!   `scripts/bench apply` from 8.7-9.9 s to 7.3-8.1 s (alternating runs).
+//!   index per pair instead of two measured less of the platform server's
+//!   CPU in alternating runs of `scripts/bench apply`.
 //! - `id_map`: every other pair (a platform-born row given a legacy id from
 //!   the legacy sequence, two rows linked by a natural key, and derived
 //!   pairs recorded before `id_derived` existed), indexed both ways.
@@ -70,8 +70,8 @@ pub fn derived_legacy_id_sql(uuid: &str) -> String {
 ///
 /// A legacy application gives new rows ids from a sequence, so nearly every
 /// row a load inserts has an id above every paired one, and asking both
-/// databases about each of them was a tenth of the platform server's work
-/// in `scripts/bench apply`.
+/// databases about each of them was a measurable share of the platform
+/// server's work in `scripts/bench apply`.
 ///
 /// Contract:
 /// - Until [`Self::read`] has read both databases' tables, every id may be

@@ -241,8 +241,8 @@ struct Session<'a> {
 /// With `apply.writers = 2` a batch that is full is committed without
 /// waiting for the reply: its writer is parked while the other writer
 /// takes the next batch, so the target works on two batches at once
-/// (alternating runs of the bench workload on one stack: 8.1-10.0 s with
-/// two writers against 10.8-11.9 s with one). What keeps that exact:
+/// (measured faster than one writer in alternating runs of `scripts/bench
+/// apply` on one stack). What keeps that exact:
 /// - **Commits stay in source order.** A batch stores its position and
 ///   commits only after the parked batch's commit succeeded, so the stored
 ///   position stays one offset and a restart stays exact.
@@ -347,13 +347,13 @@ const PAIR_LOCK_TURN: Duration = Duration::from_secs(1);
 
 /// Planner statistics refreshed beside the applying connection.
 ///
-/// An `ANALYZE` of the tables apply fills takes a few hundred milliseconds
-/// on a large load; on the applying connection every batch behind it
-/// waited. It runs on a connection of its own (opened on first use), one at
-/// a time: while one runs, the rows written keep counting and the next
-/// starts once it has finished. One still running when the session ends is
-/// cancelled with it. A failure costs only stale statistics: logged, and the
-/// next one is tried when due.
+/// An `ANALYZE` of the tables apply fills takes a while on a large load;
+/// on the applying connection every batch behind it waited. It runs on a
+/// connection of its own (opened on first use), one at a time: while one
+/// runs, the rows written keep counting and the next starts once it has
+/// finished. One still running when the session ends is cancelled with it.
+/// A failure costs only stale statistics: logged, and the next one is tried
+/// when due.
 #[derive(Default)]
 struct Statistics {
     /// What the direction's writers wrote since the last refresh.
@@ -798,7 +798,7 @@ fn consumer(
     // An offset, never `Offset::Beginning`: a logical offset is resolved by
     // a query that librdkafka, not knowing the partition's leader yet at
     // assignment, puts off by half a second (every start of apply on a
-    // topic without a stored position began fetching 0.5 s late). Offset 0
+    // topic without a stored position began fetching late). Offset 0
     // is fetched at once; where the log no longer starts at 0, the broker
     // answers out of range and `auto.offset.reset = earliest` starts at its
     // beginning, as for a stored position that retention has passed.

@@ -76,9 +76,9 @@ impl ToSide {
 /// mimalloc: capture and apply allocate many small, short-lived buffers per
 /// event; measured with `scripts/bench`. Built without transparent huge
 /// pages (`no_thp`, workspace Cargo.toml): zeroing a 2 MiB page whenever
-/// the allocator touched a fresh region cost apply about a tenth of its
-/// CPU. A host whose THP setting is `always` (not `madvise`) still gives
-/// huge pages.
+/// the allocator touched a fresh region cost apply a measurable share of
+/// its CPU in `scripts/bench apply`. A host whose THP setting is `always`
+/// (not `madvise`) still gives huge pages.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -140,8 +140,8 @@ impl Rendered {
 /// the message it is written into. The bind message of a multi-row statement
 /// is hundreds of kilobytes; grown by doubling as the values were written,
 /// it was copied at each step and each step faulted in fresh memory
-/// (`scripts/bench apply`, alternating runs: apply CPU 3.31-3.64 s with it
-/// against 3.49-3.88 s without).
+/// (reserving it up front measured less apply CPU in alternating runs of
+/// `scripts/bench apply`).
 #[derive(Debug)]
 struct Presized<T> {
     value: T,
@@ -203,7 +203,7 @@ struct Run {
 /// One pair of maps holds them all: a pair is inserted once, when it is
 /// learnt, and a commit only drops the logs of what is uncommitted. (Three
 /// layers, each commit moving every pair of the batch into the committed
-/// maps, cost about 7% of apply's CPU in `scripts/bench apply`.)
+/// maps, cost a measurable share of apply's CPU in `scripts/bench apply`.)
 #[derive(Default)]
 struct IdMap {
     forward: FastMap<(usize, i64), Uuid>,
@@ -2140,13 +2140,13 @@ impl Writer {
     /// target's `id_map` and its natural-key matches go out together on the
     /// target connection while the source connection takes the pair lock
     /// and then reads the source's `id_map`. Done one after the other, each
-    /// reply kept the target waiting for apply (after the first read alone,
-    /// 8% of the run in `scripts/bench apply`). What is decided is the same:
-    /// a pair in the target's `id_map` first, then one in the source's, read
-    /// with the lock held; the natural-key matches (returned) are used only
-    /// for rows found in neither. Costs a natural-key probe for each row
-    /// that turns out to have crossed already, which is why updates keep the
-    /// sequential path.
+    /// reply kept the target waiting for apply (the first read alone, a
+    /// measurable share of the run in `scripts/bench apply`). What is
+    /// decided is the same: a pair in the target's `id_map` first, then one
+    /// in the source's, read with the lock held; the natural-key matches
+    /// (returned) are used only for rows found in neither. Costs a
+    /// natural-key probe for each row that turns out to have crossed
+    /// already, which is why updates keep the sequential path.
     #[allow(clippy::too_many_arguments)]
     async fn resolve_fresh_keys(
         &mut self,
@@ -2538,7 +2538,7 @@ impl Writer {
             Side::Legacy => (Vec::new(), pairs),
         };
         // Plain inserts, not `ON CONFLICT DO NOTHING` (which checks every
-        // unique index before each row: twice the cost, measured): these
+        // unique index before each row: measured costlier): these
         // pairs were looked for in both databases just before, with the pair
         // lock held for entities that link. Should one exist after all, the
         // unique violation fails the source transaction, which is applied
@@ -2841,12 +2841,13 @@ type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);
 /// granted, sees it.
 ///
 /// Rows that [`Writer::link_or_allocate`] gave a new id in the same run are
-/// not locked (5% of the target's time in `scripts/bench apply`): no other
-/// writer can know that id before this transaction commits. A legacy id
-/// comes from the sequence; a derived platform id is only ever the one row's,
-/// and should another row hold it already (the pair gave way to a row with
-/// the same natural key, see `Writer::unpair`), the `id_map` insert sent
-/// before the write fails on its unique index and the write never runs.
+/// not locked (a measurable share of the target's time in `scripts/bench
+/// apply`): no other writer can know that id before this transaction
+/// commits. A legacy id comes from the sequence; a derived platform id is
+/// only ever the one row's, and should another row hold it already (the
+/// pair gave way to a row with the same natural key, see `Writer::unpair`),
+/// the `id_map` insert sent before the write fails on its unique index and
+/// the write never runs.
 async fn lock_rows(
     client: &Client,
     side: &'static str,
