@@ -57,6 +57,7 @@ use crate::correspondence::PairCeiling;
 use crate::deadletter::{DeadLetters, Origin};
 use crate::error::{ApplyError, Result};
 use crate::footprint::Footprint;
+pub use crate::mapping::Catalogs;
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
 use crate::writer::{Analyze, Writer};
@@ -445,13 +446,6 @@ pub async fn check_mapping(config: &Config, mapping: &Mapping, side: Side) -> Re
     mapping.check(side, &catalog)?;
     checkpoint::install(&client, side.as_str()).await?;
     Ok(catalog)
-}
-
-/// What the two databases of a direction have.
-#[derive(Debug, Clone)]
-pub struct Catalogs {
-    pub source: Catalog,
-    pub target: Catalog,
 }
 
 /// Reads both databases' catalogs for the direction `from` ->

@@ -47,22 +47,8 @@ pub use config::Config;
 pub use error::{ApplyError, Result};
 use mapping::{Mapping, Side};
 use stats::Stats;
-
-/// The counters of both directions.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub legacy_to_platform: Arc<Stats>,
-    pub platform_to_legacy: Arc<Stats>,
-}
-
-impl Counters {
-    pub fn of(&self, from: Side) -> &Arc<Stats> {
-        match from {
-            Side::Legacy => &self.legacy_to_platform,
-            Side::Platform => &self.platform_to_legacy,
-        }
-    }
-}
+pub use stats::{now_micros, Counters};
+pub use verify::check;
 
 /// Runs both directions until `shutdown` (Ok) or a definite error, once this
 /// instance holds the single-writer lock on both databases ([`lease`]).
@@ -148,18 +134,6 @@ async fn run_directions(
     result
 }
 
-/// Compares the two databases under the mapping (`apply check`).
-pub async fn check(config: &Config) -> Result<verify::Report> {
-    let mapping = Mapping::load_dir(&config.apply.mapping_dir)?;
-    let mut clients = Vec::new();
-    for side in [Side::Legacy, Side::Platform] {
-        let client = config.connect(side).await?;
-        checkpoint::install(&client, side.as_str()).await?;
-        clients.push(client);
-    }
-    verify::compare(&mapping, &clients[0], &clients[1]).await
-}
-
 /// Runs one direction, retrying transient failures with backoff, logging
 /// each new failure once.
 async fn supervise(
@@ -243,11 +217,4 @@ async fn log_progress(counters: Counters, shutdown: CancellationToken) {
             );
         }
     }
-}
-
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

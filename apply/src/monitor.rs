@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::mapping::{Mapping, Side};
-use crate::stats::Stats;
-use crate::Counters;
+use crate::stats::{now_micros, Counters, Stats};
 
 /// Health component names of apply besides the directions.
 pub const BROKER: &str = "broker";
@@ -64,7 +63,7 @@ pub fn batch_committed(
         return;
     }
     let latency = metrics::histogram!(names::APPLY_COMMIT_LATENCY, label::DIRECTION => label);
-    let now = crate::now_micros();
+    let now = now_micros();
     for commit_micros in source_commits_micros {
         latency.record(((now - commit_micros).max(0) as f64) / 1_000_000.0);
     }
@@ -179,7 +178,7 @@ fn publish_counters(from: Side, stats: &Stats) {
 /// Takes one lag sample of a direction: gauges, `/status` figures, progress.
 fn observe(w: &mut Watched, lags: &[PartitionLag], health: &Health) {
     let label = direction(w.from);
-    let now = crate::now_micros();
+    let now = now_micros();
     let total: i64 = lags.iter().map(|l| l.lag).sum();
     for lag in lags {
         metrics::gauge!(
@@ -325,7 +324,7 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
         directions.push(report);
     }
     let (verified, verify_report) = if verify {
-        match crate::check(config).await {
+        match crate::verify::check(config).await {
             Ok(report) => (Some(report.corresponds()), Some(report.to_string())),
             Err(error) => (Some(false), Some(capture::error_chain(&error))),
         }

@@ -2,6 +2,33 @@
 //! path; read by the periodic progress log and by tests.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::mapping::Side;
+
+/// The counters of both directions.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub legacy_to_platform: Arc<Stats>,
+    pub platform_to_legacy: Arc<Stats>,
+}
+
+impl Counters {
+    pub fn of(&self, from: Side) -> &Arc<Stats> {
+        match from {
+            Side::Legacy => &self.legacy_to_platform,
+            Side::Platform => &self.platform_to_legacy,
+        }
+    }
+}
+
+/// Now, in Unix microseconds (0 before the epoch).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
 
 /// Counters of what apply did to a target database. Those of the open
 /// target transaction are pending: they count once it commits, and not at
@@ -151,7 +178,7 @@ impl Stats {
     pub fn absorb(&self, writer: &Stats) {
         self.committed.take_from(&writer.pending);
         self.committed_at_micros
-            .fetch_max(crate::now_micros(), Ordering::Relaxed);
+            .fetch_max(now_micros(), Ordering::Relaxed);
     }
 
     /// The open target transaction rolled back, or was lost with its

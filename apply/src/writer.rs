@@ -20,11 +20,10 @@ use uuid::Uuid;
 
 use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
 use crate::correspondence::{derived_legacy_id_sql, derived_platform_id, PairCeiling};
-use crate::direction::Catalogs;
 use crate::error::{ApplyError, Result};
 use crate::footprint::{self, Footprint, Touch};
 use crate::mapping::{
-    to_target, Catalog, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
+    to_target, Catalog, Catalogs, Entity, Field, Mapping, Row, Side, TargetRow, TargetValue,
 };
 use crate::stats::Stats;
 
