@@ -22,7 +22,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conflict;
-pub mod correspondence;
 pub mod deadletter;
 pub mod direction;
 pub mod error;
@@ -49,6 +48,7 @@ use mapping::{Mapping, Side};
 use stats::Stats;
 pub use stats::{now_micros, Counters};
 pub use verify::check;
+pub use writer::pairing as correspondence;
 
 /// Runs both directions until `shutdown` (Ok) or a definite error, once this
 /// instance holds the single-writer lock on both databases ([`lease`]).

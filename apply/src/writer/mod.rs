@@ -7,6 +7,8 @@
 //! touch a row already in it, so source order is kept wherever it matters
 //! (parents before children, two changes of one row in order).
 
+pub mod pairing;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
