@@ -53,14 +53,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
-use crate::correspondence::PairCeiling;
 use crate::deadletter::{DeadLetters, Origin};
 use crate::error::{ApplyError, Result};
 use crate::footprint::Footprint;
 pub use crate::mapping::Catalogs;
 use crate::mapping::{Catalog, Mapping, Side};
 use crate::stats::Stats;
-use crate::writer::{Analyze, Writer};
+use crate::writer::pairing::PairCeiling;
+use crate::writer::{Statistics, Writer};
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch
@@ -345,67 +345,6 @@ const MARKER_AND_ORDER_LOCK: &str = "SELECT pg_catalog.pg_logical_emit_message(t
 /// How long a direction's writers may keep the pair lock without both
 /// being idle once.
 const PAIR_LOCK_TURN: Duration = Duration::from_secs(1);
-
-/// Planner statistics refreshed beside the applying connection.
-///
-/// An `ANALYZE` of the tables apply fills takes a while on a large load;
-/// on the applying connection every batch behind it waited. It runs on a
-/// connection of its own (opened on first use), one at a time: while one
-/// runs, the rows written keep counting and the next starts once it has
-/// finished. One still running when the session ends is cancelled with it.
-/// A failure costs only stale statistics: logged, and the next one is tried
-/// when due.
-#[derive(Default)]
-struct Statistics {
-    /// What the direction's writers wrote since the last refresh.
-    analyze: Analyze,
-    connection: Option<Arc<Client>>,
-    running: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Statistics {
-    /// Starts the `ANALYZE` the writer says is due, unless one still runs.
-    async fn refresh(&mut self, config: &Config, side: Side, writer: &mut Writer) {
-        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
-            return;
-        }
-        let Some(sql) = writer.statistics_due(&mut self.analyze) else {
-            return;
-        };
-        let client = match &self.connection {
-            Some(client) if !client.is_closed() => Arc::clone(client),
-            _ => match connect(config, side).await {
-                Ok(client) => Arc::clone(self.connection.insert(Arc::new(client))),
-                Err(error) => {
-                    warn!(database = side.as_str(), error = %error, "could not connect to refresh planner statistics");
-                    return;
-                }
-            },
-        };
-        self.running = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            match client.batch_execute(&sql).await {
-                Ok(()) => debug!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "planner statistics refreshed"
-                ),
-                Err(error) => warn!(
-                    database = side.as_str(),
-                    error = %capture::error_chain(&error),
-                    "refreshing planner statistics failed"
-                ),
-            }
-        }));
-    }
-}
-
-impl Drop for Statistics {
-    fn drop(&mut self) {
-        if let Some(running) = &self.running {
-            running.abort();
-        }
-    }
-}
 
 /// How one run of a session ended.
 enum Ended {

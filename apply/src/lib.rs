@@ -8,7 +8,8 @@
 //!
 //! - [`mapping`]: the correspondence between the schemas (configuration).
 //! - [`writer`]: events into multi-row statements.
-//! - [`correspondence`]: legacy ids and platform uuids of one row; derived ids.
+//! - [`correspondence`]: legacy ids and platform uuids of one row; derived
+//!   ids (the public part of [`writer::pairing`], at its former path).
 //! - [`conflict`]: the statements that decide last-writer-wins as they write.
 //! - [`checkpoint`]: the bookkeeping schema and the position, stored with the rows.
 //! - [`direction`]: one source topic into one target database.
