@@ -129,7 +129,8 @@ impl Session<'_> {
     /// Stores the position and commits the target transaction, then the
     /// consumer group offset. With `park` and two writers, the commit is
     /// sent and not waited for: the other writer takes the next batch (see
-    /// [`Lane`]). Otherwise every batch has committed when this returns.
+    /// [`Lane`](super::lanes::Lane)). Otherwise every batch has committed
+    /// when this returns.
     pub(super) async fn commit(&mut self, consumer: &StreamConsumer, park: bool) -> Result<()> {
         debug_assert!(
             self.open.is_none(),

@@ -28,7 +28,7 @@ use crate::mapping::Side;
 /// grows. Statistics are refreshed whenever the rows written since the last
 /// refresh reach [`Analyze::GROWTH`] times the rows written before it (and at
 /// least [`Analyze::FIRST_AFTER`]), so a load of n rows costs O(log n)
-/// `ANALYZE`s. Lookups probe one key at a time (see [`PROBE`]), so a plan
+/// `ANALYZE`s. Lookups probe one key at a time (see [`PROBE`](crate::conflict::PROBE)), so a plan
 /// only needs the right order of magnitude: the statistics may lag until
 /// the tables have grown fourfold.
 #[derive(Debug, Default)]

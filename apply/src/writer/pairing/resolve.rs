@@ -31,7 +31,7 @@ impl Writer {
     }
 
     /// Of the rows `unknown`, those whose pair, if any, only a database
-    /// knows: a legacy id above the [`PairCeiling`] has none.
+    /// knows: a legacy id above the [`PairCeiling`](super::PairCeiling) has none.
     pub(super) fn to_read(&self, index: usize, keys: &[&Value], unknown: &[usize]) -> Vec<usize> {
         unknown
             .iter()
