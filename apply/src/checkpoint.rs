@@ -9,7 +9,7 @@
 //! - `id_derived` and `id_map`: the id correspondence (legacy bigint <->
 //!   platform uuid) of the rows this database received: legacy rows with
 //!   their derived platform ids, and every other pair (see
-//!   [`crate::correspondence`]). The view `id_pairs` shows both.
+//!   [`crate::writer::pairing`]). The view `id_pairs` shows both.
 //! - `apply_ledger`: one entry per source transaction apply wrote here,
 //!   keyed by the xid its rows carry as `xmin` (`written_xmin`: apply writes
 //!   each source transaction inside a savepoint, so that is the

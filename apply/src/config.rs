@@ -157,8 +157,8 @@ fn default_marker_prefix() -> String {
 }
 /// Smaller batches hand over between the two writers more often, so a
 /// transaction that waits for the batch before (children after their
-/// parents) waits for less: 500 measured 8.2-8.6 s against 9.5-9.8 s for
-/// 1,000 in alternating bench runs, 250 and 350 no faster than 500.
+/// parents) waits for less: 500 measured faster than 1,000 in alternating
+/// runs of `scripts/bench apply`, and 250 or 350 no faster than 500.
 fn default_batch_events() -> usize {
     500
 }

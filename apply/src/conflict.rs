@@ -48,12 +48,12 @@ use crate::mapping::{Entity, Side};
 /// Written as a plain join (or `= ANY`), a batch of a thousand keys against
 /// a table of a hundred thousand rows was planned as a sequential scan: the
 /// planner prices a thousand probes above one scan, and the scan's cost
-/// grows with the table (measured by `scripts/bench apply` with auto_explain:
-/// 8-25 ms per batch at 70,000 rows, against about 1 ms for the probes).
+/// grows with the table (seen in `scripts/bench apply` with auto_explain:
+/// many times slower per batch than the probes, and slower as it grows).
 /// `OFFSET 0` keeps the subquery from being pulled up into a join the
 /// planner could turn into that scan. In an `EXISTS` it also keeps the
 /// planner from hashing the whole table once per statement: the parent
-/// checks of a 500-row memberships batch read all 200,000 identities that
+/// checks of a memberships batch read the whole identities table that
 /// way, twice per statement (seen in `scripts/bench apply` plans), a cost
 /// that grows with the parent table.
 pub const PROBE: &str = "OFFSET 0";
@@ -174,11 +174,10 @@ impl Shape {
     /// The arrays are unnested in the select list, where the set-returning
     /// functions run in lockstep, one row at a time. `unnest(a, b, ...)` in
     /// `FROM` first copies each array's elements into a tuple store of its
-    /// own: for a 1,000-row users statement that took about 1 ms more of the
-    /// server's time (`EXPLAIN ANALYZE` of both forms, alternated: 4.2-5.2 ms
-    /// against 3.3-3.5 ms, a plain insert of the rows included). Over the
-    /// bench load's 200,000 users: 4.5-5.0 s of server time against 5.0-5.3 s
-    /// (`pg_stat_statements`, six alternating runs).
+    /// own, which measured more of the server's time for a users statement
+    /// (`EXPLAIN ANALYZE` of both forms, alternated) and over the users of
+    /// `scripts/bench apply`'s load (`pg_stat_statements`, alternating
+    /// runs).
     fn input(&self) -> String {
         let mut select = format!(
             "SELECT k::{} AS {}",

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! - [`mapping`]: the correspondence between the schemas (configuration).
-//! - [`writer`]: events into multi-row statements.
-//! - [`correspondence`]: legacy ids and platform uuids of one row; derived ids.
+//! - [`writer`]: events into multi-row statements; [`writer::pairing`]: the
+//!   legacy id and platform uuid of one row, derived ids.
 //! - [`conflict`]: the statements that decide last-writer-wins as they write.
 //! - [`checkpoint`]: the bookkeeping schema and the position, stored with the rows.
 //! - [`direction`]: one source topic into one target database.
@@ -23,7 +23,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod conflict;
-pub mod correspondence;
 pub mod deadletter;
 pub mod direction;
 pub mod error;
@@ -49,23 +48,9 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use error::{ApplyError, Result};
 use mapping::{Mapping, Side};
+pub use stats::Counters;
 use stats::Stats;
-
-/// The counters of both directions.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub legacy_to_platform: Arc<Stats>,
-    pub platform_to_legacy: Arc<Stats>,
-}
-
-impl Counters {
-    pub fn of(&self, from: Side) -> &Arc<Stats> {
-        match from {
-            Side::Legacy => &self.legacy_to_platform,
-            Side::Platform => &self.platform_to_legacy,
-        }
-    }
-}
+pub use verify::check;
 
 /// Runs both directions until `shutdown` (Ok) or a definite error, once this
 /// instance holds the single-writer lock on both databases ([`lease`]).
@@ -150,18 +135,6 @@ async fn run_directions(
     progress.abort();
     watcher.abort();
     result
-}
-
-/// Compares the two databases under the mapping (`apply check`).
-pub async fn check(config: &Config) -> Result<verify::Report> {
-    let mapping = Mapping::load_dir(&config.apply.mapping_dir)?;
-    let mut clients = Vec::new();
-    for side in [Side::Legacy, Side::Platform] {
-        let client = config.connect(side).await?;
-        checkpoint::install(&client, side.as_str()).await?;
-        clients.push(client);
-    }
-    verify::compare(&mapping, &clients[0], &clients[1]).await
 }
 
 /// Runs one direction, retrying transient failures with backoff, logging

@@ -21,9 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::mapping::{Mapping, Side};
 use crate::metrics as names;
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use crate::status::{ApplyStatus, DirectionReport, StatusReport};
-use crate::Counters;
 
 /// Health component names of apply besides the directions.
 pub const BROKER: &str = "broker";
@@ -325,7 +324,7 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
         directions.push(report);
     }
     let (verified, verify_report) = if verify {
-        match crate::check(config).await {
+        match crate::verify::check(config).await {
             Ok(report) => (Some(report.corresponds()), Some(report.to_string())),
             Err(error) => (Some(false), Some(runtime::error_chain(&error))),
         }

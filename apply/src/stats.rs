@@ -2,6 +2,25 @@
 //! path; read by the periodic progress log and by tests.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::mapping::Side;
+
+/// The counters of both directions.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub legacy_to_platform: Arc<Stats>,
+    pub platform_to_legacy: Arc<Stats>,
+}
+
+impl Counters {
+    pub fn of(&self, from: Side) -> &Arc<Stats> {
+        match from {
+            Side::Legacy => &self.legacy_to_platform,
+            Side::Platform => &self.platform_to_legacy,
+        }
+    }
+}
 
 /// Counters of what apply did to a target database. Those of the open
 /// target transaction are pending: they count once it commits, and not at

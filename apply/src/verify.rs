@@ -13,9 +13,23 @@ use std::fmt;
 use schemas::event::{Column, Value};
 use tokio_postgres::Client;
 
+use crate::checkpoint;
+use crate::config::Config;
 use crate::conflict::{quote, quote_table};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{to_target, Entity, Field, Mapping, Row, Side, TargetValue};
+
+/// Compares the two databases under the mapping (`apply check`).
+pub async fn check(config: &Config) -> Result<Report> {
+    let mapping = Mapping::load_dir(&config.apply.mapping_dir)?;
+    let mut clients = Vec::new();
+    for side in [Side::Legacy, Side::Platform] {
+        let client = config.connect(side).await?;
+        checkpoint::install(&client, side.as_str()).await?;
+        clients.push(client);
+    }
+    compare(&mapping, &clients[0], &clients[1]).await
+}
 
 /// Differences found for one entity.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ SET TimeZone = 'UTC';
 CREATE SCHEMA IF NOT EXISTS bench_ext;
 CREATE EXTENSION IF NOT EXISTS "uuid-ossp" SCHEMA bench_ext;
 
--- apply's derived id (apply/src/correspondence.rs): a version-8 uuid whose hex digits 1-12,
+-- apply's derived id (apply/src/writer/pairing/derived.rs): a version-8 uuid whose hex digits 1-12,
 -- 14-16 and 18 are the legacy id's 16 hex digits, and whose digits 17 and 19-32 are those of
 -- the uuid v5 of "<entity>:<legacy id>" in apply's namespace.
 CREATE FUNCTION pg_temp.pid(entity text, id bigint) RETURNS uuid LANGUAGE sql IMMUTABLE AS

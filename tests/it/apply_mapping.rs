@@ -536,7 +536,7 @@ async fn a_legacy_row_crosses_under_its_derived_id_recorded_once_and_found_again
         )
         .await?;
     bridge.converged(WAIT).await?;
-    let derived = apply::correspondence::derived_platform_id("team", 42);
+    let derived = apply::writer::pairing::derived_platform_id("team", 42);
     let platform = bridge.platform().client();
     let id: uuid::Uuid = platform
         .query_one("SELECT id FROM org.groups", &[])
@@ -583,10 +583,10 @@ async fn the_database_reads_the_legacy_id_out_of_a_derived_id_as_apply_does() ->
         sync_bridge_tests::TestDb::create(sync_bridge_tests::Side::Platform, "derived_sql").await?;
     let sql = format!(
         "SELECT {}",
-        apply::correspondence::derived_legacy_id_sql("$1::uuid")
+        apply::writer::pairing::derived_legacy_id_sql("$1::uuid")
     );
     for legacy in [0, 1, 42, 0xffff, 1 << 40, i64::MAX, -1, i64::MIN] {
-        let derived = apply::correspondence::derived_platform_id("team_member", legacy);
+        let derived = apply::writer::pairing::derived_platform_id("team_member", legacy);
         let read: i64 = db.client().query_one(&sql, &[&derived]).await?.get(0);
         assert_eq!(read, legacy, "{derived}");
     }
@@ -795,7 +795,7 @@ async fn a_pair_another_process_records_while_apply_runs_is_found_when_the_trans
         1,
     )
     .await?;
-    let group = apply::correspondence::derived_platform_id("team", 500);
+    let group = apply::writer::pairing::derived_platform_id("team", 500);
     bridge
         .platform()
         .client()

@@ -15,6 +15,14 @@ pub struct Catalog {
     set_null: BTreeSet<(String, String, String)>,
 }
 
+/// What the two databases of a direction have: read at each session's
+/// start, checked against the mapping, and handed to its writers.
+#[derive(Debug, Clone)]
+pub struct Catalogs {
+    pub source: Catalog,
+    pub target: Catalog,
+}
+
 impl Catalog {
     /// An empty catalog; fill it with [`Catalog::add_column`] or [`Catalog::with_table`].
     pub fn new() -> Self {

@@ -110,7 +110,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Catalogs};
 pub use convert::{to_target, ConvertError, ConvertProblem, Row, TargetRow, TargetValue};
 pub use error::{Located, MappingError};
 pub use model::{

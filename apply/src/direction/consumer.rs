@@ -1,0 +1,150 @@
+//! The topic's consumer: where a session starts fetching (a little before
+//! its position, see [`RESUME_LOOKBACK`]), every offset after the position
+//! received in order (see [`Continuity`](runtime::continuity::Continuity)), and the consumer group offset
+//! committed for monitoring once a batch has committed.
+
+use std::time::Instant;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use runtime::continuity::{self, Next};
+use tracing::{debug, error, info, warn};
+
+use super::Session;
+use crate::checkpoint::Position;
+use crate::config::Config;
+use crate::error::{ApplyError, Result};
+
+/// How far before its stored position a direction starts fetching. A broker
+/// may answer a fetch at an offset inside a record batch with the next batch
+/// (Tansu 0.6 does), which would silently skip the rest of that batch; starting
+/// at least one producer batch earlier (capture's batches hold at most 10,000
+/// messages) and skipping the messages already applied makes resuming exact on
+/// any broker. The first message received is checked to be at or before the
+/// position.
+const RESUME_LOOKBACK: i64 = 20_000;
+
+pub(super) fn consumer(
+    config: &Config,
+    topic: &str,
+    position: Position,
+    group_id: &str,
+) -> Result<StreamConsumer> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10");
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value.expose());
+    }
+    let consumer: StreamConsumer = client
+        .create()
+        .map_err(|e| ApplyError::kafka("create the consumer", e))?;
+    let mut assignment = TopicPartitionList::new();
+    // An offset, never `Offset::Beginning`: a logical offset is resolved by
+    // a query that librdkafka, not knowing the partition's leader yet at
+    // assignment, puts off by half a second (every start of apply on a
+    // topic without a stored position began fetching late). Offset 0
+    // is fetched at once; where the log no longer starts at 0, the broker
+    // answers out of range and `auto.offset.reset = earliest` starts at its
+    // beginning, as for a stored position that retention has passed.
+    let offset = Offset::Offset(fetch_start(position));
+    assignment
+        .add_partition_offset(topic, 0, offset)
+        .map_err(|e| ApplyError::kafka("assign", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| ApplyError::kafka("assign", e))?;
+    Ok(consumer)
+}
+
+/// Where a session starts fetching: a little before the position, skipping
+/// what is already applied (see [`RESUME_LOOKBACK`]); without a position,
+/// from the beginning.
+pub(super) fn fetch_start(position: Position) -> i64 {
+    position
+        .next_offset()
+        .map_or(0, |next| next.saturating_sub(RESUME_LOOKBACK).max(0))
+}
+
+impl Session<'_> {
+    /// Whether the message at `offset` is the one due (see [`Continuity`](runtime::continuity::Continuity)).
+    /// When offsets before it are missing, fetches again from the first
+    /// one after a pause and answers false; a gap that stays open is
+    /// logged and passed, or refused when it follows the position.
+    pub(super) async fn in_order(
+        &mut self,
+        consumer: &StreamConsumer,
+        offset: i64,
+    ) -> Result<bool> {
+        match self.continuity.received(offset, Instant::now()) {
+            Next::Handle => Ok(true),
+            Next::Drop => Ok(false),
+            Next::FetchAgain {
+                from,
+                pause,
+                missing,
+                attempt,
+                slow,
+            } => {
+                if attempt == 0 {
+                    self.stats.gap_fetched();
+                    info!(topic = %self.topic, first_missing = missing.0, received = offset, fetch_from = from, "offsets missing before a message; fetching them again");
+                } else if slow {
+                    let wait = self.shared.config.apply.offset_gap_wait;
+                    warn!(topic = %self.topic, first_missing = missing.0, received = offset, open_s = runtime::continuity::SLOW_GAP.as_secs(), wait_s = wait.as_secs(), "offsets still missing; waiting for them up to apply.offset_gap_wait");
+                } else {
+                    debug!(topic = %self.topic, first_missing = missing.0, received = offset, attempt, "offsets still missing; fetching them again");
+                }
+                continuity::fetch_again(consumer, &self.topic, from, pause)
+                    .await
+                    .map_err(|e| ApplyError::kafka("seek back to offsets missing", e))?;
+                Ok(false)
+            }
+            Next::HandleAfterGap { missing } => {
+                let waited = self.shared.config.apply.offset_gap_wait;
+                error!(
+                    topic = %self.topic,
+                    first_missing = missing.0,
+                    last_missing = missing.1 - 1,
+                    waited_s = waited.as_secs(),
+                    "offsets never became readable; continuing without them (check the producers and the topic's cleanup policy)"
+                );
+                crate::metrics::error(crate::monitor::direction(self.from), "offset_gap");
+                Ok(true)
+            }
+            Next::Missing { missing } => {
+                error!(
+                    topic = %self.topic,
+                    expected = missing.0,
+                    received = missing.1,
+                    "the broker skipped messages after apply's position; refusing to continue"
+                );
+                Err(ApplyError::Config(format!(
+                    "topic {}: the first message fetched is at offset {}, after apply's position {}: messages are missing (retention, or a broker that skips within a batch)",
+                    self.topic, missing.1, missing.0
+                )))
+            }
+        }
+    }
+
+    /// Commits the consumer group offset of the last batch committed, if not
+    /// yet (monitoring only: a failure is carried by the next commit).
+    pub(super) fn commit_group_offset(&mut self, consumer: &StreamConsumer) {
+        if let Some(next) = self.group_offset.take() {
+            let mut offsets = TopicPartitionList::new();
+            if offsets
+                .add_partition_offset(&self.topic, 0, Offset::Offset(next))
+                .is_ok()
+            {
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                    debug!(%error, "committing the consumer group offset failed; the next commit carries it");
+                }
+            }
+        }
+    }
+}
