@@ -69,19 +69,13 @@ impl ToSide {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.
-    let telemetry = apply::Config::load(args.common.config.as_deref())
-        .ok()
-        .map(|config| config.telemetry);
-    let service = match runtime::service::Service::start(
-        "apply",
-        args.common.log_format.as_deref(),
-        telemetry.as_ref(),
-    ) {
+    let service = match runtime::service::Service::start("apply", &args.common, |path| {
+        apply::Config::load(path)
+            .ok()
+            .map(|config| config.telemetry)
+    }) {
         Ok(service) => service,
-        Err(error) => {
-            eprintln!("apply: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = service.run(|shutdown| async move {
         let config = apply::Config::load(args.common.config.as_deref())?;

@@ -63,19 +63,13 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.
-    let telemetry = capture::Config::load(args.common.config.as_deref())
-        .ok()
-        .map(|config| config.telemetry);
-    let service = match runtime::service::Service::start(
-        "capture",
-        args.common.log_format.as_deref(),
-        telemetry.as_ref(),
-    ) {
+    let service = match runtime::service::Service::start("capture", &args.common, |path| {
+        capture::Config::load(path)
+            .ok()
+            .map(|config| config.telemetry)
+    }) {
         Ok(service) => service,
-        Err(error) => {
-            eprintln!("capture: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = service.run(|shutdown| async move {
         match args.command.unwrap_or(Command::Run) {

@@ -3,7 +3,8 @@
 //! SIGTERM or SIGINT cancels.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
@@ -30,23 +31,31 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts logs (`log_format`: `json` or `text`, default by terminal),
-    /// traces when `telemetry` names a collector, and the runtime. The error
-    /// is a message for stderr: the runtime could not start.
+    /// Starts logs (`--log-format`: `json` or `text`, default by terminal),
+    /// traces when the configuration `telemetry` reads from `--config` names
+    /// a collector, and the runtime. When the runtime cannot start, says so
+    /// on stderr and gives the exit code.
     pub fn start(
         service: &'static str,
-        log_format: Option<&str>,
-        telemetry: Option<&TelemetryConfig>,
-    ) -> Result<Service, String> {
-        let traces = telemetry::init_with_traces(log_format, telemetry, service);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        args: &CommonArgs,
+        telemetry: impl FnOnce(Option<&Path>) -> Option<TelemetryConfig>,
+    ) -> Result<Service, ExitCode> {
+        let telemetry = telemetry(args.config.as_deref());
+        let traces =
+            telemetry::init_with_traces(args.log_format.as_deref(), telemetry.as_ref(), service);
+        match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .map_err(|error| format!("cannot start the runtime: {error}"))?;
-        Ok(Service {
-            _traces: traces,
-            runtime,
-        })
+        {
+            Ok(runtime) => Ok(Service {
+                _traces: traces,
+                runtime,
+            }),
+            Err(error) => {
+                eprintln!("{service}: cannot start the runtime: {error}");
+                Err(ExitCode::FAILURE)
+            }
+        }
     }
 
     /// Runs `work` to its end, with a token that SIGTERM or SIGINT cancels.
