@@ -316,14 +316,15 @@ impl Config {
                 side.as_str()
             ))
         })?;
-        let password = runtime::config::database_password(
+        if let Some(password) = runtime::config::database_password(
             database.password.as_ref(),
             database.password_file.as_deref(),
-            &pg,
             side.as_str(),
         )
-        .map_err(ApplyError::Config)?;
-        pg.password(password.expose());
+        .map_err(ApplyError::Config)?
+        {
+            pg.password(password.expose());
+        }
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
         pg.options(pg::session::OPTIONS);

@@ -129,7 +129,7 @@ pub struct Shape {
     pub parents: Vec<ParentCheck>,
 }
 
-pub use pg::ident::{quote, quote_table};
+use pg::ident::{quote, quote_table};
 
 impl Shape {
     /// The shape of `entity`'s table on `side`, for the given columns.

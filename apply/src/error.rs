@@ -70,6 +70,15 @@ impl ApplyError {
         }
     }
 
+    /// Whether a person must fix the configuration or the mapping (exit code 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            ApplyError::Config(_) | ApplyError::Mapping(_) => true,
+            ApplyError::Runtime(error) => error.is_config(),
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ApplyError::Config(_) => "config",

@@ -120,10 +120,7 @@ fn main() -> ExitCode {
             let text = runtime::error_chain(&error);
             error!(kind = error.kind(), error = %text, "apply stopped");
             eprintln!("apply: {text}");
-            if matches!(
-                error,
-                apply::ApplyError::Config(_) | apply::ApplyError::Mapping(_)
-            ) {
+            if error.is_config() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

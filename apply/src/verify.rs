@@ -15,9 +15,9 @@ use tokio_postgres::Client;
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::conflict::{quote, quote_table};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{to_target, Entity, Field, Mapping, Row, Side, TargetValue};
+use pg::ident::{quote, quote_table};
 
 /// Compares the two databases under the mapping (`apply check`).
 pub async fn check(config: &Config) -> Result<Report> {

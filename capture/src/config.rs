@@ -382,13 +382,21 @@ impl Config {
     }
 
     fn password(&self, pg: &tokio_postgres::Config) -> Result<Secret> {
-        runtime::config::database_password(
+        let given = runtime::config::database_password(
             self.source.password.as_ref(),
             self.source.password_file.as_deref(),
-            pg,
             "source",
         )
-        .map_err(CaptureError::Config)
+        .map_err(CaptureError::Config)?;
+        // The replication connection needs the password itself: the URL's
+        // when none is given apart.
+        Ok(given.unwrap_or_else(|| {
+            Secret::new(
+                pg.get_password()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+            )
+        }))
     }
 }
 

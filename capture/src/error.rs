@@ -87,6 +87,15 @@ impl CaptureError {
         }
     }
 
+    /// Whether a person must fix the configuration (exit code 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            CaptureError::Config(_) => true,
+            CaptureError::Runtime(error) => error.is_config(),
+            _ => false,
+        }
+    }
+
     /// A short, stable name for the kind of error, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
             let text = runtime::error_chain(&error);
             error!(kind = error.kind(), error = %text, "capture stopped");
             eprintln!("capture: {text}");
-            if error.kind() == "config" {
+            if error.is_config() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

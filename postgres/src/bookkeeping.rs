@@ -2,9 +2,6 @@
 //! positions and ledger, capture's polling watermarks and keys), and the one
 //! advisory lock that serializes its installation.
 
-/// The schema that holds the bridge's own tables.
-pub const SCHEMA: &str = "syncbridge";
-
 /// The transaction-level advisory lock taken around `CREATE ... IF NOT
 /// EXISTS` of the bookkeeping tables, by apply and capture alike, so two
 /// processes installing at once never race on the catalog.

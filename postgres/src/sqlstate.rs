@@ -41,6 +41,7 @@ mod tests {
             Some("08006"),
             Some("57P01"),
             Some("53300"),
+            Some("53100"),
             Some("40001"),
             Some("40P01"),
             Some("55P03"),

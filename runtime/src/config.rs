@@ -162,31 +162,27 @@ impl KafkaConfig {
     }
 }
 
-/// A database password from its sources, first found wins: `password`,
-/// the first line of `password_file`, the URL's own. `section` names the
+/// A database password given apart from the URL, first found wins:
+/// `password`, then the first line of `password_file`; None when neither
+/// is set (the URL's own password, if any, stands). `section` names the
 /// configuration section in the error.
 pub fn database_password(
     password: Option<&Secret>,
     password_file: Option<&Path>,
-    url: &tokio_postgres::Config,
     section: &str,
-) -> std::result::Result<Secret, String> {
+) -> std::result::Result<Option<Secret>, String> {
     if let Some(password) = password {
-        return Ok(password.clone());
+        return Ok(Some(password.clone()));
     }
-    if let Some(path) = password_file {
-        return read_secret_file(path).map_err(|e| {
+    match password_file {
+        Some(path) => read_secret_file(path).map(Some).map_err(|e| {
             format!(
                 "cannot read {section}.password_file {}: {e}",
                 path.display()
             )
-        });
+        }),
+        None => Ok(None),
     }
-    Ok(Secret::new(
-        url.get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default(),
-    ))
 }
 
 /// The first line of a secret file (a mounted Kubernetes secret).

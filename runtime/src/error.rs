@@ -33,10 +33,15 @@ impl RuntimeError {
     /// Whether trying again after a backoff can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RuntimeError::Config(_) => false,
+            // A blocking task that panicked would panic again.
+            RuntimeError::Config(_) | RuntimeError::Task(_) => false,
             RuntimeError::Kafka { source, .. } => kafka_error_is_transient(source),
-            RuntimeError::Task(_) => true,
         }
+    }
+
+    /// Whether a person must fix the configuration (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, RuntimeError::Config(_))
     }
 
     /// A short, stable name for the kind of error, for logs and metrics.
@@ -44,7 +49,7 @@ impl RuntimeError {
         match self {
             RuntimeError::Config(_) => "config",
             RuntimeError::Kafka { .. } => "kafka",
-            RuntimeError::Task(_) => "task",
+            RuntimeError::Task(_) => "protocol",
         }
     }
 

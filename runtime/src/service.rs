@@ -26,8 +26,10 @@ pub struct CommonArgs {
 /// A started service process: keep it until `main` returns, so that traces
 /// are flushed last.
 pub struct Service {
-    _traces: Traces,
+    // Fields drop in order: the runtime first, then the trace exporter, so
+    // spans that close while the runtime stops are still flushed.
     runtime: tokio::runtime::Runtime,
+    _traces: Traces,
 }
 
 impl Service {
@@ -48,8 +50,8 @@ impl Service {
             .build()
         {
             Ok(runtime) => Ok(Service {
-                _traces: traces,
                 runtime,
+                _traces: traces,
             }),
             Err(error) => {
                 eprintln!("{service}: cannot start the runtime: {error}");

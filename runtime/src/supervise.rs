@@ -9,11 +9,11 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 /// A session that ran for this long before failing resets the backoff.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
-/// The backoff between two attempts to reconnect, shared by the services:
-/// exponential from 200 ms up to `max`, with jitter, never giving up.
-pub fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
+/// The backoff between two attempts to reconnect: exponential from 200 ms
+/// up to `max`, with jitter, never giving up.
+fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(max)

@@ -12,9 +12,10 @@ use tokio_postgres::Client;
 use super::rows::lock_rows;
 use super::runs::PendingRow;
 use super::Writer;
-use crate::conflict::{self, quote_table};
+use crate::conflict::{self};
 use crate::error::{ApplyError, Result};
 use crate::mapping::Entity;
+use pg::ident::quote_table;
 
 /// Keys (text) and delete times (text) of one entity's deletes.
 type DeleteBatch = (Vec<Option<String>>, Vec<Option<String>>);

@@ -10,9 +10,9 @@ use schemas::event::Value;
 use tokio_postgres::Client;
 
 use super::Writer;
-use crate::conflict::{quote, quote_table};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Field};
+use pg::ident::{quote, quote_table};
 
 impl Writer {
     pub(super) fn entity_index(&self, entity: &Entity) -> usize {

@@ -11,9 +11,9 @@ use tracing::{debug, warn};
 use super::rows::Writing;
 use super::runs::{PendingRow, RunKind};
 use super::Writer;
-use crate::conflict::{quote, quote_table};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{to_target, Entity, Field, Row};
+use pg::ident::{quote, quote_table};
 
 impl Writer {
     /// A row deleted here came back: the source kept it (its change was newer

@@ -14,9 +14,10 @@ use tokio_postgres::Client;
 use super::pipeline::{Then, Written};
 use super::runs::{PendingRow, RunKind};
 use super::Writer;
-use crate::conflict::{self, quote, quote_table, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
+use crate::conflict::{self, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Field, Side, TargetValue};
+use pg::ident::{quote, quote_table};
 
 /// How `Writer::write_rows` writes a run.
 pub(super) struct Writing<'k> {

@@ -15,8 +15,8 @@ use tracing::{debug, warn};
 
 use super::Writer;
 use crate::config::Config;
-use crate::conflict::quote_table;
 use crate::mapping::Side;
+use pg::ident::quote_table;
 
 /// When apply last refreshed the planner statistics of what one direction
 /// fills. One per direction, shared by its writers (each would otherwise

@@ -10,11 +10,12 @@ use uuid::Uuid;
 
 use super::derived::derived_platform_id;
 use super::resolve::{pair_of, pairs_of_entity, read_pairs};
-use crate::conflict::{quote, quote_table, PROBE};
+use crate::conflict::PROBE;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Side};
 use crate::writer::pipeline::Then;
 use crate::writer::Writer;
+use pg::ident::{quote, quote_table};
 
 /// The most sequence values one round of a legacy id allocation draws: the
 /// rounds double while values are taken, so about a million taken ids in a

@@ -13,10 +13,11 @@ use uuid::Uuid;
 
 use super::lock::{PairLock, PairLockStatement};
 use super::resolve::{pair_of, pairs_of, parse_key, read_pairs};
-use crate::conflict::{quote, quote_table, PROBE};
+use crate::conflict::PROBE;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Side};
 use crate::writer::Writer;
+use pg::ident::{quote, quote_table};
 
 /// Target rows by natural key (text): their key and the source row their
 /// pair in the target's correspondence names, if any (see
