@@ -1,14 +1,12 @@
 //! Configuration: a TOML file, then `SYNC_BRIDGE_<SECTION>__<KEY>` overrides.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
-use runtime::config::Secret;
-use runtime::tls::{PgTls, SslMode};
+use runtime::config::{reject_unknown, UnknownKeys};
+use runtime::tls::PgTls;
 use serde::Deserialize;
 
 use crate::error::{ApplyError, Result};
@@ -26,34 +24,29 @@ pub struct Config {
     pub telemetry: runtime::telemetry::TelemetryConfig,
 }
 
-/// One database: where apply writes that side's rows, and the topic that
-/// side's capture produces.
+/// One side: where apply writes that side's rows (the connection keys of
+/// [`runtime::config::DatabaseConfig`]), and the topic that side's capture
+/// produces.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    pub url: Secret,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// libpq's `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
-    /// `verify-full`); default: the URL's `sslmode`, else `prefer`.
-    #[serde(default)]
-    pub sslmode: Option<SslMode>,
-    /// The CA certificate (PEM) for `verify-ca` / `verify-full`.
-    #[serde(default)]
-    pub sslrootcert: Option<PathBuf>,
+    #[serde(flatten)]
+    pub database: runtime::config::DatabaseConfig,
     /// The topic this side's capture writes; default `<topic_prefix>.<source>.changes`.
     #[serde(default)]
     pub topic: Option<String>,
+    /// Keys no field took, refused at load.
+    #[serde(flatten)]
+    unknown: UnknownKeys,
 }
 
+/// `[kafka]`: the keys both services share (brokers, `topic_prefix`,
+/// `create_topic`, `replication_factor`, `properties`, the SASL password:
+/// [`runtime::config::KafkaConfig`]) and apply's own. Each side's topic is
+/// named in its own section (`legacy.topic`, `platform.topic`), not here.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    pub brokers: String,
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
+    #[serde(flatten)]
+    pub client: runtime::config::KafkaConfig,
     /// The consumer group offsets are committed under (for lag monitoring;
     /// apply's own position lives in the target database).
     #[serde(default = "default_group")]
@@ -61,17 +54,9 @@ pub struct KafkaConfig {
     /// Where changes that cannot be applied go, with the reason.
     #[serde(default = "default_dead_letter")]
     pub dead_letter_topic: String,
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// Extra librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`).
-    #[serde(default)]
-    pub properties: BTreeMap<String, Secret>,
-    /// The SASL password, best set through `SYNC_BRIDGE_KAFKA__SASL_PASSWORD`.
-    #[serde(default)]
-    pub sasl_password: Option<Secret>,
-    /// A file whose first line is the SASL password (a mounted secret).
-    #[serde(default)]
-    pub sasl_password_file: Option<PathBuf>,
+    /// Keys no field took, refused at load.
+    #[serde(flatten)]
+    unknown: UnknownKeys,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,17 +122,11 @@ impl Default for ApplyConfig {
     }
 }
 
-fn default_topic_prefix() -> String {
-    "syncbridge".into()
-}
 fn default_group() -> String {
     "syncbridge-apply".into()
 }
 fn default_dead_letter() -> String {
     "syncbridge.dead-letter".into()
-}
-fn default_replication_factor() -> i32 {
-    1
 }
 fn default_mapping_dir() -> PathBuf {
     PathBuf::from("schemas/mapping")
@@ -201,12 +180,21 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ApplyError::Config(e.to_string()))?;
-        let mut kafka = config.kafka.as_client();
-        kafka.sasl_password = config.kafka.sasl_password.take();
-        kafka.sasl_password_file = config.kafka.sasl_password_file.take();
-        kafka.resolve_secrets().map_err(ApplyError::Config)?;
-        config.kafka.properties = kafka.properties;
+        config
+            .kafka
+            .client
+            .resolve_secrets()
+            .map_err(ApplyError::Config)?;
+        reject_unknown("kafka", &config.kafka.unknown).map_err(ApplyError::Config)?;
+        if config.kafka.client.topic.is_some() {
+            return Err(ApplyError::Config(
+                "kafka.topic names capture's topic: apply reads legacy.topic and platform.topic"
+                    .to_owned(),
+            ));
+        }
         for side in [Side::Legacy, Side::Platform] {
+            reject_unknown(side.as_str(), &config.database(side).unknown)
+                .map_err(ApplyError::Config)?;
             config.pg_config(side)?;
             config
                 .tls(side)?
@@ -236,7 +224,7 @@ impl Config {
         self.database(side)
             .topic
             .clone()
-            .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.topic_prefix))
+            .unwrap_or_else(|| format!("{}.{source}.changes", self.kafka.client.topic_prefix))
     }
 
     /// Each side's topic, its source name taken from `mapping`, refused
@@ -265,22 +253,11 @@ impl Config {
 
     /// How connections to `side` are secured.
     pub fn tls(&self, side: Side) -> Result<PgTls> {
-        let database = self.database(side);
-        let mode = match database.sslmode {
-            Some(mode) => mode,
-            None => SslMode::from_url(
-                &tokio_postgres::Config::from_str(database.url.expose()).map_err(|_| {
-                    ApplyError::Config(format!(
-                        "{}.url is not a valid postgres:// URL or connection string",
-                        side.as_str()
-                    ))
-                })?,
-            ),
-        };
-        Ok(PgTls {
-            mode,
-            root_cert: database.sslrootcert.clone(),
-        })
+        let database = &self.database(side).database;
+        let url = database
+            .parse_url(side.as_str())
+            .map_err(ApplyError::Config)?;
+        Ok(database.tls(&url))
     }
 
     /// Connects to `side` (TLS as configured) and drives the connection in
@@ -309,19 +286,13 @@ impl Config {
 
     /// Connection settings for `side`, password applied, sessions in UTC.
     pub fn pg_config(&self, side: Side) -> Result<tokio_postgres::Config> {
-        let database = self.database(side);
-        let mut pg = tokio_postgres::Config::from_str(database.url.expose()).map_err(|_| {
-            ApplyError::Config(format!(
-                "{}.url is not a valid postgres:// URL or connection string",
-                side.as_str()
-            ))
-        })?;
-        if let Some(password) = runtime::config::database_password(
-            database.password.as_ref(),
-            database.password_file.as_deref(),
-            side.as_str(),
-        )
-        .map_err(ApplyError::Config)?
+        let database = &self.database(side).database;
+        let mut pg = database
+            .parse_url(side.as_str())
+            .map_err(ApplyError::Config)?;
+        if let Some(password) = database
+            .password(side.as_str())
+            .map_err(ApplyError::Config)?
         {
             pg.password(password.expose());
         }
@@ -333,18 +304,9 @@ impl Config {
 }
 
 impl KafkaConfig {
-    /// The same settings in the shape the shared Kafka helpers take.
-    pub fn as_client(&self) -> runtime::config::KafkaConfig {
-        runtime::config::KafkaConfig {
-            brokers: self.brokers.clone(),
-            topic_prefix: self.topic_prefix.clone(),
-            topic: None,
-            create_topic: true,
-            replication_factor: self.replication_factor,
-            properties: self.properties.clone(),
-            sasl_password: None,
-            sasl_password_file: None,
-        }
+    /// The settings the shared Kafka helpers take.
+    pub fn as_client(&self) -> &runtime::config::KafkaConfig {
+        &self.client
     }
 }
 
@@ -352,6 +314,7 @@ impl KafkaConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use runtime::tls::SslMode;
 
     const SECURED: &str = r#"
         [legacy]
@@ -374,7 +337,7 @@ mod tests {
         assert_eq!(config.tls(Side::Legacy).unwrap().mode, SslMode::VerifyFull);
         // Without the key, the URL's sslmode counts.
         assert_eq!(config.tls(Side::Platform).unwrap().mode, SslMode::Require);
-        let client = runtime::kafka::client_config(&config.kafka.as_client());
+        let client = runtime::kafka::client_config(config.kafka.as_client());
         assert_eq!(client.get("sasl.password"), Some("kafka-Secret-42"));
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert!(!format!("{config:?}").contains("kafka-Secret-42"));
@@ -383,6 +346,26 @@ mod tests {
     fn reference_mapping() -> Mapping {
         Mapping::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/mapping"))
             .unwrap()
+    }
+
+    #[test]
+    fn unknown_keys_beside_the_shared_keys_are_rejected() {
+        for (section, text) in [
+            (
+                "legacy",
+                SECURED.replace("[legacy]", "[legacy]\nurll = \"x\""),
+            ),
+            (
+                "kafka",
+                SECURED.replace("[kafka]\n", "[kafka]\nbrokerz = \"x\"\n"),
+            ),
+        ] {
+            let error = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("[{section}]")), "{error}");
+        }
+        let text = SECURED.replace("[kafka]\n", "[kafka]\ntopic = \"t\"\n");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.contains("legacy.topic"), "{error}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct Origin<'a> {
 
 impl DeadLetters {
     pub fn new(config: &KafkaConfig) -> Result<DeadLetters> {
-        let producer: FutureProducer = runtime::kafka::client_config(&config.as_client())
+        let producer: FutureProducer = runtime::kafka::client_config(config.as_client())
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()

@@ -141,7 +141,7 @@ pub async fn watch(
                 // down, and readiness never turned.
                 for w in &mut watched {
                     let lags = status::partition_lags(
-                        &kafka,
+                        kafka,
                         &config.kafka.group_id,
                         &w.topic,
                         Duration::from_secs(5),
@@ -296,7 +296,7 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
             error: None,
         };
         match status::partition_lags(
-            &kafka,
+            kafka,
             &config.kafka.group_id,
             &topic,
             Duration::from_secs(10),

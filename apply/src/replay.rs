@@ -140,7 +140,7 @@ async fn replay_into(
     let source_name = shared.mapping.side(from).source.clone();
     let topic = config.topic(from, &source_name);
     let kafka = config.kafka.as_client();
-    runtime::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
+    runtime::kafka::ensure_topics(kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
     let (low, high) = watermarks(config, &topic).await?;
     let (start, from_micros) = match start_at {
         ReplayFrom::Earliest => (low, None),
@@ -284,16 +284,15 @@ impl CommitTimes for TopicProbe<'_> {
 }
 
 fn client(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", format!("{}.replay", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (key, value) in &config.kafka.properties {
-        client.set(key, value.expose());
-    }
-    client
+    let group = format!("{}.replay", config.kafka.group_id);
+    runtime::kafka::client_config_over(
+        config.kafka.as_client(),
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
 }
 
 /// The first offset and the end (the offset after the last message) of

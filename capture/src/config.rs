@@ -4,15 +4,14 @@
 //! are [`runtime::config`]'s.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use pg::ident::TableName;
-use runtime::config::{layers, KafkaConfig, Secret};
-use runtime::tls::{PgTls, SslMode};
+use runtime::config::{layers, reject_unknown, DatabaseConfig, KafkaConfig, Secret, UnknownKeys};
+use runtime::tls::PgTls;
 use serde::Deserialize;
 
 use crate::error::{CaptureError, Result};
@@ -34,31 +33,17 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
 }
 
-/// The source database and what to read from it.
+/// The source database and what to read from it. Its connection keys
+/// (`url`, `password`, `password_file`, `sslmode`, `sslrootcert`) are
+/// [`DatabaseConfig`]'s; `sslmode` covers both the query and the
+/// replication connection.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// The logical name of this source (`legacy`, `platform`): written into
     /// every event and used in default topic, slot and publication names.
     pub name: String,
-    /// A libpq-style URL: `postgres://user@host:port/dbname`. A password in
-    /// the URL works but is better given through `password` or `password_file`.
-    pub url: Secret,
-    /// The password, best set through `SYNC_BRIDGE_SOURCE__PASSWORD`.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// A file whose first line is the password (a mounted Kubernetes secret).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// libpq's `sslmode` for both the query and the replication connection:
-    /// `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (see
-    /// [`runtime::tls`]). Default: the URL's `sslmode`, else `prefer`.
-    #[serde(default)]
-    pub sslmode: Option<SslMode>,
-    /// The CA certificate (PEM) the server's certificate must chain to;
-    /// needed by `verify-ca` and `verify-full`.
-    #[serde(default)]
-    pub sslrootcert: Option<PathBuf>,
+    #[serde(flatten)]
+    pub database: DatabaseConfig,
     /// Tables to publish, as `schema.table` (or `table` for `public`).
     /// Empty means: use the publication as it is, which must then exist.
     #[serde(default)]
@@ -69,6 +54,9 @@ pub struct SourceConfig {
     /// Replication slot name; default `syncbridge_<name>`.
     #[serde(default)]
     pub slot: Option<String>,
+    /// Keys no field took, refused at load.
+    #[serde(flatten)]
+    unknown: UnknownKeys,
 }
 
 /// How capture behaves.
@@ -267,6 +255,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        reject_unknown("source", &self.source.unknown).map_err(CaptureError::Config)?;
         let name = &self.source.name;
         if name.is_empty()
             || !name
@@ -338,13 +327,8 @@ impl Config {
 
     /// Connection settings from the URL and the password sources.
     pub fn connection(&self) -> Result<Connection> {
-        let pg = tokio_postgres::Config::from_str(self.source.url.expose()).map_err(|_| {
-            // The parse error can quote the URL, password included: say less.
-            CaptureError::Config(
-                "source.url is not a valid postgres:// URL or key=value connection string"
-                    .to_owned(),
-            )
-        })?;
+        let database = &self.source.database;
+        let pg = database.parse_url("source").map_err(CaptureError::Config)?;
         let host = match pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]
@@ -358,13 +342,7 @@ impl Config {
             .to_owned();
         let dbname = pg.get_dbname().unwrap_or(&user).to_owned();
         let password = self.password(&pg)?;
-        let tls = PgTls {
-            mode: self
-                .source
-                .sslmode
-                .unwrap_or_else(|| SslMode::from_url(&pg)),
-            root_cert: self.source.sslrootcert.clone(),
-        };
+        let tls = database.tls(&pg);
         tls.validate("source").map_err(CaptureError::Config)?;
         let mut pg = pg;
         tls.configure(&mut pg);
@@ -382,12 +360,11 @@ impl Config {
     }
 
     fn password(&self, pg: &tokio_postgres::Config) -> Result<Secret> {
-        let given = runtime::config::database_password(
-            self.source.password.as_ref(),
-            self.source.password_file.as_deref(),
-            "source",
-        )
-        .map_err(CaptureError::Config)?;
+        let given = self
+            .source
+            .database
+            .password("source")
+            .map_err(CaptureError::Config)?;
         // The replication connection needs the password itself: the URL's
         // when none is given apart.
         Ok(given.unwrap_or_else(|| {
@@ -474,6 +451,16 @@ mod tests {
         let text = MINIMAL.replace("[kafka]", "[kafka]\nbrokerz = \"x\"");
         let error = Config::from_toml(&text).unwrap_err().to_string();
         assert!(error.contains("brokerz"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_beside_the_shared_connection_keys_is_rejected() {
+        let text = MINIMAL.replace("[source]", "[source]\nsslmod = \"require\"");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("`sslmod`") && error.contains("[source]"),
+            "{error}"
+        );
     }
 
     #[test]

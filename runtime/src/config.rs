@@ -10,10 +10,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+
+use crate::tls::{PgTls, SslMode};
 
 /// The environment prefix for overrides.
 pub const ENV_PREFIX: &str = "SYNC_BRIDGE_";
@@ -159,6 +163,81 @@ impl KafkaConfig {
             self.properties.insert("sasl.password".to_owned(), password);
         }
         Ok(())
+    }
+}
+
+/// One PostgreSQL database and how to reach it: the keys every service's
+/// database section has (`[source]` of capture, `[legacy]` and `[platform]`
+/// of apply), flattened into it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    /// A libpq-style URL: `postgres://user@host:port/dbname`, or key=value
+    /// pairs. A password in the URL works but is better given through
+    /// `password` or `password_file`.
+    pub url: Secret,
+    /// The password, best set through the environment
+    /// (`SYNC_BRIDGE_<SECTION>__PASSWORD`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file whose first line is the password (a mounted Kubernetes secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// libpq's `sslmode` for every connection to this database:
+    /// `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (see
+    /// [`crate::tls`]). Default: the URL's `sslmode`, else `prefer`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// The CA certificate (PEM) the server's certificate must chain to;
+    /// needed by `verify-ca` and `verify-full`.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+}
+
+impl DatabaseConfig {
+    /// The URL parsed. The error names `section.url` and never quotes the
+    /// URL (it may hold a password).
+    pub fn parse_url(&self, section: &str) -> std::result::Result<tokio_postgres::Config, String> {
+        tokio_postgres::Config::from_str(self.url.expose()).map_err(|_| {
+            format!("{section}.url is not a valid postgres:// URL or key=value connection string")
+        })
+    }
+
+    /// How connections are secured: `sslmode`, else the URL's.
+    pub fn tls(&self, url: &tokio_postgres::Config) -> PgTls {
+        PgTls {
+            mode: self.sslmode.unwrap_or_else(|| SslMode::from_url(url)),
+            root_cert: self.sslrootcert.clone(),
+        }
+    }
+
+    /// The password given apart from the URL ([`database_password`]).
+    pub fn password(&self, section: &str) -> std::result::Result<Option<Secret>, String> {
+        database_password(
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            section,
+        )
+    }
+}
+
+/// The keys of a section that flattens another's (as [`DatabaseConfig`])
+/// that no field took: serde cannot deny unknown fields across a flatten,
+/// so a section collects them here and [`reject_unknown`] refuses them.
+pub type UnknownKeys = BTreeMap<String, IgnoredAny>;
+
+/// Refuses the keys of `section` no field took.
+pub fn reject_unknown(section: &str, unknown: &UnknownKeys) -> std::result::Result<(), String> {
+    match unknown.keys().next() {
+        None => Ok(()),
+        Some(_) => Err(format!(
+            "unknown key{} {} in [{section}]",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown
+                .keys()
+                .map(|key| format!("`{key}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 

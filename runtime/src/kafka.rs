@@ -31,8 +31,17 @@ use crate::error::{Result, RuntimeError};
 
 /// librdkafka settings for a client of `config`, extra properties applied.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    client_config_over(config, &[])
+}
+
+/// librdkafka settings for a client of `config`: `defaults` first, then
+/// `kafka.properties`, which win over them.
+pub fn client_config_over(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in defaults {
+        client.set(*key, *value);
+    }
     for (key, value) in &config.properties {
         client.set(key, value.expose());
     }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use runtime::continuity::{self, Next};
 use tracing::{debug, error, info, warn};
 
@@ -30,20 +30,18 @@ pub(super) fn consumer(
     position: Position,
     group_id: &str,
 ) -> Result<StreamConsumer> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10");
-    for (key, value) in &config.kafka.properties {
-        client.set(key, value.expose());
-    }
-    let consumer: StreamConsumer = client
-        .create()
-        .map_err(|e| ApplyError::kafka("create the consumer", e))?;
+    let consumer: StreamConsumer = runtime::kafka::client_config_over(
+        config.kafka.as_client(),
+        &[
+            ("group.id", group_id),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("fetch.wait.max.ms", "10"),
+        ],
+    )
+    .create()
+    .map_err(|e| ApplyError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
     // An offset, never `Offset::Beginning`: a logical offset is resolved by
     // a query that librdkafka, not knowing the partition's leader yet at

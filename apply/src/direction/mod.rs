@@ -316,7 +316,7 @@ async fn run(
     // before the first fetch or dead letter (a broker may not create topics
     // on use). Retried like any other transient failure.
     let kafka = config.kafka.as_client();
-    runtime::kafka::ensure_topics(&kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
+    runtime::kafka::ensure_topics(kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
     let target = Arc::new(connect(config, to).await?);
     let source = connect(config, from).await?;
     if from == Side::Legacy {
