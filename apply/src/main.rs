@@ -24,16 +24,11 @@ enum Command {
     /// Print each direction's lags, the sources' slots, what the running
     /// apply reports, and whether the two sides are in step.
     Status {
-        /// Print JSON rather than text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        status: runtime::telemetry::status::StatusArgs,
         /// Also compare the two databases (as `check`); exit 1 when they differ.
         #[arg(long)]
         verify: bool,
-        /// The running apply's telemetry address (`host:port`); default
-        /// from `telemetry.listen`.
-        #[arg(long)]
-        address: Option<String>,
     },
     /// Apply the source topics again from a point up to their current end,
     /// last writer wins deciding; the running apply's position is left alone.
@@ -88,19 +83,11 @@ fn main() -> ExitCode {
                 print!("{report}");
                 Ok(report.corresponds())
             }
-            Command::Status {
-                json,
-                verify,
-                address,
-            } => {
-                let report = apply::monitor::status(&config, address, verify).await;
-                if json {
-                    let text = serde_json::to_string_pretty(&report)
-                        .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
-                    println!("{text}");
-                } else {
-                    print!("{report}");
-                }
+            Command::Status { status, verify } => {
+                let report = apply::monitor::status(&config, status.address, verify).await;
+                report
+                    .print(status.json)
+                    .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
                 Ok(report.detail.verified != Some(false))
             }
             Command::Replay { from, to_side } => {

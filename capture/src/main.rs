@@ -38,15 +38,7 @@ enum Command {
         limit: Option<u64>,
     },
     /// Print the slot's state and what the running capture reports.
-    Status {
-        /// Print JSON rather than text.
-        #[arg(long)]
-        json: bool,
-        /// The running capture's telemetry address (`host:port`); default
-        /// from `telemetry.listen`.
-        #[arg(long)]
-        address: Option<String>,
-    },
+    Status(runtime::telemetry::status::StatusArgs),
     /// Send the current rows of tables (default: all of source.tables,
     /// parents first) as READ events to the topic, while streaming goes on;
     /// exit 0 only when Kafka confirmed every row.
@@ -93,17 +85,12 @@ fn main() -> ExitCode {
                 };
                 capture::tail::tail(options, shutdown).await
             }
-            Command::Status { json, address } => {
+            Command::Status(status) => {
                 let config = capture::Config::load(args.common.config.as_deref())?;
-                let report = capture::monitor::status(&config, address).await;
-                if json {
-                    let text = serde_json::to_string_pretty(&report)
-                        .map_err(|e| capture::CaptureError::Protocol(e.to_string()))?;
-                    println!("{text}");
-                } else {
-                    print!("{report}");
-                }
-                Ok(())
+                let report = capture::monitor::status(&config, status.address).await;
+                report
+                    .print(status.json)
+                    .map_err(|e| capture::CaptureError::Protocol(e.to_string()))
             }
             Command::Snapshot { tables, page_size } => {
                 let config = capture::Config::load(args.common.config.as_deref())?;

@@ -64,6 +64,30 @@ pub struct StatusReport<D> {
     pub detail: D,
 }
 
+impl<D: Serialize + fmt::Display> StatusReport<D> {
+    /// The report on stdout: for a person, or as pretty JSON.
+    pub fn print(&self, json: bool) -> serde_json::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            print!("{self}");
+        }
+        Ok(())
+    }
+}
+
+/// What the `status` subcommand of either service takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON rather than text.
+    #[arg(long)]
+    pub json: bool,
+    /// The running service's telemetry address (`host:port`); default
+    /// from `telemetry.listen`.
+    #[arg(long)]
+    pub address: Option<String>,
+}
+
 /// A report with nothing of the service's own.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct NoDetail {}
