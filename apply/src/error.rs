@@ -5,7 +5,10 @@
 //! target database, so nothing is lost or applied twice. A definite error in
 //! one source transaction (a value that does not convert, a constraint the
 //! mapping cannot satisfy) never stops the stream: that transaction goes to
-//! the dead-letter topic. What remains definite here (a bad mapping, bad
+//! the dead-letter topic. An error of the environment (a read-only target,
+//! a missing privilege, a canceled statement; see [`pg::sqlstate`]) is not
+//! the row's fault: it is retried like a transient one and never
+//! dead-lettered. What remains definite here (a bad mapping, bad
 //! configuration) ends apply with a message saying what to fix.
 
 /// Result alias for the apply crate.
@@ -64,7 +67,9 @@ impl ApplyError {
         match self {
             ApplyError::Config(_) | ApplyError::Mapping(_) | ApplyError::Schema(_) => false,
             ApplyError::Rejected(_) | ApplyError::Incomplete(_) => false,
-            ApplyError::Postgres { source, .. } => pg::sqlstate::is_transient(source),
+            ApplyError::Postgres { source, .. } => {
+                pg::sqlstate::is_transient(source) || pg::sqlstate::is_environmental(source)
+            }
             ApplyError::Kafka { .. } | ApplyError::Replan(_) => true,
             ApplyError::Runtime(error) => error.is_retryable(),
         }
@@ -116,11 +121,14 @@ impl ApplyError {
     /// target transaction back and applying it again one statement at a
     /// time: a statement the server refused (its cause may be any statement
     /// sent before it, which only the one-at-a-time pass can tell and
-    /// handle) or a [`ApplyError::Replan`].
+    /// handle) or a [`ApplyError::Replan`]. Not an error a retry can help
+    /// (see [`ApplyError::is_retryable`]): the row is not at fault.
     pub fn replans(&self) -> bool {
         match self {
             ApplyError::Replan(_) => true,
-            ApplyError::Postgres { source, .. } => !pg::sqlstate::is_transient(source),
+            ApplyError::Postgres { source, .. } => {
+                !pg::sqlstate::is_transient(source) && !pg::sqlstate::is_environmental(source)
+            }
             _ => false,
         }
     }

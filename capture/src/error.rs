@@ -3,7 +3,9 @@
 //! Every error answers one question for the supervisor loop in
 //! [`crate::run`]: can retrying help? Connection losses, a broker that is not
 //! there yet, or a slot held by a previous session that is still shutting down
-//! get better by themselves and are retried with backoff. A configuration
+//! get better by themselves and are retried with backoff; so are errors of
+//! the environment (a read-only standby, a privilege revoked for a while, a
+//! canceled statement; see [`pg::sqlstate`]). A configuration
 //! mistake (wal_level, privileges, a table that does not exist) or bytes that
 //! cannot be decoded do not: capture exits with a message saying what to fix.
 
@@ -77,7 +79,9 @@ impl CaptureError {
             | CaptureError::Schema(_)
             | CaptureError::Incomplete(_)
             | CaptureError::ShutdownTimeout(_) => false,
-            CaptureError::Postgres { source, .. } => pg::sqlstate::is_transient(source),
+            CaptureError::Postgres { source, .. } => {
+                pg::sqlstate::is_transient(source) || pg::sqlstate::is_environmental(source)
+            }
             CaptureError::Runtime(error) => error.is_retryable(),
             CaptureError::Replication { source, .. } => {
                 source.is_transient()

@@ -99,6 +99,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// One error's own text. A database error is told by its severity, message
 /// and SQLSTATE only: its DETAIL and HINT may quote the row's values
 /// ("Failing row contains ..."), which must not reach logs or dead letters.
+/// Nor may its message, when it quotes one (see [`redact_message`]).
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let db = error
         .downcast_ref::<tokio_postgres::Error>()
@@ -108,9 +109,96 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         Some(db) => format!(
             "db error: {}: {} (SQLSTATE {})",
             db.severity(),
-            db.message(),
+            redact_message(db.code().code(), db.message()),
             db.code().code()
         ),
         None => error.to_string(),
+    }
+}
+
+/// What a database error's message may tell of itself. A data exception
+/// (class 22) quotes the value it refused (`invalid input syntax for type
+/// integer: "abc"`, `value "99999999999" is out of range for type integer`),
+/// and a value may itself hold quotes: everything from the first `"` to the
+/// last becomes `"…"` (to the end, when there is one `"` only). Other
+/// classes quote identifiers (`relation "x" does not exist`, `constraint
+/// "y"`), which say what to fix and are kept; their values are in DETAIL,
+/// never told.
+fn redact_message(sqlstate: &str, message: &str) -> String {
+    if !sqlstate.starts_with("22") {
+        return message.to_owned();
+    }
+    let Some(first) = message.find('"') else {
+        return message.to_owned();
+    };
+    let last = message.rfind('"').unwrap_or(first);
+    if last == first {
+        return format!("{}\"…", &message[..first]);
+    }
+    format!("{}\"…\"{}", &message[..first], &message[last + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_exception_tells_no_quoted_value() {
+        for (sqlstate, message, expected) in [
+            (
+                "22P02",
+                "invalid input syntax for type integer: \"abc\"",
+                "invalid input syntax for type integer: \"…\"",
+            ),
+            (
+                "22003",
+                "value \"99999999999\" is out of range for type integer",
+                "value \"…\" is out of range for type integer",
+            ),
+            (
+                "22007",
+                "invalid input syntax for type timestamp: \"2024-13-45 \"noon\"\"",
+                "invalid input syntax for type timestamp: \"…\"",
+            ),
+            (
+                "22008",
+                "date/time field value out of range: \"2024-02-31\"",
+                "date/time field value out of range: \"…\"",
+            ),
+            (
+                "22P02",
+                "invalid input value for enum role: \"boss\" is \"really\" here",
+                "invalid input value for enum role: \"…\" here",
+            ),
+            (
+                "22P02",
+                "invalid input syntax for type uuid: \"unterminated",
+                "invalid input syntax for type uuid: \"…",
+            ),
+            (
+                "22001",
+                "value too long for type character varying(20)",
+                "value too long for type character varying(20)",
+            ),
+        ] {
+            assert_eq!(redact_message(sqlstate, message), expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn other_classes_keep_the_names_they_quote() {
+        for (sqlstate, message) in [
+            ("42P01", "relation \"identity.identities\" does not exist"),
+            (
+                "23505",
+                "duplicate key value violates unique constraint \"identities_email_key\"",
+            ),
+            (
+                "23514",
+                "new row for relation \"identities\" violates check constraint \"no_rejects\"",
+            ),
+        ] {
+            assert_eq!(redact_message(sqlstate, message), message);
+        }
     }
 }
