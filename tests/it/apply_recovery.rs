@@ -414,3 +414,196 @@ async fn offsets_missing_from_the_topic_are_fetched_again_and_passed_only_after_
     );
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_turned_read_only_for_a_while_dead_letters_nothing_and_skips_nothing(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("readonly").await?;
+    let topic = bridge.legacy.topic.clone();
+    let legacy = bridge.legacy().client();
+    let platform = bridge.platform().client();
+    // Two users already on both sides: one to update, one to delete.
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES
+               ('changed@example.com', 'Changed Before', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00'),
+               ('deleted@example.com', 'Deleted Later', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    until_count(
+        "both users to cross",
+        WAIT,
+        platform,
+        "SELECT count(*) FROM identity.identities WHERE email IN ('changed@example.com', 'deleted@example.com')",
+        2,
+    )
+    .await?;
+    bridge.caught_up(WAIT).await?;
+    let stored_before = stored_position(platform, &topic).await?;
+
+    // The target refuses every write, as a standby does during a failover;
+    // apply's new sessions see it.
+    set_read_only(&bridge, true).await?;
+    let rollbacks_before = rollbacks(platform).await?;
+    bridge
+        .legacy()
+        .execute(
+            "BEGIN; INSERT INTO users (email, full_name, role, phone, inserted_at, updated_at) VALUES ('first@example.com', 'First Written', 'member', '+33600000001', '2030-01-01 00:00:00', '2030-01-01 00:00:00'); COMMIT;
+             BEGIN; UPDATE users SET full_name = 'Changed After', role = 'staff', phone = '+33600000002', updated_at = '2030-01-01 00:01:00' WHERE email = 'changed@example.com'; COMMIT;
+             BEGIN; DELETE FROM users WHERE email = 'deleted@example.com'; COMMIT;
+             BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('second@example.com', 'Second Written', 'admin', '2030-01-01 00:00:00', '2030-01-01 00:00:00');
+                    UPDATE users SET full_name = 'Second Renamed', updated_at = '2030-01-01 00:02:00' WHERE email = 'second@example.com'; COMMIT;",
+        )
+        .await?;
+    // Two users before, then five changes.
+    read_messages(&topic, 7, WAIT).await?;
+    eventually("the target to refuse apply's writes", WAIT, || async {
+        Ok((rollbacks(platform).await? >= rollbacks_before + 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        stored_position(platform, &topic).await?,
+        stored_before,
+        "nothing is passed while the target refuses"
+    );
+
+    set_read_only(&bridge, false).await?;
+    bridge.caught_up(WAIT).await?;
+
+    // Each user by its key: the platform row paired with the legacy id.
+    let user = |email: &'static str| async move {
+        let id: i64 = legacy
+            .query_one("SELECT id FROM users WHERE email = $1", &[&email])
+            .await?
+            .get(0);
+        let row = platform
+            .query_opt(
+                "SELECT i.email, i.given_name, i.family_name, i.kind, i.is_admin, i.phone_e164
+                   FROM identity.identities i
+                   JOIN syncbridge.id_pairs p ON p.entity = 'user' AND p.platform_id::text = i.id::text
+                  WHERE p.legacy_id::text = $1::text",
+                &[&id.to_string()],
+            )
+            .await?;
+        anyhow::Ok(row.map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, bool>(4),
+                r.get::<_, Option<String>>(5),
+            )
+        }))
+    };
+    let expected =
+        |email: &str, given: &str, family: &str, kind: &str, admin, phone: Option<&str>| {
+            Some((
+                email.to_owned(),
+                given.to_owned(),
+                family.to_owned(),
+                kind.to_owned(),
+                admin,
+                phone.map(str::to_owned),
+            ))
+        };
+    assert_eq!(
+        user("first@example.com").await?,
+        expected(
+            "first@example.com",
+            "First",
+            "Written",
+            "member",
+            false,
+            Some("+33600000001")
+        )
+    );
+    assert_eq!(
+        user("changed@example.com").await?,
+        expected(
+            "changed@example.com",
+            "Changed",
+            "After",
+            "staff",
+            false,
+            Some("+33600000002")
+        )
+    );
+    assert_eq!(
+        user("second@example.com").await?,
+        expected(
+            "second@example.com",
+            "Second",
+            "Renamed",
+            "staff",
+            true,
+            None
+        )
+    );
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(*) FROM identity.identities WHERE email = 'deleted@example.com'"
+        )
+        .await?,
+        0,
+        "the delete crossed"
+    );
+    assert_eq!(
+        high_watermark(&bridge.dead_letter_topic)?,
+        0,
+        "nothing was dead-lettered"
+    );
+    assert_eq!(
+        bridge.counters.legacy_to_platform.snapshot().dead_lettered,
+        0
+    );
+    assert!(
+        stored_position(platform, &topic).await? >= stored_before + 5,
+        "the stored position passed the last change"
+    );
+    bridge.stop().await
+}
+
+/// The offset apply stored for `topic` in its target.
+async fn stored_position(target: &tokio_postgres::Client, topic: &str) -> anyhow::Result<i64> {
+    Ok(target
+        .query_one(
+            "SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE topic = $1",
+            &[&topic],
+        )
+        .await?
+        .get(0))
+}
+
+/// Transactions rolled back in the database of `client`, as the server
+/// counts them.
+async fn rollbacks(client: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Makes the platform database refuse writes (or accept them again) for
+/// new sessions, and ends apply's sessions there so that it reconnects.
+async fn set_read_only(bridge: &Bridge, read_only: bool) -> anyhow::Result<()> {
+    let name = &bridge.platform().name;
+    let setting = if read_only {
+        "SET default_transaction_read_only = on"
+    } else {
+        "RESET default_transaction_read_only"
+    };
+    bridge
+        .platform()
+        .execute(&format!(
+            "ALTER DATABASE \"{name}\" {setting};
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'syncbridge-apply';"
+        ))
+        .await
+}
