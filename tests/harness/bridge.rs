@@ -170,6 +170,14 @@ impl Bridge {
         Ok(())
     }
 
+    /// Whether apply (in this process) has ended by itself: stopped, not
+    /// retrying.
+    pub fn apply_ended(&self) -> bool {
+        self.apply
+            .as_ref()
+            .is_some_and(|apply| apply.task.is_finished())
+    }
+
     pub fn legacy(&self) -> &TestDb {
         &self.legacy.db
     }
