@@ -616,3 +616,84 @@ async fn set_read_only(bridge: &Bridge, read_only: bool) -> anyhow::Result<()> {
         ))
         .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_read_only_in_an_open_session_is_retried_not_dead_lettered(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("readonlyopen").await?;
+    let topic = bridge.legacy.topic.clone();
+    // The server's refusal of a read-only transaction, raised in apply's
+    // open session (a new session would see `default_transaction_read_only`)
+    // while the test says so.
+    bridge
+        .platform()
+        .execute(
+            "CREATE TABLE refuse_writes (since timestamptz NOT NULL);
+             INSERT INTO refuse_writes VALUES (now());
+             CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF EXISTS (SELECT FROM refuse_writes) THEN
+                 RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = '25006';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE ON identity.identities
+               FOR EACH ROW EXECUTE FUNCTION refuse_writes();
+             ALTER TABLE identity.identities ENABLE ALWAYS TRIGGER refuse_writes;",
+        )
+        .await?;
+    let platform = bridge.platform().client();
+    let rollbacks_before = rollbacks(platform).await?;
+    bridge
+        .legacy()
+        .execute(
+            "BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('first@example.com', 'First Written', 'member', now(), now()); COMMIT;
+             BEGIN; INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('second@example.com', 'Second Written', 'admin', now(), now()); COMMIT;",
+        )
+        .await?;
+    read_messages(&topic, 2, WAIT).await?;
+    let tried = eventually("apply to try again and again, or stop", WAIT, || async {
+        if bridge.apply_ended() {
+            return Ok(Some(false));
+        }
+        // A dead letter is what this guards against: asserted below.
+        if high_watermark(&bridge.dead_letter_topic)? > 0 {
+            return Ok(Some(true));
+        }
+        Ok((rollbacks(platform).await? >= rollbacks_before + 2).then_some(true))
+    })
+    .await?;
+    if !tried {
+        let outcome = bridge.stop_apply().await;
+        anyhow::bail!("apply stopped instead of retrying: {outcome:?}");
+    }
+    assert_eq!(
+        high_watermark(&bridge.dead_letter_topic)?,
+        0,
+        "nothing is dead-lettered while the target refuses"
+    );
+
+    bridge
+        .platform()
+        .execute("DELETE FROM refuse_writes")
+        .await?;
+    bridge.caught_up(WAIT).await?;
+    assert_eq!(
+        count(
+            platform,
+            "SELECT count(*) FROM identity.identities
+              WHERE (email, given_name, family_name, kind, is_admin) IN
+                    (('first@example.com', 'First', 'Written', 'member', false),
+                     ('second@example.com', 'Second', 'Written', 'staff', true))"
+        )
+        .await?,
+        2,
+        "both users arrived, with their values"
+    );
+    assert_eq!(high_watermark(&bridge.dead_letter_topic)?, 0);
+    assert_eq!(
+        bridge.counters.legacy_to_platform.snapshot().dead_lettered,
+        0
+    );
+    bridge.stop().await
+}
