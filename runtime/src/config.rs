@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -191,15 +192,47 @@ pub struct DatabaseConfig {
     /// needed by `verify-ca` and `verify-full`.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
+    /// How long opening a connection (TCP, TLS and authentication) may take.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection quiet for this long is probed with TCP keepalives (three
+    /// probes, 10 s apart): a server that went away without a word (a
+    /// half-open connection) is found within about this plus 30 s.
+    #[serde(default = "default_keepalives_idle", with = "humantime_serde")]
+    pub keepalives_idle: Duration,
+    /// Data sent and not acknowledged for this long closes the connection
+    /// (Linux `TCP_USER_TIMEOUT`), so a write into a hung network fails
+    /// instead of waiting for the kernel's retransmissions (many minutes).
+    #[serde(default = "default_tcp_user_timeout", with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalives_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tcp_user_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl DatabaseConfig {
     /// The URL parsed. The error names `section.url` and never quotes the
     /// URL (it may hold a password).
+    /// The timeouts and keepalives of this section are set on it (they win
+    /// over the URL's).
     pub fn parse_url(&self, section: &str) -> std::result::Result<tokio_postgres::Config, String> {
-        tokio_postgres::Config::from_str(self.url.expose()).map_err(|_| {
+        let mut pg = tokio_postgres::Config::from_str(self.url.expose()).map_err(|_| {
             format!("{section}.url is not a valid postgres:// URL or key=value connection string")
-        })
+        })?;
+        pg.connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(self.keepalives_idle)
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
+            .tcp_user_timeout(self.tcp_user_timeout);
+        Ok(pg)
     }
 
     /// How connections are secured: `sslmode`, else the URL's.
@@ -283,6 +316,26 @@ fn default_replication_factor() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_database_connection_has_a_connect_timeout_keepalives_and_a_user_timeout() {
+        let database = DatabaseConfig {
+            url: Secret::new("postgres://apply@db/legacy?connect_timeout=300"),
+            password: None,
+            password_file: None,
+            sslmode: None,
+            sslrootcert: None,
+            connect_timeout: default_connect_timeout(),
+            keepalives_idle: default_keepalives_idle(),
+            tcp_user_timeout: default_tcp_user_timeout(),
+        };
+        let pg = database.parse_url("legacy").expect("a valid url");
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(pg.get_keepalives_retries(), Some(3));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+    }
 
     #[test]
     fn passwords_are_redacted_from_urls() {
