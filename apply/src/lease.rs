@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use runtime::supervise::FailureLog;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -69,7 +70,7 @@ impl Drop for Lease {
 /// it. `None` when `shutdown` came first.
 pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Option<Lease>> {
     let mut waiting_logged = false;
-    let mut failing: Option<String> = None;
+    let mut failures = FailureLog::default();
     loop {
         match try_acquire(config).await {
             Ok(Attempt::Held(clients)) => {
@@ -91,9 +92,8 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
             }
             Err(error) if error.is_retryable() => {
                 let description = runtime::error_chain(&error);
-                if failing.as_deref() != Some(description.as_str()) {
+                if failures.report(description.clone()) {
                     warn!(kind = error.kind(), error = %description, "cannot take the single-writer lock yet; retrying");
-                    failing = Some(description);
                 }
             }
             Err(error) => return Err(error),

@@ -44,54 +44,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// `url` with any password replaced by `***`, for printing. A text that does
-/// not look like a URL is shown only up to its first space.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
-        };
-        if let Some((userinfo, host)) = authority.rsplit_once('@') {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let path = redact_query_password(path);
-            if userinfo.contains(':') {
-                return format!("{scheme}://{user}:***@{host}{path}");
-            }
-            return format!("{scheme}://{user}@{host}{path}");
-        }
-        return format!("{scheme}://{authority}{}", redact_query_password(path));
-    }
-    // key=value form: drop the password pair.
-    url.split_whitespace()
-        .map(|pair| {
-            if pair.to_ascii_lowercase().starts_with("password=") {
-                "password=***"
-            } else {
-                pair
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn redact_query_password(path: &str) -> String {
-    let Some((before, query)) = path.split_once('?') else {
-        return path.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            if pair.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect();
-    format!("{before}?{}", query.join("&"))
-}
-
 /// The configuration sources every service reads, in order: the TOML file at
 /// `path` (if given), then `SYNC_BRIDGE_<SECTION>__<KEY>` environment
 /// variables. Other `SYNC_BRIDGE_*` variables (`SYNC_BRIDGE_CONFIG`, the test
@@ -318,6 +270,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_password_given_apart_wins_over_its_file_and_none_leaves_the_url_alone() {
+        let dir = std::env::temp_dir().join(format!("syncbridge-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file\nsecond line\n").expect("a password file");
+        let given = Secret::new("given");
+        let password = |password: Option<&Secret>, file: Option<&Path>| {
+            database_password(password, file, "legacy").map(|p| p.map(|p| p.expose().to_owned()))
+        };
+        assert_eq!(
+            password(Some(&given), Some(&file)),
+            Ok(Some("given".into()))
+        );
+        assert_eq!(password(None, Some(&file)), Ok(Some("from-file".into())));
+        assert_eq!(password(None, None), Ok(None));
+        let missing = password(None, Some(&dir.join("absent"))).expect_err("a missing file");
+        assert!(missing.contains("legacy.password_file"), "{missing}");
+        std::fs::remove_dir_all(&dir).expect("the temp dir removed");
+    }
+
+    #[test]
     fn every_database_connection_has_a_connect_timeout_keepalives_and_a_user_timeout() {
         let database = DatabaseConfig {
             url: Secret::new("postgres://apply@db/legacy?connect_timeout=300"),
@@ -335,21 +308,5 @@ mod tests {
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(30));
         assert_eq!(pg.get_keepalives_retries(), Some(3));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://capture:hunter2@db:5432/legacy?sslmode=require&password=x"),
-            "postgres://capture:***@db:5432/legacy?sslmode=require&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://capture@db/legacy"),
-            "postgres://capture@db/legacy"
-        );
-        assert_eq!(
-            redact_url("host=db user=capture password=hunter2"),
-            "host=db user=capture password=***"
-        );
     }
 }

@@ -64,7 +64,7 @@ impl RuntimeError {
 /// Whether a Kafka error can go away by itself: everything but refused
 /// credentials or authorization, a message over the broker's limit, a
 /// configuration librdkafka rejects, and a topic that does not exist.
-pub fn kafka_error_is_transient(error: &rdkafka::error::KafkaError) -> bool {
+fn kafka_error_is_transient(error: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
     match error.rdkafka_error_code() {
         Some(

@@ -202,3 +202,33 @@ pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
         .flush(Timeout::After(timeout))
         .map_err(|e| RuntimeError::kafka("flush", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn kafka_properties_win_over_a_clients_defaults() {
+        let mut config = KafkaConfig {
+            brokers: "broker:9092".into(),
+            topic_prefix: "syncbridge".into(),
+            topic: None,
+            create_topic: true,
+            replication_factor: 1,
+            properties: Default::default(),
+            sasl_password: None,
+            sasl_password_file: None,
+        };
+        config
+            .properties
+            .insert("fetch.wait.max.ms".into(), Secret::new("50"));
+        let client = client_config_over(
+            &config,
+            &[("fetch.wait.max.ms", "10"), ("group.id", "apply")],
+        );
+        assert_eq!(client.get("bootstrap.servers"), Some("broker:9092"));
+        assert_eq!(client.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(client.get("group.id"), Some("apply"));
+    }
+}

@@ -21,13 +21,44 @@ fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// The failure a loop logged last, so that a failure repeating itself is
+/// logged once, and logged again only once it changed or the loop recovered.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    last: Option<String>,
+}
+
+impl FailureLog {
+    /// Records a failure (`description` as
+    /// [`error_chain`](crate::error::error_chain) tells it). True when it
+    /// differs from the one recorded last: the caller logs it then, and only
+    /// then.
+    pub fn report(&mut self, description: String) -> bool {
+        if self.last.as_deref() == Some(description.as_str()) {
+            return false;
+        }
+        self.last = Some(description);
+        true
+    }
+
+    /// Whether a failure is recorded and nothing has gone well since.
+    pub fn failing(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Things go well again: the next failure is logged whatever it is.
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 /// The state of a supervised loop of sessions: the backoff, and the failure
 /// logged last.
 pub struct Retries {
     builder: ExponentialBuilder,
     backoff: ExponentialBackoff,
     max: Duration,
-    failing: Option<String>,
+    log: FailureLog,
 }
 
 impl Retries {
@@ -37,34 +68,28 @@ impl Retries {
             backoff: builder.build(),
             builder,
             max: max_backoff,
-            failing: None,
+            log: FailureLog::default(),
         }
     }
 
     /// Whether the last session failed and none has run well since.
     pub fn failing(&self) -> bool {
-        self.failing.is_some()
+        self.log.failing()
     }
 
     /// A session is running well again.
     pub fn recovered(&mut self) {
-        self.failing = None;
+        self.log.clear();
     }
 
-    /// Records a failure a retry can help (`description` as
-    /// [`error_chain`](crate::error::error_chain) tells it) of a session that
-    /// ran for `ran_for` (a session that had been `healthy` that long resets
-    /// the backoff). Returns true when the failure differs from the one
-    /// recorded last: the caller logs it then, and only then.
+    /// Records a failure a retry can help of a session that ran for
+    /// `ran_for` (a session that had been `healthy` that long resets the
+    /// backoff). True when the caller should log it ([`FailureLog::report`]).
     pub fn failed(&mut self, description: String, ran_for: Duration, healthy: bool) -> bool {
         if healthy && ran_for >= HEALTHY_AFTER {
             self.backoff = self.builder.build();
         }
-        if self.failing.as_deref() == Some(description.as_str()) {
-            return false;
-        }
-        self.failing = Some(description);
-        true
+        self.log.report(description)
     }
 
     /// Waits for the next backoff delay. False when `shutdown` came first.
@@ -80,6 +105,16 @@ impl Retries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_failure_log_tells_a_repeated_failure_once() {
+        let mut log = FailureLog::default();
+        assert!(log.report("lock held".into()));
+        assert!(!log.report("lock held".into()));
+        log.clear();
+        assert!(!log.failing());
+        assert!(log.report("lock held".into()));
+    }
 
     #[test]
     fn a_failure_is_reported_once_until_it_changes_or_recovers() {

@@ -119,14 +119,6 @@ pub async fn start(
     health
 }
 
-/// Installs the log subscriber: JSON (default when stderr is not a terminal,
-/// as in a container) or human-readable text; level from `RUST_LOG`
-/// (default `info`). No traces are exported.
-pub fn init(format: Option<&str>) {
-    // Without an exporter there is nothing to flush.
-    let _no_exporter = init_with_traces(format, None, "syncbridge");
-}
-
 /// Flushes and stops the trace exporter when dropped (at the end of `main`).
 #[must_use = "traces are flushed when this is dropped"]
 pub struct Traces(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
