@@ -4,18 +4,18 @@
 //! writer can slip in between a read and a write:
 //!
 //! - **Upsert** (insert or update): `INSERT ... ON CONFLICT (key) DO UPDATE
-//!   ... WHERE <incoming is newer>`. Timestamps are compared at the coarser
-//!   precision of the two sides (whole seconds). On a tie the change wins when
-//!   its source is the configured `tie_winner`, or when the target row is still
-//!   exactly as apply last wrote it from the same source (its `xmin` is in
-//!   `syncbridge.apply_ledger` for that source): a source's later change
-//!   never loses a tie to its own earlier one. A change made *on top of* a
-//!   version that crossed from the target also wins the tie, while the target
-//!   row is still that version: the source's ledger says when that target
-//!   transaction (`source_xid`) arrived (`written_lsn`), and a change that
-//!   committed after it is causally newer (see `Writer::bases`). Truly
-//!   concurrent changes in one second still go to the `tie_winner`, on both
-//!   sides.
+//!   ... WHERE <incoming wins>`. Causality decides first, whatever the
+//!   timestamps: a change wins when the target row is still exactly as apply
+//!   last wrote it from the same source (its `xmin` is in
+//!   `syncbridge.apply_ledger` for that source), since the source's commit
+//!   order decides between its own changes; and a change made *on top of* a
+//!   version that crossed from the target wins while the target row is still
+//!   that version (the source's ledger says when that target transaction,
+//!   `source_xid`, arrived, `written_lsn`, and a change that committed after
+//!   it is causally newer; see `Writer::bases`). Only concurrent changes are
+//!   ordered by `updated_at`, compared at the coarser precision of the two
+//!   sides (whole seconds), the configured `tie_winner` winning a tie, on
+//!   both sides.
 //! - An insert never resurrects a row whose tombstone (`syncbridge.row_version`)
 //!   is at least as new as the incoming `updated_at`; a row inserted again
 //!   clears its tombstone.
@@ -25,11 +25,11 @@
 //!   written with a NULL reference instead, as the delete did to the rows it
 //!   found.
 //! - **Delete**: removes the target row unless the target row is newer than the
-//!   delete (the source's commit time), and leaves a tombstone. A row that is
-//!   still exactly the deleting source's own earlier write is always removed:
-//!   the source's delete comes after its own update in its commit order, even
-//!   when the update's `updated_at` looks newer (legacy `timestamp(0)` columns
-//!   round `now()` up to the next second).
+//!   delete (the source's commit time), and leaves a tombstone. As for an
+//!   upsert, causality decides first: a row that is still the deleting
+//!   source's own earlier write, or a version the delete was made on top of,
+//!   is always removed, whatever its `updated_at` says (legacy `timestamp(0)`
+//!   columns round `now()` up to the next second; a clock can be ahead).
 //! - **Partial update** (a TOAST value unchanged at the source): an `UPDATE`
 //!   of the other columns under the same rule; unchanged columns keep their
 //!   target value.
@@ -111,9 +111,9 @@ pub struct Params {
     pub source_xids: usize,
     /// Target keys (`text[]`) of changes made on top of a target version...
     pub based_keys: usize,
-    /// ...and that version's `xmin` (`text[]`): on a tie such a change wins
-    /// while the target row is still that version (the change is causally
-    /// newer; see `Writer::bases`).
+    /// ...and that version's `xmin` (`text[]`): such a change wins while the
+    /// target row is still that version (the change is causally newer; see
+    /// `Writer::bases`).
     pub based_xmins: usize,
 }
 
@@ -204,20 +204,30 @@ impl Shape {
         format!("{select}, sx, ord FROM (SELECT {arrays}) AS raw")
     }
 
-    fn tie_condition(&self, incoming: &str, existing: &str) -> String {
+    /// Whether an incoming change replaces the existing target row:
+    /// causality first, then time. The change wins when the target row is
+    /// still the same source's earlier write (the source's commit order
+    /// decides between its own changes), or when it was made on top of the
+    /// target row's version (that version crossed to the source before the
+    /// change committed there; see `Writer::bases`), whatever the
+    /// timestamps say. Otherwise the two are concurrent, and `updated_at`
+    /// at whole seconds decides, the `tie_winner` on a tie.
+    fn wins_condition(&self, incoming: &str, existing: &str) -> String {
         let ua = quote(&self.updated_at);
         let p = self.params();
         format!(
-            "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
-             OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) \
-                 AND (${tie}::bool OR {own_write} \
-                   OR EXISTS (SELECT 1 FROM unnest(${based_keys}::text[], ${based_xmins}::text[]) AS b(k, x) \
-                      WHERE b.k = {existing}.{key}::text AND b.x = {existing}.xmin::text)))",
+            "{own_write} \
+             OR {based} \
+             OR date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
+             OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) AND ${tie}::bool)",
             tie = p.tie,
-            based_keys = p.based_keys,
-            based_xmins = p.based_xmins,
             own_write = own_write(existing, &format!("${}::text", p.origin)),
-            key = quote(&self.key.name),
+            based = based(
+                existing,
+                &quote(&self.key.name),
+                p.based_keys,
+                p.based_xmins
+            ),
         )
     }
 
@@ -325,7 +335,7 @@ impl Shape {
                          AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer} {PROBE}){parents} \
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
-                   WHERE {tie_condition} \
+                   WHERE {wins} \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x, \
                      t.xmax = 0 AS inserted), \
              v AS ({versions}), \
@@ -338,8 +348,8 @@ impl Shape {
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
             sets = sets.join(", "),
-            tie_condition = match incoming {
-                Incoming::Change => self.tie_condition("EXCLUDED", "t"),
+            wins = match incoming {
+                Incoming::Change => self.wins_condition("EXCLUDED", "t"),
                 // The tie and causal parameters stay referenced so that both
                 // statements take the same parameters.
                 Incoming::Read | Incoming::Replay => self.strictly_newer("EXCLUDED", "t"),
@@ -396,7 +406,7 @@ impl Shape {
         format!(
             "WITH i AS ({input}), \
              w AS (UPDATE {table} AS t SET {sets} FROM i \
-                   WHERE t.{key} = i.{key}{parents} AND ({tie_condition}) \
+                   WHERE t.{key} = i.{key}{parents} AND ({wins}) \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x), \
              v AS ({versions}) \
              SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
@@ -405,8 +415,8 @@ impl Shape {
             table = self.table,
             sets = sets.join(", "),
             parents = self.parents_exist("i"),
-            tie_condition = match incoming {
-                Incoming::Change => self.tie_condition("i", "t"),
+            wins = match incoming {
+                Incoming::Change => self.wins_condition("i", "t"),
                 Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
             },
             versions = self.record_writes("w"),
@@ -428,7 +438,9 @@ pub enum DeleteRule {
 }
 
 /// Delete of many rows. Parameters: `$1` keys (text[]), `$2` delete times
-/// (text[] of timestamptz), `$3` origin. Returns the number of rows deleted.
+/// (text[] of timestamptz), `$3` origin, `$4` and `$5` the target keys and
+/// `xmin`s of versions the deletes were made on top of (text[], see
+/// `Writer::bases`). Returns the number of rows deleted.
 pub fn delete_sql(
     entity: &str,
     table: &str,
@@ -442,11 +454,13 @@ pub fn delete_sql(
     let decides = match rule {
         DeleteRule::Live => format!(
             "(date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
-                    OR {own_write})",
+                    OR {own_write} OR {based})",
             own_write = own_write("t", "$3::text"),
+            based = based("t", &key, 4, 5),
         ),
         DeleteRule::Replay => format!(
-            "date_trunc('second', t.{ua}::timestamptz) < date_trunc('second', i.at) AND $3::text IS NOT NULL"
+            "date_trunc('second', t.{ua}::timestamptz) < date_trunc('second', i.at) \
+             AND $3::text IS NOT NULL AND $4::text[] IS NOT NULL AND $5::text[] IS NOT NULL"
         ),
     };
     format!(
@@ -462,6 +476,16 @@ pub fn delete_sql(
                  deleted = true, written_xmin = '') \
          SELECT count(*) FROM d",
         entity = literal(entity),
+    )
+}
+
+/// Whether target row `row` (key column `key`) is still a version a change
+/// was made on top of: its key and `xmin` are a pair of the text arrays
+/// `$keys` and `$xmins`.
+fn based(row: &str, key: &str, keys: usize, xmins: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM unnest(${keys}::text[], ${xmins}::text[]) AS b(k, x) \
+                 WHERE b.k = {row}.{key}::text AND b.x = {row}.xmin::text)"
     )
 }
 
@@ -513,7 +537,22 @@ mod tests {
     fn the_upsert_decides_in_the_same_statement_that_writes() {
         let sql = shape().upsert_sql();
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\""));
-        assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\")"));
+        assert!(
+            sql.contains("WHERE EXISTS (SELECT 1 FROM syncbridge.apply_ledger l"),
+            "the same source's later change wins first, whatever the times: {sql}"
+        );
+        assert!(
+            sql.contains("OR EXISTS (SELECT 1 FROM unnest($7::text[], $8::text[])"),
+            "a change made on top of the target version wins, whatever the times: {sql}"
+        );
+        assert!(
+            sql.contains("OR date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\")"),
+            "then the newer: {sql}"
+        );
+        assert!(
+            sql.contains("= date_trunc('second', t.\"updated_at\") AND $5::bool)"),
+            "the tie flag decides ties only: {sql}"
+        );
         assert!(
             sql.contains("$5::bool"),
             "tie flag after keys, two columns and origin: {sql}"

@@ -17,6 +17,8 @@
 //! - `processes`: service binaries as child processes ([`ServiceProcess`]);
 //! - `bridge`: both sides captured and applied ([`Bridge`]);
 //! - `workloads`: random writes on one side ([`random_writes`]);
+//! - `unrestricted`: every operation on any row from both sides, seeded
+//!   ([`Unrestricted`]);
 //! - [`metrics`]: every metric name the services export;
 //! - `private_servers`: a test's own cluster and broker
 //!   ([`ThrowawayCluster`], [`PrivateBroker`]).
@@ -31,6 +33,7 @@ mod processes;
 mod sparse_batch;
 mod stack;
 mod support;
+mod unrestricted;
 mod workloads;
 
 pub use bridge::{Bridge, RunningApply};
@@ -45,4 +48,5 @@ pub use processes::{binary, ServiceProcess};
 pub use sparse_batch::produce_with_offsets_skipped;
 pub use stack::{mapping_dir, Side, Stack};
 pub use support::{eventually, free_port, run_program, unique, TempDir};
+pub use unrestricted::Unrestricted;
 pub use workloads::{random_writes, random_writes_on_own_rows};

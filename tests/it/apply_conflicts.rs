@@ -117,6 +117,80 @@ async fn a_platform_edit_on_top_of_a_crossed_legacy_change_in_the_same_second_wi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_edit_on_top_of_a_legacy_version_stamped_in_the_next_second_wins_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // Raw SQL into a legacy `timestamp(0)` column rounds `now()`: a change
+    // made at 00:00:40.6 is stamped 00:00:41.
+    bridge.legacy().execute("UPDATE users SET full_name = 'Legacy Rounded Up', updated_at = '2030-01-01 00:00:41' WHERE id = 1").await?;
+    bridge.converged(WAIT).await?;
+    // The platform edits the version that reached it, at 00:00:40.9: its
+    // `updated_at` is older, but it was made on top of the legacy version.
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Platform', family_name = 'After It', updated_at = '2030-01-01 00:00:40.9+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Platform After It".into(), "Platform After It".into())
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_change_from_one_source_wins_over_its_earlier_one_whatever_their_timestamps(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // Legacy's own order decides between two legacy changes: the second is
+    // stamped a second before the first (the first rounded up, the second
+    // truncated), and still lands.
+    bridge.legacy().execute("UPDATE users SET full_name = 'First Rounded', updated_at = '2030-01-01 00:00:51' WHERE id = 1").await?;
+    bridge.converged(WAIT).await?;
+    bridge.legacy().execute("UPDATE users SET full_name = 'Second Truncated', updated_at = '2030-01-01 00:00:50' WHERE id = 1").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Second Truncated".into(), "Second Truncated".into())
+    );
+    // The same for the platform, whose rows apply wrote on legacy.
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Platform', family_name = 'Ahead', updated_at = '2030-01-01 00:01:05+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    bridge.platform().execute("UPDATE identity.identities SET given_name = 'Platform', family_name = 'Behind', updated_at = '2030-01-01 00:01:03+00' WHERE email = 'row@example.com'").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        names(&bridge).await?,
+        ("Platform Behind".into(), "Platform Behind".into())
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_made_on_top_of_a_version_stamped_ahead_removes_it_on_both_sides(
+) -> anyhow::Result<()> {
+    let bridge = seeded().await?;
+    // A legacy version stamped in the future (a clock ahead, or rounding)
+    // reaches the platform, which then deletes the row: the delete was made
+    // after that version arrived, so it wins although its time is older.
+    let ahead = "2999-01-01 00:00:00";
+    bridge
+        .legacy()
+        .execute(&format!(
+            "UPDATE users SET full_name = 'Stamped Ahead', updated_at = '{ahead}' WHERE id = 1"
+        ))
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge
+        .platform()
+        .execute("DELETE FROM identity.identities WHERE email = 'row@example.com'")
+        .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(bridge.legacy().client(), "SELECT count(*) FROM users").await?,
+        0,
+        "the delete reached legacy"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_edits_in_the_same_second_end_with_the_tie_winner_on_both_sides(
 ) -> anyhow::Result<()> {
     let bridge = seeded().await?;

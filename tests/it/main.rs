@@ -16,6 +16,7 @@ mod capture_faults;
 mod capture_recovery;
 mod capture_slot;
 mod capture_transactions;
+mod convergence;
 mod deploy;
 mod polling;
 mod security;

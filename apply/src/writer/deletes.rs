@@ -79,9 +79,20 @@ impl Writer {
             self.delete_rule,
         );
         lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
+        let (based_keys, based_xmins) = {
+            let (crossed, keys): (Vec<&PendingRow>, Vec<Option<String>>) = rows
+                .iter()
+                .zip(&target_keys)
+                .filter_map(|(row, key)| Some((row, pg::value::to_text(key.as_ref()?))))
+                .unzip();
+            self.bases(target, source, entity, &crossed, &keys).await?
+        };
         let statement = self.statement(target, sql).await?;
         let row = target
-            .query_one(&statement, &[&key_texts, &times, &self.origin])
+            .query_one(
+                &statement,
+                &[&key_texts, &times, &self.origin, &based_keys, &based_xmins],
+            )
             .await
             .map_err(|e| {
                 ApplyError::postgres(self.to.as_str(), format!("delete {}", entity.name()), e)
@@ -158,6 +169,9 @@ impl Writer {
                 return Ok(());
             }
             let mut by_entity: HashMap<(String, String), DeleteBatch> = HashMap::new();
+            // A re-asserted delete was made on its own side: nothing there
+            // crossed to it.
+            let no_bases: Vec<String> = Vec::new();
             for row in &rows {
                 let entry = by_entity.entry((row.get(0), row.get(2))).or_default();
                 entry.0.push(Some(row.get(1)));
@@ -190,7 +204,7 @@ impl Writer {
                     );
                     lock_rows(source, from, entity.name(), keys).await?;
                     source
-                        .query_one(&sql, &[keys, times, &self.origin])
+                        .query_one(&sql, &[keys, times, &self.origin, &no_bases, &no_bases])
                         .await
                         .map_err(|e| ApplyError::postgres(from, "re-assert deletes", e))?;
                 }

@@ -296,12 +296,19 @@ impl Writer {
             _ if replay => shape.replay_update_sql(),
             _ => shape.update_sql(),
         };
-        let (based_keys, based_xmins) = if self.tie_wins {
-            (Vec::new(), Vec::new())
-        } else {
-            let written: Vec<&PendingRow> = written_rows.iter().map(|i| &rows[*i]).collect();
-            self.bases(target, source, entity, &written, &key_texts)
-                .await?
+        // Rows given a new id just now have no version here to be based on.
+        let (based_keys, based_xmins) = {
+            let (written, keys): (Vec<&PendingRow>, Vec<Option<String>>) = written_rows
+                .iter()
+                .zip(&key_texts)
+                .filter(|(i, _)| !new_ids[**i])
+                .map(|(i, key)| (&rows[*i], key.clone()))
+                .unzip();
+            if written.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                self.bases(target, source, entity, &written, &keys).await?
+            }
         };
         let crossed: Vec<(String, Value)> = written_rows
             .iter()
@@ -493,17 +500,16 @@ impl Writer {
     /// writer's target sent over: per such row, its target key (`keys`,
     /// aligned with `rows`) and the `xmin` that target version carried.
     ///
-    /// A tie at whole seconds between a target row and an incoming change is
-    /// normally won by the `tie_winner`. But when the target row's version
-    /// crossed to the source (the source's `apply_ledger` has its transaction
-    /// as `source_xid`) before the change committed there (`written_lsn`
-    /// below the change's commit LSN), the change was made after that version
-    /// arrived: it is causally newer and must win while the target row is
-    /// still that version (same `xmin`; the writing statement checks). A
-    /// concurrent change (committed before the version arrived) still loses
-    /// the tie, on both sides. Returns the target keys and `xmin`s that such
-    /// changes may overwrite.
-    async fn bases(
+    /// When the target row's version crossed to the source (the source's
+    /// `apply_ledger` has its transaction as `source_xid`) before the change
+    /// committed there (`written_lsn` below the change's commit LSN), the
+    /// change was made after that version arrived: it is causally newer and
+    /// wins while the target row is still that version (same `xmin`; the
+    /// writing statement checks), whatever the two `updated_at` say (a
+    /// legacy `timestamp(0)` rounds `now()` up; clocks differ). A concurrent
+    /// change (committed before the version arrived) is ordered by time.
+    /// Returns the target keys and `xmin`s that such changes may overwrite.
+    pub(super) async fn bases(
         &self,
         target: &Client,
         source: &Client,
