@@ -88,6 +88,29 @@ pub struct CaptureConfig {
     /// The longest wait between two attempts to reconnect.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// What a streaming start does when the slot is missing although the
+    /// topic holds streamed events (see [`crate::recovery`]).
+    #[serde(default)]
+    pub on_lost_slot: OnLostSlot,
+}
+
+/// What capture does about a lost replication slot: the changes that
+/// committed between the topic's last streamed event and the new slot
+/// never reached Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLostSlot {
+    /// Read every row changed since that last event (minus
+    /// `polling.overlap`) the way the polling fallback does, then stream.
+    /// Needs `polling.updated_at_column` in every table and the polling
+    /// tables in `syncbridge`; without them capture refuses.
+    #[default]
+    CatchUp,
+    /// Stop with exit code 2 and say what to do.
+    Refuse,
+    /// Stream on from the new slot: an operator has seen the loss and
+    /// re-copies what is missing (`capture snapshot`, `apply check`).
+    Continue,
 }
 
 impl Default for CaptureConfig {
@@ -100,6 +123,7 @@ impl Default for CaptureConfig {
             max_in_flight: default_max_in_flight(),
             shutdown_timeout: default_shutdown_timeout(),
             max_backoff: default_max_backoff(),
+            on_lost_slot: OnLostSlot::default(),
         }
     }
 }

@@ -8,10 +8,12 @@
 //!
 //! - [`slot`]: checks the source, creates the publication and slot, heartbeats.
 //! - [`event`]: builds change events, one transaction at a time, in bounded memory.
+//! - [`history`]: the last event the topic holds (a lost slot is told by it).
 //! - [`checkpoint`]: positions that only move forward, released in order.
 //! - [`stream`]: one streaming session, wiring the above together.
 //! - [`polling`]: the fallback without logical replication (`capture.mode =
 //!   "polling"`): reads the tables on `updated_at`; [`reconcile`] finds deletes.
+//! - [`recovery`]: a lost slot told (the topic holds streamed events) and healed.
 //! - [`snapshot`]: the current rows of tables as `READ` events (backfill).
 //! - [`tail`]: prints the events on a topic for a person.
 //! - [`monitor`]: the slot and the broker watched from outside; `capture status`.
@@ -29,10 +31,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod metrics;
 pub mod monitor;
 pub mod polling;
 pub mod reconcile;
+pub mod recovery;
 pub mod slot;
 pub mod snapshot;
 pub mod stream;
@@ -54,8 +58,9 @@ pub use error::{CaptureError, Result};
 /// Runs capture until `shutdown` is cancelled (Ok) or a definite error.
 ///
 /// Each session is ordered here: in streaming mode the slot is prepared
-/// first (so nothing after this point is lost), then a polling catch-up runs
-/// when polling ran on this source before, then the slot is streamed.
+/// first (so nothing after this point is lost), then a lost slot is told and
+/// healed, then a polling catch-up runs when polling ran on this source
+/// before (or a lost slot is caught up with), then the slot is streamed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let codec = Codec::new().map_err(CaptureError::Schema)?;
     let connection = config.connection()?;
@@ -139,7 +144,12 @@ async fn session(
     progress: &runtime::telemetry::Progress,
 ) -> Result<()> {
     let prepared = stream::prepare(config, connection).await?;
-    // Polling ran here before: cover the switch (the slot exists now).
+    // A slot created although the topic holds streamed events was lost.
+    if !recovery::handle_lost_slot(config, connection, codec, &prepared, shutdown).await? {
+        return Ok(());
+    }
+    // Polling ran here before, or a lost slot is being caught up with:
+    // cover the gap (the slot exists now).
     if !polling::catch_up(
         config,
         connection,

@@ -15,6 +15,8 @@ pub const CAPTURE_CONFIRMED_FLUSH_AGE: &str = "syncbridge_capture_confirmed_flus
 pub const CAPTURE_POLLING_WATERMARK_AGE: &str = "syncbridge_capture_polling_watermark_age_seconds";
 /// Capture sessions interrupted, by error kind.
 pub const CAPTURE_ERRORS: &str = "syncbridge_capture_errors_total";
+/// Replication slots found lost (see `crate::recovery`).
+pub const CAPTURE_SLOT_LOST: &str = "syncbridge_capture_slot_lost_total";
 
 /// Every metric capture exports but the common ones, described.
 pub const CATALOG: &[Metric] = &[
@@ -49,7 +51,18 @@ pub const CATALOG: &[Metric] = &[
         unit: None,
         help: "Capture sessions interrupted, by error kind.",
     },
+    Metric {
+        name: CAPTURE_SLOT_LOST,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Starts that found the replication slot lost while the topic held streamed events.",
+    },
 ];
+
+/// A start found the slot of `source` lost.
+pub fn slot_lost(source: &str) {
+    metrics::counter!(CAPTURE_SLOT_LOST, label::SOURCE => source.to_owned()).increment(1);
+}
 
 /// A capture session was interrupted by an error of `kind`.
 pub fn error(source: &str, kind: &'static str) {

@@ -18,6 +18,15 @@ use crate::error::{CaptureError, Result};
 use pg::ident::{quote, TableName};
 use pg::Lsn;
 
+/// The slot as a start found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotStart {
+    /// Where the stream resumes: the slot's `confirmed_flush_lsn`.
+    pub confirmed: Option<Lsn>,
+    /// The slot did not exist: this start created it at the current position.
+    pub created: bool,
+}
+
 /// An open ordinary connection to the source.
 pub struct Source {
     client: Client,
@@ -74,8 +83,8 @@ impl Source {
     }
 
     /// Checks the server and the role, then makes sure the publication and
-    /// the slot exist. Returns the slot's confirmed position.
-    pub async fn prepare(&self, config: &Config) -> Result<Option<Lsn>> {
+    /// the slot exist.
+    pub async fn prepare(&self, config: &Config) -> Result<SlotStart> {
         self.check_wal_level().await?;
         self.check_role().await?;
         let tables = config.tables()?;
@@ -220,7 +229,7 @@ impl Source {
         Ok(())
     }
 
-    async fn ensure_slot(&self, slot: &str) -> Result<Option<Lsn>> {
+    async fn ensure_slot(&self, slot: &str) -> Result<SlotStart> {
         let row = self
             .client
             .query_opt(
@@ -244,7 +253,10 @@ impl Source {
                     "replication slot {slot} exists but is not a pgoutput slot of database {current_db} (plugin {plugin:?}, database {database:?}): choose another source.slot or drop that slot"
                 )));
             }
-            return Ok(confirmed.as_deref().and_then(Lsn::parse));
+            return Ok(SlotStart {
+                confirmed: confirmed.as_deref().and_then(Lsn::parse),
+                created: false,
+            });
         }
         let row = self
             .client
@@ -265,7 +277,23 @@ impl Source {
             })?;
         let lsn: String = row.get(0);
         info!(slot, lsn = %lsn, "created replication slot");
-        Ok(Lsn::parse(&lsn))
+        Ok(SlotStart {
+            confirmed: Lsn::parse(&lsn),
+            created: true,
+        })
+    }
+
+    /// Drops replication slot `slot` (one this start created and cannot
+    /// use), so that the next start finds it missing again.
+    pub async fn drop_slot(&self, slot: &str) -> Result<()> {
+        self.client
+            .execute(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("drop the replication slot", e))?;
+        Ok(())
     }
 
     /// The primary key columns of a table, by oid, in key order.

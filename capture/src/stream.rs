@@ -59,6 +59,8 @@ struct FeedbackSignal {
 pub struct Prepared {
     source: Source,
     confirmed: Option<Lsn>,
+    /// This start created the slot (it did not exist).
+    pub created_slot: bool,
     /// The producer streaming will use, shared with a catch-up.
     pub producer: FutureProducer,
 }
@@ -66,7 +68,7 @@ pub struct Prepared {
 /// Checks the source and prepares its slot, topic and producer.
 pub async fn prepare(config: &Config, connection: &Connection) -> Result<Prepared> {
     let source = Source::connect(connection).await?;
-    let confirmed = source.prepare(config).await?;
+    let slot = source.prepare(config).await?;
     source
         .warn_about_replica_identity(&config.publication_name())
         .await?;
@@ -74,9 +76,21 @@ pub async fn prepare(config: &Config, connection: &Connection) -> Result<Prepare
     let producer = kafka::producer(&config.kafka, config.capture.max_in_flight)?;
     Ok(Prepared {
         source,
-        confirmed,
+        confirmed: slot.confirmed,
+        created_slot: slot.created,
         producer,
     })
+}
+
+impl Prepared {
+    /// Drops the slot this start created, so that the next start finds it
+    /// missing again (see `crate::run`'s lost-slot handling).
+    pub async fn drop_created_slot(&self, config: &Config) -> Result<()> {
+        if self.created_slot {
+            self.source.drop_slot(&config.slot_name()).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Streams the prepared slot to Kafka until shutdown (Ok) or an error.
@@ -93,6 +107,7 @@ pub async fn stream(
         source,
         confirmed,
         producer,
+        ..
     } = prepared;
     let slot = config.slot_name();
     let publication = config.publication_name();

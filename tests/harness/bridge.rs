@@ -23,7 +23,8 @@ pub struct Bridge {
     pub dead_letter_topic: String,
     /// The `[telemetry]` section's body of apply (endpoints off by default).
     pub apply_telemetry: String,
-    captures: Vec<RunningCapture>,
+    /// The legacy and the platform capture, while they run.
+    captures: [Option<RunningCapture>; 2],
     apply: Option<RunningApply>,
     /// Extra `key = value` lines of apply's `[apply]` section.
     pub apply_options: String,
@@ -86,7 +87,7 @@ impl Bridge {
             counters: apply::Counters::default(),
             dead_letter_topic,
             apply_telemetry: String::from(TELEMETRY_OFF),
-            captures: Vec::new(),
+            captures: [None, None],
             apply: None,
             apply_options: String::new(),
         })
@@ -101,31 +102,64 @@ impl Bridge {
 
     /// Starts both captures (in this process) and waits for their slots.
     pub async fn start_captures(&mut self) -> Result<()> {
-        self.captures.push(self.legacy.start()?);
-        self.captures.push(self.platform.start()?);
+        self.captures[0] = Some(self.legacy.start()?);
+        self.captures[1] = Some(self.platform.start()?);
         for setup in [&self.legacy, &self.platform] {
             setup.wait_for_slot().await?;
         }
         Ok(())
     }
 
+    fn setup(&self, side: Side) -> (usize, &CaptureSetup) {
+        match side {
+            Side::Legacy => (0, &self.legacy),
+            Side::Platform => (1, &self.platform),
+        }
+    }
+
+    /// Stops one side's capture (cleanly: what it read is delivered).
+    pub async fn stop_capture(&mut self, side: Side) -> Result<()> {
+        let (index, _) = self.setup(side);
+        match self.captures[index].take() {
+            Some(capture) => capture.stop().await,
+            None => bail!("the {} capture is not running", side.name()),
+        }
+    }
+
+    /// Starts one side's capture with its current setup, without waiting.
+    pub fn start_capture(&mut self, side: Side) -> Result<()> {
+        let (index, setup) = self.setup(side);
+        anyhow::ensure!(
+            self.captures[index].is_none(),
+            "the {} capture is running",
+            side.name()
+        );
+        let capture = setup.start()?;
+        self.captures[index] = Some(capture);
+        Ok(())
+    }
+
+    /// The outcome of one side's capture once it has stopped by itself.
+    pub async fn capture_outcome(
+        &mut self,
+        side: Side,
+        timeout: Duration,
+    ) -> Result<capture::Result<()>> {
+        let (index, _) = self.setup(side);
+        let Some(capture) = self.captures[index].take() else {
+            bail!("the {} capture is not running", side.name());
+        };
+        capture.outcome(timeout).await
+    }
+
     /// Stops one side's capture, then starts it again with its current setup
     /// (e.g. after `use_polling` or `use_streaming`).
     pub async fn restart_capture(&mut self, side: Side) -> Result<()> {
-        let index = match side {
-            Side::Legacy => 0,
-            Side::Platform => 1,
-        };
-        anyhow::ensure!(self.captures.len() == 2, "the bridge is not running");
         // One writer at a time on the topic: the old one has delivered and
         // stopped before the new one starts.
-        self.captures.remove(index).stop().await?;
-        let setup = match side {
-            Side::Legacy => &self.legacy,
-            Side::Platform => &self.platform,
-        };
-        self.captures.insert(index, setup.start()?);
-        setup.wait_for_slot().await
+        self.stop_capture(side).await?;
+        self.start_capture(side)?;
+        self.setup(side).1.wait_for_slot().await
     }
 
     /// The apply configuration as TOML.
@@ -428,7 +462,7 @@ impl Bridge {
     /// Stops everything and drops the slots.
     pub async fn stop(mut self) -> Result<()> {
         self.stop_apply().await?;
-        for capture in self.captures.drain(..) {
+        for capture in self.captures.iter_mut().filter_map(Option::take) {
             capture.stop().await?;
         }
         self.legacy.db.drop_slot(&self.legacy.slot).await?;

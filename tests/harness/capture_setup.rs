@@ -140,4 +140,14 @@ impl RunningCapture {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+
+    /// What capture returned, once it stops by itself within `timeout`.
+    pub async fn outcome(self, timeout: Duration) -> Result<capture::Result<()>> {
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(joined) => Ok(joined?),
+            Err(_) => {
+                bail!("capture was still running after {timeout:?}")
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ pub use apply::metrics::{
 };
 pub use capture::metrics::{
     CAPTURE_CONFIRMED_FLUSH_AGE, CAPTURE_ERRORS, CAPTURE_EVENTS, CAPTURE_POLLING_WATERMARK_AGE,
-    CAPTURE_SLOT_RETAINED_WAL,
+    CAPTURE_SLOT_LOST, CAPTURE_SLOT_RETAINED_WAL,
 };
 pub use runtime::telemetry::metrics::READY;
 

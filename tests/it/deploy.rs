@@ -31,6 +31,7 @@ const AGREED_METRICS: &[(&str, MetricType)] = &[
         MetricType::Gauge,
     ),
     ("syncbridge_capture_errors_total", MetricType::Counter),
+    ("syncbridge_capture_slot_lost_total", MetricType::Counter),
     ("syncbridge_apply_end_to_end_lag_seconds", MetricType::Gauge),
     (
         "syncbridge_apply_commit_latency_seconds",
@@ -693,6 +694,7 @@ fn the_dashboard_and_monitors_reference_only_agreed_metrics() {
         "syncbridge_apply_consumer_lag_messages",
         "syncbridge_capture_slot_retained_wal_bytes",
         "syncbridge_apply_dead_lettered_total",
+        "syncbridge_capture_slot_lost_total",
         "syncbridge_ready",
     ] {
         assert!(watched.contains(needed), "a monitor watches {needed}");

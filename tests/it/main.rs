@@ -20,4 +20,5 @@ mod convergence;
 mod deploy;
 mod polling;
 mod security;
+mod slot_loss;
 mod telemetry;

@@ -281,8 +281,8 @@ async fn metrics_carry_the_agreed_names_and_labels_and_the_services_report_ready
             seen.insert(base.to_owned());
         }
     }
-    // All of them but the error counters (no error happened) and the
-    // polling watermark (no table is polled).
+    // All of them but the error counters (no error happened), the polling
+    // watermark (no table is polled) and the lost slots (none was lost).
     let expected: BTreeSet<String> = names::all()
         .iter()
         .filter(|name| {
@@ -290,6 +290,7 @@ async fn metrics_carry_the_agreed_names_and_labels_and_the_services_report_ready
                 names::CAPTURE_ERRORS,
                 names::APPLY_ERRORS,
                 names::CAPTURE_POLLING_WATERMARK_AGE,
+                names::CAPTURE_SLOT_LOST,
             ]
             .contains(name)
         })

@@ -139,6 +139,13 @@ pub async fn session(
 /// streaming session's producer (so the topic keeps one writer at a time).
 /// Interrupted, it runs again at the next start (the watermarks are only
 /// retired at its end).
+/// Whether polling ran on this source before (its watermarks are there):
+/// the next streaming start catches up from them (see [`catch_up`]).
+pub async fn switching_from_polling(connection: &Connection) -> Result<bool> {
+    let probe = connect(connection).await?;
+    has_watermarks(&probe).await
+}
+
 pub async fn catch_up(
     config: &Config,
     connection: &Connection,

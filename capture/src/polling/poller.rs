@@ -682,6 +682,35 @@ impl<'a> Poller<'a> {
 
     /// Forgets the watermarks and the key ledger: streaming has taken over
     /// (the next switch to polling seeds them afresh).
+    /// Sets every table's watermark to `since` (text, read as the column's
+    /// type) and seeds its key ledger with the keys it holds now, each table
+    /// in one transaction: the next round reads every row changed since
+    /// `since` minus `polling.overlap`, and reconciliation finds what is
+    /// deleted from now on. Written before anything is read, so that a
+    /// catch-up interrupted later resumes at the next start.
+    pub async fn resume_from(&self, since: &str) -> Result<()> {
+        for table in &self.tables {
+            let label = table.label();
+            let sql = format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ;
+                 INSERT INTO syncbridge.capture_keys (tbl, key, row_xmin)
+                   SELECT {label}, {key}, NULL FROM {table} t ON CONFLICT DO NOTHING;
+                 INSERT INTO syncbridge.capture_watermark (tbl, updated_at) VALUES ({label}, {since})
+                   ON CONFLICT (tbl) DO UPDATE SET updated_at = EXCLUDED.updated_at;
+                 COMMIT;",
+                label = quote_literal(&label),
+                key = table.key_array("t"),
+                table = table.name.quoted(),
+                since = quote_literal(since),
+            );
+            if let Err(error) = self.writer.batch_execute(&sql).await {
+                let _ = self.writer.batch_execute("ROLLBACK").await;
+                return Err(CaptureError::postgres("set the catch-up watermarks", error));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn retire(&self) -> Result<()> {
         self.writer
             .batch_execute(

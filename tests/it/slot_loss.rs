@@ -1,0 +1,161 @@
+//! A replication slot lost while capture was stopped (dropped by an
+//! operator, invalidated, or gone with a failed-over primary) is told and
+//! healed: what was written meanwhile still reaches the other side, or
+//! capture stops and says what to do. Never a silent gap.
+
+use std::time::Duration;
+
+use sync_bridge_tests::{Bridge, Side};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The legacy changes a test writes, each with a name no other change
+/// has: the ledger the other side is checked against.
+struct Ledger(Vec<String>);
+
+impl Ledger {
+    /// Inserts a legacy user named `name` and records it.
+    async fn insert(&mut self, bridge: &Bridge, name: &str) -> anyhow::Result<()> {
+        bridge
+            .legacy()
+            .execute(&format!(
+                "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+                 VALUES ('{email}@example.com', '{name}', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+                email = name.replace(' ', ".").to_lowercase(),
+            ))
+            .await?;
+        self.0.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Renames the legacy user named `from` to `to` and records it.
+    async fn rename(&mut self, bridge: &Bridge, from: &str, to: &str) -> anyhow::Result<()> {
+        bridge
+            .legacy()
+            .execute(&format!(
+                "UPDATE users SET full_name = '{to}', updated_at = now() AT TIME ZONE 'UTC' WHERE full_name = '{from}'"
+            ))
+            .await?;
+        self.0.retain(|n| n != from);
+        self.0.push(to.to_owned());
+        Ok(())
+    }
+
+    /// The recorded changes the platform does not show.
+    async fn missing_on_the_platform(&self, bridge: &Bridge) -> anyhow::Result<Vec<String>> {
+        let rows = bridge
+            .platform()
+            .client()
+            .query(
+                "SELECT given_name || ' ' || family_name FROM identity.identities",
+                &[],
+            )
+            .await?;
+        let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(self
+            .0
+            .iter()
+            .filter(|name| !present.contains(name))
+            .cloned()
+            .collect())
+    }
+}
+
+/// A bridge whose legacy capture acts on a lost slot as `on_lost_slot`
+/// says (the default when `None`), with two users streamed, then stopped,
+/// its slot dropped, and three changes written while it is away.
+async fn slot_lost_while_capture_was_stopped(
+    hint: &str,
+    on_lost_slot: Option<&str>,
+) -> anyhow::Result<(Bridge, Ledger)> {
+    let mut bridge = Bridge::prepare(hint).await?;
+    if let Some(action) = on_lost_slot {
+        bridge
+            .legacy
+            .capture_options
+            .push_str(&format!("on_lost_slot = \"{action}\"\n"));
+    }
+    let mut bridge = bridge.run().await?;
+    let mut ledger = Ledger(Vec::new());
+    ledger.insert(&bridge, "Streamed One").await?;
+    ledger.insert(&bridge, "Streamed Two").await?;
+    bridge.converged(WAIT).await?;
+
+    bridge.stop_capture(Side::Legacy).await?;
+    let slot = bridge.legacy.slot.clone();
+    bridge.legacy().drop_slot(&slot).await?;
+    ledger.insert(&bridge, "Written Away").await?;
+    ledger.insert(&bridge, "Also Away").await?;
+    ledger
+        .rename(&bridge, "Streamed One", "Renamed Away")
+        .await?;
+    Ok((bridge, ledger))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_written_while_the_slot_was_lost_are_caught_up_by_polling_and_reach_the_other_side(
+) -> anyhow::Result<()> {
+    let (mut bridge, mut ledger) = slot_lost_while_capture_was_stopped("lostslot", None).await?;
+    bridge.start_capture(Side::Legacy)?;
+    bridge.legacy.wait_for_slot().await?;
+    ledger.insert(&bridge, "Streamed After").await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        ledger.missing_on_the_platform(&bridge).await?,
+        Vec::<String>::new(),
+        "every change written, before, during and after the loss, reached the platform"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_stops_capture_with_a_configuration_error_until_it_is_handled(
+) -> anyhow::Result<()> {
+    let (mut bridge, ledger) =
+        slot_lost_while_capture_was_stopped("lostrefuse", Some("refuse")).await?;
+    for start in ["first", "second"] {
+        bridge.start_capture(Side::Legacy)?;
+        let outcome = bridge
+            .capture_outcome(Side::Legacy, Duration::from_secs(60))
+            .await?;
+        let Err(error) = outcome else {
+            anyhow::bail!("the {start} start after the loss streamed on");
+        };
+        let text = runtime::error_chain(&error);
+        assert!(error.is_config(), "exit code 2: {text}");
+        assert!(
+            text.contains(&bridge.legacy.slot) && text.contains("capture snapshot"),
+            "names the slot and the way out: {text}"
+        );
+        assert_eq!(
+            bridge
+                .legacy()
+                .confirmed_flush_lsn(&bridge.legacy.slot)
+                .await?,
+            None,
+            "the slot it created is dropped again, so the {start} start is not the last to know"
+        );
+    }
+    assert_eq!(
+        ledger.missing_on_the_platform(&bridge).await?.len(),
+        3,
+        "what was written meanwhile is still missing, and said to be"
+    );
+    // Told what to do, the operator lets capture stream on and re-copies
+    // the tables.
+    bridge.legacy.capture_options =
+        "heartbeat_interval = \"0s\"\non_lost_slot = \"continue\"\n".into();
+    bridge.start_capture(Side::Legacy)?;
+    bridge.legacy.wait_for_slot().await?;
+    let mut after = Ledger(Vec::new());
+    after.insert(&bridge, "Streamed After").await?;
+    sync_bridge_tests::eventually("the new slot's changes to cross", WAIT, || async {
+        Ok(after
+            .missing_on_the_platform(&bridge)
+            .await?
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    bridge.stop().await
+}
