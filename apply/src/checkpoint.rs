@@ -34,7 +34,9 @@
 use schemas::event::CaptureMode;
 use tokio_postgres::Client;
 
+use crate::config::Config;
 use crate::error::{ApplyError, Result};
+use crate::mapping::{Mapping, Side};
 
 /// The bookkeeping schema and tables, created if missing, then `COMMIT`
 /// (run after `BEGIN` and the install lock).
@@ -191,6 +193,38 @@ pub async fn read(client: &Client, side: &'static str, source: &str) -> Result<P
         },
         None => Position::default(),
     })
+}
+
+/// `apply reset-position --from SIDE`: forgets where apply stands in
+/// `from`'s topic, so that the next start reads that topic from its
+/// beginning. For a topic deleted and created again (or truncated), whose
+/// offsets started over: apply refuses to skip its events (see the
+/// direction's topic check) until its position is reset. Refused while
+/// another apply instance runs (it holds the single-writer lock).
+pub async fn reset(config: &Config, mapping: &Mapping, from: Side) -> Result<Position> {
+    let Some(_lease) = crate::lease::try_take(config).await? else {
+        return Err(ApplyError::Config(
+            "an apply instance is running (it holds the single-writer lock): stop it before resetting a position".to_owned(),
+        ));
+    };
+    let to = from.other();
+    let client = config.connect(to).await?;
+    install(&client, to.as_str()).await?;
+    let source = &mapping.side(from).source;
+    let forgotten = read(&client, to.as_str(), source).await?;
+    client
+        .execute(
+            "DELETE FROM syncbridge.apply_position WHERE source = $1",
+            &[source],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(to.as_str(), "reset the apply position", e))?;
+    tracing::warn!(
+        from = from.as_str(),
+        forgotten_offset = ?forgotten.offset,
+        "apply position reset: the next start reads the topic from its beginning"
+    );
+    Ok(forgotten)
 }
 
 /// The statement that stores a position; run inside the applying transaction.

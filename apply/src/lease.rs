@@ -105,6 +105,16 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
     }
 }
 
+/// Takes the lock on both databases if no other instance holds it, for a
+/// one-off command that must not run beside a running apply (see
+/// [`crate::checkpoint::reset`]). `None` when another instance holds it.
+pub async fn try_take(config: &Config) -> Result<Option<Lease>> {
+    Ok(match try_acquire(config).await? {
+        Attempt::Held(clients) => Some(watch(clients)),
+        Attempt::Taken(_) => None,
+    })
+}
+
 enum Attempt {
     Held(Vec<(Side, Client)>),
     Taken(Side),

@@ -19,8 +19,17 @@ struct Args {
 enum Command {
     /// Apply both directions until stopped (the default).
     Run,
-    /// Compare the two databases under the mapping; exit 0 when they correspond, 1 when not.
+    /// Compare the two databases under the mapping; exit 0 when they
+    /// correspond, 1 when not, 2 or more on an error.
     Check,
+    /// Forget where apply stands in one side's topic, so that the next start
+    /// reads it from its beginning (after the topic was created again);
+    /// refused while apply runs.
+    ResetPosition {
+        /// The side whose topic's position is forgotten.
+        #[arg(long, value_enum)]
+        from: FromSide,
+    },
     /// Print each direction's lags, the sources' slots, what the running
     /// apply reports, and whether the two sides are in step.
     Status {
@@ -41,6 +50,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "both")]
         to_side: ToSide,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FromSide {
+    Legacy,
+    Platform,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -72,9 +87,16 @@ fn main() -> ExitCode {
         Ok(service) => service,
         Err(code) => return code,
     };
+    let command = args.command.unwrap_or(Command::Run);
+    // For the commands that compare, 1 means "different": an error is 2
+    // (configuration) or 3.
+    let comparing = matches!(
+        command,
+        Command::Check | Command::Status { verify: true, .. }
+    );
     let outcome = service.run(|shutdown| async move {
         let config = apply::Config::load(args.common.config.as_deref())?;
-        match args.command.unwrap_or(Command::Run) {
+        match command {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)
                 .await
                 .map(|()| true),
@@ -89,6 +111,22 @@ fn main() -> ExitCode {
                     .print(status.json)
                     .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
                 Ok(report.detail.verified != Some(false))
+            }
+            Command::ResetPosition { from } => {
+                let mapping = apply::mapping::Mapping::load_dir(&config.apply.mapping_dir)?;
+                let from = match from {
+                    FromSide::Legacy => apply::mapping::Side::Legacy,
+                    FromSide::Platform => apply::mapping::Side::Platform,
+                };
+                let forgotten = apply::checkpoint::reset(&config, &mapping, from).await?;
+                match forgotten.offset {
+                    Some(offset) => println!(
+                        "forgot the {} position (offset {offset}): the next start reads the topic from its beginning",
+                        from.as_str()
+                    ),
+                    None => println!("no {} position was stored", from.as_str()),
+                }
+                Ok(true)
             }
             Command::Replay { from, to_side } => {
                 let from = apply::replay::ReplayFrom::parse(&from)?;
@@ -109,6 +147,8 @@ fn main() -> ExitCode {
             eprintln!("apply: {text}");
             if error.is_config() {
                 ExitCode::from(2)
+            } else if comparing {
+                ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             }

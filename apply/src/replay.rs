@@ -302,7 +302,7 @@ fn client(config: &Config) -> ClientConfig {
 /// answers that query with the last record batch's base offset + 1, so the
 /// rest of that batch would be missed. Reading from there until the fetch
 /// reports the end of the partition gives the true end.
-async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64)> {
+pub(crate) async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64)> {
     let mut client = client(config);
     client.set("enable.partition.eof", "true");
     let topic = topic.to_owned();

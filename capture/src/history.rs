@@ -67,6 +67,8 @@ fn read_last_event(config: &KafkaConfig, topic: &str, codec: &Codec) -> Result<O
     if high <= low {
         return Ok(None);
     }
+    // Read to the end of the partition, not to `high`: a broker may answer
+    // the last record batch's base offset + 1 (Tansu 0.6 does).
     let from = (high - LOOK_BACK).max(low);
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -103,9 +105,6 @@ fn read_last_event(config: &KafkaConfig, topic: &str, codec: &Codec) -> Result<O
                             });
                         }
                     }
-                }
-                if message.offset() >= high - 1 {
-                    return Ok(last);
                 }
             }
         }

@@ -204,6 +204,18 @@ impl Bridge {
         Ok(())
     }
 
+    /// What apply (in this process) returned, once it stops by itself
+    /// within `timeout`.
+    pub async fn apply_outcome(&mut self, timeout: Duration) -> Result<apply::Result<()>> {
+        let Some(apply) = self.apply.take() else {
+            bail!("apply is not running");
+        };
+        match tokio::time::timeout(timeout, apply.task).await {
+            Ok(joined) => Ok(joined?),
+            Err(_) => bail!("apply was still running after {timeout:?}"),
+        }
+    }
+
     /// Whether apply (in this process) has ended by itself: stopped, not
     /// retrying.
     pub fn apply_ended(&self) -> bool {

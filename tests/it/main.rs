@@ -22,3 +22,4 @@ mod polling;
 mod security;
 mod slot_loss;
 mod telemetry;
+mod topic_reset;

@@ -14,6 +14,9 @@ use super::Session;
 use crate::checkpoint::Position;
 use crate::config::Config;
 use crate::error::{ApplyError, Result};
+use crate::mapping::Side;
+use rdkafka::message::{BorrowedMessage, Message};
+use schemas::event::CaptureMode;
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch
@@ -69,7 +72,72 @@ pub(super) fn fetch_start(position: Position) -> i64 {
         .map_or(0, |next| next.saturating_sub(RESUME_LOOKBACK).max(0))
 }
 
+/// A topic whose end is at or before apply's stored position was deleted
+/// and created again, or truncated: its offsets started over, and reading it
+/// from the position would skip, as already applied, events that never
+/// were. Refused (see [`topic_replaced`]).
+pub(super) async fn refuse_a_topic_that_ends_before(
+    config: &Config,
+    topic: &str,
+    from: Side,
+    position: Position,
+) -> Result<()> {
+    let Some(last) = position.offset else {
+        return Ok(());
+    };
+    let (_, end) = crate::replay::watermarks(config, topic).await?;
+    if end <= last {
+        return Err(topic_replaced(
+            topic,
+            from,
+            format!("it ends at offset {end}, and apply applied up to offset {last}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a topic that is not the one apply's position was taken
+/// on: an ERROR, the `topic_replaced` error metric, and a configuration
+/// error (exit 2) that names the fix.
+fn topic_replaced(topic: &str, from: Side, what: String) -> ApplyError {
+    error!(topic, from = from.as_str(), "the topic is not the one apply's position was taken on: its offsets started over; refusing to skip its events");
+    crate::metrics::error(crate::monitor::direction(from), "topic_replaced");
+    ApplyError::Config(format!(
+        "topic {topic} was deleted and created again, or truncated: {what}. Its events would be skipped as already applied. \
+         Apply what it holds now with `apply reset-position --from {side}` (the next start reads it from its beginning), \
+         and re-copy what the old topic held after that position with `capture snapshot` on the {side} side",
+        side = from.as_str(),
+    ))
+}
+
 impl Session<'_> {
+    /// The message at apply's stored position must be the one the position
+    /// was taken on. On a topic created again, the message at that offset
+    /// is a later change of the source: a streamed event whose commit LSN is
+    /// past every one applied. Refused (see [`topic_replaced`]).
+    pub(super) fn check_topic_identity(&self, message: &BorrowedMessage<'_>) -> Result<()> {
+        if !self.reading.is_live() || Some(message.offset()) != self.position.offset {
+            return Ok(());
+        }
+        let Some(Ok(event)) = message.payload().map(|p| self.shared.codec.decode(p)) else {
+            return Ok(());
+        };
+        let commit_lsn = event.transaction.commit_lsn;
+        if event.mode == CaptureMode::Streaming && commit_lsn > self.position.commit_lsn {
+            return Err(topic_replaced(
+                &self.topic,
+                self.from,
+                format!(
+                    "the event at apply's position (offset {}) committed at LSN {}, after every change apply applied (up to {})",
+                    message.offset(),
+                    pg::Lsn(commit_lsn),
+                    pg::Lsn(self.position.commit_lsn),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the message at `offset` is the one due (see [`Continuity`](runtime::continuity::Continuity)).
     /// When offsets before it are missing, fetches again from the first
     /// one after a pause and answers false; a gap that stays open is

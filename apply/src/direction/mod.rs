@@ -85,7 +85,7 @@ use crate::stats::Stats;
 use crate::writer::pairing::PairCeiling;
 use crate::writer::Statistics;
 use batch::Batch;
-use consumer::{consumer, fetch_start};
+use consumer::{consumer, fetch_start, refuse_a_topic_that_ends_before};
 use failure::{Pass, Rerun};
 use lanes::{Lane, Parked, MARKER_AND_ORDER_LOCK, ORDER_WAIT};
 use replaying::{ReplayCount, REPLAY_IDLE, REPLAY_PROGRESS_EVERY};
@@ -337,6 +337,7 @@ async fn run(
     let (position, consumer) = match reading {
         Reading::Live => {
             let position = checkpoint::read(&target, to.as_str(), &source_name).await?;
+            refuse_a_topic_that_ends_before(config, &topic, from, position).await?;
             (
                 position,
                 consumer(config, &topic, position, &config.kafka.group_id)?,
@@ -510,6 +511,7 @@ async fn drive(
             Some(Ok(message)) => {
                 let message = message.map_err(|e| ApplyError::kafka("consume", e))?;
                 last_received = Instant::now();
+                session.check_topic_identity(&message)?;
                 if !session.in_order(consumer, message.offset()).await? {
                     continue;
                 }
