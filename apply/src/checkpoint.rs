@@ -96,6 +96,23 @@ const TABLES: &str = "DO $$ BEGIN
              );
              CREATE INDEX IF NOT EXISTS apply_ledger_source_xid
                ON syncbridge.apply_ledger (source_xid);
+             CREATE TABLE IF NOT EXISTS syncbridge.apply_lease (
+               id         int PRIMARY KEY CHECK (id = 1),
+               generation bigint NOT NULL
+             );
+             DO $do$ BEGIN
+               IF to_regprocedure('syncbridge.hold_lease(bigint)') IS NULL THEN
+                 CREATE FUNCTION syncbridge.hold_lease(held bigint) RETURNS void
+                 LANGUAGE plpgsql AS $fn$
+                 BEGIN
+                   PERFORM 1 FROM syncbridge.apply_lease WHERE id = 1 AND generation = held FOR SHARE;
+                   IF NOT FOUND THEN
+                     RAISE EXCEPTION 'apply lease generation % is no longer current: another apply instance took over', held
+                       USING ERRCODE = 'SBF01';
+                   END IF;
+                 END $fn$;
+               END IF;
+             END $do$;
              CREATE TABLE IF NOT EXISTS syncbridge.delete_outbox (
                entity     text NOT NULL,
                source_key text NOT NULL,
@@ -227,9 +244,15 @@ pub async fn reset(config: &Config, mapping: &Mapping, from: Side) -> Result<Pos
     Ok(forgotten)
 }
 
-/// The statement that stores a position; run inside the applying transaction.
+/// The statement that stores a position; run inside the applying
+/// transaction. `$6` is the lease generation this instance took (see
+/// [`crate::lease`]): `syncbridge.hold_lease` fails the statement, and so
+/// the transaction, when another instance has taken the lease since, and
+/// holds the generation row (`FOR SHARE`) until the commit, so a newer
+/// instance's take-over waits for it: what a deposed instance had open never
+/// commits beside the new one's writes.
 pub const STORE: &str = "INSERT INTO syncbridge.apply_position (source, topic, kafka_partition, kafka_offset, commit_lsn, applied_at)
-     VALUES ($1, $2, $3, $4, $5, now())
+     SELECT $1::text, $2::text, $3::int4, $4::int8, $5::int8, now() FROM syncbridge.hold_lease($6::int8)
      ON CONFLICT (source) DO UPDATE SET topic = EXCLUDED.topic, kafka_partition = EXCLUDED.kafka_partition,
        kafka_offset = EXCLUDED.kafka_offset, commit_lsn = EXCLUDED.commit_lsn, applied_at = now()";
 

@@ -133,6 +133,12 @@ impl ApplyError {
         }
     }
 
+    /// Whether the commit was fenced off: another apply instance took the
+    /// single-writer lease (see [`crate::lease::Fence`]).
+    pub fn is_fenced(&self) -> bool {
+        self.sqlstate() == Some(pg::sqlstate::FENCED)
+    }
+
     /// The SQLSTATE, when Postgres sent one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

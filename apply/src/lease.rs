@@ -44,12 +44,52 @@ pub struct Lease {
     clients: Vec<(Side, Arc<Client>)>,
     lost: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
+    fence: Fence,
+}
+
+/// The fencing tokens of one lease: the generation this instance took in
+/// each database's `syncbridge.apply_lease`, checked by every commit that
+/// stores a position (see [`crate::checkpoint::STORE`]). An instance that
+/// lost its lock without noticing (its lock connection cut while its other
+/// connections live on) cannot commit once another instance took over:
+/// taking the lease raises the generation.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The generation in the legacy and in the platform database.
+    generations: [i64; 2],
+    /// Cancelled when a commit was fenced off: the lease is gone.
+    lost: CancellationToken,
+}
+
+impl Fence {
+    /// The generation taken in `side`'s database.
+    pub fn generation(&self, side: Side) -> i64 {
+        self.generations[side_index(side)]
+    }
+
+    /// A commit was fenced off: stop writing, and take the lease again.
+    pub fn fenced(&self) {
+        self.lost.cancel();
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Legacy => 0,
+        Side::Platform => 1,
+    }
 }
 
 impl Lease {
-    /// Cancelled when a lock connection is lost (the lock with it).
+    /// Cancelled when a lock connection is lost (the lock with it), or a
+    /// commit was fenced off.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
+    }
+
+    /// The fencing tokens the directions commit with.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// The databases whose lock this lease holds.
@@ -74,11 +114,13 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
     loop {
         match try_acquire(config).await {
             Ok(Attempt::Held(clients)) => {
+                let generations = take_generations(&clients).await?;
                 info!(
                     key = ?LOCK_KEY,
+                    generation = ?generations,
                     "took the single-writer lock on both databases"
                 );
-                return Ok(Some(watch(clients)));
+                return Ok(Some(watch(clients, generations)));
             }
             Ok(Attempt::Taken(side)) => {
                 if !waiting_logged {
@@ -110,9 +152,38 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
 /// [`crate::checkpoint::reset`]). `None` when another instance holds it.
 pub async fn try_take(config: &Config) -> Result<Option<Lease>> {
     Ok(match try_acquire(config).await? {
-        Attempt::Held(clients) => Some(watch(clients)),
+        Attempt::Held(clients) => {
+            let generations = take_generations(&clients).await?;
+            Some(watch(clients, generations))
+        }
         Attempt::Taken(_) => None,
     })
+}
+
+/// Raises the lease generation in each locked database and returns the new
+/// ones (legacy, platform): the fencing tokens of this lease. A database
+/// that holds both sides gives both its generation. Waits for a deposed
+/// instance's open commit, which holds the generation row.
+async fn take_generations(clients: &[(Side, Client)]) -> Result<[i64; 2]> {
+    let mut generations = [0i64; 2];
+    for (side, client) in clients {
+        crate::checkpoint::install(client, side.as_str()).await?;
+        let generation: i64 = client
+            .query_one(
+                "INSERT INTO syncbridge.apply_lease (id, generation) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET generation = syncbridge.apply_lease.generation + 1 \
+                 RETURNING generation",
+                &[],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(side.as_str(), "raise the lease generation", e))?
+            .get(0);
+        generations[side_index(*side)] = generation;
+    }
+    if let [(only, _)] = clients {
+        generations[side_index(only.other())] = generations[side_index(*only)];
+    }
+    Ok(generations)
 }
 
 enum Attempt {
@@ -159,7 +230,7 @@ async fn try_acquire(config: &Config) -> Result<Attempt> {
 
 /// Checks the lock connections every few seconds; cancels `lost` when one
 /// fails.
-fn watch(clients: Vec<(Side, Client)>) -> Lease {
+fn watch(clients: Vec<(Side, Client)>, generations: [i64; 2]) -> Lease {
     let clients: Vec<(Side, Arc<Client>)> = clients
         .into_iter()
         .map(|(side, client)| (side, Arc::new(client)))
@@ -190,9 +261,14 @@ fn watch(clients: Vec<(Side, Client)>) -> Lease {
             }
         }
     });
+    let fence = Fence {
+        generations,
+        lost: lost.clone(),
+    };
     Lease {
         clients,
         lost,
         watcher,
+        fence,
     }
 }

@@ -68,10 +68,13 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
                 directions.cancel();
             })
         };
-        let outcome = run_directions(config.clone(), counters.clone(), directions).await;
+        let outcome =
+            run_directions(config.clone(), counters.clone(), lease.fence(), directions).await;
         stop_on_loss.abort();
         if outcome.is_ok() && lease.lost().is_cancelled() && !shutdown.is_cancelled() {
-            // Stopped because the lock went away: take it again first.
+            // Stopped because the lock went away, or another instance took
+            // it over: take it again first.
+            drop(lease);
             continue;
         }
         drop(lease);
@@ -83,6 +86,7 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
 async fn run_directions(
     config: Config,
     counters: Counters,
+    fence: lease::Fence,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
@@ -99,7 +103,9 @@ async fn run_directions(
         Arc::clone(&health),
         shutdown.child_token(),
     ));
-    let shared = Arc::new(direction::Shared::new(config, mapping, codec, dead_letters));
+    let mut shared = direction::Shared::new(config, mapping, codec, dead_letters);
+    shared.fence = Some(fence);
+    let shared = Arc::new(shared);
     let mut tasks = Vec::new();
     for from in [Side::Legacy, Side::Platform] {
         let shared = Arc::clone(&shared);
@@ -159,6 +165,17 @@ async fn supervise(
         .await;
         match outcome {
             Ok(_) => return Ok(()),
+            Err(error) if error.is_fenced() => {
+                // Another instance took the lease: nothing of this one's
+                // open transaction committed. Stop and take it again.
+                warn!(from = from.as_str(), "another apply instance took over the single-writer lease; this one's commit was refused and it stops writing");
+                metrics::error(component, "fenced");
+                stats.fenced();
+                if let Some(fence) = &shared.fence {
+                    fence.fenced();
+                }
+                return Ok(());
+            }
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let description = runtime::error_chain(&error);
                 metrics::error(component, error.kind());

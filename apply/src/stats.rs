@@ -36,6 +36,8 @@ pub struct Stats {
     replans: AtomicU64,
     snapshot_rereads: AtomicU64,
     gaps_fetched: AtomicU64,
+    /// Commits refused because another instance took the lease.
+    fenced: AtomicU64,
     /// When (Unix micros) the last target transaction committed.
     committed_at_micros: AtomicI64,
 }
@@ -112,6 +114,8 @@ pub struct Snapshot {
     /// Gaps in the offsets received (a broker showed a later batch before
     /// an earlier one), fetched again (see `runtime::continuity`).
     pub gaps_fetched: u64,
+    /// Commits refused because another instance took the lease.
+    pub fenced: u64,
     pub last_commit_micros: i64,
     /// When (Unix micros) the last target transaction committed.
     pub committed_at_micros: i64,
@@ -160,6 +164,11 @@ impl Stats {
         self.gaps_fetched.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A commit was refused: another instance took the lease.
+    pub fn fenced(&self) {
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The open target transaction committed now: its counts count.
     pub fn batch_committed(&self) {
         self.absorb(self);
@@ -193,6 +202,7 @@ impl Stats {
             replans: self.replans.load(Ordering::Relaxed),
             snapshot_rereads: self.snapshot_rereads.load(Ordering::Relaxed),
             gaps_fetched: self.gaps_fetched.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
             last_commit_micros: self.committed.last_commit_micros.load(Ordering::Relaxed),
             committed_at_micros: self.committed_at_micros.load(Ordering::Relaxed),
         }

@@ -15,7 +15,8 @@
 //! granted), a canceled statement (`57014`: `statement_timeout`, an operator's
 //! cancel), a feature the server does not support (`0A000`: a server or
 //! extension being upgraded), a system or internal error (class 58, class
-//! `XX`: I/O, corruption, a bug). Sending the same statement again later
+//! `XX`: I/O, corruption, a bug), and apply's own fencing refusal
+//! ([`FENCED`]: another apply instance took over). Sending the same statement again later
 //! may succeed, so what the statement carries is retried from where it was,
 //! never set aside as if the row were at fault: a stall is seen (in the
 //! errors metric and the health check), a silent loss is not.
@@ -24,6 +25,12 @@
 //! says (a constraint, a value), and sending it again would be rejected again.
 //! `25P02` (a statement in a transaction that already failed) is a
 //! consequence of an earlier error, not a cause, and is definite too.
+
+/// The SQLSTATE apply's fencing check (`syncbridge.hold_lease`) raises when
+/// another apply instance took the single-writer lease since this one took
+/// it: the write must not commit, and only taking the lease again helps.
+/// Environmental: never set aside as the row's fault.
+pub const FENCED: &str = "SBF01";
 
 /// Whether an error with this SQLSTATE (None: no server answer) may succeed
 /// when tried again.
@@ -55,7 +62,7 @@ pub fn is_environmental_code(code: Option<&str>) -> bool {
         Some(code) => {
             code.starts_with("58")
                 || code.starts_with("XX")
-                || matches!(code, "25006" | "42501" | "57014" | "0A000")
+                || matches!(code, "25006" | "42501" | "57014" | "0A000" | FENCED)
         }
     }
 }

@@ -34,6 +34,15 @@ async fn arrives_on_platform(bridge: &Bridge, email: &str) -> anyhow::Result<()>
     .await
 }
 
+/// The lease generation apply took last in `db` (its fencing token).
+async fn lease_generation(db: &TestDb) -> anyhow::Result<i64> {
+    count(
+        db.client(),
+        "SELECT generation FROM syncbridge.apply_lease WHERE id = 1",
+    )
+    .await
+}
+
 /// Backends holding the single-writer lock in `db`.
 async fn lock_holders(db: &TestDb) -> anyhow::Result<i64> {
     let (class, object) = apply::lease::LOCK_KEY;
@@ -151,4 +160,50 @@ async fn both_sides_in_one_database_take_one_lock_and_a_second_instance_still_wa
     drop(second);
     shutdown.cancel();
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_lease_was_taken_over_cannot_commit_and_takes_the_lease_again(
+) -> anyhow::Result<()> {
+    let bridge = Bridge::start("fenced").await?;
+    insert_user(bridge.legacy(), "before@example.com").await?;
+    arrives_on_platform(&bridge, "before@example.com").await?;
+    let taken = lease_generation(bridge.platform()).await?;
+
+    // Another instance takes the lease over as a cut lock connection lets
+    // it: it raises the generation while this one still believes it holds
+    // the lease (its lock connection here is untouched, so only the fence
+    // can stop it).
+    bridge
+        .platform()
+        .execute("UPDATE syncbridge.apply_lease SET generation = generation + 1")
+        .await?;
+    insert_user(bridge.legacy(), "during@example.com").await?;
+
+    let counters = bridge.counters.clone();
+    eventually(
+        "the commit under the old generation to be refused",
+        WAIT,
+        || async {
+            let fenced = counters.of(apply::mapping::Side::Legacy).snapshot().fenced;
+            Ok((fenced >= 1).then_some(()))
+        },
+    )
+    .await?;
+    // It took the lease again (a generation of its own, past the other
+    // instance's) and applied the change then, once.
+    arrives_on_platform(&bridge, "during@example.com").await?;
+    assert!(
+        lease_generation(bridge.platform()).await? >= taken + 2,
+        "the lease was taken again"
+    );
+    assert_eq!(
+        count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM identity.identities WHERE email = 'during@example.com'"
+        )
+        .await?,
+        1
+    );
+    bridge.stop().await
 }

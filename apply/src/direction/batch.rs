@@ -179,6 +179,12 @@ impl Session<'_> {
                 Box::new(0i32),
                 Box::new(offset),
                 Box::new(self.position.commit_lsn as i64),
+                Box::new(
+                    self.shared
+                        .fence
+                        .as_ref()
+                        .map_or(0, |fence| fence.generation(self.from.other())),
+                ),
             ];
             self.lane
                 .writer

@@ -102,6 +102,9 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
     /// Which legacy ids may be paired (see [`PairCeiling`]).
     pub ceiling: Arc<PairCeiling>,
+    /// The lease's fencing tokens, for the live directions' commits (a
+    /// replay stores no position).
+    pub fence: Option<crate::lease::Fence>,
 }
 
 impl Shared {
@@ -118,6 +121,7 @@ impl Shared {
             codec,
             dead_letters,
             ceiling,
+            fence: None,
         }
     }
 }
