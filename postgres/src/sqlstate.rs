@@ -105,9 +105,9 @@ mod tests {
     }
 
     #[test]
-    fn read_only_privileges_cancels_and_server_faults_are_environmental() {
+    fn read_only_privileges_cancels_server_faults_and_fencing_are_environmental() {
         for code in [
-            "25006", "42501", "57014", "0A000", "XX000", "XX001", "58030",
+            "25006", "42501", "57014", "0A000", "XX000", "XX001", "58030", FENCED,
         ] {
             assert!(is_environmental_code(Some(code)), "{code}");
         }
