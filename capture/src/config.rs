@@ -76,6 +76,14 @@ pub struct CaptureConfig {
     /// database's slot keeps moving; `0s` turns it off.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// How long the replication stream may stay silent before capture takes
+    /// the link for dead and reconnects (a half-open connection, a peer gone
+    /// without a word). The heartbeat makes a healthy stream speak at least
+    /// every `heartbeat_interval`, so this applies only while the heartbeat
+    /// is on, and must be longer than it; `0s` turns it off. The heartbeat
+    /// itself and connecting for replication are bounded by it too.
+    #[serde(default = "default_receive_timeout", with = "humantime_serde")]
+    pub receive_timeout: Duration,
     /// How often the acknowledged position is reported to Postgres.
     #[serde(default = "default_status_interval", with = "humantime_serde")]
     pub status_interval: Duration,
@@ -119,6 +127,7 @@ impl Default for CaptureConfig {
             mode: ReadMode::default(),
             marker_prefix: default_marker_prefix(),
             heartbeat_interval: default_heartbeat(),
+            receive_timeout: default_receive_timeout(),
             status_interval: default_status_interval(),
             max_in_flight: default_max_in_flight(),
             shutdown_timeout: default_shutdown_timeout(),
@@ -205,6 +214,10 @@ fn default_marker_prefix() -> String {
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)
 }
+
+fn default_receive_timeout() -> Duration {
+    Duration::from_secs(120)
+}
 fn default_status_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -278,6 +291,15 @@ impl Config {
         Ok(config)
     }
 
+    /// How long the replication stream may stay silent (see
+    /// `capture.receive_timeout`): `None` when the heartbeat or the deadline
+    /// is off.
+    pub fn receive_deadline(&self) -> Option<Duration> {
+        let capture = &self.capture;
+        (!capture.heartbeat_interval.is_zero() && !capture.receive_timeout.is_zero())
+            .then_some(capture.receive_timeout)
+    }
+
     fn validate(&self) -> Result<()> {
         reject_unknown("source", &self.source.unknown).map_err(CaptureError::Config)?;
         let name = &self.source.name;
@@ -301,6 +323,14 @@ impl Config {
             return Err(CaptureError::Config(
                 "capture.max_in_flight must be at least 1".to_owned(),
             ));
+        }
+        if self.receive_deadline().is_some()
+            && self.capture.receive_timeout <= self.capture.heartbeat_interval
+        {
+            return Err(CaptureError::Config(format!(
+                "capture.receive_timeout ({:?}) must be longer than capture.heartbeat_interval ({:?}): a healthy stream speaks once per heartbeat",
+                self.capture.receive_timeout, self.capture.heartbeat_interval
+            )));
         }
         if self.polling.page_size == 0 || self.polling.interval.is_zero() {
             return Err(CaptureError::Config(

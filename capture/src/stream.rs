@@ -137,13 +137,23 @@ pub async fn stream(
     .with_application_name(format!("syncbridge-capture-{}", config.source.name))
     .with_feedback_observer(observer);
 
-    let mut client = ReplicationClient::connect(replication)
-        .await
-        .map_err(|e| CaptureError::replication(format!("connect to {connection}"), e))?;
-    client
-        .wait_started()
-        .await
-        .map_err(|e| CaptureError::replication(format!("start streaming from slot {slot}"), e))?;
+    // Connecting is bounded: through a dead link it would wait for the OS.
+    let connect_within = connection
+        .pg_config()
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT)
+        .max(config.receive_deadline().unwrap_or_default());
+    let mut client = within(
+        connect_within,
+        ReplicationClient::connect(replication),
+        || format!("connect to {connection}"),
+    )
+    .await?;
+    within(connect_within, client.wait_started(), || {
+        format!("start streaming from slot {slot}")
+    })
+    .await?;
     let resume_from = confirmed.unwrap_or_default();
     info!(slot = %slot, topic = %topic, resume_from = %resume_from, "streaming");
     on_streaming();
@@ -173,11 +183,18 @@ pub async fn stream(
     ]
     .map(|mode| (mode, metrics::events(&config.source.name, mode_label(mode))));
 
+    // Anything from the server (a change, a keepalive, the heartbeat's
+    // message) shows the link is alive; so does a wait that is ours (Kafka
+    // confirming what is in flight).
+    let deadline = config.receive_deadline();
+    let mut heard = tokio::time::Instant::now();
     loop {
+        let silent_until = heard + deadline.unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             released = ledger.released(), if !ledger.is_empty() => {
+                heard = tokio::time::Instant::now();
                 if let Some(lsn) = released? {
                     if acknowledged.advance(lsn) {
                         client.update_applied_lsn(to_wire(lsn));
@@ -185,7 +202,15 @@ pub async fn stream(
                 }
                 progress.advanced(!ledger.is_empty());
             }
+            () = tokio::time::sleep_until(silent_until), if deadline.is_some() && ledger.in_flight() < max_in_flight => {
+                warn!(slot = %slot, silent_s = deadline.unwrap_or_default().as_secs(), "nothing received from the server for longer than capture.receive_timeout; the link is presumed dead, reconnecting");
+                return Err(CaptureError::replication(
+                    "read the stream",
+                    timed_out("nothing received for longer than capture.receive_timeout"),
+                ));
+            }
             event = client.recv(), if ledger.in_flight() < max_in_flight => {
+                heard = tokio::time::Instant::now();
                 let event = event.map_err(|e| CaptureError::replication("read the stream", e))?;
                 let Some(event) = event else {
                     return Err(CaptureError::replication(
@@ -226,7 +251,16 @@ pub async fn stream(
                 }
             }
             _ = heartbeat.tick(), if !heartbeat_every.is_zero() => {
-                let lsn = source.heartbeat(&heartbeat_prefix).await?;
+                // Bounded: a heartbeat stuck on a dead link would hold the loop.
+                let lsn = match deadline {
+                    Some(limit) => tokio::time::timeout(limit, source.heartbeat(&heartbeat_prefix))
+                        .await
+                        .map_err(|_| CaptureError::replication(
+                            "write the heartbeat",
+                            timed_out("the heartbeat did not complete within capture.receive_timeout"),
+                        ))??,
+                    None => source.heartbeat(&heartbeat_prefix).await?,
+                };
                 debug!(lsn = %lsn, "heartbeat written");
             }
         }
@@ -268,6 +302,33 @@ pub async fn stream(
     }
     info!(acknowledged = %acknowledged.get(), "capture stopped");
     Ok(())
+}
+
+/// How long connecting for replication may take when the source's
+/// `connect_timeout` is unset.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `future`, or a timed-out replication error after `limit`.
+async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = std::result::Result<T, pgwire_replication::PgWireError>>,
+    context: impl FnOnce() -> String,
+) -> Result<T> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(outcome) => outcome.map_err(|e| CaptureError::replication(context(), e)),
+        Err(_) => Err(CaptureError::replication(
+            context(),
+            timed_out("no answer in time"),
+        )),
+    }
+}
+
+/// An I/O time-out, as the replication client reports a broken link.
+fn timed_out(what: &str) -> pgwire_replication::PgWireError {
+    pgwire_replication::PgWireError::Io(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    )))
 }
 
 /// The `mode` label of a capture mode.

@@ -20,6 +20,7 @@
 //! - `unrestricted`: every operation on any row from both sides, seeded
 //!   ([`Unrestricted`]);
 //! - [`metrics`]: every metric name the services export;
+//! - `proxy`: a TCP proxy that can blackhole or cut a link ([`Proxy`]);
 //! - `private_servers`: a test's own cluster and broker
 //!   ([`ThrowawayCluster`], [`PrivateBroker`]).
 
@@ -30,6 +31,7 @@ mod databases;
 pub mod metrics;
 mod private_servers;
 mod processes;
+mod proxy;
 mod sparse_batch;
 mod stack;
 mod support;
@@ -45,6 +47,7 @@ pub use capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
 pub use processes::{binary, ServiceProcess};
+pub use proxy::Proxy;
 pub use sparse_batch::produce_with_offsets_skipped;
 pub use stack::{mapping_dir, Side, Stack};
 pub use support::{eventually, free_port, run_program, unique, TempDir};

@@ -1,5 +1,7 @@
 //! An unreachable source is retried with backoff, logged once, and capture
-//! carries on when it comes back: no crash loop, nothing lost.
+//! carries on when it comes back; a link that goes silent is taken for dead
+//! after `capture.receive_timeout`: no crash loop, no endless wait, nothing
+//! lost.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use capture::metrics::CAPTURE_ERRORS;
 use runtime::telemetry::http::get_once;
 use sync_bridge_tests::{
     connect, create_topic, eventually, free_port, unique, CaptureSetup, EventReader, PrivateBroker,
-    ServiceProcess, Side, Stack, TestDb, ThrowawayCluster,
+    Proxy, ServiceProcess, Side, Stack, TestDb, ThrowawayCluster,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -175,5 +177,71 @@ async fn a_broker_down_for_longer_than_wal_sender_timeout_keeps_the_replication_
     );
     shutdown.cancel();
     capture.await??;
+    setup.db.drop_slot(&setup.slot).await
+}
+
+/// The ids (first key column) of the events read so far.
+fn ids_of(events: &[schemas::event::ChangeEvent]) -> BTreeSet<i64> {
+    events
+        .iter()
+        .filter_map(|event| match event.key.first().map(|c| &c.value) {
+            Some(schemas::event::Value::Int(id)) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_to_the_source_that_goes_silent_is_taken_for_dead_and_nothing_written_meanwhile_is_lost(
+) -> anyhow::Result<()> {
+    let db = TestDb::create(Side::Legacy, "silent").await?;
+    db.execute("CREATE TABLE items (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await?;
+    let upstream = db
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host.to_owned())
+        .unwrap_or_default();
+    let proxy = Proxy::start(&upstream).await?;
+    let mut setup = CaptureSetup::new(db, &["items"]);
+    setup.source_url = Some(proxy.url_through(&setup.db.url));
+    setup.capture_options = "heartbeat_interval = \"1s\"\nreceive_timeout = \"4s\"\n".into();
+    create_topic(&setup.topic).await?;
+    let mut reader = EventReader::new(&setup.topic)?;
+    let capture = setup.start()?;
+    setup.wait_for_slot().await?;
+    // The ledger: every row written has its own id, and each must arrive.
+    setup
+        .db
+        .execute("INSERT INTO items VALUES (1, 'before the link went silent')")
+        .await?;
+    reader
+        .read_until("row 1", WAIT, |events| ids_of(events).contains(&1))
+        .await?;
+
+    // Every connection capture holds goes silent for good, as behind a
+    // dead peer; the kernel still acknowledges what capture sends.
+    let connections_before = proxy.accepted();
+    proxy.blackhole();
+    for id in 2..=4 {
+        setup
+            .db
+            .execute(&format!(
+                "INSERT INTO items VALUES ({id}, 'while the link was silent')"
+            ))
+            .await?;
+    }
+    let expected: BTreeSet<i64> = (1..=4).collect();
+    reader
+        .read_until("rows 2 to 4 over a new connection", WAIT, |events| {
+            ids_of(events) == expected
+        })
+        .await?;
+    assert!(
+        proxy.accepted() > connections_before,
+        "capture connected again"
+    );
+    capture.stop().await?;
     setup.db.drop_slot(&setup.slot).await
 }

@@ -1,0 +1,155 @@
+//! A TCP proxy between a service and a server, for fault injection
+//! ([`Proxy`]): it forwards until told to fail the link, the way networks
+//! fail.
+//!
+//! - [`Proxy::blackhole`]: every open connection stops forwarding for good,
+//!   both ways, its sockets kept open: a half-open link (a peer gone without
+//!   a word, a firewall dropping a flow). Neither end hears anything; the
+//!   kernel still acknowledges what is sent, so only a deadline of the
+//!   service's own ends the wait. New connections are forwarded again.
+//! - [`Proxy::cut`]: every open connection is closed at once (both ends see
+//!   the connection reset or closed); new connections are forwarded.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// What happens to the connections open now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Blackhole,
+    Cut,
+}
+
+/// A proxy listening on a port of the loopback, forwarding to `upstream`.
+pub struct Proxy {
+    port: u16,
+    /// Raised by each fault: connections accepted before it suffer it.
+    faults: watch::Sender<(u64, Option<Fault>)>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Result<Proxy> {
+        let upstream: SocketAddr = tokio::net::lookup_host(upstream)
+            .await?
+            .next()
+            .with_context(|| format!("resolve {upstream}"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (faults, watcher) = watch::channel((0u64, None));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let epoch = watcher.borrow().0;
+                let watcher = watcher.clone();
+                connections.spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        Box::pin(forward(client, server, epoch, watcher)).await;
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            port,
+            faults,
+            accepted,
+            task,
+        })
+    }
+
+    /// The port services connect to instead of the server's.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `url` (a `postgres://` URL) with its port replaced by the proxy's.
+    pub fn url_through(&self, url: &str) -> String {
+        let (before, after) = url.split_once("@").unwrap_or(("", url));
+        let (host, rest) = after.split_once('/').unwrap_or((after, ""));
+        let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+        format!("{before}@{host}:{}/{rest}", self.port)
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Every open connection stops forwarding for good, its sockets kept
+    /// open; new ones are forwarded.
+    pub fn blackhole(&self) {
+        self.fault(Fault::Blackhole);
+    }
+
+    /// Every open connection is closed; new ones are forwarded.
+    pub fn cut(&self) {
+        self.fault(Fault::Cut);
+    }
+
+    fn fault(&self, fault: Fault) {
+        self.faults.send_modify(|(epoch, current)| {
+            *epoch += 1;
+            *current = Some(fault);
+        });
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways until either end closes or a fault raised after
+/// `epoch` says otherwise.
+async fn forward(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    epoch: u64,
+    mut faults: watch::Receiver<(u64, Option<Fault>)>,
+) {
+    let mut up = [0u8; 16 * 1024];
+    let mut down = [0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            changed = faults.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (now, fault) = *faults.borrow();
+                if now > epoch {
+                    match fault {
+                        Some(Fault::Cut) | None => return,
+                        Some(Fault::Blackhole) => {
+                            // Keep both sockets open, never read or write
+                            // again: until the proxy is dropped.
+                            let _held = (client, server);
+                            std::future::pending::<()>().await;
+                            return;
+                        }
+                    }
+                }
+            }
+            read = client.read(&mut up) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if server.write_all(&up[..n]).await.is_err() { return },
+            },
+            read = server.read(&mut down) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if client.write_all(&down[..n]).await.is_err() { return },
+            },
+        }
+    }
+}
