@@ -11,6 +11,8 @@
 //! - `support`: unique names, [`eventually`], [`TempDir`], free ports,
 //!   running a program;
 //! - `databases`: per-test databases ([`TestDb`]) and SQL helpers;
+//! - `ledger`: changes with ids of their own and the target's audit of
+//!   them, the proof of exactly once ([`ChangeLedger`]);
 //! - `broker`: topics, watermarks, reading and producing messages
 //!   ([`EventReader`]); `sparse_batch`: a batch whose offsets skip;
 //! - `capture_setup`: one capture under test ([`CaptureSetup`]);
@@ -28,6 +30,7 @@ mod bridge;
 mod broker;
 mod capture_setup;
 mod databases;
+mod ledger;
 pub mod metrics;
 mod private_servers;
 mod processes;
@@ -45,6 +48,7 @@ pub use broker::{
 };
 pub use capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
+pub use ledger::{install_audit, ChangeLedger};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
 pub use processes::{binary, ServiceProcess};
 pub use proxy::Proxy;

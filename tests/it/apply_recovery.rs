@@ -5,57 +5,47 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use sync_bridge_tests::{
-    connect, count, dead_letter_reasons, eventually, high_watermark, produce,
+    count, dead_letter_reasons, eventually, high_watermark, install_audit, produce,
     produce_with_offsets_skipped, read_messages, read_messages_across_gaps, until_count, Bridge,
-    Stack,
+    ChangeLedger, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
-const USERS: i64 = 20_000;
+/// Legacy transactions (one to three changes each) written while apply is
+/// killed and restarted.
+const TRANSACTIONS: usize = 4_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -> anyhow::Result<()>
-{
+async fn kill_9_of_apply_mid_batch_then_restart_applies_every_insert_update_and_delete_exactly_once(
+) -> anyhow::Result<()> {
     let mut bridge = Bridge::prepare("applycrash").await?.run().await?;
+    install_audit(bridge.platform()).await?;
     // Apply runs as a process from here on, so it can be killed.
     bridge.stop_apply().await?;
     let mut apply = bridge.spawn_apply_process()?;
 
     let url = bridge.legacy().url.clone();
-    let load = tokio::spawn(async move {
-        let client = connect(&url).await?;
-        for start in (0..USERS).step_by(100) {
-            client
-                .execute(
-                    "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
-                     SELECT 'u' || g || '@example.com', 'User ' || g, 'member', now(), now() FROM generate_series($1::int8, $2::int8) g",
-                    &[&(start + 1), &(start + 100)],
-                )
-                .await?;
-        }
-        anyhow::Ok(())
-    });
+    let load =
+        tokio::spawn(async move { ChangeLedger::write_legacy_users(&url, TRANSACTIONS, 7).await });
     let platform = bridge.platform().client();
     eventually("apply to be part way", WAIT, || async {
         Ok(
-            (count(platform, "SELECT count(*) FROM identity.identities").await? >= 2_000)
+            (count(platform, "SELECT count(*) FROM public.change_audit").await? >= 1_000)
                 .then_some(()),
         )
     })
     .await?;
     apply.kill_hard().await?;
-    let at_kill = count(platform, "SELECT count(*) FROM identity.identities").await?;
-    assert!(at_kill < USERS, "killed part way ({at_kill} rows applied)");
-    load.await??;
+    let at_kill = count(platform, "SELECT count(*) FROM public.change_audit").await?;
+    let ledger = load.await??;
+    assert!(
+        (at_kill as usize) < ledger.len(),
+        "killed part way ({at_kill} of {} changes applied)",
+        ledger.len()
+    );
     let mut restarted = bridge.spawn_apply_process()?;
-    let all_there = eventually("every user on the platform side", WAIT, || async {
-        Ok(
-            (count(platform, "SELECT count(*) FROM identity.identities").await? == USERS)
-                .then_some(()),
-        )
-    })
-    .await;
-    if let Err(error) = all_there {
+    let caught_up = bridge.caught_up(WAIT).await;
+    if let Err(error) = caught_up {
         anyhow::bail!(
             "{error:#}\nkilled apply's log:\n{}\nrestarted apply's log:\n{}",
             apply.output(),
@@ -70,40 +60,7 @@ async fn kill_9_of_apply_mid_batch_then_restart_neither_loses_nor_duplicates() -
     );
     bridge.start_apply()?;
     bridge.converged(WAIT).await?;
-
-    let platform = bridge.platform().client();
-    assert_eq!(
-        count(platform, "SELECT count(*) FROM identity.identities").await?,
-        USERS
-    );
-    assert_eq!(
-        count(
-            platform,
-            "SELECT count(*) FROM syncbridge.id_pairs WHERE entity = 'user'"
-        )
-        .await?,
-        USERS,
-        "one counterpart per row: a replay never creates a second"
-    );
-    assert_eq!(
-        count(
-            platform,
-            "SELECT count(DISTINCT email) FROM identity.identities"
-        )
-        .await?,
-        USERS
-    );
-    let position: i64 = platform
-        .query_one(
-            "SELECT kafka_offset FROM syncbridge.apply_position WHERE source = 'legacy'",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert!(
-        position >= USERS - 1,
-        "the stored position covers every event"
-    );
+    ledger.check_applied_once(bridge.platform()).await?;
     bridge.stop().await
 }
 
@@ -694,6 +651,49 @@ async fn a_write_refused_as_read_only_in_an_open_session_is_retried_not_dead_let
     assert_eq!(
         bridge.counters.legacy_to_platform.snapshot().dead_lettered,
         0
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_ledger_tells_a_change_applied_twice_and_a_change_lost() -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("ledger").await?;
+    install_audit(bridge.platform()).await?;
+    let ledger = ChangeLedger::write_legacy_users(&bridge.legacy().url, 30, 3).await?;
+    bridge.converged(WAIT).await?;
+    ledger.check_applied_once(bridge.platform()).await?;
+    bridge.stop_apply().await?;
+
+    // A change written again on the platform, as a second application would.
+    bridge
+        .platform()
+        .execute(
+            "UPDATE identity.identities SET family_name = family_name
+             WHERE id = (SELECT id FROM identity.identities LIMIT 1)",
+        )
+        .await?;
+    let doubled = ledger.check_applied_once(bridge.platform()).await;
+    assert!(
+        doubled
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("1 applied more than once")),
+        "{doubled:?}"
+    );
+    // And another one whose application is forgotten, as if it never landed.
+    bridge
+        .platform()
+        .execute(
+            "DELETE FROM public.change_audit WHERE change =
+               (SELECT change FROM public.change_audit GROUP BY change HAVING count(*) = 1 LIMIT 1)",
+        )
+        .await?;
+    let both = ledger.check_applied_once(bridge.platform()).await;
+    assert!(
+        both.as_ref().is_err_and(|e| {
+            let text = e.to_string();
+            text.contains("1 lost") && text.contains("1 applied more than once")
+        }),
+        "{both:?}"
     );
     bridge.stop().await
 }
