@@ -69,7 +69,7 @@ impl Unrestricted {
     pub fn replay_hint(&self, test: &str) -> String {
         format!(
             "seed {seed}; to run it again: {SEED_VARIABLE}={seed} {SECONDS_VARIABLE}={secs} \
-             scripts/test --no-lint -- {test}",
+             scripts/test --no-lint -- --run-ignored all {test}",
             seed = self.seed,
             secs = self.duration.as_secs(),
         )
