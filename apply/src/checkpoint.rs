@@ -53,6 +53,8 @@ const TABLES: &str = "DO $$ BEGIN
                commit_lsn      bigint NOT NULL,
                applied_at      timestamptz NOT NULL DEFAULT now()
              );
+             ALTER TABLE syncbridge.apply_position
+               ADD COLUMN IF NOT EXISTS commit_time_micros bigint NOT NULL DEFAULT 0;
              CREATE TABLE IF NOT EXISTS syncbridge.id_map (
                entity      text NOT NULL,
                legacy_id   bigint NOT NULL,
@@ -154,6 +156,28 @@ pub struct Position {
     pub offset: Option<i64>,
     /// The commit LSN of the last source transaction applied.
     pub commit_lsn: u64,
+    /// The latest commit time (Unix micros) of the streamed transactions
+    /// applied; 0 when unknown (a position stored before it was kept).
+    pub commit_time_micros: i64,
+}
+
+/// How far a transaction's commit time may pass the latest one applied and
+/// still be a repeat of an applied transaction: commit times follow commit
+/// LSNs only roughly (a commit takes its time before its LSN).
+pub const REPEAT_TOLERANCE_MICROS: i64 = 1_000_000;
+
+/// What a streamed transaction whose commit LSN the position covers is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Covered {
+    /// Not covered: a transaction to apply.
+    No,
+    /// A transaction applied before, sent again (capture resumed from its
+    /// slot after a restart): skipped.
+    Repeat,
+    /// Covered by LSN, but committed after every transaction applied: the
+    /// source's LSNs started over below the position (a failover to a
+    /// standby that was behind, a restore). Skipping it would lose it.
+    LsnsStartedOver,
 }
 
 impl Position {
@@ -169,13 +193,29 @@ impl Position {
         }
     }
 
-    /// Records that the source transaction `commit_lsn` is applied.
-    pub fn applied(&mut self, commit_lsn: u64) {
+    /// Records that the source transaction `commit_lsn`, committed at
+    /// `commit_time_micros`, is applied.
+    pub fn applied(&mut self, commit_lsn: u64, commit_time_micros: i64) {
         debug_assert!(
             commit_lsn >= self.commit_lsn,
             "commit LSNs only move forward"
         );
         self.commit_lsn = self.commit_lsn.max(commit_lsn);
+        self.commit_time_micros = self.commit_time_micros.max(commit_time_micros);
+    }
+
+    /// Whether a streamed transaction at `commit_lsn`, committed at
+    /// `commit_time_micros`, was applied already (see [`Covered`]).
+    pub fn covered(&self, commit_lsn: u64, commit_time_micros: i64) -> Covered {
+        if !self.covers(commit_lsn) {
+            Covered::No
+        } else if self.commit_time_micros > 0
+            && commit_time_micros > self.commit_time_micros + REPEAT_TOLERANCE_MICROS
+        {
+            Covered::LsnsStartedOver
+        } else {
+            Covered::Repeat
+        }
     }
 
     /// Whether a source transaction was applied already (a replay).
@@ -198,7 +238,7 @@ impl Position {
 pub async fn read(client: &Client, side: &'static str, source: &str) -> Result<Position> {
     let row = client
         .query_opt(
-            "SELECT kafka_offset, commit_lsn FROM syncbridge.apply_position WHERE source = $1",
+            "SELECT kafka_offset, commit_lsn, commit_time_micros FROM syncbridge.apply_position WHERE source = $1",
             &[&source],
         )
         .await
@@ -207,18 +247,27 @@ pub async fn read(client: &Client, side: &'static str, source: &str) -> Result<P
         Some(row) => Position {
             offset: Some(row.get(0)),
             commit_lsn: row.get::<_, i64>(1) as u64,
+            commit_time_micros: row.get(2),
         },
         None => Position::default(),
     })
 }
 
-/// `apply reset-position --from SIDE`: forgets where apply stands in
-/// `from`'s topic, so that the next start reads that topic from its
-/// beginning. For a topic deleted and created again (or truncated), whose
-/// offsets started over: apply refuses to skip its events (see the
-/// direction's topic check) until its position is reset. Refused while
-/// another apply instance runs (it holds the single-writer lock).
-pub async fn reset(config: &Config, mapping: &Mapping, from: Side) -> Result<Position> {
+/// `apply reset-position --from SIDE [--keep-offset]`: forgets where apply
+/// stands in `from`'s topic, so that the next start reads that topic from
+/// its beginning; for a topic deleted and created again (or truncated),
+/// whose offsets started over (apply refuses to skip its events until
+/// then). With `keep_offset`, forgets only the commit LSN and time the
+/// position deduplicates by: for a source whose LSNs started over below the
+/// position (a failover to a standby that was behind), whose new
+/// transactions apply refuses to skip until then. Refused while another
+/// apply instance runs (it holds the single-writer lock).
+pub async fn reset(
+    config: &Config,
+    mapping: &Mapping,
+    from: Side,
+    keep_offset: bool,
+) -> Result<Position> {
     let Some(_lease) = crate::lease::try_take(config).await? else {
         return Err(ApplyError::Config(
             "an apply instance is running (it holds the single-writer lock): stop it before resetting a position".to_owned(),
@@ -229,17 +278,22 @@ pub async fn reset(config: &Config, mapping: &Mapping, from: Side) -> Result<Pos
     install(&client, to.as_str()).await?;
     let source = &mapping.side(from).source;
     let forgotten = read(&client, to.as_str(), source).await?;
+    // Keeping the offset forgets only the commit LSN and time: the next
+    // start goes on after the offset and applies whatever LSN comes.
+    let sql = if keep_offset {
+        "UPDATE syncbridge.apply_position SET commit_lsn = 0, commit_time_micros = 0 WHERE source = $1"
+    } else {
+        "DELETE FROM syncbridge.apply_position WHERE source = $1"
+    };
     client
-        .execute(
-            "DELETE FROM syncbridge.apply_position WHERE source = $1",
-            &[source],
-        )
+        .execute(sql, &[source])
         .await
         .map_err(|e| ApplyError::postgres(to.as_str(), "reset the apply position", e))?;
     tracing::warn!(
         from = from.as_str(),
         forgotten_offset = ?forgotten.offset,
-        "apply position reset: the next start reads the topic from its beginning"
+        keep_offset,
+        "apply position reset"
     );
     Ok(forgotten)
 }
@@ -251,10 +305,11 @@ pub async fn reset(config: &Config, mapping: &Mapping, from: Side) -> Result<Pos
 /// holds the generation row (`FOR SHARE`) until the commit, so a newer
 /// instance's take-over waits for it: what a deposed instance had open never
 /// commits beside the new one's writes.
-pub const STORE: &str = "INSERT INTO syncbridge.apply_position (source, topic, kafka_partition, kafka_offset, commit_lsn, applied_at)
-     SELECT $1::text, $2::text, $3::int4, $4::int8, $5::int8, now() FROM syncbridge.hold_lease($6::int8)
+pub const STORE: &str = "INSERT INTO syncbridge.apply_position (source, topic, kafka_partition, kafka_offset, commit_lsn, commit_time_micros, applied_at)
+     SELECT $1::text, $2::text, $3::int4, $4::int8, $5::int8, $7::int8, now() FROM syncbridge.hold_lease($6::int8)
      ON CONFLICT (source) DO UPDATE SET topic = EXCLUDED.topic, kafka_partition = EXCLUDED.kafka_partition,
-       kafka_offset = EXCLUDED.kafka_offset, commit_lsn = EXCLUDED.commit_lsn, applied_at = now()";
+       kafka_offset = EXCLUDED.kafka_offset, commit_lsn = EXCLUDED.commit_lsn,
+       commit_time_micros = EXCLUDED.commit_time_micros, applied_at = now()";
 
 #[cfg(test)]
 mod tests {
@@ -267,11 +322,37 @@ mod tests {
         assert!(!position.covers(0));
         position.consumed(10);
         position.consumed(7);
-        position.applied(500);
+        position.applied(500, 1_000_000_000);
         assert_eq!(position.next_offset(), Some(11));
         assert!(position.covers(500));
         assert!(position.covers(499));
         assert!(!position.covers(501));
+    }
+
+    #[test]
+    fn a_covered_transaction_committed_after_everything_applied_means_the_lsns_started_over() {
+        let mut position = Position::default();
+        position.consumed(10);
+        position.applied(500, 1_000_000_000);
+        assert_eq!(position.covered(501, 2_000_000_000), Covered::No);
+        // Sent again after capture's restart: committed no later.
+        assert_eq!(position.covered(400, 999_000_000), Covered::Repeat);
+        assert_eq!(
+            position.covered(500, 1_000_000_000 + REPEAT_TOLERANCE_MICROS),
+            Covered::Repeat
+        );
+        // A new transaction of a source whose LSNs went back.
+        assert_eq!(
+            position.covered(400, 1_000_000_000 + 60_000_000),
+            Covered::LsnsStartedOver
+        );
+        // A position stored before commit times were kept cannot tell.
+        let old = Position {
+            offset: Some(10),
+            commit_lsn: 500,
+            commit_time_micros: 0,
+        };
+        assert_eq!(old.covered(400, i64::MAX), Covered::Repeat);
     }
 
     #[test]

@@ -29,6 +29,11 @@ enum Command {
         /// The side whose topic's position is forgotten.
         #[arg(long, value_enum)]
         from: FromSide,
+        /// Forget only the commit LSN the position skips repeats by, and
+        /// go on after the offset (after a failover made the source's LSNs
+        /// start over).
+        #[arg(long)]
+        keep_offset: bool,
     },
     /// Print each direction's lags, the sources' slots, what the running
     /// apply reports, and whether the two sides are in step.
@@ -112,14 +117,19 @@ fn main() -> ExitCode {
                     .map_err(|e| apply::ApplyError::Config(e.to_string()))?;
                 Ok(report.detail.verified != Some(false))
             }
-            Command::ResetPosition { from } => {
+            Command::ResetPosition { from, keep_offset } => {
                 let mapping = apply::mapping::Mapping::load_dir(&config.apply.mapping_dir)?;
                 let from = match from {
                     FromSide::Legacy => apply::mapping::Side::Legacy,
                     FromSide::Platform => apply::mapping::Side::Platform,
                 };
-                let forgotten = apply::checkpoint::reset(&config, &mapping, from).await?;
+                let forgotten =
+                    apply::checkpoint::reset(&config, &mapping, from, keep_offset).await?;
                 match forgotten.offset {
+                    Some(offset) if keep_offset => println!(
+                        "forgot the {} position's commit LSN: the next start goes on after offset {offset}",
+                        from.as_str()
+                    ),
                     Some(offset) => println!(
                         "forgot the {} position (offset {offset}): the next start reads the topic from its beginning",
                         from.as_str()

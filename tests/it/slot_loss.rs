@@ -159,3 +159,90 @@ async fn a_lost_slot_stops_capture_with_a_configuration_error_until_it_is_handle
     .await?;
     bridge.stop().await
 }
+
+/// `event` (a streamed insert into legacy `users`) made into another user's
+/// insert, in a transaction committed now at `commit_lsn`.
+fn another_insert(
+    mut event: schemas::event::ChangeEvent,
+    id: i64,
+    name: &str,
+    commit_lsn: u64,
+) -> schemas::event::ChangeEvent {
+    use schemas::event::Value;
+    let set = |columns: &mut Vec<schemas::event::Column>, column: &str, value: Value| {
+        if let Some(c) = columns.iter_mut().find(|c| c.name == column) {
+            c.value = value;
+        }
+    };
+    set(&mut event.key, "id", Value::Int(id));
+    if let Some(after) = event.after.as_mut() {
+        set(after, "id", Value::Int(id));
+        set(after, "full_name", Value::Text(name.to_owned()));
+        set(
+            after,
+            "email",
+            Value::Text(format!(
+                "{}@example.com",
+                name.replace(' ', ".").to_lowercase()
+            )),
+        );
+    }
+    event.transaction.xid += 1;
+    event.transaction.commit_lsn = commit_lsn;
+    event.transaction.commit_time_micros = pg::time::now_micros();
+    event.transaction.position = 0;
+    event.transaction.last = true;
+    event.transaction.event_count = Some(1);
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_lsns_started_over_below_apply_position_is_refused_until_told_to_go_on(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("lsnrestart").await?;
+    let mut ledger = Ledger(Vec::new());
+    ledger.insert(&bridge, "Before Failover").await?;
+    bridge.converged(WAIT).await?;
+    let mut reader = sync_bridge_tests::EventReader::new(&bridge.legacy.topic)?;
+    let template = reader.read_at_least(1, WAIT).await?[0].clone();
+    bridge.stop_capture(Side::Legacy).await?;
+
+    // After a failover to a standby that was behind, the new primary's
+    // commits take LSNs apply has passed already: one such transaction,
+    // committed now, reaches the topic.
+    let after = another_insert(template, 900_001, "After Failover", 16);
+    let codec = schemas::codec::Codec::new()?;
+    sync_bridge_tests::produce(
+        &bridge.legacy.topic,
+        &[(b"legacy".to_vec(), codec.encode(&after))],
+    )
+    .await?;
+    let outcome = bridge.apply_outcome(WAIT).await?;
+    let Err(error) = outcome else {
+        anyhow::bail!("apply went on, skipping the new primary's transaction as applied");
+    };
+    let text = runtime::error_chain(&error);
+    assert!(error.is_config(), "exit code 2: {text}");
+    assert!(
+        text.contains("apply reset-position --from legacy --keep-offset"),
+        "names the fix: {text}"
+    );
+    let after_failover = vec!["After Failover".to_owned()];
+    let missing = Ledger(after_failover);
+    assert_eq!(missing.missing_on_the_platform(&bridge).await?.len(), 1);
+
+    let config = apply::Config::from_toml(&bridge.apply_toml())?;
+    let mapping = apply::mapping::Mapping::load_dir(&sync_bridge_tests::mapping_dir())?;
+    apply::checkpoint::reset(&config, &mapping, apply::mapping::Side::Legacy, true).await?;
+    bridge.start_apply()?;
+    sync_bridge_tests::eventually("the new primary's transaction to cross", WAIT, || async {
+        Ok(missing
+            .missing_on_the_platform(&bridge)
+            .await?
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    bridge.start_capture(Side::Legacy)?;
+    bridge.stop().await
+}

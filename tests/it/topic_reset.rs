@@ -91,7 +91,7 @@ async fn refused_then_reset_and_applied(
 
     let config = apply::Config::from_toml(&bridge.apply_toml())?;
     let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
-    apply::checkpoint::reset(&config, &mapping, apply::mapping::Side::Legacy).await?;
+    apply::checkpoint::reset(&config, &mapping, apply::mapping::Side::Legacy, false).await?;
     bridge.start_apply()?;
     bridge.converged(WAIT).await?;
     assert_eq!(

@@ -185,6 +185,7 @@ impl Session<'_> {
                         .as_ref()
                         .map_or(0, |fence| fence.generation(self.from.other())),
                 ),
+                Box::new(self.position.commit_time_micros),
             ];
             self.lane
                 .writer

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{ApplyError, Result};
 use crate::mapping::Side;
 use rdkafka::message::{BorrowedMessage, Message};
-use schemas::event::CaptureMode;
+use schemas::event::{CaptureMode, Transaction};
 
 /// How far before its stored position a direction starts fetching. A broker
 /// may answer a fetch at an offset inside a record batch with the next batch
@@ -111,12 +111,46 @@ fn topic_replaced(topic: &str, from: Side, what: String) -> ApplyError {
 }
 
 impl Session<'_> {
+    /// A streamed transaction whose commit LSN the position covers, committed
+    /// after every transaction applied: the source's LSNs started over below
+    /// the position (a failover to a standby that was behind, a restore
+    /// from a backup). Skipping it as applied would lose it; refused with
+    /// an ERROR, the `lsns_started_over` error metric and a configuration
+    /// error (exit 2) that names the fix.
+    pub(super) fn lsns_started_over(&self, offset: i64, tx: &Transaction) -> ApplyError {
+        error!(
+            topic = %self.topic,
+            offset,
+            commit_lsn = %pg::Lsn(tx.commit_lsn),
+            applied_lsn = %pg::Lsn(self.position.commit_lsn),
+            "a transaction at or below apply's position committed after every one applied: the source's LSNs started over; refusing to skip it"
+        );
+        crate::metrics::error(crate::monitor::direction(self.from), "lsns_started_over");
+        ApplyError::Config(format!(
+            "source {source}: the transaction at offset {offset} of topic {topic} commits at LSN {lsn}, at or below apply's position (LSN {applied}), \
+             but after every transaction applied: the source's LSNs started over (a failover to a standby that was behind, a restore), \
+             and skipping it as applied would lose it. Once the source is the one to follow, run \
+             `apply reset-position --from {side} --keep-offset` (apply then goes on after its offset whatever the LSNs), \
+             and compare the two sides (`apply check`) for what the old primary had and the new one lacks",
+            source = self.source_name,
+            topic = self.topic,
+            lsn = pg::Lsn(tx.commit_lsn),
+            applied = pg::Lsn(self.position.commit_lsn),
+            side = self.from.as_str(),
+        ))
+    }
+
     /// The message at apply's stored position must be the one the position
     /// was taken on. On a topic created again, the message at that offset
     /// is a later change of the source: a streamed event whose commit LSN is
     /// past every one applied. Refused (see [`topic_replaced`]).
     pub(super) fn check_topic_identity(&self, message: &BorrowedMessage<'_>) -> Result<()> {
-        if !self.reading.is_live() || Some(message.offset()) != self.position.offset {
+        // A position whose LSN was forgotten (`reset-position --keep-offset`)
+        // cannot tell.
+        if !self.reading.is_live()
+            || Some(message.offset()) != self.position.offset
+            || self.position.commit_lsn == 0
+        {
             return Ok(());
         }
         let Some(Ok(event)) = message.payload().map(|p| self.shared.codec.decode(p)) else {

@@ -352,6 +352,7 @@ async fn run(
             let position = Position {
                 offset: (start > 0).then_some(start - 1),
                 commit_lsn: 0,
+                commit_time_micros: 0,
             };
             let group = format!("{}.replay", config.kafka.group_id);
             (position, consumer(config, &topic, position, &group)?)

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::failure::rejection;
 use super::{Reading, Session};
-use crate::checkpoint::Position;
+use crate::checkpoint::{Covered, Position};
 use crate::error::Result;
 
 /// The source transaction being applied.
@@ -75,7 +75,16 @@ impl Session<'_> {
         let snapshot = event.mode == CaptureMode::Snapshot;
         let skip = match self.reading {
             // Already applied: a replay of capture after its own restart.
-            Reading::Live => Position::tracks(event.mode) && self.position.covers(tx.commit_lsn),
+            Reading::Live if Position::tracks(event.mode) => {
+                match self.position.covered(tx.commit_lsn, tx.commit_time_micros) {
+                    Covered::No => false,
+                    Covered::Repeat => true,
+                    Covered::LsnsStartedOver => {
+                        return Err(self.lsns_started_over(offset, &tx));
+                    }
+                }
+            }
+            Reading::Live => false,
             Reading::Replay { from_micros, .. } => {
                 let before = from_micros.is_some_and(|from| tx.commit_time_micros < from);
                 self.replay.skipped_before += u64::from(before);
@@ -263,7 +272,7 @@ impl Session<'_> {
             }
         }
         if Position::tracks(open.mode) {
-            self.position.applied(open.commit_lsn);
+            self.position.applied(open.commit_lsn, open.commit_micros);
         }
         // Only the streaming transaction the dropped events sat in (or its
         // replay, after it was cut short) ends their wait.
