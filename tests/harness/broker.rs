@@ -91,8 +91,13 @@ fn consumer_from_start(topic: &str) -> Result<StreamConsumer> {
 
 /// [`consumer_from_start`], from `offset`.
 fn consumer_from(topic: &str, offset: Offset) -> Result<StreamConsumer> {
+    consumer_on(&Stack::get().brokers, topic, offset)
+}
+
+/// [`consumer_from`], on the broker(s) `brokers`.
+fn consumer_on(brokers: &str, topic: &str, offset: Offset) -> Result<StreamConsumer> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -222,8 +227,13 @@ pub struct EventReader {
 
 impl EventReader {
     pub fn new(topic: &str) -> Result<EventReader> {
+        Self::on(&Stack::get().brokers, topic)
+    }
+
+    /// A reader of `topic` on the broker(s) `brokers` (a test's own broker).
+    pub fn on(brokers: &str, topic: &str) -> Result<EventReader> {
         Ok(EventReader {
-            consumer: consumer_from_start(topic)?,
+            consumer: consumer_on(brokers, topic, Offset::Offset(0))?,
             codec: Codec::new()?,
             events: Vec::new(),
             next_offset: 0,

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{count, eventually, until_count, Bridge, TestDb};
+use sync_bridge_tests::{
+    count, eventually, install_audit, until_count, Bridge, ChangeLedger, TestDb,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 const WAITING: &str = "another apply instance holds the single-writer lock";
@@ -62,6 +64,7 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
 ) -> anyhow::Result<()> {
     let mut bridge = Bridge::prepare("onewriter").await?;
     bridge.start_captures().await?;
+    install_audit(bridge.platform()).await?;
     let mut first = bridge.spawn_apply_process()?;
     first
         .wait_for_output("took the single-writer lock", WAIT)
@@ -76,11 +79,8 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
 
     // While the first runs, changes keep crossing, and the second neither
     // starts a direction nor logs its wait more than once.
-    for n in 0..3 {
-        let email = format!("during{n}@example.com");
-        insert_user(bridge.legacy(), &email).await?;
-        arrives_on_platform(&bridge, &email).await?;
-    }
+    let during = ChangeLedger::write_legacy_users(&bridge.legacy().url, 40, 21).await?;
+    bridge.caught_up(WAIT).await?;
     let waiting_output = second.output();
     assert!(
         !waiting_output.contains("applying"),
@@ -96,8 +96,8 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
         .wait_for_output("took the single-writer lock", WAIT)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\nfirst instance:\n{}", first.output()))?;
-    insert_user(bridge.legacy(), "after@example.com").await?;
-    arrives_on_platform(&bridge, "after@example.com").await?;
+    let after = ChangeLedger::write_legacy_users(&bridge.legacy().url, 40, 22).await?;
+    bridge.caught_up(WAIT).await?;
     bridge
         .platform()
         .execute(
@@ -114,15 +114,10 @@ async fn a_second_apply_waits_without_writing_and_takes_over_when_the_first_dies
         1,
     )
     .await?;
-    assert_eq!(
-        count(
-            bridge.platform().client(),
-            "SELECT count(*) FROM identity.identities WHERE email LIKE '%@example.com' AND email IN ('before@example.com','during0@example.com','during1@example.com','during2@example.com','after@example.com')"
-        )
-        .await?,
-        5,
-        "each change applied once"
-    );
+    // Every change, made while the first ran and after the second took
+    // over, applied exactly once.
+    during.check_applied_once(bridge.platform()).await?;
+    after.check_applied_once(bridge.platform()).await?;
     second.terminate().await?;
     bridge.stop().await
 }

@@ -175,6 +175,16 @@ async fn a_broker_down_for_longer_than_wal_sender_timeout_keeps_the_replication_
         session,
         "one replication session throughout"
     );
+    // The ledger: each row written while the broker was down is on the topic.
+    let mut reader = EventReader::on(&broker.address(), &setup.topic)?;
+    let expected: BTreeSet<i64> = (1..=ROWS).collect();
+    reader
+        .read_until(
+            "every row written while the broker was down",
+            WAIT,
+            |events| ids_of(events).is_superset(&expected),
+        )
+        .await?;
     shutdown.cancel();
     capture.await??;
     setup.db.drop_slot(&setup.slot).await
