@@ -316,16 +316,19 @@ impl Shape {
         let mut names = key.clone();
         let mut values = format!("i.{key}");
         let mut sets = Vec::new();
+        let mut results = Vec::new();
         for column in &self.columns {
             let name = quote(&column.name);
             let _ = write!(names, ", {name}");
             let _ = write!(values, ", {}", self.value("i", column));
-            sets.push(match column.merge {
-                Merge::Replace => format!("{name} = EXCLUDED.{name}"),
+            let result = match column.merge {
+                Merge::Replace => format!("EXCLUDED.{name}"),
                 Merge::KeepExistingNonNull => format!(
-                    "{name} = CASE WHEN EXCLUDED.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, EXCLUDED.{name}) END"
+                    "CASE WHEN EXCLUDED.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, EXCLUDED.{name}) END"
                 ),
-            });
+            };
+            sets.push(format!("{name} = {result}"));
+            results.push(result);
         }
         format!(
             "WITH i AS ({input}), \
@@ -335,7 +338,7 @@ impl Shape {
                          AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer} {PROBE}){parents} \
                    ORDER BY i.ord \
                    ON CONFLICT ({key}) DO UPDATE SET {sets} \
-                   WHERE {wins} \
+                   WHERE ({wins}){differs} \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x, \
                      t.xmax = 0 AS inserted), \
              v AS ({versions}), \
@@ -348,6 +351,7 @@ impl Shape {
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
             sets = sets.join(", "),
+            differs = self.differs(&results),
             wins = match incoming {
                 Incoming::Change => self.wins_condition("EXCLUDED", "t"),
                 // The tie and causal parameters stay referenced so that both
@@ -361,6 +365,27 @@ impl Shape {
                 Incoming::Read => String::new(),
             },
             versions = self.record_writes("w"),
+        )
+    }
+
+    /// ` AND` the target row `t` would change: a version identical to the
+    /// one there is not written again (a polling overlap or a snapshot reads
+    /// rows that already crossed; writing them again would fire the
+    /// target's triggers and count as a second application). `results` are
+    /// the values the columns would take, in order.
+    fn differs(&self, results: &[String]) -> String {
+        if results.is_empty() {
+            return String::new();
+        }
+        let existing: Vec<String> = self
+            .columns
+            .iter()
+            .map(|column| format!("t.{}", quote(&column.name)))
+            .collect();
+        format!(
+            " AND ROW({}) IS DISTINCT FROM ROW({})",
+            existing.join(", "),
+            results.join(", ")
         )
     }
 
@@ -390,23 +415,29 @@ impl Shape {
 
     fn update_sql_for(&self, incoming: Incoming) -> String {
         let key = quote(&self.key.name);
-        let sets: Vec<String> = self
+        let results: Vec<String> = self
             .columns
             .iter()
             .map(|column| {
                 let name = quote(&column.name);
                 match column.merge {
-                    Merge::Replace => format!("{name} = {}", self.value("i", column)),
+                    Merge::Replace => self.value("i", column),
                     Merge::KeepExistingNonNull => format!(
-                        "{name} = CASE WHEN i.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, i.{name}) END"
+                        "CASE WHEN i.{name} IS NULL THEN NULL ELSE COALESCE(t.{name}, i.{name}) END"
                     ),
                 }
             })
             .collect();
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .zip(&results)
+            .map(|(column, result)| format!("{} = {result}", quote(&column.name)))
+            .collect();
         format!(
             "WITH i AS ({input}), \
              w AS (UPDATE {table} AS t SET {sets} FROM i \
-                   WHERE t.{key} = i.{key}{parents} AND ({wins}) \
+                   WHERE t.{key} = i.{key}{parents} AND ({wins}){differs} \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x), \
              v AS ({versions}) \
              SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
@@ -415,6 +446,7 @@ impl Shape {
             table = self.table,
             sets = sets.join(", "),
             parents = self.parents_exist("i"),
+            differs = self.differs(&results),
             wins = match incoming {
                 Incoming::Change => self.wins_condition("i", "t"),
                 Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
@@ -538,7 +570,7 @@ mod tests {
         let sql = shape().upsert_sql();
         assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\""));
         assert!(
-            sql.contains("WHERE EXISTS (SELECT 1 FROM syncbridge.apply_ledger l"),
+            sql.contains("WHERE (EXISTS (SELECT 1 FROM syncbridge.apply_ledger l"),
             "the same source's later change wins first, whatever the times: {sql}"
         );
         assert!(
@@ -562,12 +594,18 @@ mod tests {
             "causal bases last: {sql}"
         );
         assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
+        assert!(
+            sql.contains(
+                "AND ROW(t.\"email\", t.\"updated_at\") IS DISTINCT FROM ROW(EXCLUDED.\"email\", EXCLUDED.\"updated_at\")"
+            ),
+            "a version identical to the target's is not written again: {sql}"
+        );
     }
 
     #[test]
     fn a_snapshot_read_loses_ties_and_never_writes_over_a_tombstone() {
         let sql = shape().read_upsert_sql();
-        assert!(sql.contains("WHERE date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\") AND $5::bool IS NOT NULL"), "{sql}");
+        assert!(sql.contains("WHERE (date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\") AND $5::bool IS NOT NULL"), "{sql}");
         assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
         assert!(
             sql.contains("rv.deleted OFFSET 0) ORDER BY"),

@@ -411,8 +411,8 @@ async fn numbered_writer(
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         client
             .batch_execute(&format!(
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('w{n}@example.com', 'Writer Row', 'member', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC'));
-                 UPDATE users SET full_name = 'Writer Row Updated', updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE email = 'w{}@example.com'",
+                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) VALUES ('w{n}@example.com', 'Writer i{n}', 'member', date_trunc('second', now() AT TIME ZONE 'UTC'), date_trunc('second', now() AT TIME ZONE 'UTC'));
+                 UPDATE users SET full_name = 'Writer u{n}', updated_at = date_trunc('second', now() AT TIME ZONE 'UTC') WHERE email = 'w{}@example.com'",
                 n / 2
             ))
             .await?;
@@ -423,9 +423,24 @@ async fn numbered_writer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_to_polling_and_back_loses_nothing_and_applies_nothing_twice(
-) -> anyhow::Result<()> {
+async fn streaming_to_polling_and_back_loses_nothing_and_creates_no_row_twice() -> anyhow::Result<()>
+{
+    streaming_to_polling_and_back(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "applies a version twice (issue 22): the catch-up poll at the switch back to streaming reads rows in a snapshot taken after the new slot, so a version committed after the slot arrives polled first and streamed again, after an earlier streamed version of the same row that then lands on top of it for a moment"]
+async fn streaming_to_polling_and_back_applies_no_version_twice() -> anyhow::Result<()> {
+    streaming_to_polling_and_back(true).await
+}
+
+/// Legacy writes numbered rows (and updates of earlier ones) while its
+/// capture goes from streaming to polling (its slot dropped meanwhile) and
+/// back; every row but one deleted crosses, created once, each row's final
+/// version lands; with `strict`, no version is applied twice either.
+async fn streaming_to_polling_and_back(strict: bool) -> anyhow::Result<()> {
     let mut bridge = Bridge::start("poll_switch").await?;
+    sync_bridge_tests::install_audit(bridge.platform()).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn(numbered_writer(
         bridge.legacy().url.clone(),
@@ -480,6 +495,57 @@ async fn streaming_to_polling_and_back_loses_nothing_and_applies_nothing_twice(
     .await?;
     assert_eq!(platform_rows, written - 1, "every row but the deleted one");
     assert_eq!(distinct, platform_rows, "no row created twice");
+    // The ledger: every write carries an id of its own (`Writer i<n>` for
+    // an insert, `Writer u<n>` for an update). Polling sends a row's latest
+    // version, so an intermediate one may never cross; but no version may
+    // be applied twice, and each row's final version must have landed.
+    let twice = count(
+        bridge.platform().client(),
+        "SELECT count(*) FROM (SELECT change FROM public.change_audit WHERE op = 'W' GROUP BY change HAVING count(*) > 1) AS d",
+    )
+    .await?;
+    let doubled: Vec<String> = bridge
+        .platform()
+        .client()
+        .query(
+            "SELECT change FROM public.change_audit WHERE op = 'W' GROUP BY change HAVING count(*) > 1 LIMIT 10",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if strict {
+        assert_eq!(twice, 0, "no version applied twice: {doubled:?}");
+    }
+    let finals: Vec<String> = bridge
+        .legacy()
+        .client()
+        .query(
+            "SELECT split_part(full_name, ' ', 2) FROM users WHERE email LIKE 'w%@example.com'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let landed = count(
+        bridge.platform().client(),
+        &format!(
+            "SELECT count(DISTINCT change) FROM public.change_audit WHERE op = 'W' AND change IN ({})",
+            finals
+                .iter()
+                .map(|f| format!("'{f}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await?;
+    assert_eq!(
+        landed as usize,
+        finals.len(),
+        "every row's final version landed"
+    );
     let watermarks = count(
         bridge.legacy().client(),
         "SELECT count(*) FROM syncbridge.capture_watermark",
