@@ -39,7 +39,11 @@ use crate::error::{ApplyError, Result};
 use crate::mapping::{Mapping, Side};
 
 /// The bookkeeping schema and tables, created if missing, then `COMMIT`
-/// (run after `BEGIN` and the install lock).
+/// (run after `BEGIN` and the install lock). A column added since a table
+/// was first created is added only when it is missing: `ALTER TABLE` takes
+/// the table's exclusive lock even when there is nothing to add, and would
+/// wait at every start behind anyone reading the table (a monitor polling
+/// `apply_position` in a long statement).
 const TABLES: &str = "DO $$ BEGIN
                IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'syncbridge') THEN
                  CREATE SCHEMA syncbridge;
@@ -53,8 +57,14 @@ const TABLES: &str = "DO $$ BEGIN
                commit_lsn      bigint NOT NULL,
                applied_at      timestamptz NOT NULL DEFAULT now()
              );
-             ALTER TABLE syncbridge.apply_position
-               ADD COLUMN IF NOT EXISTS commit_time_micros bigint NOT NULL DEFAULT 0;
+             DO $add$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                              WHERE attrelid = 'syncbridge.apply_position'::regclass
+                                AND attname = 'commit_time_micros' AND NOT attisdropped) THEN
+                 ALTER TABLE syncbridge.apply_position
+                   ADD COLUMN commit_time_micros bigint NOT NULL DEFAULT 0;
+               END IF;
+             END $add$;
              CREATE TABLE IF NOT EXISTS syncbridge.id_map (
                entity      text NOT NULL,
                legacy_id   bigint NOT NULL,
@@ -84,9 +94,15 @@ const TABLES: &str = "DO $$ BEGIN
                source_xid   text,
                PRIMARY KEY (entity, row_key)
              );
-             ALTER TABLE syncbridge.row_version
-               ADD COLUMN IF NOT EXISTS written_lsn pg_lsn,
-               ADD COLUMN IF NOT EXISTS source_xid text;
+             DO $add$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                              WHERE attrelid = 'syncbridge.row_version'::regclass
+                                AND attname = 'source_xid' AND NOT attisdropped) THEN
+                 ALTER TABLE syncbridge.row_version
+                   ADD COLUMN IF NOT EXISTS written_lsn pg_lsn,
+                   ADD COLUMN IF NOT EXISTS source_xid text;
+               END IF;
+             END $add$;
              CREATE INDEX IF NOT EXISTS row_version_tombstones
                ON syncbridge.row_version (updated_at) WHERE deleted;
              CREATE TABLE IF NOT EXISTS syncbridge.apply_ledger (

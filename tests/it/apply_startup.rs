@@ -52,3 +52,43 @@ async fn apply_started_before_its_topics_exist_creates_them_and_applies_what_arr
     .await?;
     bridge.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_starts_while_someone_reads_its_bookkeeping_in_a_long_transaction(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("busybook").await?;
+    bridge.stop_apply().await?;
+    // A monitor reading apply's position in a transaction that stays open:
+    // apply's start must not need a lock it holds back.
+    let monitor = sync_bridge_tests::connect(&bridge.platform().url).await?;
+    monitor
+        .batch_execute(
+            "BEGIN; SELECT * FROM syncbridge.apply_position; SELECT * FROM syncbridge.row_version LIMIT 1",
+        )
+        .await?;
+    bridge.start_apply()?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             VALUES ('watched@example.com', 'Watched Start', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+        )
+        .await?;
+    let platform = bridge.platform().client();
+    eventually(
+        "the row applied while the monitor's transaction is open",
+        WAIT,
+        || async {
+            let rows = platform
+                .query(
+                    "SELECT 1 FROM identity.identities WHERE email = 'watched@example.com'",
+                    &[],
+                )
+                .await?;
+            Ok((!rows.is_empty()).then_some(()))
+        },
+    )
+    .await?;
+    monitor.batch_execute("COMMIT").await?;
+    bridge.stop().await
+}
