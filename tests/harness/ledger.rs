@@ -18,6 +18,7 @@ use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::bridge::Bridge;
 use crate::databases::{connect, TestDb};
 
 /// What a change did to its row.
@@ -171,5 +172,59 @@ impl ChangeLedger {
             );
         }
         Ok(())
+    }
+}
+
+/// Legacy users a test writes, each with a name no other change has: a
+/// small ledger for tests that follow a few changes across (the name
+/// crosses as `given_name family_name`).
+#[derive(Debug, Default)]
+pub struct NamedUsers(pub Vec<String>);
+
+impl NamedUsers {
+    /// Inserts a legacy user named `name` and records it.
+    pub async fn insert(&mut self, bridge: &Bridge, name: &str) -> Result<()> {
+        bridge
+            .legacy()
+            .execute(&format!(
+                "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+                 VALUES ('{email}@example.com', '{name}', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+                email = name.replace(' ', ".").to_lowercase(),
+            ))
+            .await?;
+        self.0.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Renames the legacy user named `from` to `to` and records it.
+    pub async fn rename(&mut self, bridge: &Bridge, from: &str, to: &str) -> Result<()> {
+        bridge
+            .legacy()
+            .execute(&format!(
+                "UPDATE users SET full_name = '{to}', updated_at = now() AT TIME ZONE 'UTC' WHERE full_name = '{from}'"
+            ))
+            .await?;
+        self.0.retain(|n| n != from);
+        self.0.push(to.to_owned());
+        Ok(())
+    }
+
+    /// The recorded changes the platform does not show.
+    pub async fn missing_on_the_platform(&self, bridge: &Bridge) -> Result<Vec<String>> {
+        let rows = bridge
+            .platform()
+            .client()
+            .query(
+                "SELECT given_name || ' ' || family_name FROM identity.identities",
+                &[],
+            )
+            .await?;
+        let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(self
+            .0
+            .iter()
+            .filter(|name| !present.contains(name))
+            .cloned()
+            .collect())
     }
 }

@@ -48,7 +48,7 @@ pub use broker::{
 };
 pub use capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
-pub use ledger::{install_audit, ChangeLedger};
+pub use ledger::{install_audit, ChangeLedger, NamedUsers};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
 pub use processes::{binary, ServiceProcess};
 pub use proxy::Proxy;

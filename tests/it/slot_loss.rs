@@ -5,61 +5,9 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{Bridge, Side};
+use sync_bridge_tests::{Bridge, NamedUsers, Side};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The legacy changes a test writes, each with a name no other change
-/// has: the ledger the other side is checked against.
-struct Ledger(Vec<String>);
-
-impl Ledger {
-    /// Inserts a legacy user named `name` and records it.
-    async fn insert(&mut self, bridge: &Bridge, name: &str) -> anyhow::Result<()> {
-        bridge
-            .legacy()
-            .execute(&format!(
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
-                 VALUES ('{email}@example.com', '{name}', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
-                email = name.replace(' ', ".").to_lowercase(),
-            ))
-            .await?;
-        self.0.push(name.to_owned());
-        Ok(())
-    }
-
-    /// Renames the legacy user named `from` to `to` and records it.
-    async fn rename(&mut self, bridge: &Bridge, from: &str, to: &str) -> anyhow::Result<()> {
-        bridge
-            .legacy()
-            .execute(&format!(
-                "UPDATE users SET full_name = '{to}', updated_at = now() AT TIME ZONE 'UTC' WHERE full_name = '{from}'"
-            ))
-            .await?;
-        self.0.retain(|n| n != from);
-        self.0.push(to.to_owned());
-        Ok(())
-    }
-
-    /// The recorded changes the platform does not show.
-    async fn missing_on_the_platform(&self, bridge: &Bridge) -> anyhow::Result<Vec<String>> {
-        let rows = bridge
-            .platform()
-            .client()
-            .query(
-                "SELECT given_name || ' ' || family_name FROM identity.identities",
-                &[],
-            )
-            .await?;
-        let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        Ok(self
-            .0
-            .iter()
-            .filter(|name| !present.contains(name))
-            .cloned()
-            .collect())
-    }
-}
 
 /// A bridge whose legacy capture acts on a lost slot as `on_lost_slot`
 /// says (the default when `None`), with two users streamed, then stopped,
@@ -67,7 +15,7 @@ impl Ledger {
 async fn slot_lost_while_capture_was_stopped(
     hint: &str,
     on_lost_slot: Option<&str>,
-) -> anyhow::Result<(Bridge, Ledger)> {
+) -> anyhow::Result<(Bridge, NamedUsers)> {
     let mut bridge = Bridge::prepare(hint).await?;
     if let Some(action) = on_lost_slot {
         bridge
@@ -76,7 +24,7 @@ async fn slot_lost_while_capture_was_stopped(
             .push_str(&format!("on_lost_slot = \"{action}\"\n"));
     }
     let mut bridge = bridge.run().await?;
-    let mut ledger = Ledger(Vec::new());
+    let mut ledger = NamedUsers::default();
     ledger.insert(&bridge, "Streamed One").await?;
     ledger.insert(&bridge, "Streamed Two").await?;
     bridge.converged(WAIT).await?;
@@ -147,7 +95,7 @@ async fn a_lost_slot_stops_capture_with_a_configuration_error_until_it_is_handle
         "heartbeat_interval = \"0s\"\non_lost_slot = \"continue\"\n".into();
     bridge.start_capture(Side::Legacy)?;
     bridge.legacy.wait_for_slot().await?;
-    let mut after = Ledger(Vec::new());
+    let mut after = NamedUsers::default();
     after.insert(&bridge, "Streamed After").await?;
     sync_bridge_tests::eventually("the new slot's changes to cross", WAIT, || async {
         Ok(after
@@ -200,7 +148,7 @@ fn another_insert(
 async fn a_source_whose_lsns_started_over_below_apply_position_is_refused_until_told_to_go_on(
 ) -> anyhow::Result<()> {
     let mut bridge = Bridge::start("lsnrestart").await?;
-    let mut ledger = Ledger(Vec::new());
+    let mut ledger = NamedUsers::default();
     ledger.insert(&bridge, "Before Failover").await?;
     bridge.converged(WAIT).await?;
     let mut reader = sync_bridge_tests::EventReader::new(&bridge.legacy.topic)?;
@@ -228,7 +176,7 @@ async fn a_source_whose_lsns_started_over_below_apply_position_is_refused_until_
         "names the fix: {text}"
     );
     let after_failover = vec!["After Failover".to_owned()];
-    let missing = Ledger(after_failover);
+    let missing = NamedUsers(after_failover);
     assert_eq!(missing.missing_on_the_platform(&bridge).await?.len(), 1);
 
     let config = apply::Config::from_toml(&bridge.apply_toml())?;

@@ -5,40 +5,9 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{create_topic, mapping_dir, Bridge, Side};
+use sync_bridge_tests::{create_topic, mapping_dir, Bridge, NamedUsers, Side};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-async fn insert_users(bridge: &Bridge, names: &[String]) -> anyhow::Result<()> {
-    for name in names {
-        bridge
-            .legacy()
-            .execute(&format!(
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
-                 VALUES ('{email}@example.com', '{name}', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
-                email = name.replace(' ', ".").to_lowercase(),
-            ))
-            .await?;
-    }
-    Ok(())
-}
-
-async fn missing_on_the_platform(bridge: &Bridge, names: &[String]) -> anyhow::Result<Vec<String>> {
-    let rows = bridge
-        .platform()
-        .client()
-        .query(
-            "SELECT given_name || ' ' || family_name FROM identity.identities",
-            &[],
-        )
-        .await?;
-    let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(names
-        .iter()
-        .filter(|n| !present.contains(n))
-        .cloned()
-        .collect())
-}
 
 /// Five legacy users applied one transaction each, then the legacy topic
 /// replaced by a new one (capture moved to it, its slot kept) that receives
@@ -46,10 +15,12 @@ async fn missing_on_the_platform(bridge: &Bridge, names: &[String]) -> anyhow::R
 async fn topic_replaced_under_apply(
     hint: &str,
     after: usize,
-) -> anyhow::Result<(Bridge, Vec<String>)> {
+) -> anyhow::Result<(Bridge, NamedUsers)> {
     let mut bridge = Bridge::start(hint).await?;
-    let before: Vec<String> = (1..=5).map(|n| format!("Before Number{n}")).collect();
-    insert_users(&bridge, &before).await?;
+    let mut before = NamedUsers::default();
+    for n in 1..=5 {
+        before.insert(&bridge, &format!("Before Number{n}")).await?;
+    }
     bridge.converged(WAIT).await?;
     bridge.stop_apply().await?;
     bridge.stop_capture(Side::Legacy).await?;
@@ -58,8 +29,10 @@ async fn topic_replaced_under_apply(
     bridge.legacy.topic = topic;
     bridge.start_capture(Side::Legacy)?;
     bridge.legacy.wait_for_slot().await?;
-    let written: Vec<String> = (1..=after).map(|n| format!("After Number{n}")).collect();
-    insert_users(&bridge, &written).await?;
+    let mut written = NamedUsers::default();
+    for n in 1..=after {
+        written.insert(&bridge, &format!("After Number{n}")).await?;
+    }
     sync_bridge_tests::eventually("the new topic to hold them", WAIT, || async {
         let last = sync_bridge_tests::last_offset(&bridge.legacy.topic).await?;
         Ok((last + 1 >= after as i64).then_some(()))
@@ -71,7 +44,7 @@ async fn topic_replaced_under_apply(
 
 async fn refused_then_reset_and_applied(
     mut bridge: Bridge,
-    written: Vec<String>,
+    written: NamedUsers,
 ) -> anyhow::Result<()> {
     let outcome = bridge.apply_outcome(WAIT).await?;
     let Err(error) = outcome else {
@@ -84,8 +57,8 @@ async fn refused_then_reset_and_applied(
         "names the topic and the fix: {text}"
     );
     assert_eq!(
-        missing_on_the_platform(&bridge, &written).await?,
-        written,
+        written.missing_on_the_platform(&bridge).await?,
+        written.0,
         "nothing of the new topic was skipped as applied, nothing written"
     );
 
@@ -95,7 +68,7 @@ async fn refused_then_reset_and_applied(
     bridge.start_apply()?;
     bridge.converged(WAIT).await?;
     assert_eq!(
-        missing_on_the_platform(&bridge, &written).await?,
+        written.missing_on_the_platform(&bridge).await?,
         Vec::<String>::new(),
         "every change on the new topic reached the platform"
     );
