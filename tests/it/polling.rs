@@ -601,3 +601,39 @@ async fn the_watermark_does_not_move_while_kafka_cannot_confirm_a_page() -> anyh
     assert_eq!(sent, 0, "no row recorded as sent");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_polled_again_as_they_already_are_on_the_other_side_are_not_written_again(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("poll_again").await?;
+    sync_bridge_tests::install_audit(bridge.platform()).await?;
+    let ledger =
+        sync_bridge_tests::ChangeLedger::write_legacy_users(&bridge.legacy().url, 40, 9).await?;
+    bridge.converged(WAIT).await?;
+    ledger.check_applied_once(bridge.platform()).await?;
+
+    // Polling from before those changes reads every row again, each as it
+    // already is on the platform.
+    bridge
+        .legacy
+        .use_polling(&format!("{POLLING}start_from = \"2000-01-01 00:00:00\"\n"));
+    bridge.restart_capture(Side::Legacy).await?;
+    let users = count(bridge.legacy().client(), "SELECT count(*) FROM users").await?;
+    sync_bridge_tests::eventually("every user polled again and confirmed", WAIT, || async {
+        let sent = count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM syncbridge.capture_keys WHERE tbl = 'public.users' AND row_xmin IS NOT NULL",
+        )
+        .await?;
+        Ok((sent >= users).then_some(()))
+    })
+    .await?;
+    assert!(
+        events_of_mode(&bridge.legacy.topic, CaptureMode::Polling).await? > 0,
+        "rows were polled"
+    );
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    ledger.check_applied_once(bridge.platform()).await?;
+    bridge.stop().await
+}

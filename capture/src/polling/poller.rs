@@ -237,20 +237,7 @@ impl<'a> Poller<'a> {
                 None => self.first_start(),
             }),
             None => {
-                let seed = format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ;
-                     INSERT INTO syncbridge.capture_keys (tbl, key, row_xmin)
-                       SELECT {label}, {key}, NULL FROM {table} t ON CONFLICT DO NOTHING;
-                     INSERT INTO syncbridge.capture_watermark (tbl) VALUES ({label}) ON CONFLICT DO NOTHING;
-                     COMMIT;",
-                    label = quote_literal(&label),
-                    key = table.key_array("t"),
-                    table = table.name.quoted(),
-                );
-                if let Err(error) = self.writer.batch_execute(&seed).await {
-                    let _ = self.writer.batch_execute("ROLLBACK").await;
-                    return Err(CaptureError::postgres("seed the key ledger", error));
-                }
+                self.seed(table, None).await?;
                 info!(table = %label, "polling a table for the first time; key ledger seeded");
                 Ok(self.first_start())
             }
@@ -680,37 +667,53 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Forgets the watermarks and the key ledger: streaming has taken over
-    /// (the next switch to polling seeds them afresh).
     /// Sets every table's watermark to `since` (text, read as the column's
-    /// type) and seeds its key ledger with the keys it holds now, each table
-    /// in one transaction: the next round reads every row changed since
-    /// `since` minus `polling.overlap`, and reconciliation finds what is
-    /// deleted from now on. Written before anything is read, so that a
-    /// catch-up interrupted later resumes at the next start.
+    /// type) and seeds its key ledger with the keys it holds now (see
+    /// [`Self::seed`]): the next round reads every row changed since `since`
+    /// minus `polling.overlap`, and reconciliation finds what is deleted
+    /// from now on. Written before anything is read, so that a catch-up
+    /// interrupted later resumes at the next start.
     pub async fn resume_from(&self, since: &str) -> Result<()> {
         for table in &self.tables {
-            let label = table.label();
-            let sql = format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ;
-                 INSERT INTO syncbridge.capture_keys (tbl, key, row_xmin)
-                   SELECT {label}, {key}, NULL FROM {table} t ON CONFLICT DO NOTHING;
-                 INSERT INTO syncbridge.capture_watermark (tbl, updated_at) VALUES ({label}, {since})
-                   ON CONFLICT (tbl) DO UPDATE SET updated_at = EXCLUDED.updated_at;
-                 COMMIT;",
-                label = quote_literal(&label),
-                key = table.key_array("t"),
-                table = table.name.quoted(),
-                since = quote_literal(since),
-            );
-            if let Err(error) = self.writer.batch_execute(&sql).await {
-                let _ = self.writer.batch_execute("ROLLBACK").await;
-                return Err(CaptureError::postgres("set the catch-up watermarks", error));
-            }
+            self.seed(table, Some(since)).await?;
         }
         Ok(())
     }
 
+    /// Seeds `table`'s key ledger with the keys it holds now and writes its
+    /// watermark, in one transaction: `since`, or, without it, an empty
+    /// watermark (a first poll, from `polling.start_from`) where there is
+    /// none yet.
+    async fn seed(&self, table: &PolledTable, since: Option<&str>) -> Result<()> {
+        let label = quote_literal(&table.label());
+        let watermark = match since {
+            Some(since) => format!(
+                "INSERT INTO syncbridge.capture_watermark (tbl, updated_at) VALUES ({label}, {}) \
+                 ON CONFLICT (tbl) DO UPDATE SET updated_at = EXCLUDED.updated_at;",
+                quote_literal(since)
+            ),
+            None => format!(
+                "INSERT INTO syncbridge.capture_watermark (tbl) VALUES ({label}) ON CONFLICT DO NOTHING;"
+            ),
+        };
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;
+             INSERT INTO syncbridge.capture_keys (tbl, key, row_xmin)
+               SELECT {label}, {key}, NULL FROM {table} t ON CONFLICT DO NOTHING;
+             {watermark}
+             COMMIT;",
+            key = table.key_array("t"),
+            table = table.name.quoted(),
+        );
+        if let Err(error) = self.writer.batch_execute(&sql).await {
+            let _ = self.writer.batch_execute("ROLLBACK").await;
+            return Err(CaptureError::postgres("seed the key ledger", error));
+        }
+        Ok(())
+    }
+
+    /// Forgets the watermarks and the key ledger: streaming has taken over
+    /// (the next switch to polling seeds them afresh).
     pub async fn retire(&self) -> Result<()> {
         self.writer
             .batch_execute(
