@@ -177,11 +177,6 @@ pub struct Position {
     pub commit_time_micros: i64,
 }
 
-/// How far a transaction's commit time may pass the latest one applied and
-/// still be a repeat of an applied transaction: commit times follow commit
-/// LSNs only roughly (a commit takes its time before its LSN).
-pub const REPEAT_TOLERANCE_MICROS: i64 = 1_000_000;
-
 /// What a streamed transaction whose commit LSN the position covers is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Covered {
@@ -222,12 +217,15 @@ impl Position {
 
     /// Whether a streamed transaction at `commit_lsn`, committed at
     /// `commit_time_micros`, was applied already (see [`Covered`]).
+    ///
+    /// A repeat is a transaction applied before, so its commit time is at
+    /// most the latest one applied, exactly: the comparison needs no
+    /// tolerance, and a new primary's first transaction is told apart
+    /// however soon after the last applied one it commits.
     pub fn covered(&self, commit_lsn: u64, commit_time_micros: i64) -> Covered {
         if !self.covers(commit_lsn) {
             Covered::No
-        } else if self.commit_time_micros > 0
-            && commit_time_micros > self.commit_time_micros + REPEAT_TOLERANCE_MICROS
-        {
+        } else if self.commit_time_micros > 0 && commit_time_micros > self.commit_time_micros {
             Covered::LsnsStartedOver
         } else {
             Covered::Repeat
@@ -353,13 +351,11 @@ mod tests {
         assert_eq!(position.covered(501, 2_000_000_000), Covered::No);
         // Sent again after capture's restart: committed no later.
         assert_eq!(position.covered(400, 999_000_000), Covered::Repeat);
+        assert_eq!(position.covered(500, 1_000_000_000), Covered::Repeat);
+        // A new transaction of a source whose LSNs went back, however soon
+        // after the last one applied.
         assert_eq!(
-            position.covered(500, 1_000_000_000 + REPEAT_TOLERANCE_MICROS),
-            Covered::Repeat
-        );
-        // A new transaction of a source whose LSNs went back.
-        assert_eq!(
-            position.covered(400, 1_000_000_000 + 60_000_000),
+            position.covered(400, 1_000_000_001),
             Covered::LsnsStartedOver
         );
         // A position stored before commit times were kept cannot tell.
