@@ -30,6 +30,9 @@
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
+//! - `verify_progress` (used in the platform database): per entity, where
+//!   the running verification pass stands and what the last complete one
+//!   found (see [`crate::verify`]).
 
 use schemas::event::CaptureMode;
 use tokio_postgres::Client;
@@ -137,6 +140,16 @@ const TABLES: &str = "DO $$ BEGIN
                key_type   text NOT NULL,
                deleted_at timestamptz NOT NULL,
                PRIMARY KEY (entity, source_key)
+             );
+             CREATE TABLE IF NOT EXISTS syncbridge.verify_progress (
+               entity         text PRIMARY KEY,
+               pass           text NOT NULL DEFAULT 'legacy',
+               after_key      text,
+               started_at     timestamptz NOT NULL DEFAULT now(),
+               compared       bigint NOT NULL DEFAULT 0,
+               different      bigint NOT NULL DEFAULT 0,
+               completed_at   timestamptz,
+               last_different bigint
              );
              COMMIT;";
 

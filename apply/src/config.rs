@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub apply: ApplyConfig,
     #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
     pub telemetry: runtime::telemetry::TelemetryConfig,
 }
 
@@ -120,6 +122,68 @@ impl Default for ApplyConfig {
             tombstone_prune_interval: default_prune_interval(),
         }
     }
+}
+
+/// `[verify]`: the comparison of the two databases that apply runs on a
+/// schedule, and `apply verify` runs once (see [`crate::verify`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// How often a complete pass is due; `0s` turns the schedule off
+    /// (`apply verify` still runs).
+    #[serde(default = "default_verify_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long after apply starts the schedule first looks at what is due.
+    #[serde(default = "default_verify_first_delay", with = "humantime_serde")]
+    pub first_delay: Duration,
+    /// Rows read from each side per chunk.
+    #[serde(default = "default_verify_chunk_rows")]
+    pub chunk_rows: usize,
+    /// A pause after each chunk, to keep the load on both databases low.
+    #[serde(default = "default_verify_pause", with = "humantime_serde")]
+    pub pause: Duration,
+    /// How long a row that differs is left before it is read again: one
+    /// that still differs, unchanged on both sides, is reported; one that
+    /// changed meanwhile was in flight and is looked at again. Set it above
+    /// apply's usual end-to-end lag.
+    #[serde(default = "default_verify_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// The most keys a report lists per entity and kind of difference
+    /// (the rest are counted).
+    #[serde(default = "default_verify_max_listed")]
+    pub max_listed: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            interval: default_verify_interval(),
+            first_delay: default_verify_first_delay(),
+            chunk_rows: default_verify_chunk_rows(),
+            pause: default_verify_pause(),
+            settle: default_verify_settle(),
+            max_listed: default_verify_max_listed(),
+        }
+    }
+}
+
+fn default_verify_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_verify_first_delay() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_verify_chunk_rows() -> usize {
+    1000
+}
+fn default_verify_pause() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_verify_settle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_verify_max_listed() -> usize {
+    1000
 }
 
 fn default_group() -> String {

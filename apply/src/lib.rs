@@ -17,7 +17,8 @@
 //! - [`stats`]: counters of what apply did.
 //! - [`monitor`]: lags, metrics and health watched from outside; `apply status`.
 //! - [`metrics`], [`status`]: apply's metric names and its part of the status report.
-//! - [`verify`]: compares the two databases under the mapping.
+//! - [`verify`]: compares the two databases under the mapping, at once or
+//!   a chunk at a time on a schedule.
 //! - [`replay`]: the topics again from a point (`apply replay`).
 
 pub mod checkpoint;
@@ -103,6 +104,11 @@ async fn run_directions(
         Arc::clone(&health),
         shutdown.child_token(),
     ));
+    let verifier = tokio::spawn(verify::schedule::run(
+        config.clone(),
+        Arc::clone(&mapping),
+        shutdown.child_token(),
+    ));
     let mut shared = direction::Shared::new(config, mapping, codec, dead_letters);
     shared.fence = Some(fence);
     let shared = Arc::new(shared);
@@ -140,6 +146,7 @@ async fn run_directions(
     }
     progress.abort();
     watcher.abort();
+    verifier.abort();
     result
 }
 

@@ -19,9 +19,26 @@ struct Args {
 enum Command {
     /// Apply both directions until stopped (the default).
     Run,
-    /// Compare the two databases under the mapping; exit 0 when they
-    /// correspond, 1 when not, 2 or more on an error.
-    Check,
+    /// Compare the two databases under the mapping at once (for databases
+    /// nobody writes); exit 0 when they correspond, 1 when not, 2 or more
+    /// on an error.
+    Check {
+        /// Print the report as JSON (keys, never values).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One verification pass for databases in use: a chunk at a time,
+    /// rows in flight read again before they are reported, resuming an
+    /// interrupted pass; exit 0 when they correspond, 1 when not, 2 or
+    /// more on an error.
+    Verify {
+        /// Print the report as JSON (keys, never values).
+        #[arg(long)]
+        json: bool,
+        /// Start a new pass instead of resuming an interrupted one.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Forget where apply stands in one side's topic, so that the next start
     /// reads it from its beginning (after the topic was created again);
     /// refused while apply runs.
@@ -81,6 +98,14 @@ impl ToSide {
     }
 }
 
+fn print_report(report: &apply::verify::Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // The run's configuration, read first when it can be, for the trace exporter.
@@ -97,7 +122,7 @@ fn main() -> ExitCode {
     // (configuration) or 3.
     let comparing = matches!(
         command,
-        Command::Check | Command::Status { verify: true, .. }
+        Command::Check { .. } | Command::Verify { .. } | Command::Status { verify: true, .. }
     );
     let outcome = service.run(|shutdown| async move {
         let config = apply::Config::load(args.common.config.as_deref())?;
@@ -105,9 +130,15 @@ fn main() -> ExitCode {
             Command::Run => apply::run(config, apply::Counters::default(), shutdown)
                 .await
                 .map(|()| true),
-            Command::Check => {
+            Command::Check { json } => {
                 let report = apply::check(&config).await?;
-                print!("{report}");
+                print_report(&report, json);
+                Ok(report.corresponds())
+            }
+            Command::Verify { json, restart } => {
+                let mapping = apply::mapping::Mapping::load_dir(&config.apply.mapping_dir)?;
+                let report = apply::verify::verify(&config, &mapping, restart).await?;
+                print_report(&report, json);
                 Ok(report.corresponds())
             }
             Command::Status { status, verify } => {

@@ -23,6 +23,15 @@ pub const APPLY_BATCH_COMMIT: &str = "syncbridge_apply_batch_commit_seconds";
 /// Apply sessions interrupted, by error kind.
 pub const APPLY_ERRORS: &str = "syncbridge_apply_errors_total";
 
+/// Rows read by verification passes, per entity.
+pub const VERIFY_ROWS_COMPARED: &str = "syncbridge_verify_rows_compared_total";
+/// Rows the last complete verification pass found different, per entity.
+pub const VERIFY_ROWS_DIFFERENT: &str = "syncbridge_verify_rows_different";
+/// Time since the oldest entity's last complete verification pass.
+pub const VERIFY_LAST_PASS_AGE: &str = "syncbridge_verify_last_pass_age_seconds";
+/// Scheduled verification passes interrupted by an error.
+pub const VERIFY_ERRORS: &str = "syncbridge_verify_errors_total";
+
 /// Every metric apply exports but the common ones, described.
 pub const CATALOG: &[Metric] = &[
     Metric {
@@ -84,6 +93,30 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Counter,
         unit: None,
         help: "Apply sessions interrupted, by error kind.",
+    },
+    Metric {
+        name: VERIFY_ROWS_COMPARED,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Rows read by verification passes, per entity.",
+    },
+    Metric {
+        name: VERIFY_ROWS_DIFFERENT,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Rows the last complete verification pass found different, per entity.",
+    },
+    Metric {
+        name: VERIFY_LAST_PASS_AGE,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "Time since the oldest entity's last complete verification pass.",
+    },
+    Metric {
+        name: VERIFY_ERRORS,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Scheduled verification passes interrupted by an error.",
     },
 ];
 

@@ -50,7 +50,7 @@ pub use capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
 pub use ledger::{install_audit, ChangeLedger, NamedUsers};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
-pub use processes::{binary, ServiceProcess};
+pub use processes::{binary, run_command, Finished, ServiceProcess};
 pub use proxy::Proxy;
 pub use sparse_batch::produce_with_offsets_skipped;
 pub use stack::{mapping_dir, Side, Stack};

@@ -115,3 +115,33 @@ impl ServiceProcess {
         Ok(status.code())
     }
 }
+
+/// How a one-shot command of a service binary ended.
+pub struct Finished {
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `binary_name --config <toml> <args>` to its end (a subcommand such
+/// as `status` or `verify`).
+pub async fn run_command(binary_name: &str, toml: &str, args: &[&str]) -> Result<Finished> {
+    let dir = TempDir::new(&crate::support::unique("command"))?;
+    let config = dir.0.join("config.toml");
+    std::fs::write(&config, toml)?;
+    let output = tokio::process::Command::new(binary(binary_name))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("SYNC_BRIDGE_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .with_context(|| format!("run {binary_name} {}", args.join(" ")))?;
+    Ok(Finished {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}

@@ -54,6 +54,10 @@ const AGREED_METRICS: &[(&str, MetricType)] = &[
         MetricType::Histogram,
     ),
     ("syncbridge_apply_errors_total", MetricType::Counter),
+    ("syncbridge_verify_rows_compared_total", MetricType::Counter),
+    ("syncbridge_verify_rows_different", MetricType::Gauge),
+    ("syncbridge_verify_last_pass_age_seconds", MetricType::Gauge),
+    ("syncbridge_verify_errors_total", MetricType::Counter),
     ("syncbridge_ready", MetricType::Gauge),
 ];
 
@@ -695,6 +699,8 @@ fn the_dashboard_and_monitors_reference_only_agreed_metrics() {
         "syncbridge_capture_slot_retained_wal_bytes",
         "syncbridge_apply_dead_lettered_total",
         "syncbridge_capture_slot_lost_total",
+        "syncbridge_verify_rows_different",
+        "syncbridge_verify_last_pass_age_seconds",
         "syncbridge_ready",
     ] {
         assert!(watched.contains(needed), "a monitor watches {needed}");

@@ -23,3 +23,4 @@ mod security;
 mod slot_loss;
 mod telemetry;
 mod topic_reset;
+mod verify;

@@ -31,6 +31,7 @@ pub mod label {
     pub const MODE: &str = "mode";
     pub const SLOT: &str = "slot";
     pub const TABLE: &str = "table";
+    pub const ENTITY: &str = "entity";
     pub const KIND: &str = "kind";
     pub const DIRECTION: &str = "direction";
     pub const TOPIC: &str = "topic";

@@ -25,6 +25,24 @@ pub fn derived_platform_id(entity: &str, legacy: i64) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// The legacy id `platform` was derived from, when it is the derived id of
+/// a row of `entity` (a platform-born id gives `None`).
+pub fn derived_legacy_id(entity: &str, platform: Uuid) -> Option<i64> {
+    let legacy = legacy_digits(platform);
+    (derived_platform_id(entity, legacy) == platform).then_some(legacy)
+}
+
+/// The legacy id digits of any uuid, read from its bytes where a derived id
+/// keeps them.
+fn legacy_digits(platform: Uuid) -> i64 {
+    let b = platform.into_bytes();
+    let mut id = [0u8; 8];
+    id[..6].copy_from_slice(&b[..6]);
+    id[6] = (b[6] << 4) | (b[7] >> 4);
+    id[7] = (b[7] << 4) | (b[8] & 0x0f);
+    u64::from_be_bytes(id) as i64
+}
+
 /// SQL reading the legacy id digits out of the uuid expression `uuid`, from
 /// its text form `xxxxxxxx-xxxx-8xxx-vxxx-xxxxxxxxxxxx`. Any uuid gives some
 /// number: callers compare the stored derived id with `uuid` too.
@@ -39,24 +57,6 @@ pub fn derived_legacy_id_sql(uuid: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// The legacy id `platform` was derived from, if it is the derived id of
-    /// a row of `entity` (the database does this by comparing the stored id).
-    fn derived_from(entity: &str, platform: Uuid) -> Option<i64> {
-        let legacy = legacy_digits(platform);
-        (derived_platform_id(entity, legacy) == platform).then_some(legacy)
-    }
-
-    /// The legacy id digits of any uuid, read from its bytes where a derived
-    /// id keeps them.
-    fn legacy_digits(platform: Uuid) -> i64 {
-        let b = platform.into_bytes();
-        let mut id = [0u8; 8];
-        id[..6].copy_from_slice(&b[..6]);
-        id[6] = (b[6] << 4) | (b[7] >> 4);
-        id[7] = (b[7] << 4) | (b[8] & 0x0f);
-        u64::from_be_bytes(id) as i64
-    }
 
     /// What the SQL of [`derived_legacy_id_sql`] does, on the text form.
     fn digits_as_the_database_reads_them(platform: Uuid) -> i64 {
@@ -96,17 +96,17 @@ mod tests {
     #[test]
     fn a_random_uuid_is_not_taken_for_a_derived_one() {
         for _ in 0..1000 {
-            assert_eq!(derived_from("user", Uuid::new_v4()), None);
+            assert_eq!(derived_legacy_id("user", Uuid::new_v4()), None);
         }
         let derived = derived_platform_id("user", 42);
-        assert_eq!(derived_from("team", derived), None);
+        assert_eq!(derived_legacy_id("team", derived), None);
     }
 
     proptest! {
         #[test]
         fn every_legacy_id_comes_back_out_of_its_derived_id(legacy in any::<i64>(), entity in "[a-z_]{1,12}") {
             let derived = derived_platform_id(&entity, legacy);
-            prop_assert_eq!(derived_from(&entity, derived), Some(legacy));
+            prop_assert_eq!(derived_legacy_id(&entity, derived), Some(legacy));
             prop_assert_eq!(digits_as_the_database_reads_them(derived), legacy);
         }
 

@@ -62,7 +62,7 @@ use known::IdMap;
 use lock::PairLock;
 
 pub use ceiling::PairCeiling;
-pub use derived::{derived_legacy_id_sql, derived_platform_id};
+pub use derived::{derived_legacy_id, derived_legacy_id_sql, derived_platform_id};
 
 /// What a writer knows of the id correspondence, and the pair lock its
 /// target transaction holds.
