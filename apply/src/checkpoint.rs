@@ -142,14 +142,17 @@ const TABLES: &str = "DO $$ BEGIN
                PRIMARY KEY (entity, source_key)
              );
              CREATE TABLE IF NOT EXISTS syncbridge.verify_progress (
-               entity         text PRIMARY KEY,
-               pass           text NOT NULL DEFAULT 'legacy',
-               after_key      text,
-               started_at     timestamptz NOT NULL DEFAULT now(),
-               compared       bigint NOT NULL DEFAULT 0,
-               different      bigint NOT NULL DEFAULT 0,
-               completed_at   timestamptz,
-               last_different bigint
+               entity             text PRIMARY KEY,
+               legacy_after       text,
+               legacy_done        boolean NOT NULL DEFAULT false,
+               legacy_rows        bigint NOT NULL DEFAULT 0,
+               legacy_different   bigint NOT NULL DEFAULT 0,
+               platform_after     text,
+               platform_done      boolean NOT NULL DEFAULT false,
+               platform_rows      bigint NOT NULL DEFAULT 0,
+               platform_different bigint NOT NULL DEFAULT 0,
+               completed_at       timestamptz,
+               last_different     bigint
              );
              COMMIT;";
 

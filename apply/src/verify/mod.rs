@@ -1,9 +1,9 @@
-//! Do the two databases correspond? Each entity is walked in key order a
-//! chunk at a time: the legacy rows, each mapped to its platform form
-//! through the mapping and the id correspondence and compared with its
-//! counterpart, then the platform keys, each checked for a legacy
-//! counterpart. Memory holds one chunk (and the rows waiting to be read
-//! again), whatever the tables' size; nothing is locked.
+//! Do the two databases correspond? Each entity is walked twice at once, in
+//! key order, a chunk at a time: the legacy rows, each mapped to its
+//! platform form through the mapping and the id correspondence and compared
+//! with its counterpart, and the platform keys, each checked for a legacy
+//! counterpart ([`walk`]). Memory holds a chunk per walk (and the rows
+//! waiting to be read again), whatever the tables' size; nothing is locked.
 //!
 //! - [`compare`] (tests, `apply check`, `scripts/demo`) reports what differs
 //!   at once: for quiet databases.
@@ -21,6 +21,7 @@ mod progress;
 mod read;
 mod rows;
 pub mod schedule;
+mod walk;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -32,15 +33,10 @@ use crate::checkpoint;
 use crate::config::{Config, VerifyConfig};
 use crate::error::Result;
 use crate::mapping::{Entity, Mapping, Side};
-use progress::Progress;
-pub use progress::{last_passes, LastPass, Walk};
-use rows::{Comparer, Mismatch};
-
-/// Rows waiting to be read again, at most; more are read again at once.
-const MOST_WAITING: usize = 10_000;
-/// Times a row that keeps changing is read again before it is counted as
-/// changing (not verified by this pass) instead.
-const MOST_READS_AGAIN: u8 = 3;
+use progress::WalkProgress;
+pub use progress::{last_passes, LastPass};
+use rows::Comparer;
+use walk::Pace;
 
 /// Compares the two databases under the mapping (`apply check`).
 pub async fn check(config: &Config) -> Result<Report> {
@@ -60,8 +56,10 @@ pub async fn compare(mapping: &Mapping, legacy: &Client, platform: &Client) -> R
     };
     let mut report = Report::default();
     for entity in mapping.entities() {
-        let walk = EntityWalk::new(entity, legacy, platform, &options, None).await?;
-        report.entities.push(walk.run(Progress::default()).await?);
+        let start = (WalkProgress::default(), WalkProgress::default());
+        report
+            .entities
+            .push(entity_pass(entity, legacy, platform, &options, None, start).await?);
     }
     Ok(report)
 }
@@ -74,15 +72,19 @@ pub async fn verify(config: &Config, mapping: &Mapping, restart: bool) -> Result
     let mut report = Report::default();
     for entity in mapping.entities() {
         let start = if restart {
-            Progress::default()
+            None
         } else {
-            progress::load(&platform, entity.name())
-                .await?
-                .unwrap_or_default()
+            progress::load(&platform, entity.name()).await?
         };
-        let walk =
-            EntityWalk::new(entity, &legacy, &platform, &config.verify, Some(&platform)).await?;
-        let found = walk.run(start).await?;
+        let found = entity_pass(
+            entity,
+            &legacy,
+            &platform,
+            &config.verify,
+            Some(&platform),
+            start.unwrap_or_default(),
+        )
+        .await?;
         metrics::gauge!(
             crate::metrics::VERIFY_ROWS_DIFFERENT,
             runtime::telemetry::metrics::label::ENTITY => entity.name().to_owned()
@@ -110,285 +112,60 @@ async fn connect(config: &Config) -> Result<[Client; 2]> {
     Ok([legacy, platform])
 }
 
-/// A legacy row that differed, waiting to be read again.
-struct Waiting {
-    mismatch: Mismatch,
-    reads: u8,
-}
-
-/// One entity's pass.
-struct EntityWalk<'a> {
-    comparer: Comparer<'a>,
-    options: &'a VerifyConfig,
-    /// Where progress is stored (the platform database), when it is.
-    store: Option<&'a Client>,
-    report: EntityReport,
-    progress: Progress,
-    waiting_rows: Vec<Waiting>,
-    waiting_keys: Vec<(String, u8)>,
-    waiting_since: Option<Instant>,
-}
-
-impl<'a> EntityWalk<'a> {
-    async fn new(
-        entity: &'a Entity,
-        legacy: &'a Client,
-        platform: &'a Client,
-        options: &'a VerifyConfig,
-        store: Option<&'a Client>,
-    ) -> Result<EntityWalk<'a>> {
-        Ok(EntityWalk {
-            comparer: Comparer::new(entity, legacy, platform).await?,
-            options,
-            store,
-            report: EntityReport {
-                entity: entity.name().to_owned(),
-                ..EntityReport::default()
-            },
-            progress: Progress::default(),
-            waiting_rows: Vec::new(),
-            waiting_keys: Vec::new(),
-            waiting_since: None,
-        })
+/// One entity's pass: both walks at once, then the pass recorded when
+/// `store` is given.
+async fn entity_pass(
+    entity: &Entity,
+    legacy: &Client,
+    platform: &Client,
+    options: &VerifyConfig,
+    store: Option<&Client>,
+    (legacy_start, platform_start): (WalkProgress, WalkProgress),
+) -> Result<EntityReport> {
+    let comparer = Comparer::new(entity, legacy, platform).await?;
+    let pace = Pace {
+        options,
+        store,
+        entity: entity.name(),
+    };
+    let mut report = EntityReport {
+        entity: entity.name().to_owned(),
+        legacy_resumed_after: legacy_start.after_key.clone(),
+        platform_resumed_after: platform_start.after_key.clone(),
+        ..EntityReport::default()
+    };
+    let started = Instant::now();
+    let (legacy_walk, platform_walk) = tokio::join!(
+        async {
+            let outcome = walk::legacy(&comparer, &pace, legacy_start).await;
+            (outcome, started.elapsed())
+        },
+        async {
+            let outcome = walk::platform(&comparer, &pace, platform_start).await;
+            (outcome, started.elapsed())
+        }
+    );
+    let ((legacy_found, legacy_progress), legacy_took) = (legacy_walk.0?, legacy_walk.1);
+    let ((platform_found, platform_progress), platform_took) = (platform_walk.0?, platform_walk.1);
+    debug!(
+        entity = entity.name(),
+        legacy_walk_ms = legacy_took.as_millis() as u64,
+        platform_walk_ms = platform_took.as_millis() as u64,
+        "verification walks done"
+    );
+    report.legacy_rows = legacy_found.rows;
+    report.platform_rows = platform_found.rows;
+    report.missing_on_platform = legacy_found.missing;
+    report.different = legacy_found.different;
+    report.missing_on_legacy = platform_found.missing;
+    report.unlisted = legacy_found.unlisted + platform_found.unlisted;
+    report.settled = legacy_found.settled + platform_found.settled;
+    report.changing = legacy_found.changing;
+    if let Some(store) = store {
+        let different = legacy_progress.different + platform_progress.different;
+        progress::complete(store, entity.name(), different).await?;
     }
-
-    fn entity(&self) -> &str {
-        self.comparer.entity.name()
-    }
-
-    async fn run(mut self, start: Progress) -> Result<EntityReport> {
-        self.report.resumed_after = start.after_key.clone().map(|key| (start.walk, key));
-        self.progress = start;
-        let chunk = self.options.chunk_rows.max(1);
-        if self.progress.walk == Walk::Legacy {
-            loop {
-                let rows = self
-                    .comparer
-                    .legacy_table
-                    .rows_after(
-                        self.comparer.legacy,
-                        self.progress.after_key.as_deref(),
-                        chunk,
-                    )
-                    .await?;
-                let Some(last) = rows.last().map(|r| r.key.clone()) else {
-                    break;
-                };
-                self.counted(rows.len(), Side::Legacy);
-                let found = self.comparer.legacy_rows(&rows).await?;
-                self.waiting_rows.extend(
-                    found
-                        .into_iter()
-                        .map(|mismatch| Waiting { mismatch, reads: 0 }),
-                );
-                self.progress.passed(last);
-                self.chunk_done().await?;
-            }
-            self.read_waiting_again().await?;
-            self.progress.legacy_walk_done();
-            self.store_progress().await?;
-        }
-        loop {
-            let keys = self
-                .comparer
-                .platform_table
-                .keys_after(
-                    self.comparer.platform,
-                    self.progress.after_key.as_deref(),
-                    chunk,
-                )
-                .await?;
-            let Some(last) = keys.last().cloned() else {
-                break;
-            };
-            self.counted(keys.len(), Side::Platform);
-            let missing = self.comparer.platform_keys_without_legacy(&keys).await?;
-            self.waiting_keys
-                .extend(missing.into_iter().map(|key| (key, 0)));
-            self.progress.passed(last);
-            self.chunk_done().await?;
-        }
-        self.read_waiting_again().await?;
-        if let Some(store) = self.store {
-            progress::complete(store, self.entity(), self.progress.different).await?;
-        }
-        Ok(self.report)
-    }
-
-    fn counted(&mut self, rows: usize, side: Side) {
-        match side {
-            Side::Legacy => self.report.legacy_rows += rows,
-            Side::Platform => self.report.platform_rows += rows,
-        }
-        self.progress.compared += rows as i64;
-        if self.store.is_some() {
-            metrics::counter!(
-                crate::metrics::VERIFY_ROWS_COMPARED,
-                runtime::telemetry::metrics::label::ENTITY => self.entity().to_owned()
-            )
-            .increment(rows as u64);
-        }
-    }
-
-    /// After each chunk: rows that differed are read again once they have
-    /// waited `settle`; progress is stored when nothing waits (a resumed
-    /// pass must not skip a row that was waiting); then the pause.
-    async fn chunk_done(&mut self) -> Result<()> {
-        if self.waiting_since.is_none()
-            && (!self.waiting_rows.is_empty() || !self.waiting_keys.is_empty())
-        {
-            self.waiting_since = Some(Instant::now());
-        }
-        let full = self.waiting_rows.len() + self.waiting_keys.len() >= MOST_WAITING;
-        let due = self
-            .waiting_since
-            .is_some_and(|since| since.elapsed() >= self.options.settle);
-        if full || due {
-            self.read_waiting_again().await?;
-        }
-        if self.waiting_rows.is_empty() && self.waiting_keys.is_empty() {
-            self.store_progress().await?;
-        }
-        if !self.options.pause.is_zero() {
-            tokio::time::sleep(self.options.pause).await;
-        }
-        Ok(())
-    }
-
-    async fn store_progress(&self) -> Result<()> {
-        match self.store {
-            Some(store) => progress::save(store, self.entity(), &self.progress).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Reads the waiting rows again, each once it has waited `settle`: what
-    /// still differs, unchanged on both sides, is reported; what changed
-    /// meanwhile waits again.
-    async fn read_waiting_again(&mut self) -> Result<()> {
-        while !self.waiting_rows.is_empty() || !self.waiting_keys.is_empty() {
-            if let Some(since) = self.waiting_since {
-                let left = self.options.settle.saturating_sub(since.elapsed());
-                if !left.is_zero() {
-                    tokio::time::sleep(left).await;
-                }
-            }
-            self.waiting_since = Some(Instant::now());
-            self.settle_rows().await?;
-            self.settle_keys().await?;
-        }
-        self.waiting_since = None;
-        Ok(())
-    }
-
-    async fn settle_rows(&mut self) -> Result<()> {
-        let waiting = std::mem::take(&mut self.waiting_rows);
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        if self.options.settle.is_zero() {
-            for w in waiting {
-                self.report_mismatch(w.mismatch);
-            }
-            return Ok(());
-        }
-        let keys: Vec<String> = waiting
-            .iter()
-            .map(|w| w.mismatch.legacy_key.clone())
-            .collect();
-        let rows = self
-            .comparer
-            .legacy_table
-            .rows_with_keys(self.comparer.legacy, &keys)
-            .await?;
-        let mut again: std::collections::HashMap<String, Mismatch> = self
-            .comparer
-            .legacy_rows(&rows)
-            .await?
-            .into_iter()
-            .map(|m| (m.legacy_key.clone(), m))
-            .collect();
-        for w in waiting {
-            let Some(now) = again.remove(&w.mismatch.legacy_key) else {
-                // Corresponds now, or the legacy row is gone (a delete in
-                // flight: a platform row left behind shows in the platform
-                // walk).
-                self.report.settled += 1;
-                continue;
-            };
-            if now.seen == w.mismatch.seen {
-                self.report_mismatch(now);
-            } else if w.reads + 1 >= MOST_READS_AGAIN {
-                // Written faster than it crosses: in flight at every read.
-                self.report.changing += 1;
-            } else {
-                self.waiting_rows.push(Waiting {
-                    mismatch: now,
-                    reads: w.reads + 1,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    async fn settle_keys(&mut self) -> Result<()> {
-        let waiting = std::mem::take(&mut self.waiting_keys);
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        if self.options.settle.is_zero() {
-            for (key, _) in waiting {
-                self.report_missing_on_legacy(key);
-            }
-            return Ok(());
-        }
-        let keys: Vec<String> = waiting.iter().map(|(k, _)| k.clone()).collect();
-        let present = self
-            .comparer
-            .platform_table
-            .existing_keys(self.comparer.platform, &keys)
-            .await?;
-        let still: std::collections::HashSet<String> = self
-            .comparer
-            .platform_keys_without_legacy(&present)
-            .await?
-            .into_iter()
-            .collect();
-        for (key, _) in waiting {
-            if still.contains(&key) {
-                self.report_missing_on_legacy(key);
-            } else {
-                self.report.settled += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn report_mismatch(&mut self, mismatch: Mismatch) {
-        self.progress.different += 1;
-        let listed = self.report.listed() < self.options.max_listed;
-        debug!(entity = self.entity(), legacy_key = %mismatch.legacy_key, "rows differ");
-        if !listed {
-            self.report.unlisted += 1;
-        } else if mismatch.platform_key.is_none() {
-            self.report.missing_on_platform.push(mismatch.legacy_key);
-        } else {
-            for column in mismatch.columns {
-                self.report
-                    .different
-                    .push((mismatch.legacy_key.clone(), column));
-            }
-        }
-    }
-
-    fn report_missing_on_legacy(&mut self, key: String) {
-        self.progress.different += 1;
-        if self.report.listed() < self.options.max_listed {
-            self.report.missing_on_legacy.push(key);
-        } else {
-            self.report.unlisted += 1;
-        }
-    }
+    Ok(report)
 }
 
 /// Differences found for one entity.
@@ -411,8 +188,9 @@ pub struct EntityReport {
     /// Rows that differed and changed again every time they were read
     /// again: in flight at every read, so not verified by this pass.
     pub changing: usize,
-    /// The walk and key a resumed pass started after.
-    pub resumed_after: Option<(Walk, String)>,
+    /// The keys a resumed pass's walks started after.
+    pub legacy_resumed_after: Option<String>,
+    pub platform_resumed_after: Option<String>,
 }
 
 impl EntityReport {
@@ -424,7 +202,7 @@ impl EntityReport {
     }
 
     /// Rows listed as different or missing.
-    fn listed(&self) -> usize {
+    pub fn listed(&self) -> usize {
         let mut keys: Vec<&String> = self.different.iter().map(|(k, _)| k).collect();
         keys.dedup();
         self.missing_on_platform.len() + self.missing_on_legacy.len() + keys.len()
@@ -463,10 +241,8 @@ impl EntityReport {
             "unlisted": self.unlisted,
             "settled": self.settled,
             "changing": self.changing,
-            "resumed_after": self.resumed_after.as_ref().map(|(walk, key)| serde_json::json!({
-                "walk": match walk { Walk::Legacy => "legacy", Walk::Platform => "platform" },
-                "key": key,
-            })),
+            "legacy_resumed_after": self.legacy_resumed_after,
+            "platform_resumed_after": self.platform_resumed_after,
         })
     }
 }

@@ -1,6 +1,7 @@
-//! Where a verification pass stands, per entity, in the platform database's
-//! `syncbridge.verify_progress`: a pass interrupted (apply restarted, the
-//! one-shot command killed) resumes after the last key it stored.
+//! Where a verification pass stands, per entity and walk, in the platform
+//! database's `syncbridge.verify_progress`: a pass interrupted (apply
+//! restarted, the one-shot command killed) resumes after the last key each
+//! walk stored.
 
 use std::time::Duration;
 
@@ -8,17 +9,18 @@ use tokio_postgres::Client;
 
 use crate::error::{ApplyError, Result};
 
-/// Which table a pass is walking: first the legacy rows (each compared with
-/// its counterpart), then the platform keys (each checked for a legacy row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Walk {
-    #[default]
+/// The two walks of a pass, run side by side: the legacy rows (each
+/// compared with its counterpart) and the platform keys (each checked for a
+/// legacy row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Walk {
     Legacy,
     Platform,
 }
 
 impl Walk {
-    fn as_str(self) -> &'static str {
+    /// The prefix of the walk's columns in `verify_progress`.
+    fn columns(self) -> &'static str {
         match self {
             Walk::Legacy => "legacy",
             Walk::Platform => "platform",
@@ -26,33 +28,25 @@ impl Walk {
     }
 }
 
-/// One entity's pass in progress. Only moves forward: keys in key order,
-/// then the platform walk after the legacy one.
+/// Where one walk stands. Only moves forward: keys in key order, then done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Progress {
-    pub walk: Walk,
-    /// The last key compared in the current walk.
+pub(super) struct WalkProgress {
+    /// The last key the walk is past.
     pub after_key: Option<String>,
-    pub compared: i64,
+    pub done: bool,
+    /// Rows read and rows found different by the pass so far.
+    pub rows: i64,
     pub different: i64,
 }
 
-impl Progress {
+impl WalkProgress {
     /// The walk moves on past `key`.
     pub fn passed(&mut self, key: String) {
         self.after_key = Some(key);
     }
 
-    /// The legacy walk is done: the platform walk starts at its first key.
-    pub fn legacy_walk_done(&mut self) {
-        if self.walk == Walk::Legacy {
-            self.walk = Walk::Platform;
-            self.after_key = None;
-        }
-    }
-
     fn started(&self) -> bool {
-        self.walk != Walk::Legacy || self.after_key.is_some() || self.compared > 0
+        self.after_key.is_some() || self.done || self.rows > 0
     }
 }
 
@@ -60,47 +54,56 @@ fn failed(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ApplyErro
     move |e| ApplyError::postgres("platform", what, e)
 }
 
-/// The pass of `entity` in progress, if one was interrupted.
-pub(super) async fn load(client: &Client, entity: &str) -> Result<Option<Progress>> {
+/// The pass of `entity` in progress (both walks), if one was interrupted.
+pub(super) async fn load(
+    client: &Client,
+    entity: &str,
+) -> Result<Option<(WalkProgress, WalkProgress)>> {
     let row = client
         .query_opt(
-            "SELECT pass, after_key, compared, different FROM syncbridge.verify_progress \
-             WHERE entity = $1",
+            "SELECT legacy_after, legacy_done, legacy_rows, legacy_different, \
+                    platform_after, platform_done, platform_rows, platform_different \
+             FROM syncbridge.verify_progress WHERE entity = $1",
             &[&entity],
         )
         .await
         .map_err(failed("read the verification progress"))?;
     Ok(row
-        .map(|row| Progress {
-            walk: if row.get::<_, String>(0) == "platform" {
-                Walk::Platform
-            } else {
-                Walk::Legacy
-            },
-            after_key: row.get(1),
-            compared: row.get(2),
-            different: row.get(3),
+        .map(|row| {
+            let walk = |at: usize| WalkProgress {
+                after_key: row.get(at),
+                done: row.get(at + 1),
+                rows: row.get(at + 2),
+                different: row.get(at + 3),
+            };
+            (walk(0), walk(4))
         })
-        .filter(Progress::started))
+        .filter(|(legacy, platform)| legacy.started() || platform.started()))
 }
 
-/// Stores where the pass of `entity` stands.
-pub(super) async fn save(client: &Client, entity: &str, progress: &Progress) -> Result<()> {
+/// Stores where `walk` of the pass of `entity` stands.
+pub(super) async fn save(
+    client: &Client,
+    entity: &str,
+    walk: Walk,
+    progress: &WalkProgress,
+) -> Result<()> {
+    let w = walk.columns();
     client
         .execute(
-            "INSERT INTO syncbridge.verify_progress (entity, pass, after_key, compared, different) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (entity) DO UPDATE SET pass = EXCLUDED.pass, \
-               after_key = EXCLUDED.after_key, compared = EXCLUDED.compared, \
-               different = EXCLUDED.different, \
-               started_at = CASE WHEN syncbridge.verify_progress.compared = 0 \
-                                  AND syncbridge.verify_progress.after_key IS NULL \
-                                 THEN now() ELSE syncbridge.verify_progress.started_at END",
+            &format!(
+                "INSERT INTO syncbridge.verify_progress AS p \
+                   (entity, {w}_after, {w}_done, {w}_rows, {w}_different) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (entity) DO UPDATE SET {w}_after = EXCLUDED.{w}_after, \
+                   {w}_done = EXCLUDED.{w}_done, {w}_rows = EXCLUDED.{w}_rows, \
+                   {w}_different = EXCLUDED.{w}_different"
+            ),
             &[
                 &entity,
-                &progress.walk.as_str(),
                 &progress.after_key,
-                &progress.compared,
+                &progress.done,
+                &progress.rows,
                 &progress.different,
             ],
         )
@@ -114,11 +117,12 @@ pub(super) async fn save(client: &Client, entity: &str, progress: &Progress) -> 
 pub(super) async fn complete(client: &Client, entity: &str, different: i64) -> Result<()> {
     client
         .execute(
-            "INSERT INTO syncbridge.verify_progress AS p \
-               (entity, pass, after_key, compared, different, completed_at, last_different) \
-             VALUES ($1, 'legacy', NULL, 0, 0, now(), $2) \
-             ON CONFLICT (entity) DO UPDATE SET pass = 'legacy', after_key = NULL, \
-               compared = 0, different = 0, completed_at = now(), \
+            "INSERT INTO syncbridge.verify_progress AS p (entity, completed_at, last_different) \
+             VALUES ($1, now(), $2) \
+             ON CONFLICT (entity) DO UPDATE SET \
+               legacy_after = NULL, legacy_done = false, legacy_rows = 0, legacy_different = 0, \
+               platform_after = NULL, platform_done = false, platform_rows = 0, \
+               platform_different = 0, completed_at = now(), \
                last_different = EXCLUDED.last_different",
             &[&entity, &different],
         )
@@ -143,7 +147,8 @@ pub async fn last_passes(client: &Client) -> Result<Vec<LastPass>> {
     let rows = client
         .query(
             "SELECT entity, extract(epoch FROM now() - completed_at)::float8, last_different, \
-                    (after_key IS NOT NULL OR compared > 0 OR pass <> 'legacy') \
+                    (legacy_after IS NOT NULL OR legacy_done OR legacy_rows > 0 \
+                     OR platform_after IS NOT NULL OR platform_done OR platform_rows > 0) \
              FROM syncbridge.verify_progress ORDER BY entity",
             &[],
         )

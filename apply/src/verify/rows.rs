@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 
-use schemas::event::{Column, Value};
+use schemas::event::Value;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::read::{Pairs, ReadRow, Table};
+use super::read::{PairReader, Pairs, ReadRow, Table};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{to_target, Entity, Field, Row, Side, TargetValue};
 use pg::ident::{quote, quote_table};
@@ -28,8 +28,8 @@ pub(super) struct Mismatch {
     pub platform_key: Option<String>,
     /// The platform columns that differ (empty when the counterpart is missing).
     pub columns: Vec<String>,
-    /// Both rows as read, to tell a row that changed since.
-    pub seen: (Vec<Column>, Option<Vec<Column>>),
+    /// Both rows' values as read, to tell a row that changed since.
+    pub seen: (Vec<Value>, Option<Vec<Value>>),
 }
 
 /// Compares the rows of one entity's two tables.
@@ -39,7 +39,9 @@ pub(super) struct Comparer<'a> {
     pub platform: &'a Client,
     pub legacy_table: Table,
     pub platform_table: Table,
-    lookups: HashMap<(usize, String), Value>,
+    pairs: PairReader<'a>,
+    /// Lookup values read so far (a lock held only to read or insert).
+    lookups: std::sync::Mutex<HashMap<(usize, String), Value>>,
 }
 
 impl<'a> Comparer<'a> {
@@ -54,26 +56,23 @@ impl<'a> Comparer<'a> {
             platform,
             legacy_table: Table::describe(legacy, entity, Side::Legacy).await?,
             platform_table: Table::describe(platform, entity, Side::Platform).await?,
-            lookups: HashMap::new(),
+            pairs: PairReader::new([legacy, platform]).await?,
+            lookups: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    fn clients(&self) -> [&'a Client; 2] {
-        [self.legacy, self.platform]
-    }
-
     /// Legacy rows whose counterpart is missing or differs.
-    pub async fn legacy_rows(&mut self, rows: &[ReadRow]) -> Result<Vec<Mismatch>> {
+    pub async fn legacy_rows(&self, rows: &[ReadRow]) -> Result<Vec<Mismatch>> {
         let ids: Vec<i64> = rows.iter().filter_map(|r| r.key.parse().ok()).collect();
-        let pairs = Pairs::of_legacy(self.clients(), self.entity.name(), &ids).await?;
+        let pairs = self.pairs.of_legacy(self.entity.name(), &ids).await?;
         let counterpart_keys: Vec<String> =
             pairs.platform_of.values().map(Uuid::to_string).collect();
-        let counterparts: HashMap<String, Vec<Column>> = self
+        let counterparts: HashMap<String, Vec<Value>> = self
             .platform_table
             .rows_with_keys(self.platform, &counterpart_keys)
             .await?
             .into_iter()
-            .map(|r| (r.key, r.columns))
+            .map(|r| (r.key, r.values))
             .collect();
         let parents = self.parent_pairs(rows).await?;
         let mut mismatches = Vec::new();
@@ -88,7 +87,7 @@ impl<'a> Comparer<'a> {
             let columns = match counterpart {
                 None => Vec::new(),
                 Some(counterpart) => {
-                    let differing = self.differing(&row.columns, counterpart, &parents).await?;
+                    let differing = self.differing(&row.values, counterpart, &parents).await?;
                     if differing.is_empty() {
                         continue;
                     }
@@ -99,7 +98,7 @@ impl<'a> Comparer<'a> {
                 legacy_key: row.key.clone(),
                 platform_key: counterpart.and(platform_key),
                 columns,
-                seen: (row.columns.clone(), counterpart.cloned()),
+                seen: (row.values.clone(), counterpart.cloned()),
             });
         }
         Ok(mismatches)
@@ -111,7 +110,7 @@ impl<'a> Comparer<'a> {
             .iter()
             .filter_map(|k| Uuid::parse_str(k).ok())
             .collect();
-        let pairs = Pairs::of_platform(self.clients(), self.entity.name(), &uuids).await?;
+        let pairs = self.pairs.of_platform(self.entity.name(), &uuids).await?;
         let legacy_keys: Vec<String> = pairs.legacy_of.values().map(i64::to_string).collect();
         let existing = self
             .legacy_table
@@ -139,13 +138,11 @@ impl<'a> Comparer<'a> {
                     continue;
                 };
                 let ids = wanted.entry(parent.as_str()).or_default();
+                let Some(at) = self.legacy_table.names().position(|n| n == column) else {
+                    continue;
+                };
                 for row in rows {
-                    if let Some(Value::Int(id)) = row
-                        .columns
-                        .iter()
-                        .find(|c| c.name == column)
-                        .map(|c| &c.value)
-                    {
+                    if let Some(Value::Int(id)) = row.values.get(at) {
                         ids.push(*id);
                     }
                 }
@@ -155,10 +152,7 @@ impl<'a> Comparer<'a> {
         for (parent, mut ids) in wanted {
             ids.sort_unstable();
             ids.dedup();
-            pairs.insert(
-                parent.to_owned(),
-                Pairs::of_legacy(self.clients(), parent, &ids).await?,
-            );
+            pairs.insert(parent.to_owned(), self.pairs.of_legacy(parent, &ids).await?);
         }
         Ok(pairs)
     }
@@ -166,17 +160,23 @@ impl<'a> Comparer<'a> {
     /// The platform columns in which `platform_row` does not correspond to
     /// `legacy_row`.
     async fn differing(
-        &mut self,
-        legacy_row: &[Column],
-        platform_row: &[Column],
+        &self,
+        legacy_row: &[Value],
+        platform_row: &[Value],
         parents: &HashMap<String, Pairs>,
     ) -> Result<Vec<String>> {
         let entity = self.entity;
-        let converted = to_target(entity, Side::Legacy, &Row::from_columns(legacy_row))
-            .map_err(|e| ApplyError::Rejected(e.to_string()))?;
+        let legacy_names = self.legacy_table.names();
+        let platform_names = self.platform_table.names();
+        let converted = to_target(
+            entity,
+            Side::Legacy,
+            &legacy_names.clone().zip(legacy_row).collect::<Row>(),
+        )
+        .map_err(|e| ApplyError::Rejected(e.to_string()))?;
         let mut differing = Vec::new();
         for (column, expected) in converted.iter() {
-            let actual = value_of(platform_row, column);
+            let actual = value_of(platform_names.clone(), platform_row, column);
             let agrees = match expected {
                 TargetValue::Value(v) => same(v, actual),
                 TargetValue::KeepExistingOr(_) => *actual != Value::Null,
@@ -207,20 +207,22 @@ impl<'a> Comparer<'a> {
 
     /// Whether the platform row, mapped to the legacy form, equals the legacy row.
     async fn maps_back(
-        &mut self,
-        platform_row: &[Column],
-        legacy_row: &[Column],
+        &self,
+        platform_row: &[Value],
+        legacy_row: &[Value],
         parents: &HashMap<String, Pairs>,
     ) -> Result<bool> {
+        let legacy_names = self.legacy_table.names();
+        let platform_names = self.platform_table.names();
         let Ok(converted) = to_target(
             self.entity,
             Side::Platform,
-            &Row::from_columns(platform_row),
+            &platform_names.zip(platform_row).collect::<Row>(),
         ) else {
             return Ok(false);
         };
         for (column, expected) in converted.iter() {
-            let actual = value_of(legacy_row, column);
+            let actual = value_of(legacy_names.clone(), legacy_row, column);
             let agrees = match expected {
                 TargetValue::Value(v) => same(v, actual),
                 TargetValue::Unchanged => true,
@@ -249,13 +251,18 @@ impl<'a> Comparer<'a> {
 
     /// The lookup table's value for `key` of field `field`, read on the
     /// legacy side (remembered: lookup tables are small).
-    async fn lookup(&mut self, field: usize, key: &Value) -> Result<Value> {
+    async fn lookup(&self, field: usize, key: &Value) -> Result<Value> {
         let Some(Field::Lookup(lookup)) = self.entity.fields().get(field).map(|d| d.field()) else {
             return Ok(Value::Null);
         };
         let key = pg::value::to_text(key).unwrap_or_default();
-        if let Some(value) = self.lookups.get(&(field, key.clone())) {
-            return Ok(value.clone());
+        let known = self
+            .lookups
+            .lock()
+            .ok()
+            .and_then(|lookups| lookups.get(&(field, key.clone())).cloned());
+        if let Some(value) = known {
+            return Ok(value);
         }
         let sql = format!(
             "SELECT {}::text FROM {} WHERE {}::text = $1",
@@ -272,10 +279,12 @@ impl<'a> Comparer<'a> {
             .and_then(|r| r.get::<_, Option<String>>(0))
             .map(Value::Text)
             .unwrap_or(Value::Null);
-        if self.lookups.len() >= LOOKUPS_KEPT {
-            self.lookups.clear();
+        if let Ok(mut lookups) = self.lookups.lock() {
+            if lookups.len() >= LOOKUPS_KEPT {
+                lookups.clear();
+            }
+            lookups.insert((field, key), value.clone());
         }
-        self.lookups.insert((field, key), value.clone());
         Ok(value)
     }
 }
@@ -284,10 +293,14 @@ fn platform_of<'p>(parents: &'p HashMap<String, Pairs>, parent: &str, id: i64) -
     parents.get(parent).and_then(|p| p.platform_of.get(&id))
 }
 
-fn value_of<'r>(row: &'r [Column], column: &str) -> &'r Value {
-    row.iter()
-        .find(|c| c.name == column)
-        .map(|c| &c.value)
+fn value_of<'r, 'n>(
+    mut names: impl Iterator<Item = &'n str>,
+    values: &'r [Value],
+    column: &str,
+) -> &'r Value {
+    names
+        .position(|name| name == column)
+        .and_then(|at| values.get(at))
         .unwrap_or(&Value::Null)
 }
 
