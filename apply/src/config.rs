@@ -324,22 +324,26 @@ impl Config {
         Ok(database.tls(&url))
     }
 
-    /// Connects to `side` (TLS as configured) and drives the connection in
-    /// the background.
+    /// Connects to `side` (TLS as configured, answers due within the
+    /// section's `response_timeout`) and drives the connection in the
+    /// background.
     pub async fn connect(&self, side: Side) -> Result<tokio_postgres::Client> {
         let tls = self.tls(side)?;
         let connector = tls.connector().map_err(ApplyError::Config)?;
-        let (client, connection) = self
-            .pg_config(side)?
-            .connect(connector)
-            .await
-            .map_err(|e| {
-                let database = format!("the {} database", side.as_str());
-                match runtime::tls::refusal_advice(&e, side.as_str(), &database, tls.mode) {
-                    Some(advice) => ApplyError::Config(advice),
-                    None => ApplyError::postgres(side.as_str(), "connect", e),
-                }
-            })?;
+        let response_timeout = self.database(side).database.response_timeout;
+        let (client, connection) =
+            runtime::link::connect(&self.pg_config(side)?, connector, response_timeout)
+                .await
+                .map_err(|e| match e {
+                    runtime::link::LinkError::Postgres(e) => {
+                        let database = format!("the {} database", side.as_str());
+                        match runtime::tls::refusal_advice(&e, side.as_str(), &database, tls.mode) {
+                            Some(advice) => ApplyError::Config(advice),
+                            None => ApplyError::postgres(side.as_str(), "connect", e),
+                        }
+                    }
+                    runtime::link::LinkError::Unreachable(e) => ApplyError::Runtime(e),
+                })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "database connection closed");

@@ -17,6 +17,14 @@
 //! connections close, Postgres releases the locks, and the waiting instance
 //! takes over. If a lock connection is lost while running, the directions
 //! are stopped and the lock is taken again before writing resumes.
+//!
+//! A lock connection can be lost on this side only: a link that stopped
+//! forwarding leaves the server's end of it open, and the server keeps the
+//! lock for a session nobody uses. Each lease records its lock sessions
+//! (server process id and start time, which together name one session for
+//! good); taking the lock again, an instance that finds one of its own lost
+//! sessions holding it ends that session (`pg_terminate_backend`, allowed
+//! for the role's own sessions) instead of waiting for the server to notice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +47,19 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// How often a held lease checks that its connections are alive.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// One lock session: the server process holding the lock in one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSession {
+    side: Side,
+    pid: i32,
+    /// `backend_start`: with the pid, names the session for good.
+    started: String,
+}
+
 /// The locks on both databases, held while this value lives.
 pub struct Lease {
     clients: Vec<(Side, Arc<Client>)>,
+    sessions: Vec<LockSession>,
     lost: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
     fence: Fence,
@@ -96,6 +114,11 @@ impl Lease {
     pub fn sides(&self) -> Vec<Side> {
         self.clients.iter().map(|(side, _)| *side).collect()
     }
+
+    /// The server sessions holding this lease's locks.
+    pub fn sessions(&self) -> Vec<LockSession> {
+        self.sessions.clone()
+    }
 }
 
 impl Drop for Lease {
@@ -107,12 +130,17 @@ impl Drop for Lease {
 }
 
 /// Takes the lock on both databases, waiting while another instance holds
-/// it. `None` when `shutdown` came first.
-pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Option<Lease>> {
+/// it; a lock held by one of `forsaken` (this instance's own lock sessions
+/// of a lease it lost) is taken from it. `None` when `shutdown` came first.
+pub async fn acquire(
+    config: &Config,
+    shutdown: &CancellationToken,
+    forsaken: &[LockSession],
+) -> Result<Option<Lease>> {
     let mut waiting_logged = false;
     let mut failures = FailureLog::default();
     loop {
-        match try_acquire(config).await {
+        match try_acquire(config, forsaken).await {
             Ok(Attempt::Held(clients)) => {
                 let generations = take_generations(&clients).await?;
                 info!(
@@ -120,7 +148,7 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
                     generation = ?generations,
                     "took the single-writer lock on both databases"
                 );
-                return Ok(Some(watch(clients, generations)));
+                return Ok(Some(watch(clients, generations).await?));
             }
             Ok(Attempt::Taken(side)) => {
                 if !waiting_logged {
@@ -151,10 +179,10 @@ pub async fn acquire(config: &Config, shutdown: &CancellationToken) -> Result<Op
 /// one-off command that must not run beside a running apply (see
 /// [`crate::checkpoint::reset`]). `None` when another instance holds it.
 pub async fn try_take(config: &Config) -> Result<Option<Lease>> {
-    Ok(match try_acquire(config).await? {
+    Ok(match try_acquire(config, &[]).await? {
         Attempt::Held(clients) => {
             let generations = take_generations(&clients).await?;
-            Some(watch(clients, generations))
+            Some(watch(clients, generations).await?)
         }
         Attempt::Taken(_) => None,
     })
@@ -191,7 +219,7 @@ enum Attempt {
     Taken(Side),
 }
 
-async fn try_acquire(config: &Config) -> Result<Attempt> {
+async fn try_acquire(config: &Config, forsaken: &[LockSession]) -> Result<Attempt> {
     let mut clients = Vec::new();
     // (database, server start time) of each database locked so far: when
     // both sides are schemas of one database, its one lock covers both.
@@ -219,6 +247,7 @@ async fn try_acquire(config: &Config) -> Result<Attempt> {
             .map_err(failed)?
             .get(0);
         if !taken {
+            end_forsaken_holder(&client, side, forsaken).await?;
             // Dropping `clients` releases the locks already taken.
             return Ok(Attempt::Taken(side));
         }
@@ -228,9 +257,77 @@ async fn try_acquire(config: &Config) -> Result<Attempt> {
     Ok(Attempt::Held(clients))
 }
 
+/// Ends the session holding the lock in `side`'s database when it is one
+/// of `forsaken`: this instance's own, of a lease it lost, whose server end
+/// lives on. The lock is free once the session has ended (a next attempt).
+async fn end_forsaken_holder(client: &Client, side: Side, forsaken: &[LockSession]) -> Result<()> {
+    if !forsaken.iter().any(|s| s.side == side) {
+        return Ok(());
+    }
+    let failed =
+        |e| ApplyError::postgres(side.as_str(), "look for the single-writer lock's holder", e);
+    let holders = client
+        .query(
+            "SELECT l.pid, a.backend_start::text FROM pg_catalog.pg_locks l \
+             JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+               AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+               AND l.classid::int8 = $1 AND l.objid::int8 = $2",
+            &[&i64::from(LOCK_KEY.0), &i64::from(LOCK_KEY.1)],
+        )
+        .await
+        .map_err(failed)?;
+    for holder in holders {
+        let session = LockSession {
+            side,
+            pid: holder.get(0),
+            started: holder.get::<_, Option<String>>(1).unwrap_or_default(),
+        };
+        if !forsaken.contains(&session) {
+            continue;
+        }
+        let ended = client
+            .query_one(
+                "SELECT pg_catalog.pg_terminate_backend($1)",
+                &[&session.pid],
+            )
+            .await;
+        match ended {
+            Ok(_) => warn!(
+                database = side.as_str(),
+                pid = session.pid,
+                "ended this instance's own lock session, lost on its side while the server kept it and the lock"
+            ),
+            Err(error) => warn!(
+                database = side.as_str(),
+                pid = session.pid,
+                error = %runtime::error_chain(&error),
+                "cannot end this instance's own lost lock session; waiting for the server to drop it"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Checks the lock connections every few seconds; cancels `lost` when one
 /// fails.
-fn watch(clients: Vec<(Side, Client)>, generations: [i64; 2]) -> Lease {
+async fn watch(clients: Vec<(Side, Client)>, generations: [i64; 2]) -> Result<Lease> {
+    let mut sessions = Vec::with_capacity(clients.len());
+    for (side, client) in &clients {
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity \
+                 WHERE pid = pg_catalog.pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(side.as_str(), "read the lock session", e))?;
+        sessions.push(LockSession {
+            side: *side,
+            pid: row.get(0),
+            started: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        });
+    }
     let clients: Vec<(Side, Arc<Client>)> = clients
         .into_iter()
         .map(|(side, client)| (side, Arc::new(client)))
@@ -265,10 +362,11 @@ fn watch(clients: Vec<(Side, Client)>, generations: [i64; 2]) -> Lease {
         generations,
         lost: lost.clone(),
     };
-    Lease {
+    Ok(Lease {
         clients,
+        sessions,
         lost,
         watcher,
         fence,
-    }
+    })
 }

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use runtime::supervise::Retries;
 use schemas::codec::Codec;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::Config;
 pub use error::{ApplyError, Result};
@@ -56,8 +56,11 @@ pub use verify::check;
 /// Runs both directions until `shutdown` (Ok) or a definite error, once this
 /// instance holds the single-writer lock on both databases ([`lease`]).
 pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken) -> Result<()> {
+    // This instance's lock sessions of the lease it last lost: their
+    // server ends may live on, holding the locks.
+    let mut forsaken = Vec::new();
     loop {
-        let Some(lease) = lease::acquire(&config, &shutdown).await? else {
+        let Some(lease) = lease::acquire(&config, &shutdown, &forsaken).await? else {
             return Ok(());
         };
         let directions = shutdown.child_token();
@@ -75,6 +78,7 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
         if outcome.is_ok() && lease.lost().is_cancelled() && !shutdown.is_cancelled() {
             // Stopped because the lock went away, or another instance took
             // it over: take it again first.
+            forsaken = lease.sessions();
             drop(lease);
             continue;
         }
@@ -183,7 +187,14 @@ async fn supervise(
                 }
                 return Ok(());
             }
-            Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
+            // Stopping anyway (shut down, or the lease was lost): an error
+            // a retry could fix is the stop's consequence, not a reason
+            // to end apply.
+            Err(error) if error.is_retryable() && shutdown.is_cancelled() => {
+                debug!(from = from.as_str(), kind = error.kind(), error = %runtime::error_chain(&error), "direction stopped");
+                return Ok(());
+            }
+            Err(error) if error.is_retryable() => {
                 let description = runtime::error_chain(&error);
                 metrics::error(component, error.kind());
                 health.failed(component, &description);

@@ -241,6 +241,9 @@ pub struct Connection {
     pub dbname: String,
     /// How both connections are secured.
     pub tls: PgTls,
+    /// How long the query connection waits for the server to start
+    /// answering (`source.response_timeout`, see [`runtime::link`]).
+    pub response_timeout: std::time::Duration,
     pg: tokio_postgres::Config,
 }
 
@@ -409,6 +412,7 @@ impl Config {
             password,
             dbname,
             tls,
+            response_timeout: database.response_timeout,
             pg,
         })
     }

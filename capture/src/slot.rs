@@ -52,11 +52,14 @@ pub struct SlotState {
 impl Source {
     pub async fn connect(connection: &Connection) -> Result<Source> {
         let connector = connection.tls.connector().map_err(CaptureError::Config)?;
-        let (client, conn) = connection
-            .pg_config()
-            .connect(connector)
-            .await
-            .map_err(|e| {
+        let (client, conn) = runtime::link::connect(
+            connection.pg_config(),
+            connector,
+            connection.response_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            runtime::link::LinkError::Postgres(e) => {
                 match runtime::tls::refusal_advice(
                     &e,
                     "source",
@@ -66,7 +69,9 @@ impl Source {
                     Some(advice) => CaptureError::Config(advice),
                     None => CaptureError::postgres(format!("connect to {connection}"), e),
                 }
-            })?;
+            }
+            runtime::link::LinkError::Unreachable(e) => CaptureError::Runtime(e),
+        })?;
         let connection_task = tokio::spawn(async move {
             if let Err(error) = conn.await {
                 debug!(%error, "source connection closed");

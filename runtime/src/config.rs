@@ -157,6 +157,13 @@ pub struct DatabaseConfig {
     /// instead of waiting for the kernel's retransmissions (many minutes).
     #[serde(default = "default_tcp_user_timeout", with = "humantime_serde")]
     pub tcp_user_timeout: Duration,
+    /// Once a statement is sent, the server must start answering within
+    /// this long, or the connection is closed and opened again: a link that
+    /// keeps acknowledging and never answers is found (see
+    /// [`crate::link`]). Longer than the longest statement, lock waits
+    /// included; `0s` turns it off.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -164,6 +171,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_keepalives_idle() -> Duration {
     Duration::from_secs(30)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_tcp_user_timeout() -> Duration {
     Duration::from_secs(60)
@@ -301,6 +311,7 @@ mod tests {
             connect_timeout: default_connect_timeout(),
             keepalives_idle: default_keepalives_idle(),
             tcp_user_timeout: default_tcp_user_timeout(),
+            response_timeout: default_response_timeout(),
         };
         let pg = database.parse_url("legacy").expect("a valid url");
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(10)));

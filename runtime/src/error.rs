@@ -27,6 +27,14 @@ pub enum RuntimeError {
     /// not finish.
     #[error("background task: {0}")]
     Task(String),
+
+    /// A database server could not be reached (see [`crate::link`]).
+    #[error("cannot reach {address}")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RuntimeError {
@@ -36,6 +44,7 @@ impl RuntimeError {
             // A blocking task that panicked would panic again.
             RuntimeError::Config(_) | RuntimeError::Task(_) => false,
             RuntimeError::Kafka { source, .. } => kafka_error_is_transient(source),
+            RuntimeError::Unreachable { .. } => true,
         }
     }
 
@@ -50,6 +59,7 @@ impl RuntimeError {
             RuntimeError::Config(_) => "config",
             RuntimeError::Kafka { .. } => "kafka",
             RuntimeError::Task(_) => "protocol",
+            RuntimeError::Unreachable { .. } => "postgres",
         }
     }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod continuity;
 pub mod error;
 pub mod kafka;
+pub mod link;
 pub mod progress;
 pub mod service;
 pub mod supervise;

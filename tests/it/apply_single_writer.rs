@@ -132,7 +132,7 @@ async fn both_sides_in_one_database_take_one_lock_and_a_second_instance_still_wa
     );
     let config = apply::Config::from_toml(&toml)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let first = tokio::time::timeout(WAIT, apply::lease::acquire(&config, &shutdown))
+    let first = tokio::time::timeout(WAIT, apply::lease::acquire(&config, &shutdown, &[]))
         .await??
         .expect("the lease");
     assert_eq!(first.sides(), vec![apply::mapping::Side::Legacy]);
@@ -141,7 +141,7 @@ async fn both_sides_in_one_database_take_one_lock_and_a_second_instance_still_wa
     let second = tokio::spawn({
         let config = config.clone();
         let shutdown = shutdown.clone();
-        async move { apply::lease::acquire(&config, &shutdown).await }
+        async move { apply::lease::acquire(&config, &shutdown, &[]).await }
     });
     // The second instance keeps trying while the first holds the lock...
     tokio::time::sleep(apply::lease::RETRY_EVERY * 2).await;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod apply_conflicts;
+mod apply_faults;
 mod apply_mapping;
 mod apply_recovery;
 mod apply_single_writer;
