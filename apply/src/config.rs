@@ -366,7 +366,21 @@ impl Config {
         }
         self.tls(side)?.configure(&mut pg);
         pg.application_name("syncbridge-apply");
-        pg.options(pg::session::OPTIONS);
+        // A session of apply's that the server keeps while apply lost it
+        // (a link that stopped forwarding, cut by `response_timeout` on
+        // apply's side) would hold its open transaction's locks for good,
+        // and every later attempt would wait behind them: the server ends
+        // it once it has been idle in its transaction that long. apply
+        // never leaves a transaction idle for long (`apply.batch_linger`).
+        let idle = database.database_idle_limit();
+        match idle {
+            Some(limit) => pg.options(format!(
+                "{} -c idle_in_transaction_session_timeout={}",
+                pg::session::OPTIONS,
+                limit.as_millis()
+            )),
+            None => pg.options(pg::session::OPTIONS),
+        };
         Ok(pg)
     }
 }

@@ -205,6 +205,12 @@ impl DatabaseConfig {
         }
     }
 
+    /// How long a session of this service may stay idle inside a
+    /// transaction before the server ends it: `response_timeout`, when set.
+    pub fn database_idle_limit(&self) -> Option<Duration> {
+        (!self.response_timeout.is_zero()).then_some(self.response_timeout)
+    }
+
     /// The password given apart from the URL ([`database_password`]).
     pub fn password(&self, section: &str) -> std::result::Result<Option<Secret>, String> {
         database_password(

@@ -120,6 +120,11 @@ impl ChangeLedger {
         Ok(ledger)
     }
 
+    /// Takes in the changes of `other` (a later run of writes).
+    pub fn extend(&mut self, other: ChangeLedger) {
+        self.changes.extend(other.changes);
+    }
+
     /// How many changes were recorded.
     pub fn len(&self) -> usize {
         self.changes.len()
