@@ -202,7 +202,7 @@ impl EntityReport {
     }
 
     /// Rows listed as different or missing.
-    pub fn listed(&self) -> usize {
+    fn listed(&self) -> usize {
         let mut keys: Vec<&String> = self.different.iter().map(|(k, _)| k).collect();
         keys.dedup();
         self.missing_on_platform.len() + self.missing_on_legacy.len() + keys.len()

@@ -92,6 +92,77 @@ impl Pace<'_> {
     }
 }
 
+/// One walk's state: what it found, where it stands, and the rows that
+/// wait to be read again (since when the oldest of them waits).
+struct State<T> {
+    walk: Walk,
+    found: Found,
+    progress: WalkProgress,
+    waiting: Vec<T>,
+    since: Option<Instant>,
+}
+
+impl<T> State<T> {
+    fn new(walk: Walk, progress: WalkProgress) -> Self {
+        State {
+            walk,
+            found: Found::default(),
+            progress,
+            waiting: Vec::new(),
+            since: None,
+        }
+    }
+
+    /// A chunk of `rows` rows was read.
+    fn read(&mut self, pace: &Pace<'_>, rows: usize) {
+        self.found.rows += rows;
+        self.progress.rows += rows as i64;
+        pace.count(rows);
+    }
+
+    /// The chunk ending at `last` was checked; `differing` wait to be read
+    /// again.
+    fn checked(&mut self, differing: impl IntoIterator<Item = T>, last: String) {
+        self.waiting.extend(differing);
+        self.progress.passed(last);
+        if !self.waiting.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether the waiting rows are to be read again now.
+    fn due(&self, pace: &Pace<'_>) -> bool {
+        pace.due(self.since, self.waiting.len())
+    }
+
+    /// After a chunk: progress stored when nothing waits, then the pause.
+    async fn chunk_done(&self, pace: &Pace<'_>) -> Result<()> {
+        if self.waiting.is_empty() {
+            pace.store(self.walk, &self.progress).await?;
+        }
+        pace.pause().await;
+        Ok(())
+    }
+
+    /// The walk is done (whatever waited was read again first).
+    async fn finish(mut self, pace: &Pace<'_>) -> Result<(Found, WalkProgress)> {
+        self.progress.done = true;
+        pace.store(self.walk, &self.progress).await?;
+        Ok((self.found, self.progress))
+    }
+
+    /// Counts a row found different: listed while there is room.
+    fn different(&mut self, pace: &Pace<'_>) -> bool {
+        self.progress.different += 1;
+        if self.found.listed() >= pace.options.max_listed {
+            self.found.unlisted += 1;
+            false
+        } else {
+            true
+        }
+    }
+}
+
 /// A legacy row that differed, waiting to be read again.
 struct Waiting {
     mismatch: Mismatch,
@@ -102,66 +173,36 @@ struct Waiting {
 pub(super) async fn legacy(
     comparer: &Comparer<'_>,
     pace: &Pace<'_>,
-    mut progress: WalkProgress,
+    progress: WalkProgress,
 ) -> Result<(Found, WalkProgress)> {
-    let mut found = Found::default();
     if progress.done {
-        return Ok((found, progress));
+        return Ok((Found::default(), progress));
     }
+    let mut state = State::new(Walk::Legacy, progress);
     let table = &comparer.legacy_table;
     let chunk = pace.options.chunk_rows.max(1);
-    let mut waiting: Vec<Waiting> = Vec::new();
-    let mut since: Option<Instant> = None;
     // Each chunk is checked while the next one is read.
     let mut rows = table
-        .rows_after(comparer.legacy, progress.after_key.as_deref(), chunk)
+        .rows_after(comparer.legacy, state.progress.after_key.as_deref(), chunk)
         .await?;
     while let Some(last) = rows.last().map(|r| r.key.clone()) {
-        found.rows += rows.len();
-        progress.rows += rows.len() as i64;
-        pace.count(rows.len());
+        state.read(pace, rows.len());
         let (mismatches, next) = tokio::join!(
             comparer.legacy_rows(&rows),
             table.rows_after(comparer.legacy, Some(&last), chunk)
         );
         rows = next?;
-        waiting.extend(
-            mismatches?
-                .into_iter()
-                .map(|mismatch| Waiting { mismatch, reads: 0 }),
-        );
-        progress.passed(last);
-        if !waiting.is_empty() {
-            since.get_or_insert_with(Instant::now);
+        let waiting = mismatches?
+            .into_iter()
+            .map(|mismatch| Waiting { mismatch, reads: 0 });
+        state.checked(waiting, last);
+        if state.due(pace) {
+            settle_rows(comparer, pace, &mut state).await?;
         }
-        if pace.due(since, waiting.len()) {
-            settle_rows(
-                comparer,
-                pace,
-                &mut waiting,
-                &mut since,
-                &mut found,
-                &mut progress,
-            )
-            .await?;
-        }
-        if waiting.is_empty() {
-            pace.store(Walk::Legacy, &progress).await?;
-        }
-        pace.pause().await;
+        state.chunk_done(pace).await?;
     }
-    settle_rows(
-        comparer,
-        pace,
-        &mut waiting,
-        &mut since,
-        &mut found,
-        &mut progress,
-    )
-    .await?;
-    progress.done = true;
-    pace.store(Walk::Legacy, &progress).await?;
-    Ok((found, progress))
+    settle_rows(comparer, pace, &mut state).await?;
+    state.finish(pace).await
 }
 
 /// Reads the waiting rows again, each once it has waited `settle`, until
@@ -170,21 +211,18 @@ pub(super) async fn legacy(
 async fn settle_rows(
     comparer: &Comparer<'_>,
     pace: &Pace<'_>,
-    waiting: &mut Vec<Waiting>,
-    since: &mut Option<Instant>,
-    found: &mut Found,
-    progress: &mut WalkProgress,
+    state: &mut State<Waiting>,
 ) -> Result<()> {
-    while !waiting.is_empty() {
-        let rows = std::mem::take(waiting);
+    while !state.waiting.is_empty() {
+        let rows = std::mem::take(&mut state.waiting);
         if pace.options.settle.is_zero() {
             for w in rows {
-                report_mismatch(pace, found, progress, w.mismatch);
+                report_mismatch(pace, state, w.mismatch);
             }
             break;
         }
-        pace.settle(*since).await;
-        *since = Some(Instant::now());
+        pace.settle(state.since).await;
+        state.since = Some(Instant::now());
         let keys: Vec<String> = rows.iter().map(|w| w.mismatch.legacy_key.clone()).collect();
         let read = comparer
             .legacy_table
@@ -200,36 +238,36 @@ async fn settle_rows(
             let Some(now) = again.remove(&w.mismatch.legacy_key) else {
                 // Corresponds now, or the legacy row is gone (a delete in
                 // flight: a platform row left behind shows in the other walk).
-                found.settled += 1;
+                state.found.settled += 1;
                 continue;
             };
             if now.seen == w.mismatch.seen {
-                report_mismatch(pace, found, progress, now);
+                report_mismatch(pace, state, now);
             } else if w.reads + 1 >= MOST_READS_AGAIN {
                 // Written faster than it crosses: in flight at every read.
-                found.changing += 1;
+                state.found.changing += 1;
             } else {
-                waiting.push(Waiting {
+                state.waiting.push(Waiting {
                     mismatch: now,
                     reads: w.reads + 1,
                 });
             }
         }
     }
-    *since = None;
+    state.since = None;
     Ok(())
 }
 
-fn report_mismatch(pace: &Pace<'_>, found: &mut Found, progress: &mut WalkProgress, m: Mismatch) {
-    progress.different += 1;
+fn report_mismatch(pace: &Pace<'_>, state: &mut State<Waiting>, m: Mismatch) {
     debug!(entity = pace.entity, legacy_key = %m.legacy_key, "rows differ");
-    if found.listed() >= pace.options.max_listed {
-        found.unlisted += 1;
-    } else if m.platform_key.is_none() {
-        found.missing.push(m.legacy_key);
+    if !state.different(pace) {
+        return;
+    }
+    if m.platform_key.is_none() {
+        state.found.missing.push(m.legacy_key);
     } else {
         for column in m.columns {
-            found.different.push((m.legacy_key.clone(), column));
+            state.found.different.push((m.legacy_key.clone(), column));
         }
     }
 }
@@ -238,61 +276,36 @@ fn report_mismatch(pace: &Pace<'_>, found: &mut Found, progress: &mut WalkProgre
 pub(super) async fn platform(
     comparer: &Comparer<'_>,
     pace: &Pace<'_>,
-    mut progress: WalkProgress,
+    progress: WalkProgress,
 ) -> Result<(Found, WalkProgress)> {
-    let mut found = Found::default();
     if progress.done {
-        return Ok((found, progress));
+        return Ok((Found::default(), progress));
     }
+    let mut state = State::new(Walk::Platform, progress);
     let table = &comparer.platform_table;
     let chunk = pace.options.chunk_rows.max(1);
-    let mut waiting: Vec<String> = Vec::new();
-    let mut since: Option<Instant> = None;
     let mut keys = table
-        .keys_after(comparer.platform, progress.after_key.as_deref(), chunk)
+        .keys_after(
+            comparer.platform,
+            state.progress.after_key.as_deref(),
+            chunk,
+        )
         .await?;
     while let Some(last) = keys.last().cloned() {
-        found.rows += keys.len();
-        progress.rows += keys.len() as i64;
-        pace.count(keys.len());
+        state.read(pace, keys.len());
         let (missing, next) = tokio::join!(
             comparer.platform_keys_without_legacy(&keys),
             table.keys_after(comparer.platform, Some(&last), chunk)
         );
         keys = next?;
-        waiting.extend(missing?);
-        progress.passed(last);
-        if !waiting.is_empty() {
-            since.get_or_insert_with(Instant::now);
+        state.checked(missing?, last);
+        if state.due(pace) {
+            settle_keys(comparer, pace, &mut state).await?;
         }
-        if pace.due(since, waiting.len()) {
-            settle_keys(
-                comparer,
-                pace,
-                &mut waiting,
-                &mut since,
-                &mut found,
-                &mut progress,
-            )
-            .await?;
-        }
-        if waiting.is_empty() {
-            pace.store(Walk::Platform, &progress).await?;
-        }
-        pace.pause().await;
+        state.chunk_done(pace).await?;
     }
-    settle_keys(
-        comparer,
-        pace,
-        &mut waiting,
-        &mut since,
-        &mut found,
-        &mut progress,
-    )
-    .await?;
-    progress.done = true;
-    pace.store(Walk::Platform, &progress).await?;
-    Ok((found, progress))
+    settle_keys(comparer, pace, &mut state).await?;
+    state.finish(pace).await
 }
 
 /// Checks the waiting platform keys again once they have waited `settle`:
@@ -300,19 +313,16 @@ pub(super) async fn platform(
 async fn settle_keys(
     comparer: &Comparer<'_>,
     pace: &Pace<'_>,
-    waiting: &mut Vec<String>,
-    since: &mut Option<Instant>,
-    found: &mut Found,
-    progress: &mut WalkProgress,
+    state: &mut State<String>,
 ) -> Result<()> {
-    let keys = std::mem::take(waiting);
+    let keys = std::mem::take(&mut state.waiting);
     if keys.is_empty() {
         return Ok(());
     }
     let still: HashSet<String> = if pace.options.settle.is_zero() {
         keys.iter().cloned().collect()
     } else {
-        pace.settle(*since).await;
+        pace.settle(state.since).await;
         let present = comparer
             .platform_table
             .existing_keys(comparer.platform, &keys)
@@ -325,16 +335,11 @@ async fn settle_keys(
     };
     for key in keys {
         if !still.contains(&key) {
-            found.settled += 1;
-            continue;
-        }
-        progress.different += 1;
-        if found.listed() >= pace.options.max_listed {
-            found.unlisted += 1;
-        } else {
-            found.missing.push(key);
+            state.found.settled += 1;
+        } else if state.different(pace) {
+            state.found.missing.push(key);
         }
     }
-    *since = None;
+    state.since = None;
     Ok(())
 }
