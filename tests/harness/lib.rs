@@ -51,7 +51,7 @@ pub use databases::{connect, count, until_count, with_database, TestDb};
 pub use ledger::{install_audit, ChangeLedger, NamedUsers};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
 pub use processes::{binary, run_command, Finished, ServiceProcess};
-pub use proxy::Proxy;
+pub use proxy::{server_of, Proxy};
 pub use sparse_batch::produce_with_offsets_skipped;
 pub use stack::{mapping_dir, Side, Stack};
 pub use support::{eventually, free_port, run_program, unique, TempDir};

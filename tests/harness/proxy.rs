@@ -20,6 +20,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// `host:port` of a `postgres://` URL: what a proxy in front of its server
+/// forwards to.
+pub fn server_of(url: &str) -> String {
+    url.split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host.to_owned())
+        .unwrap_or_default()
+}
+
 /// What happens to the connections open now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {

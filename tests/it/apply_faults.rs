@@ -5,18 +5,10 @@
 use std::time::Duration;
 
 use sync_bridge_tests::{
-    count, eventually, install_audit, Bridge, ChangeLedger, Proxy, ServiceProcess,
+    count, eventually, install_audit, server_of, Bridge, ChangeLedger, Proxy, ServiceProcess,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// `host:port` of a `postgres://` URL.
-fn server_of(url: &str) -> String {
-    url.split_once('@')
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(host, _)| host.to_owned())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_to_the_target_that_stops_answering_is_dropped_and_every_change_lands_once(

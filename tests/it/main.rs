@@ -19,6 +19,7 @@ mod capture_slot;
 mod capture_transactions;
 mod convergence;
 mod deploy;
+mod links;
 mod polling;
 mod security;
 mod slot_loss;

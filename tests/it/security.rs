@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runtime::tls::{PgTls, SslMode};
 use sync_bridge_tests::{
     binary, connect, count, create_topic, eventually, mapping_dir, random_writes, run_program,
-    unique, Bridge, CaptureSetup, EventReader, ServiceProcess, Side, Stack, TempDir, TestDb,
-    ThrowawayCluster,
+    server_of, unique, Bridge, CaptureSetup, EventReader, Proxy, ServiceProcess, Side, Stack,
+    TempDir, TestDb, ThrowawayCluster,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -338,6 +339,23 @@ async fn capture_streams_over_tls_with_sslmode_require_and_verify_full() -> anyh
         "{output}"
     );
     Ok(())
+}
+
+/// The deadline reads the protocol above the encryption: a TLS link that
+/// stops forwarding between two answers fails as a plain one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_link_that_stops_between_two_pipelined_answers_fails_within_its_deadline(
+) -> anyhow::Result<()> {
+    let server = TlsServer::start("tlslink")?;
+    let url = server.cluster.url("postgres");
+    let proxy = Proxy::start(&server_of(&url)).await?;
+    let pg: tokio_postgres::Config = proxy.url_through(&url).parse()?;
+    let tls = PgTls {
+        mode: SslMode::VerifyFull,
+        root_cert: Some(server.ca.clone()),
+    };
+    crate::links::the_second_of_two_pipelined_queries_fails_within_the_deadline(pg, tls, &proxy)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
