@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// One verification pass (a new one), then each row found different or
+    /// missing re-asserted from the side whose version wins, through the
+    /// running bridge; exit 0 when nothing differed, 1 when rows were (or,
+    /// with --dry-run, would be) re-asserted, 2 or more on an error.
+    Repair {
+        /// Print the report as JSON (keys, never values).
+        #[arg(long)]
+        json: bool,
+        /// Say what would be re-asserted, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Forget where apply stands in one side's topic, so that the next start
     /// reads it from its beginning (after the topic was created again);
     /// refused while apply runs.
@@ -122,7 +134,10 @@ fn main() -> ExitCode {
     // (configuration) or 3.
     let comparing = matches!(
         command,
-        Command::Check { .. } | Command::Verify { .. } | Command::Status { verify: true, .. }
+        Command::Check { .. }
+            | Command::Verify { .. }
+            | Command::Repair { .. }
+            | Command::Status { verify: true, .. }
     );
     let outcome = service.run(|shutdown| async move {
         let config = apply::Config::load(args.common.config.as_deref())?;
@@ -139,6 +154,16 @@ fn main() -> ExitCode {
                 let mapping = apply::mapping::Mapping::load_dir(&config.apply.mapping_dir)?;
                 let report = apply::verify::verify(&config, &mapping, restart).await?;
                 print_report(&report, json);
+                Ok(report.corresponds())
+            }
+            Command::Repair { json, dry_run } => {
+                let mapping = apply::mapping::Mapping::load_dir(&config.apply.mapping_dir)?;
+                let report = apply::verify::repair::repair(&config, &mapping, dry_run).await?;
+                if json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{report}");
+                }
                 Ok(report.corresponds())
             }
             Command::Status { status, verify } => {

@@ -329,3 +329,126 @@ async fn apply_verifies_on_its_schedule_and_exports_what_it_found() -> anyhow::R
     bridge.start_capture(Side::Platform)?;
     bridge.stop().await
 }
+
+/// Changes made with apply's echo marker: capture flags them as apply's own
+/// writes and apply skips them, so they never cross and the sides stay
+/// different, as after a divergence.
+const PLATFORM_BEHIND_THE_BRIDGE: &str = "
+    BEGIN;
+    SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'behind the bridge');
+    UPDATE identity.identities SET given_name = 'Platformwins', updated_at = now() + interval '5 seconds'
+      WHERE email = 'verify7@example.com';
+    UPDATE identity.identities SET given_name = 'Platformloses', updated_at = now() - interval '1 day'
+      WHERE email = 'verify5@example.com';
+    DELETE FROM identity.identities WHERE email = 'verify9@example.com';
+    INSERT INTO identity.identities (id, email, given_name, kind, created_at, updated_at)
+      VALUES (gen_random_uuid(), 'stray@example.com', 'Stray', 'member', now(), now());
+    COMMIT;";
+
+const LEGACY_BEHIND_THE_BRIDGE: &str = "
+    BEGIN;
+    SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'behind the bridge');
+    UPDATE users SET full_name = 'Legacywins', updated_at = (now() AT TIME ZONE 'UTC') + interval '10 seconds'
+      WHERE email = 'verify3@example.com';
+    COMMIT;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_reasserts_the_winning_side_of_each_row_that_differs_through_the_bridge_and_the_sides_end_equal(
+) -> anyhow::Result<()> {
+    let bridge = a_bridge_in_step("repair").await?;
+    bridge
+        .platform()
+        .execute(PLATFORM_BEHIND_THE_BRIDGE)
+        .await?;
+    bridge.legacy().execute(LEGACY_BEHIND_THE_BRIDGE).await?;
+    let toml = with_verify(&bridge, "settle = \"1s\"\npause = \"0s\"");
+    let id_of = |email: &'static str| {
+        let bridge = &bridge;
+        async move {
+            one_value(
+                bridge,
+                Side::Legacy,
+                &format!("SELECT id::text FROM users WHERE email = '{email}'"),
+            )
+            .await
+        }
+    };
+    let uuid_of = |email: &'static str| {
+        let bridge = &bridge;
+        async move {
+            one_value(
+                bridge,
+                Side::Platform,
+                &format!("SELECT id::text FROM identity.identities WHERE email = '{email}'"),
+            )
+            .await
+        }
+    };
+
+    // A dry run says what it would re-assert, and writes nothing.
+    let dry = run_command("apply", &toml, &["repair", "--dry-run", "--json"]).await?;
+    assert_eq!(dry.code, Some(1), "exit 1: rows differ\n{}", dry.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&dry.stdout)?;
+    let users = plan["repaired"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e["entity"] == "user"))
+        .cloned()
+        .unwrap_or_default();
+    let listed = |side: &str| -> Vec<String> {
+        let mut keys: Vec<String> = users[side]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    let mut expected_from_legacy = vec![
+        id_of("verify3@example.com").await?,
+        id_of("verify5@example.com").await?,
+        id_of("verify9@example.com").await?,
+    ];
+    expected_from_legacy.sort();
+    let mut expected_from_platform = vec![
+        uuid_of("verify7@example.com").await?,
+        uuid_of("stray@example.com").await?,
+    ];
+    expected_from_platform.sort();
+    assert_eq!(listed("from_legacy"), expected_from_legacy, "{plan}");
+    assert_eq!(listed("from_platform"), expected_from_platform, "{plan}");
+    assert!(!dry.stdout.contains("Platformwins") && !dry.stdout.contains("Legacywins"));
+    let check = run_command("apply", &toml, &["check"]).await?;
+    assert_eq!(check.code, Some(1), "still different after a dry run");
+
+    let repaired = run_command("apply", &toml, &["repair"]).await?;
+    assert_eq!(repaired.code, Some(1), "{}", repaired.stderr);
+    bridge.converged(WAIT).await?;
+    let on_legacy = |email: &'static str| {
+        let bridge = &bridge;
+        async move {
+            one_value(
+                bridge,
+                Side::Legacy,
+                &format!("SELECT full_name FROM users WHERE email = '{email}'"),
+            )
+            .await
+        }
+    };
+    assert!(on_legacy("verify7@example.com")
+        .await?
+        .starts_with("Platformwins"));
+    assert!(!on_legacy("verify5@example.com")
+        .await?
+        .starts_with("Platformloses"));
+    assert_eq!(on_legacy("verify3@example.com").await?, "Legacywins");
+    assert_eq!(on_legacy("stray@example.com").await?, "Stray");
+    uuid_of("verify9@example.com").await?;
+
+    // Nothing left: a second repair finds the sides equal and writes nothing.
+    let again = run_command("apply", &toml, &["repair"]).await?;
+    assert_eq!(again.code, Some(0), "{}\n{}", again.stdout, again.stderr);
+    bridge.stop().await
+}

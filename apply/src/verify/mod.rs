@@ -15,10 +15,14 @@
 //!   after each chunk in the platform database (an interrupted pass resumes
 //!   there) and exports metrics.
 //!
+//! - [`repair::repair`] (`apply repair`) re-asserts what a pass finds from
+//!   the side whose version wins.
+//!
 //! Reports name keys, never values.
 
 mod progress;
 mod read;
+pub mod repair;
 mod rows;
 pub mod schedule;
 mod walk;

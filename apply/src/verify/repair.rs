@@ -1,0 +1,377 @@
+//! Repair: each row a verification pass finds different or missing is
+//! re-asserted from the side whose version wins, through the bridge itself.
+//!
+//! Re-asserting a row is a write on the side that keeps it: its
+//! `updated_at` is raised to the repair time, and at least one second (the
+//! coarser precision) past the other side's version, values unchanged. That
+//! write is an ordinary source change: capture sends it, apply writes it on
+//! the other side with its echo marker and ledger, and it wins there under
+//! every rule (newer timestamp, later commit), so the two sides end equal
+//! however the difference came about. Nothing is written on the side that
+//! loses except by apply.
+//!
+//! Which version wins:
+//! - a row on both sides that differs: the newer `updated_at` at the
+//!   coarser precision of the two sides, `conflicts.tie_winner` on a tie
+//!   (the rule apply's concurrent changes follow);
+//! - a row on one side only: that row, which comes back on the other side.
+//!   When the other side holds another row with the same natural key (the
+//!   row was deleted there and its key reused), apply links the two, as it
+//!   links rows created with one natural key on both sides.
+//!
+//! Rows still in flight are left alone: the pass reads a row that differs
+//! again after `verify.settle` and reports it only when it is unchanged on
+//! both sides. A repair is idempotent: a second run finds nothing once the
+//! bridge carried the first.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use tokio_postgres::Client;
+use tracing::info;
+use uuid::Uuid;
+
+use super::progress::WalkProgress;
+use super::read::PairReader;
+use super::{connect, entity_pass, EntityReport, Report};
+use crate::config::Config;
+use crate::error::{ApplyError, Result};
+use crate::mapping::{Entity, Mapping, Side, TimestampPrecision};
+use pg::ident::{quote, quote_table};
+
+/// Rows re-asserted per statement (one source transaction each).
+const CHUNK: usize = 500;
+
+/// One row to re-assert on `side`: its key (text) and the other side's
+/// version it must beat (microseconds, at the coarser precision), when the
+/// other side has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reassert {
+    key: String,
+    beat: Option<i64>,
+}
+
+/// What one entity's repair re-asserted (or would, on a dry run).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EntityRepair {
+    pub entity: String,
+    /// Legacy keys of the rows re-asserted from legacy.
+    pub from_legacy: Vec<String>,
+    /// Platform keys of the rows re-asserted from the platform.
+    pub from_platform: Vec<String>,
+}
+
+/// A repair: what the verification pass found and what was re-asserted.
+#[derive(Debug, Default, Clone)]
+pub struct RepairReport {
+    pub found: Report,
+    pub repaired: Vec<EntityRepair>,
+    pub dry_run: bool,
+}
+
+impl RepairReport {
+    /// Whether the pass found the databases corresponding: nothing to repair.
+    pub fn corresponds(&self) -> bool {
+        self.found.corresponds()
+    }
+
+    /// The report as one JSON document (keys, never values).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "dry_run": self.dry_run,
+            "corresponds": self.corresponds(),
+            "repaired": self.repaired.iter().map(|r| serde_json::json!({
+                "entity": r.entity,
+                "from_legacy": r.from_legacy,
+                "from_platform": r.from_platform,
+            })).collect::<Vec<_>>(),
+            "found": self.found.to_json(),
+        })
+    }
+}
+
+impl fmt::Display for RepairReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.found)?;
+        let verb = if self.dry_run {
+            "would re-assert"
+        } else {
+            "re-asserted"
+        };
+        for r in &self.repaired {
+            if r.from_legacy.is_empty() && r.from_platform.is_empty() {
+                continue;
+            }
+            writeln!(
+                f,
+                "{:<12} {verb} {} row(s) from legacy, {} from the platform",
+                r.entity,
+                r.from_legacy.len(),
+                r.from_platform.len()
+            )?;
+            for key in r.from_legacy.iter().take(5) {
+                writeln!(f, "    legacy {key}")?;
+            }
+            for key in r.from_platform.iter().take(5) {
+                writeln!(f, "    platform {key}")?;
+            }
+        }
+        let unlisted: usize = self.found.entities.iter().map(|e| e.unlisted).sum();
+        if unlisted > 0 {
+            writeln!(
+                f,
+                "{unlisted} more row(s) differ beyond verify.max_listed: run repair again once these crossed"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One verification pass (a new one, not stored), then every row it lists
+/// re-asserted from its winning side, parents first; nothing written when
+/// `dry_run`.
+pub async fn repair(config: &Config, mapping: &Mapping, dry_run: bool) -> Result<RepairReport> {
+    let [legacy, platform] = connect(config).await?;
+    let tie_winner = mapping.conflicts().tie_winner;
+    let mut report = RepairReport {
+        dry_run,
+        ..RepairReport::default()
+    };
+    for entity in mapping.entities() {
+        let start = (WalkProgress::default(), WalkProgress::default());
+        let found = entity_pass(entity, &legacy, &platform, &config.verify, None, start).await?;
+        let [from_legacy, from_platform] =
+            winners(entity, &legacy, &platform, tie_winner, &found).await?;
+        if !dry_run {
+            for (side, client, rows) in [
+                (Side::Legacy, &legacy, &from_legacy),
+                (Side::Platform, &platform, &from_platform),
+            ] {
+                reassert(entity, side, client, rows).await?;
+            }
+        }
+        info!(
+            entity = entity.name(),
+            from_legacy = from_legacy.len(),
+            from_platform = from_platform.len(),
+            dry_run,
+            "repair re-asserted the winning rows"
+        );
+        let keys = |rows: Vec<Reassert>| rows.into_iter().map(|r| r.key).collect();
+        report.repaired.push(EntityRepair {
+            entity: entity.name().to_owned(),
+            from_legacy: keys(from_legacy),
+            from_platform: keys(from_platform),
+        });
+        report.found.entities.push(found);
+    }
+    Ok(report)
+}
+
+/// The rows of `found` to re-assert from legacy and from the platform.
+async fn winners(
+    entity: &Entity,
+    legacy: &Client,
+    platform: &Client,
+    tie_winner: Side,
+    found: &EntityReport,
+) -> Result<[Vec<Reassert>; 2]> {
+    let mut from_legacy: Vec<Reassert> = found
+        .missing_on_platform
+        .iter()
+        .map(|key| Reassert {
+            key: key.clone(),
+            beat: None,
+        })
+        .collect();
+    let mut from_platform: Vec<Reassert> = found
+        .missing_on_legacy
+        .iter()
+        .map(|key| Reassert {
+            key: key.clone(),
+            beat: None,
+        })
+        .collect();
+    let different: BTreeSet<i64> = found
+        .different
+        .iter()
+        .filter_map(|(key, _)| key.parse().ok())
+        .collect();
+    if different.is_empty() {
+        return Ok([from_legacy, from_platform]);
+    }
+    let different: Vec<i64> = different.into_iter().collect();
+    let pairs = PairReader::new([legacy, platform])
+        .await?
+        .of_legacy(entity.name(), &different)
+        .await?;
+    let legacy_keys: Vec<String> = different.iter().map(i64::to_string).collect();
+    let platform_keys: Vec<String> = different
+        .iter()
+        .filter_map(|id| pairs.platform_of.get(id))
+        .map(Uuid::to_string)
+        .collect();
+    let (legacy_versions, platform_versions) = tokio::try_join!(
+        versions(entity, Side::Legacy, legacy, &legacy_keys),
+        versions(entity, Side::Platform, platform, &platform_keys),
+    )?;
+    let precision = coarser(
+        entity.precision(Side::Legacy),
+        entity.precision(Side::Platform),
+    );
+    for id in &different {
+        let Some(uuid) = pairs.platform_of.get(id) else {
+            continue;
+        };
+        let (legacy_key, platform_key) = (id.to_string(), uuid.to_string());
+        let (Some(l), Some(p)) = (
+            legacy_versions.get(&legacy_key),
+            platform_versions.get(&platform_key),
+        ) else {
+            // Gone from one side since the pass read it: in flight.
+            continue;
+        };
+        let (l, p) = (precision.truncate(*l), precision.truncate(*p));
+        let legacy_wins = l > p || (l == p && tie_winner == Side::Legacy);
+        // No version (NULL) or an infinite one: nothing a time can beat.
+        let finite = |v: i64| (v != i64::MIN && v != i64::MAX).then_some(v);
+        if legacy_wins {
+            from_legacy.push(Reassert {
+                key: legacy_key,
+                beat: finite(p),
+            });
+        } else {
+            from_platform.push(Reassert {
+                key: platform_key,
+                beat: finite(l),
+            });
+        }
+    }
+    Ok([from_legacy, from_platform])
+}
+
+fn coarser(a: TimestampPrecision, b: TimestampPrecision) -> TimestampPrecision {
+    if a == TimestampPrecision::Seconds || b == TimestampPrecision::Seconds {
+        TimestampPrecision::Seconds
+    } else {
+        TimestampPrecision::Microseconds
+    }
+}
+
+/// The types of `entity`'s key and `updated_at` columns on `side`.
+async fn column_types(entity: &Entity, side: Side, client: &Client) -> Result<(String, String)> {
+    let table = entity.table(side);
+    let failed = |e| ApplyError::postgres(side.as_str(), "read the types of a table's columns", e);
+    let type_of = |column: String| {
+        let qualified = quote_table(&table.schema, &table.table);
+        async move {
+            let row = client
+                .query_opt(
+                    "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
+                     WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                    &[&qualified, &column],
+                )
+                .await
+                .map_err(failed)?;
+            row.map(|r| r.get::<_, String>(0)).ok_or_else(|| {
+                ApplyError::Config(format!(
+                    "{} has no column {column} ({} side of entity {})",
+                    table.qualified(),
+                    side.as_str(),
+                    entity.name()
+                ))
+            })
+        }
+    };
+    Ok((
+        type_of(table.key.clone()).await?,
+        type_of(table.updated_at.clone()).await?,
+    ))
+}
+
+/// How a timestamp of `type_name` is read as microseconds since the epoch,
+/// and how a `timestamptz` expression is written into it; a `timestamp`
+/// without time zone holds UTC, as apply writes it.
+fn timestamp_forms(type_name: &str, entity: &Entity, side: Side) -> Result<(bool, &'static str)> {
+    match type_name {
+        "timestamp without time zone" => Ok((false, "AT TIME ZONE 'UTC'")),
+        "timestamp with time zone" => Ok((true, "")),
+        other => Err(ApplyError::Config(format!(
+            "repair needs {}.{} ({} side of entity {}) to be a timestamp, not {other}",
+            entity.table(side).qualified(),
+            entity.table(side).updated_at,
+            side.as_str(),
+            entity.name()
+        ))),
+    }
+}
+
+/// `updated_at` of the rows `keys` (text) of `entity` on `side`, in
+/// microseconds since the epoch, by key; rows without one count as the
+/// oldest.
+async fn versions(
+    entity: &Entity,
+    side: Side,
+    client: &Client,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, i64>> {
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let (key_type, updated_type) = column_types(entity, side, client).await?;
+    timestamp_forms(&updated_type, entity, side)?;
+    let table = entity.table(side);
+    let sql = format!(
+        "SELECT t.{key}::text, coalesce((extract(epoch FROM t.{updated}) * 1000000)::int8, {oldest}) \
+         FROM {qualified} t WHERE t.{key} = ANY($1::text[]::{key_type}[])",
+        key = quote(&table.key),
+        updated = quote(&table.updated_at),
+        oldest = i64::MIN,
+        qualified = quote_table(&table.schema, &table.table),
+    );
+    let rows = client
+        .query(&sql, &[&keys])
+        .await
+        .map_err(|e| ApplyError::postgres(side.as_str(), "read the versions to repair", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Re-asserts `rows` of `entity` on `side`: `updated_at` raised to now, and
+/// past the version each must beat, one statement (and source transaction)
+/// per chunk.
+async fn reassert(entity: &Entity, side: Side, client: &Client, rows: &[Reassert]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (key_type, updated_type) = column_types(entity, side, client).await?;
+    let (with_zone, into_column) = timestamp_forms(&updated_type, entity, side)?;
+    let now = if with_zone {
+        "now()".to_owned()
+    } else {
+        format!("(now() {into_column})")
+    };
+    let table = entity.table(side);
+    let updated = quote(&table.updated_at);
+    // One second past the version to beat: newer at the coarser precision.
+    let sql = format!(
+        "UPDATE {qualified} t SET {updated} = GREATEST(t.{updated}, {now}, \
+             (to_timestamp((x.beat + 1000000)::float8 / 1000000) {into_column})) \
+         FROM unnest($1::text[], $2::int8[]) AS x(k, beat) \
+         WHERE t.{key} = x.k::{key_type}",
+        qualified = quote_table(&table.schema, &table.table),
+        key = quote(&table.key),
+    );
+    let statement = client
+        .prepare(&sql)
+        .await
+        .map_err(|e| ApplyError::postgres(side.as_str(), "prepare a repair", e))?;
+    for chunk in rows.chunks(CHUNK) {
+        let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
+        let beats: Vec<Option<i64>> = chunk.iter().map(|r| r.beat).collect();
+        client
+            .execute(&statement, &[&keys, &beats])
+            .await
+            .map_err(|e| ApplyError::postgres(side.as_str(), "re-assert rows", e))?;
+    }
+    Ok(())
+}
