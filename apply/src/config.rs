@@ -209,7 +209,7 @@ fn default_writers() -> usize {
     2
 }
 fn default_linger() -> Duration {
-    Duration::from_millis(20)
+    Duration::ZERO
 }
 fn default_statement_rows() -> usize {
     1000

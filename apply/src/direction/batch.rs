@@ -164,7 +164,9 @@ impl Session<'_> {
         self.batch
             .span
             .record("last_commit_lsn", self.position.commit_lsn);
-        let turn = self.lane.writer.holds_pair_lock() && self.drained.elapsed() >= PAIR_LOCK_TURN;
+        let turn = self.lane.writer.holds_pair_lock()
+            && self.drained.elapsed() >= PAIR_LOCK_TURN
+            && self.lane.writer.pair_lock_wanted(&self.source).await?;
         let park = park && self.spare.is_some() && self.lane.writer.pipelining() && !turn;
         if !park {
             self.lane

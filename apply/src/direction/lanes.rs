@@ -45,8 +45,9 @@ use crate::writer::{Statistics, Writer};
 ///   servers that cannot see the cycle.
 /// - The pair lock (see `Writer::lock_pairs`) is shared: both writers take
 ///   it on the one source connection, where it counts. At least every
-///   [`PAIR_LOCK_TURN`] a batch that holds it commits before the next
-///   starts, so the other direction gets its turn.
+///   [`PAIR_LOCK_TURN`] while the other direction waits for it, a batch
+///   that holds it commits before the next starts, so the other direction
+///   gets its turn.
 pub(super) struct Lane {
     pub(super) target: Arc<Client>,
     pub(super) writer: Writer,
@@ -118,9 +119,10 @@ pub(super) const MARKER_AND_ORDER_LOCK: &str =
     "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2), \
      pg_catalog.pg_advisory_xact_lock($3, $4)";
 
-/// How long a direction's writers may keep the pair lock without both
-/// being idle once.
-pub(super) const PAIR_LOCK_TURN: Duration = Duration::from_secs(1);
+/// How long a direction's writers may keep the pair lock, committing
+/// batches sent ahead, while the other direction waits for it. Short: the
+/// other direction's pairings wait for the whole turn.
+pub(super) const PAIR_LOCK_TURN: Duration = Duration::from_millis(50);
 
 impl Session<'_> {
     /// Makes the spare writer the open one; returns the one that was open.

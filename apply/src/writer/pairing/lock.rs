@@ -91,6 +91,29 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether the pair lock this writer holds should be let go at the next
+    /// commit: held as a transaction lock, always (the commit ends it
+    /// anyway); held as a session lock on `source`, which outlives commits
+    /// sent ahead, only when another session waits for it. One round trip
+    /// on `source`, where the lock lives.
+    pub async fn pair_lock_wanted(&self, source: &Client) -> Result<bool> {
+        match self.pairing.lock {
+            PairLock::None => Ok(false),
+            PairLock::Transaction => Ok(true),
+            PairLock::Session => Ok(source
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+                     WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 \
+                       AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+                       AND ((classid::int8 << 32) | objid::int8) = hashtextextended('syncbridge pairs', 0))",
+                    &[],
+                )
+                .await
+                .map_err(|e| ApplyError::postgres("legacy", "look for waiters on the pair lock", e))?
+                .get(0)),
+        }
+    }
+
     /// Frees the session pair lock this writer holds on its source (see
     /// `lock_pairs`); call after the target transaction ended.
     pub async fn release_pair_lock(&mut self, source: &Client) -> Result<()> {
