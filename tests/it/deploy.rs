@@ -744,6 +744,58 @@ fn compose_services_use_official_images_and_files_that_exist() {
     }
 }
 
+/// The `postgres` image asks for a password over TCP: every database
+/// connection of capture and apply gets the password of the database
+/// service its URL names.
+#[test]
+fn compose_gives_every_database_connection_its_servers_password() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let password_of = |host: &str| -> String {
+        compose["services"][host]["environment"]["POSTGRES_PASSWORD"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{host}: POSTGRES_PASSWORD"))
+            .to_owned()
+    };
+    let host_of = |url: &str| -> String {
+        url.split_once('@')
+            .and_then(|(_, rest)| rest.split_once(':'))
+            .map(|(host, _)| host.to_owned())
+            .unwrap_or_else(|| panic!("a host in {url}"))
+    };
+    let mut connections = 0;
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let config = service["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .find(|v| v.starts_with("./deploy/config/"));
+        let Some(config) = config else { continue };
+        let file = config.split(':').next().unwrap();
+        let toml: toml::Value = toml::from_str(&read(&repo().join(&file[2..]))).unwrap();
+        for section in ["source", "legacy", "platform"] {
+            let Some(url) = toml
+                .get(section)
+                .and_then(|s| s.get("url"))
+                .and_then(|u| u.as_str())
+            else {
+                continue;
+            };
+            let variable = format!("SYNC_BRIDGE_{}__PASSWORD", section.to_uppercase());
+            let given = service["environment"][variable.as_str()].as_str();
+            assert_eq!(
+                given,
+                Some(password_of(&host_of(url)).as_str()),
+                "{name}: {variable} for {url}"
+            );
+            connections += 1;
+        }
+    }
+    assert_eq!(connections, 4, "two captures and apply's two databases");
+}
+
 #[test]
 fn compose_capture_and_apply_run_the_deploy_config_files() {
     let compose = compose();
