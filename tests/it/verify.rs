@@ -352,6 +352,16 @@ const LEGACY_BEHIND_THE_BRIDGE: &str = "
       WHERE email = 'verify3@example.com';
     COMMIT;";
 
+/// `column` (as text) of the user `<name>@example.com` on `side`.
+async fn of_user(bridge: &Bridge, side: Side, column: &str, name: &str) -> anyhow::Result<String> {
+    let table = match side {
+        Side::Legacy => "users",
+        Side::Platform => "identity.identities",
+    };
+    let sql = format!("SELECT {column}::text FROM {table} WHERE email = '{name}@example.com'");
+    one_value(bridge, side, &sql).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_reasserts_the_winning_side_of_each_row_that_differs_through_the_bridge_and_the_sides_end_equal(
 ) -> anyhow::Result<()> {
@@ -362,28 +372,6 @@ async fn repair_reasserts_the_winning_side_of_each_row_that_differs_through_the_
         .await?;
     bridge.legacy().execute(LEGACY_BEHIND_THE_BRIDGE).await?;
     let toml = with_verify(&bridge, "settle = \"1s\"\npause = \"0s\"");
-    let id_of = |email: &'static str| {
-        let bridge = &bridge;
-        async move {
-            one_value(
-                bridge,
-                Side::Legacy,
-                &format!("SELECT id::text FROM users WHERE email = '{email}'"),
-            )
-            .await
-        }
-    };
-    let uuid_of = |email: &'static str| {
-        let bridge = &bridge;
-        async move {
-            one_value(
-                bridge,
-                Side::Platform,
-                &format!("SELECT id::text FROM identity.identities WHERE email = '{email}'"),
-            )
-            .await
-        }
-    };
 
     // A dry run says what it would re-assert, and writes nothing.
     let dry = run_command("apply", &toml, &["repair", "--dry-run", "--json"]).await?;
@@ -407,14 +395,14 @@ async fn repair_reasserts_the_winning_side_of_each_row_that_differs_through_the_
         keys
     };
     let mut expected_from_legacy = vec![
-        id_of("verify3@example.com").await?,
-        id_of("verify5@example.com").await?,
-        id_of("verify9@example.com").await?,
+        of_user(&bridge, Side::Legacy, "id", "verify3").await?,
+        of_user(&bridge, Side::Legacy, "id", "verify5").await?,
+        of_user(&bridge, Side::Legacy, "id", "verify9").await?,
     ];
     expected_from_legacy.sort();
     let mut expected_from_platform = vec![
-        uuid_of("verify7@example.com").await?,
-        uuid_of("stray@example.com").await?,
+        of_user(&bridge, Side::Platform, "id", "verify7").await?,
+        of_user(&bridge, Side::Platform, "id", "stray").await?,
     ];
     expected_from_platform.sort();
     assert_eq!(listed("from_legacy"), expected_from_legacy, "{plan}");
@@ -426,26 +414,12 @@ async fn repair_reasserts_the_winning_side_of_each_row_that_differs_through_the_
     let repaired = run_command("apply", &toml, &["repair"]).await?;
     assert_eq!(repaired.code, Some(1), "{}", repaired.stderr);
     bridge.converged(WAIT).await?;
-    let on_legacy = |email: &'static str| {
-        let bridge = &bridge;
-        async move {
-            one_value(
-                bridge,
-                Side::Legacy,
-                &format!("SELECT full_name FROM users WHERE email = '{email}'"),
-            )
-            .await
-        }
-    };
-    assert!(on_legacy("verify7@example.com")
-        .await?
-        .starts_with("Platformwins"));
-    assert!(!on_legacy("verify5@example.com")
-        .await?
-        .starts_with("Platformloses"));
-    assert_eq!(on_legacy("verify3@example.com").await?, "Legacywins");
-    assert_eq!(on_legacy("stray@example.com").await?, "Stray");
-    uuid_of("verify9@example.com").await?;
+    let full_name = |user| of_user(&bridge, Side::Legacy, "full_name", user);
+    assert!(full_name("verify7").await?.starts_with("Platformwins"));
+    assert!(!full_name("verify5").await?.starts_with("Platformloses"));
+    assert_eq!(full_name("verify3").await?, "Legacywins");
+    assert_eq!(full_name("stray").await?, "Stray");
+    of_user(&bridge, Side::Platform, "id", "verify9").await?;
 
     // Nothing left: a second repair finds the sides equal and writes nothing.
     let again = run_command("apply", &toml, &["repair"]).await?;
