@@ -176,22 +176,17 @@ async fn winners(
     tie_winner: Side,
     found: &EntityReport,
 ) -> Result<[Vec<Reassert>; 2]> {
-    let mut from_legacy: Vec<Reassert> = found
-        .missing_on_platform
-        .iter()
-        .map(|key| Reassert {
-            key: key.clone(),
-            beat: None,
-        })
-        .collect();
-    let mut from_platform: Vec<Reassert> = found
-        .missing_on_legacy
-        .iter()
-        .map(|key| Reassert {
-            key: key.clone(),
-            beat: None,
-        })
-        .collect();
+    // A row on one side only has nothing on the other side to beat.
+    let alone = |keys: &[String]| -> Vec<Reassert> {
+        keys.iter()
+            .map(|key| Reassert {
+                key: key.clone(),
+                beat: None,
+            })
+            .collect()
+    };
+    let mut from_legacy = alone(&found.missing_on_platform);
+    let mut from_platform = alone(&found.missing_on_legacy);
     let different: BTreeSet<i64> = found
         .different
         .iter()
