@@ -122,18 +122,28 @@ async fn run_directions(
         let stats = Arc::clone(counters.of(from));
         let shutdown = shutdown.clone();
         let health = Arc::clone(&health);
-        tasks.push(tokio::spawn(async move {
-            let outcome = supervise(&shared, from, stats, &health, &shutdown).await;
-            if outcome.is_err() {
-                // One direction failing for good stops the other cleanly.
-                shutdown.cancel();
-            }
-            outcome
-        }));
+        tasks.push((
+            from,
+            tokio::spawn(async move {
+                let outcome = supervise(&shared, from, stats, &health, &shutdown).await;
+                if outcome.is_err() {
+                    // One direction failing for good stops the other cleanly.
+                    shutdown.cancel();
+                }
+                outcome
+            }),
+        ));
     }
     let progress = tokio::spawn(log_progress(counters.clone(), shutdown.clone()));
+    let lingering = tokio::spawn(warn_while_running(
+        tasks
+            .iter()
+            .map(|(from, task)| (*from, task.abort_handle()))
+            .collect(),
+        shutdown.clone(),
+    ));
     let mut result = Ok(());
-    for task in tasks {
+    for (_, task) in tasks {
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
@@ -149,6 +159,7 @@ async fn run_directions(
         }
     }
     progress.abort();
+    lingering.abort();
     watcher.abort();
     verifier.abort();
     result
@@ -209,6 +220,33 @@ async fn supervise(
                 metrics::error(component, error.kind());
                 health.failed(component, &runtime::error_chain(&error));
                 return Err(error);
+            }
+        }
+    }
+}
+
+/// How long a direction may take to stop once asked before it is reported.
+const STOP_EXPECTED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Once `shutdown` is cancelled, warns every [`STOP_EXPECTED_WITHIN`] about
+/// each direction still running: it waits on something without a deadline
+/// (a link that stopped answering, a lock), and apply cannot take the lease
+/// again or exit until it ends.
+async fn warn_while_running(
+    directions: Vec<(Side, tokio::task::AbortHandle)>,
+    shutdown: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    let asked = Instant::now();
+    loop {
+        tokio::time::sleep(STOP_EXPECTED_WITHIN).await;
+        for (from, task) in &directions {
+            if !task.is_finished() {
+                warn!(
+                    from = from.as_str(),
+                    waited_secs = asked.elapsed().as_secs(),
+                    "a direction has not stopped since it was asked to; it waits on a call without a deadline"
+                );
             }
         }
     }

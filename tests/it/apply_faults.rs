@@ -57,3 +57,40 @@ async fn a_link_to_the_target_that_stops_answering_is_dropped_and_every_change_l
     drop(apply);
     bridge.stop().await
 }
+
+/// Without a response deadline (`response_timeout = "0s"`), a direction
+/// waiting on a link that stopped answering cannot stop when the lease is
+/// lost: apply says so, naming the direction, rather than going quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direction_that_cannot_stop_is_reported() -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("apply_stuck_direction").await?;
+    install_audit(bridge.platform()).await?;
+    let url = bridge.platform().url.clone();
+    let proxy = Proxy::start(&server_of(&url)).await?;
+    bridge.start_captures().await?;
+    let toml = bridge.apply_toml().replace(
+        &format!("[platform]\nurl = {url:?}\n"),
+        &format!(
+            "[platform]\nurl = {:?}\nresponse_timeout = \"0s\"\n",
+            proxy.url_through(&url)
+        ),
+    );
+    anyhow::ensure!(toml.contains("response_timeout"), "{toml}");
+    let apply = ServiceProcess::spawn("apply", &toml, "apply_stuck_direction_apply")?;
+    let legacy_url = bridge.legacy().url.clone();
+    ChangeLedger::write_legacy_users(&legacy_url, 300, 21).await?;
+    let platform = bridge.platform().client();
+    eventually("the first changes to cross", WAIT, || async {
+        let audited = count(platform, "SELECT count(*) FROM public.change_audit").await?;
+        Ok((audited > 50).then_some(()))
+    })
+    .await?;
+    proxy.blackhole();
+    // Writes keep coming, so a direction is inside a call when the link stops.
+    ChangeLedger::write_legacy_users(&legacy_url, 1000, 22).await?;
+    apply
+        .wait_for_output("a direction has not stopped since it was asked to", WAIT)
+        .await?;
+    drop(apply);
+    bridge.stop().await
+}
