@@ -26,6 +26,9 @@ pub(super) struct ReadRow {
 pub(super) struct Table {
     side: Side,
     qualified: String,
+    key_name: String,
+    /// The key column's type, as `format_type` names it (for casts).
+    key_type: String,
     /// (name, type oid, type name) of every column, in order.
     columns: Vec<(String, u32, String)>,
     rows_first: Statement,
@@ -123,8 +126,34 @@ impl Table {
             ))
             .await?,
             qualified,
+            key_name,
+            key_type,
             columns,
         })
+    }
+
+    /// The table, quoted and schema-qualified.
+    pub fn qualified(&self) -> &str {
+        &self.qualified
+    }
+
+    /// The key column's name.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// The key column's type, for casts (`bigint`, `uuid`).
+    pub fn key_type(&self) -> &str {
+        &self.key_type
+    }
+
+    /// Where `column` is among a [`ReadRow`]'s values, and its type's name
+    /// (`pg_type.typname`: `timestamp`, `timestamptz`, ...).
+    pub fn column(&self, column: &str) -> Option<(usize, &str)> {
+        self.columns
+            .iter()
+            .position(|(name, _, _)| name == column)
+            .map(|index| (index, self.columns[index].2.as_str()))
     }
 
     fn failed(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError + '_ {

@@ -24,7 +24,7 @@
 //! both sides. A repair is idempotent: a second run finds nothing once the
 //! bridge carried the first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use tokio_postgres::Client;
@@ -32,12 +32,13 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::progress::WalkProgress;
-use super::read::PairReader;
+use super::read::{PairReader, Table};
 use super::{connect, entity_pass, EntityReport, Report};
 use crate::config::Config;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Mapping, Side, TimestampPrecision};
-use pg::ident::{quote, quote_table};
+use pg::ident::quote;
+use schemas::event::Value;
 
 /// Rows re-asserted per statement (one source transaction each).
 const CHUNK: usize = 500;
@@ -140,16 +141,25 @@ pub async fn repair(config: &Config, mapping: &Mapping, dry_run: bool) -> Result
     for entity in mapping.entities() {
         let start = (WalkProgress::default(), WalkProgress::default());
         let found = entity_pass(entity, &legacy, &platform, &config.verify, None, start).await?;
-        let [from_legacy, from_platform] =
-            winners(entity, &legacy, &platform, tie_winner, &found).await?;
-        if !dry_run {
-            for (side, client, rows) in [
-                (Side::Legacy, &legacy, &from_legacy),
-                (Side::Platform, &platform, &from_platform),
-            ] {
-                reassert(entity, side, client, rows).await?;
+        let [from_legacy, from_platform] = if found.listed() == 0 {
+            [Vec::new(), Vec::new()]
+        } else {
+            let (legacy_table, platform_table) = tokio::try_join!(
+                Table::describe(&legacy, entity, Side::Legacy),
+                Table::describe(&platform, entity, Side::Platform),
+            )?;
+            let sides = [
+                Stamped::of(entity, Side::Legacy, &legacy, legacy_table)?,
+                Stamped::of(entity, Side::Platform, &platform, platform_table)?,
+            ];
+            let winners = winners(entity, &sides, tie_winner, &found).await?;
+            if !dry_run {
+                for (side, rows) in sides.iter().zip(&winners) {
+                    side.reassert(rows).await?;
+                }
             }
-        }
+            winners
+        };
         info!(
             entity = entity.name(),
             from_legacy = from_legacy.len(),
@@ -171,8 +181,7 @@ pub async fn repair(config: &Config, mapping: &Mapping, dry_run: bool) -> Result
 /// The rows of `found` to re-assert from legacy and from the platform.
 async fn winners(
     entity: &Entity,
-    legacy: &Client,
-    platform: &Client,
+    [legacy, platform]: &[Stamped<'_>; 2],
     tie_winner: Side,
     found: &EntityReport,
 ) -> Result<[Vec<Reassert>; 2]> {
@@ -196,7 +205,7 @@ async fn winners(
         return Ok([from_legacy, from_platform]);
     }
     let different: Vec<i64> = different.into_iter().collect();
-    let pairs = PairReader::new([legacy, platform])
+    let pairs = PairReader::new([legacy.client, platform.client])
         .await?
         .of_legacy(entity.name(), &different)
         .await?;
@@ -207,8 +216,8 @@ async fn winners(
         .map(Uuid::to_string)
         .collect();
     let (legacy_versions, platform_versions) = tokio::try_join!(
-        versions(entity, Side::Legacy, legacy, &legacy_keys),
-        versions(entity, Side::Platform, platform, &platform_keys),
+        legacy.versions(&legacy_keys),
+        platform.versions(&platform_keys),
     )?;
     let precision = coarser(
         entity.precision(Side::Legacy),
@@ -253,120 +262,99 @@ fn coarser(a: TimestampPrecision, b: TimestampPrecision) -> TimestampPrecision {
     }
 }
 
-/// The types of `entity`'s key and `updated_at` columns on `side`.
-async fn column_types(entity: &Entity, side: Side, client: &Client) -> Result<(String, String)> {
-    let table = entity.table(side);
-    let failed = |e| ApplyError::postgres(side.as_str(), "read the types of a table's columns", e);
-    let type_of = |column: String| {
-        let qualified = quote_table(&table.schema, &table.table);
-        async move {
-            let row = client
-                .query_opt(
-                    "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
-                     WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
-                    &[&qualified, &column],
-                )
-                .await
-                .map_err(failed)?;
-            row.map(|r| r.get::<_, String>(0)).ok_or_else(|| {
-                ApplyError::Config(format!(
-                    "{} has no column {column} ({} side of entity {})",
-                    table.qualified(),
-                    side.as_str(),
-                    entity.name()
-                ))
-            })
-        }
-    };
-    Ok((
-        type_of(table.key.clone()).await?,
-        type_of(table.updated_at.clone()).await?,
-    ))
-}
-
-/// How a timestamp of `type_name` is read as microseconds since the epoch,
-/// and how a `timestamptz` expression is written into it; a `timestamp`
-/// without time zone holds UTC, as apply writes it.
-fn timestamp_forms(type_name: &str, entity: &Entity, side: Side) -> Result<(bool, &'static str)> {
-    match type_name {
-        "timestamp without time zone" => Ok((false, "AT TIME ZONE 'UTC'")),
-        "timestamp with time zone" => Ok((true, "")),
-        other => Err(ApplyError::Config(format!(
-            "repair needs {}.{} ({} side of entity {}) to be a timestamp, not {other}",
-            entity.table(side).qualified(),
-            entity.table(side).updated_at,
-            side.as_str(),
-            entity.name()
-        ))),
-    }
-}
-
-/// `updated_at` of the rows `keys` (text) of `entity` on `side`, in
-/// microseconds since the epoch, by key; rows without one count as the
-/// oldest.
-async fn versions(
-    entity: &Entity,
+/// One side's table of an entity, as repair reads and writes its
+/// `updated_at`.
+struct Stamped<'a> {
     side: Side,
-    client: &Client,
-    keys: &[String],
-) -> Result<std::collections::HashMap<String, i64>> {
-    if keys.is_empty() {
-        return Ok(Default::default());
-    }
-    let (key_type, updated_type) = column_types(entity, side, client).await?;
-    timestamp_forms(&updated_type, entity, side)?;
-    let table = entity.table(side);
-    let sql = format!(
-        "SELECT t.{key}::text, coalesce((extract(epoch FROM t.{updated}) * 1000000)::int8, {oldest}) \
-         FROM {qualified} t WHERE t.{key} = ANY($1::text[]::{key_type}[])",
-        key = quote(&table.key),
-        updated = quote(&table.updated_at),
-        oldest = i64::MIN,
-        qualified = quote_table(&table.schema, &table.table),
-    );
-    let rows = client
-        .query(&sql, &[&keys])
-        .await
-        .map_err(|e| ApplyError::postgres(side.as_str(), "read the versions to repair", e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    client: &'a Client,
+    table: Table,
+    /// Where `updated_at` is among the values of a read row.
+    updated_at: usize,
+    /// `updated_at` is a `timestamp` without time zone (holding UTC, as
+    /// apply writes it) rather than a `timestamptz`.
+    utc_without_zone: bool,
+    updated_at_name: String,
 }
 
-/// Re-asserts `rows` of `entity` on `side`: `updated_at` raised to now, and
-/// past the version each must beat, one statement (and source transaction)
-/// per chunk.
-async fn reassert(entity: &Entity, side: Side, client: &Client, rows: &[Reassert]) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
+impl<'a> Stamped<'a> {
+    fn of(entity: &Entity, side: Side, client: &'a Client, table: Table) -> Result<Stamped<'a>> {
+        let name = entity.table(side).updated_at.clone();
+        let (updated_at, utc_without_zone) = match table.column(&name) {
+            Some((index, "timestamp")) => (index, true),
+            Some((index, "timestamptz")) => (index, false),
+            other => {
+                return Err(ApplyError::Config(format!(
+                    "repair needs {}.{name} ({} side of entity {}) to be a timestamp, not {}",
+                    entity.table(side).qualified(),
+                    side.as_str(),
+                    entity.name(),
+                    other.map_or("missing", |(_, type_name)| type_name)
+                )))
+            }
+        };
+        Ok(Stamped {
+            side,
+            client,
+            table,
+            updated_at,
+            utc_without_zone,
+            updated_at_name: name,
+        })
     }
-    let (key_type, updated_type) = column_types(entity, side, client).await?;
-    let (with_zone, into_column) = timestamp_forms(&updated_type, entity, side)?;
-    let now = if with_zone {
-        "now()".to_owned()
-    } else {
-        format!("(now() {into_column})")
-    };
-    let table = entity.table(side);
-    let updated = quote(&table.updated_at);
-    // One second past the version to beat: newer at the coarser precision.
-    let sql = format!(
-        "UPDATE {qualified} t SET {updated} = GREATEST(t.{updated}, {now}, \
-             (to_timestamp((x.beat + 1000000)::float8 / 1000000) {into_column})) \
-         FROM unnest($1::text[], $2::int8[]) AS x(k, beat) \
-         WHERE t.{key} = x.k::{key_type}",
-        qualified = quote_table(&table.schema, &table.table),
-        key = quote(&table.key),
-    );
-    let statement = client
-        .prepare(&sql)
-        .await
-        .map_err(|e| ApplyError::postgres(side.as_str(), "prepare a repair", e))?;
-    for chunk in rows.chunks(CHUNK) {
-        let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
-        let beats: Vec<Option<i64>> = chunk.iter().map(|r| r.beat).collect();
-        client
-            .execute(&statement, &[&keys, &beats])
+
+    /// `updated_at` of the rows `keys` (text), in microseconds since the
+    /// epoch, by key; a row without one counts as the oldest.
+    async fn versions(&self, keys: &[String]) -> Result<HashMap<String, i64>> {
+        let rows = self.table.rows_with_keys(self.client, keys).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let version = match row.values.get(self.updated_at) {
+                    Some(Value::Timestamp(micros) | Value::TimestampTz(micros)) => *micros,
+                    _ => i64::MIN,
+                };
+                (row.key, version)
+            })
+            .collect())
+    }
+
+    /// Re-asserts `rows`: `updated_at` raised to now, and past the version
+    /// each must beat, one statement (and source transaction) per chunk.
+    async fn reassert(&self, rows: &[Reassert]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // A `timestamptz` expression into the column.
+        let into_column = if self.utc_without_zone {
+            " AT TIME ZONE 'UTC'"
+        } else {
+            ""
+        };
+        let updated = quote(&self.updated_at_name);
+        // One second past the version to beat: newer at the coarser precision.
+        let sql = format!(
+            "UPDATE {qualified} t SET {updated} = GREATEST(t.{updated}, (now(){into_column}), \
+                 (to_timestamp((x.beat + 1000000)::float8 / 1000000){into_column})) \
+             FROM unnest($1::text[], $2::int8[]) AS x(k, beat) \
+             WHERE t.{key} = x.k::{key_type}",
+            qualified = self.table.qualified(),
+            key = quote(self.table.key_name()),
+            key_type = self.table.key_type(),
+        );
+        let side = self.side.as_str();
+        let statement = self
+            .client
+            .prepare(&sql)
             .await
-            .map_err(|e| ApplyError::postgres(side.as_str(), "re-assert rows", e))?;
+            .map_err(|e| ApplyError::postgres(side, "prepare a repair", e))?;
+        for chunk in rows.chunks(CHUNK) {
+            let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
+            let beats: Vec<Option<i64>> = chunk.iter().map(|r| r.beat).collect();
+            self.client
+                .execute(&statement, &[&keys, &beats])
+                .await
+                .map_err(|e| ApplyError::postgres(side, "re-assert rows", e))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
