@@ -30,16 +30,15 @@ impl Framing {
         self.have > 0 || self.body_left > 0
     }
 
-    /// Takes bytes of the current body from `bytes`; returns what is left.
-    fn skip_body<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
-        let n = self.body_left.min(bytes.len());
-        self.body_left -= n;
-        &bytes[n..]
-    }
-
-    /// Takes header bytes from `bytes` until the header has `size`; returns
-    /// the complete header, when it is, and what is left.
-    fn take_header<'a>(&mut self, size: usize, bytes: &'a [u8]) -> (Option<[u8; 8]>, &'a [u8]) {
+    /// Takes from `bytes` the rest of the current body, or header bytes
+    /// until the header has `size`; returns the header when it completed,
+    /// and what is left.
+    fn take<'a>(&mut self, size: usize, bytes: &'a [u8]) -> (Option<[u8; 8]>, &'a [u8]) {
+        if self.body_left > 0 {
+            let n = self.body_left.min(bytes.len());
+            self.body_left -= n;
+            return (None, &bytes[n..]);
+        }
         let n = (size - self.have).min(bytes.len());
         self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
         self.have += n;
@@ -110,12 +109,8 @@ impl Conversation {
             self.unanswered = true;
         }
         while !bytes.is_empty() && !self.lost {
-            if self.sent.body_left > 0 {
-                bytes = self.sent.skip_body(bytes);
-                continue;
-            }
             let size = if self.starting { 8 } else { 5 };
-            let (header, rest) = self.sent.take_header(size, bytes);
+            let (header, rest) = self.sent.take(size, bytes);
             bytes = rest;
             if let Some(header) = header {
                 self.client_message(&header);
@@ -129,16 +124,12 @@ impl Conversation {
             self.unanswered = false;
         }
         while !bytes.is_empty() && !self.lost {
-            if self.received.body_left > 0 {
-                bytes = self.received.skip_body(bytes);
-                continue;
-            }
             if self.bytes_due > 0 && !self.received.mid_message() {
                 self.bytes_due -= 1;
                 bytes = &bytes[1..];
                 continue;
             }
-            let (header, rest) = self.received.take_header(5, bytes);
+            let (header, rest) = self.received.take(5, bytes);
             bytes = rest;
             if let Some(header) = header {
                 self.server_message(&header);

@@ -226,7 +226,13 @@ mod tests {
             .expect("the read ended within an hour")
     }
 
-    async fn read_request(server: &mut DuplexStream, request: &[u8]) {
+    /// `request` sent through the link and read whole by the server.
+    async fn ask(
+        link: &mut ResponseDeadline<DuplexStream>,
+        server: &mut DuplexStream,
+        request: &[u8],
+    ) {
+        link.write_all(request).await.expect("sent");
         let mut seen = vec![0u8; request.len()];
         server.read_exact(&mut seen).await.expect("request read");
         assert_eq!(seen, request);
@@ -235,8 +241,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_silent_after_a_query_fails_the_read_once_the_deadline_passes() {
         let (mut link, mut server) = started().await;
-        link.write_all(&query("SELECT 1")).await.expect("sent");
-        read_request(&mut server, &query("SELECT 1")).await;
+        ask(&mut link, &mut server, &query("SELECT 1")).await;
         let error = times_out(&mut link).await.expect_err("no answer came");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
@@ -275,8 +280,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_that_stops_in_the_middle_of_an_answer_fails_the_read() {
         let (mut link, mut server) = started().await;
-        link.write_all(&query("SELECT 1")).await.expect("sent");
-        read_request(&mut server, &query("SELECT 1")).await;
+        ask(&mut link, &mut server, &query("SELECT 1")).await;
         let answer = answer(b"a value");
         server.write_all(&answer[..9]).await.expect("half sent");
         let mut half = [0u8; 9];
@@ -289,8 +293,7 @@ mod tests {
     async fn a_second_pipelined_request_left_unanswered_fails_the_read() {
         let (mut link, mut server) = started().await;
         let requests = [extended("SELECT 1"), extended("SELECT 2")].concat();
-        link.write_all(&requests).await.expect("sent");
-        read_request(&mut server, &requests).await;
+        ask(&mut link, &mut server, &requests).await;
         let first = answer(b"1");
         server.write_all(&first).await.expect("first answered");
         let mut seen = vec![0u8; first.len()];
@@ -304,8 +307,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_answer_that_keeps_coming_is_not_cut() {
         let (mut link, mut server) = started().await;
-        link.write_all(&query("SELECT 1")).await.expect("sent");
-        read_request(&mut server, &query("SELECT 1")).await;
+        ask(&mut link, &mut server, &query("SELECT 1")).await;
         let answer = answer(b"a value");
         let reader = async {
             let mut all = vec![0u8; answer.len()];
@@ -329,8 +331,7 @@ mod tests {
         // Idle: nothing due, however long it stays quiet.
         let idle = tokio::time::timeout(Duration::from_secs(3600), link.read(&mut [0u8; 1])).await;
         assert!(idle.is_err(), "an idle read waits");
-        link.write_all(&query("SELECT 1")).await.expect("sent");
-        read_request(&mut server, &query("SELECT 1")).await;
+        ask(&mut link, &mut server, &query("SELECT 1")).await;
         tokio::time::sleep(TIMEOUT * 2 / 3).await;
         let answer = answer(b"1");
         server.write_all(&answer).await.expect("answered");
@@ -352,8 +353,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(4096);
         let handover = Arc::new(AtomicBool::new(false));
         let mut link = ResponseDeadline::until_encrypted(client, TIMEOUT, Arc::clone(&handover));
-        link.write_all(&ssl_request()).await.expect("sent");
-        read_request(&mut server, &ssl_request()).await;
+        ask(&mut link, &mut server, &ssl_request()).await;
         server.write_all(b"S").await.expect("accepted");
         link.read_exact(&mut [0u8; 1]).await.expect("read");
         handover.store(true, Ordering::Release);
