@@ -396,6 +396,114 @@ async fn emails_by_name(bridge: &Bridge, side: Side) -> anyhow::Result<Vec<(Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Users born on each side, crossed; then, while apply is stopped, `reuser`
+/// deletes each of them and gives its email to a new row stamped
+/// 2030-01-01 00:00:20, and the other side edits its copy: `old-*` emails
+/// at 00:00:10 (older than the new row), `new-*` at 00:00:30 (newer). In
+/// both databases the email names one row, so each email ends as one row
+/// on both sides with the newer version: the new row's for `old-*`, the
+/// edit for `new-*`. Before, the edit crossing to `reuser` brought its
+/// deleted counterpart back and failed on the email (dead-lettered), and
+/// the new row crossing the other way was held while the stale pair of a
+/// row born on the other side lived on in `reuser`'s correspondence.
+async fn an_email_reused_on_one_side_while_the_other_edits_its_row_ends_as_one_row(
+    reuser: Side,
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::start("reused_email").await?;
+    let emails = ["old-l", "new-l", "old-p", "new-p"].map(|e| format!("{e}@example.com"));
+    let legacy = bridge.legacy();
+    let platform = bridge.platform();
+    for email in &emails[..2] {
+        legacy
+            .execute(&format!(
+                "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+                 VALUES ('{email}', 'First Version', 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00')"
+            ))
+            .await?;
+    }
+    for email in &emails[2..] {
+        platform
+            .execute(&format!(
+                "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+                 VALUES (gen_random_uuid(), '{email}', 'First', 'Version', 'member', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')"
+            ))
+            .await?;
+    }
+    bridge.converged(WAIT).await?;
+    bridge.stop_apply().await?;
+    let legacy = bridge.legacy();
+    let platform = bridge.platform();
+    for email in &emails {
+        let edited_at = if email.starts_with("old") { 10 } else { 30 };
+        let reuse_legacy = format!(
+            "BEGIN;
+             DELETE FROM users WHERE email = '{email}';
+             INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             VALUES ('{email}', 'Reused Email', 'member', '2030-01-01 00:00:20', '2030-01-01 00:00:20');
+             COMMIT;"
+        );
+        let reuse_platform = format!(
+            "BEGIN;
+             DELETE FROM identity.identities WHERE email = '{email}';
+             INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+             VALUES (gen_random_uuid(), '{email}', 'Reused', 'Email', 'member', '2030-01-01 00:00:20+00', '2030-01-01 00:00:20+00');
+             COMMIT;"
+        );
+        let edit_legacy = format!(
+            "UPDATE users SET full_name = 'Edited Copy', updated_at = '2030-01-01 00:00:{edited_at}' WHERE email = '{email}'"
+        );
+        let edit_platform = format!(
+            "UPDATE identity.identities SET given_name = 'Edited', family_name = 'Copy', updated_at = '2030-01-01 00:00:{edited_at}+00' WHERE email = '{email}'"
+        );
+        match reuser {
+            Side::Legacy => {
+                legacy.execute(&reuse_legacy).await?;
+                platform.execute(&edit_platform).await?;
+            }
+            Side::Platform => {
+                platform.execute(&reuse_platform).await?;
+                legacy.execute(&edit_legacy).await?;
+            }
+        }
+    }
+    bridge.start_apply()?;
+    bridge.converged(WAIT).await?;
+    let expected: Vec<(String, String)> = [
+        ("Edited Copy", "new-l"),
+        ("Edited Copy", "new-p"),
+        ("Reused Email", "old-l"),
+        ("Reused Email", "old-p"),
+    ]
+    .into_iter()
+    .map(|(name, email)| (name.to_owned(), format!("{email}@example.com")))
+    .collect();
+    for side in [Side::Legacy, Side::Platform] {
+        let mut users = emails_by_name(&bridge, side).await?;
+        users.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        assert_eq!(
+            users, expected,
+            "{side:?}: one row per email, the newer version"
+        );
+    }
+    for from in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+        let counts = bridge.counters.of(from).snapshot();
+        assert_eq!(counts.dead_lettered, 0, "{from:?}: nothing dead-lettered");
+    }
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_reused_on_legacy_while_the_platform_edits_its_row_ends_as_one_row_on_both_sides(
+) -> anyhow::Result<()> {
+    an_email_reused_on_one_side_while_the_other_edits_its_row_ends_as_one_row(Side::Legacy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_reused_on_the_platform_while_legacy_edits_its_row_ends_as_one_row_on_both_sides(
+) -> anyhow::Result<()> {
+    an_email_reused_on_one_side_while_the_other_edits_its_row_ends_as_one_row(Side::Platform).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unique_email_handed_from_one_row_to_another_lands_in_source_order_on_both_sides(
 ) -> anyhow::Result<()> {

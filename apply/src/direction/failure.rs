@@ -105,6 +105,9 @@ impl Session<'_> {
         );
         self.sql("ROLLBACK TO SAVEPOINT source_tx").await?;
         self.lane.writer.forget_transaction();
+        if error.sqlstate() == Some("23505") {
+            self.lane.writer.relink_displaced_rows();
+        }
         for (_, payload) in &kept {
             let event = match self.shared.codec.decode(payload) {
                 Ok(event) => event,

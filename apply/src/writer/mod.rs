@@ -114,6 +114,10 @@ pub struct Writer {
     /// Whether the open target transaction wrote what its events do not
     /// name: a stale pair given up, children of a row that came back.
     hidden: bool,
+    /// Whether the source transaction being staged is applied again after
+    /// it failed on a unique key: upserts then look for rows written onto a
+    /// natural key another row holds (see [`Writer::relink_displaced_rows`]).
+    relinking: bool,
     /// Whether the open target transaction recorded deletes to re-assert
     /// (see [`Writer::reassert_recorded_deletes`]).
     recorded_deletes: bool,
@@ -151,6 +155,7 @@ impl Writer {
             footprint: Footprint::default(),
             touched: Touch::default(),
             hidden: false,
+            relinking: false,
             recorded_deletes: false,
         }
     }
@@ -175,8 +180,20 @@ impl Writer {
         )
     }
 
+    /// The source transaction about to be staged again failed on a unique
+    /// key: its upserts of rows whose counterpart is gone while another row
+    /// holds their natural key write onto that row and pair the two (see
+    /// `Writer::relink_displaced`), and the pairs known from committed
+    /// transactions are read again, as another direction may have given one
+    /// up. Until the source transaction ends.
+    pub fn relink_displaced_rows(&mut self) {
+        self.relinking = true;
+        self.forget_committed_pairs();
+    }
+
     /// The source transaction's staged work is gone (savepoint rolled back).
     pub fn forget_transaction(&mut self) {
+        self.relinking = false;
         self.pipeline.transactions += 1;
         self.run = None;
         // A transaction lock taken since the savepoint went with it, and
@@ -188,6 +205,7 @@ impl Writer {
 
     /// The source transaction is part of the batch now.
     pub fn keep_transaction(&mut self) {
+        self.relinking = false;
         self.pipeline.transactions += 1;
         self.pairing.keep_transaction();
     }
@@ -208,6 +226,7 @@ impl Writer {
         self.lookups.clear();
         self.footprint = Footprint::default();
         self.hidden = false;
+        self.relinking = false;
         self.recorded_deletes = false;
     }
 

@@ -258,6 +258,19 @@ impl Writer {
             for i in allocated {
                 new_ids[i] = true;
             }
+            if self.relinking && linking {
+                self.relink_displaced(
+                    target,
+                    source,
+                    index,
+                    entity,
+                    &keys,
+                    &mut target_keys,
+                    &columns,
+                    &resolved,
+                )
+                .await?;
+            }
         }
         let mut orphans = 0u64;
         for (row_index, (target_key, values)) in target_keys.iter().zip(resolved).enumerate() {

@@ -169,8 +169,8 @@ impl Writer {
                     .paired_in_source(source, entity, existing.values().map(|(k, _)| k))
                     .await?;
                 // Rows whose match already corresponds to another source row:
-                // (row, match, that source row, whether the pair is ours).
-                let mut contested: Vec<(usize, String, String, bool)> = Vec::new();
+                // (row, match, that source row).
+                let mut contested: Vec<(usize, String, String)> = Vec::new();
                 let mut matches: Vec<(usize, String)> = Vec::new();
                 for i in &fresh {
                     let Some((found, in_target)) =
@@ -182,23 +182,25 @@ impl Writer {
                     let other = in_target.clone().or_else(|| paired.get(&found).cloned());
                     match other {
                         Some(other) if other != incoming => {
-                            contested.push((*i, found, other, in_target.is_some()));
+                            contested.push((*i, found, other));
                         }
                         _ => matches.push((*i, found)),
                     }
                 }
                 if !contested.is_empty() {
-                    let others: Vec<&String> = contested.iter().map(|(_, _, o, _)| o).collect();
-                    let alive = self.source_rows_alive(source, entity, &others).await?;
-                    for (i, found, other, ours) in contested {
-                        if alive.contains(&other) || !ours {
+                    let others: Vec<&String> = contested.iter().map(|(_, _, o)| o).collect();
+                    let alive = self.rows_alive(source, self.from, entity, &others).await?;
+                    for (i, found, other) in contested {
+                        if alive.contains(&other) {
                             held.insert(i);
                             continue;
                         }
-                        // The other source row is gone there (its delete
-                        // not seen yet: polling finds deletes later): the
-                        // pair is stale, and the match goes to this row.
-                        self.unpair(target, index, entity, &found, &other).await?;
+                        // The other source row is gone there (deleted, or
+                        // its delete not seen yet: polling finds deletes
+                        // later): the pair is stale, wherever it is kept,
+                        // and the match goes to this row.
+                        self.unpair(target, source, index, entity, &found, &other)
+                            .await?;
                         matches.push((i, found));
                     }
                 }
@@ -242,6 +244,153 @@ impl Writer {
         )
         .await?;
         Ok(allocate)
+    }
+
+    /// Rows of an upsert whose counterpart is gone from the target while
+    /// another target row holds their natural key are written onto that row
+    /// instead, and the two are paired: bringing the counterpart back would
+    /// fail on the unique natural key. That happens when the target deleted
+    /// the counterpart and gave its key to a new row while the source changed
+    /// the row (or re-asserted it): in both databases the key names one row,
+    /// so the two are the same row, and `updated_at` decides between the
+    /// incoming version and the one there. The other direction does the same
+    /// for the new row when it crosses (see [`Self::link_or_allocate`]), so
+    /// both end paired with the same winner.
+    ///
+    /// A row whose key is held by the counterpart of another source row that
+    /// still exists is not written (counted as `key_held`): the source's
+    /// unique key says that row holds it there now, and the incoming row's
+    /// later events follow. Costs a natural-key probe per row, so it runs
+    /// only when a source transaction failed on a unique key and is applied
+    /// again (see [`Writer::relink_displaced_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::writer) async fn relink_displaced(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        keys: &[&Value],
+        target_keys: &mut [Option<Value>],
+        columns: &[String],
+        resolved: &[Option<Vec<Option<String>>>],
+    ) -> Result<()> {
+        let natural = entity.natural_key_columns(self.to).to_vec();
+        let Some(positions) = natural_positions(&natural, columns) else {
+            return Ok(());
+        };
+        let tuple_of = |i: usize| natural_tuple(&positions, resolved, i);
+        let paired: Vec<usize> = (0..keys.len())
+            .filter(|i| target_keys[*i].is_some() && tuple_of(*i).is_some())
+            .collect();
+        if paired.is_empty() {
+            return Ok(());
+        }
+        let existing = self
+            .natural_matches(target, entity, &positions, resolved, &paired)
+            .await?;
+        // (row, its counterpart, the row holding its natural key, that row's
+        // pair in the target's correspondence)
+        let mut displaced: Vec<(usize, String, String, Option<String>)> = Vec::new();
+        for i in paired {
+            let Some((found, in_target)) = tuple_of(i).and_then(|t| existing.get(&t).cloned())
+            else {
+                continue;
+            };
+            let counterpart = target_keys[i]
+                .as_ref()
+                .and_then(pg::value::to_text)
+                .unwrap_or_default();
+            if found != counterpart {
+                displaced.push((i, counterpart, found, in_target));
+            }
+        }
+        if displaced.is_empty() {
+            return Ok(());
+        }
+        let counterparts: Vec<&String> = displaced.iter().map(|(_, c, _, _)| c).collect();
+        let alive = self
+            .rows_alive(target, self.to, entity, &counterparts)
+            .await?;
+        displaced.retain(|(_, counterpart, _, _)| !alive.contains(counterpart));
+        if displaced.is_empty() {
+            // The counterpart is there: an update that takes a key another
+            // row holds fails on it as the source's own statement would.
+            return Ok(());
+        }
+        self.lock_pairs(target, source).await?;
+        let holders: Vec<&String> = displaced.iter().map(|(_, _, f, _)| f).collect();
+        let paired_in_source = self
+            .paired_in_source(source, entity, holders.into_iter())
+            .await?;
+        let others: Vec<String> = displaced
+            .iter()
+            .filter_map(|(_, _, found, in_target)| {
+                in_target
+                    .clone()
+                    .or_else(|| paired_in_source.get(found).cloned())
+            })
+            .collect();
+        let others: Vec<&String> = others.iter().collect();
+        let others_alive = self.rows_alive(source, self.from, entity, &others).await?;
+        let mut new_pairs: Vec<(i64, Uuid)> = Vec::new();
+        let mut held = 0u64;
+        let mut taken = HashSet::new();
+        for (i, counterpart, found, in_target) in displaced {
+            let incoming = pg::value::to_text(keys[i]).unwrap_or_default();
+            if !taken.insert(found.clone()) {
+                // Two rows of the run want one row: the first takes it.
+                target_keys[i] = None;
+                held += 1;
+                continue;
+            }
+            let other = in_target.or_else(|| paired_in_source.get(&found).cloned());
+            // Whether the two still need pairing (they may be already).
+            let record = match other {
+                Some(other) if other == incoming => false,
+                Some(other) if others_alive.contains(&other) => {
+                    target_keys[i] = None;
+                    held += 1;
+                    continue;
+                }
+                Some(other) => {
+                    self.unpair(target, source, index, entity, &found, &other)
+                        .await?;
+                    true
+                }
+                None => true,
+            };
+            self.unpair(target, source, index, entity, &counterpart, &incoming)
+                .await?;
+            let id = parse_key(self.to, &found)?;
+            if record {
+                if let Some(pair) = pair_of(self.from, keys[i], &id) {
+                    new_pairs.push(pair);
+                }
+            }
+            self.learn(index, keys[i], &id);
+            target_keys[i] = Some(id);
+            self.stats.linked(1);
+        }
+        if held > 0 {
+            self.stats.key_held(held);
+        }
+        debug!(
+            entity = entity.name(),
+            rows = new_pairs.len(),
+            "rows whose counterpart is gone written onto the row holding their natural key"
+        );
+        self.allocate_and_record(
+            target,
+            source,
+            index,
+            entity,
+            keys,
+            &[],
+            target_keys,
+            new_pairs,
+        )
+        .await
     }
 
     /// The target rows whose natural key is that of one of `rows` (values as
@@ -333,16 +482,20 @@ impl Writer {
             .collect())
     }
 
-    /// Of the source keys `keys` (text), those whose row still exists in the
-    /// source table.
-    async fn source_rows_alive(
+    /// Of the keys `keys` (text) of `entity`'s table on `side`, those whose
+    /// row exists there.
+    async fn rows_alive(
         &self,
-        source: &Client,
+        client: &Client,
+        side: Side,
         entity: &Entity,
         keys: &[&String],
     ) -> Result<HashSet<String>> {
-        let table = entity.table(self.from);
-        let key_type = match self.from {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let table = entity.table(side);
+        let key_type = match side {
             Side::Legacy => "int8",
             Side::Platform => "uuid",
         };
@@ -352,19 +505,24 @@ impl Writer {
             key = quote(&table.key),
             table = quote_table(&table.schema, &table.table),
         );
-        let rows = source
+        let rows = client
             .query(&sql, &[&keys])
             .await
-            .map_err(|e| ApplyError::postgres(self.from.as_str(), "look for source rows", e))?;
+            .map_err(|e| ApplyError::postgres(side.as_str(), "look for rows", e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Removes the target's stale pair of target row `target_key` with the
-    /// source row `source_key` (gone from the source), in the open
-    /// transaction, and forgets it here.
+    /// Removes the stale pair of target row `target_key` with source row
+    /// `source_key` (one of the two is gone) and forgets it here. The pair
+    /// is kept by the database that received the row, either one: the
+    /// target's copy goes in the open transaction, the source's at once,
+    /// under the pair lock (a pair that is stale stays stale, so a rollback
+    /// of the target transaction loses nothing: the rows are paired again
+    /// by natural key when they next cross).
     async fn unpair(
         &mut self,
         target: &Client,
+        source: &Client,
         index: usize,
         entity: &Entity,
         target_key: &str,
@@ -375,16 +533,16 @@ impl Writer {
         let Some((legacy, platform)) = pair_of(self.from, &source_value, &target_value) else {
             return Ok(());
         };
-        target
-            .execute(
-                "WITH m AS (DELETE FROM syncbridge.id_map \
-                            WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3) \
-                 DELETE FROM syncbridge.id_derived \
-                 WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3",
-                &[&entity.name(), &legacy, &platform],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.to.as_str(), "remove a stale pair", e))?;
+        let sql = "WITH m AS (DELETE FROM syncbridge.id_map \
+                              WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3) \
+                   DELETE FROM syncbridge.id_derived \
+                   WHERE entity = $1 AND legacy_id = $2 AND platform_id = $3";
+        let params: [&(dyn ToSql + Sync); 3] = [&entity.name(), &legacy, &platform];
+        let (in_target, in_source) =
+            tokio::join!(target.execute(sql, &params), source.execute(sql, &params));
+        in_target.map_err(|e| ApplyError::postgres(self.to.as_str(), "remove a stale pair", e))?;
+        in_source
+            .map_err(|e| ApplyError::postgres(self.from.as_str(), "remove a stale pair", e))?;
         self.pairing.ids.forget(index, legacy, platform);
         self.hidden = true;
         debug!(
