@@ -240,11 +240,6 @@ impl Session<'_> {
             self.from,
         )
         .await?;
-        if hidden {
-            if let Some(spare) = self.spare.as_mut() {
-                spare.writer.forget_committed_pairs();
-            }
-        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! makes or finds, so that most new legacy rows are known to have no pair
 //! without asking a database (see [`PairCeiling`]).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tokio_postgres::Client;
 
@@ -32,6 +32,10 @@ use crate::error::{ApplyError, Result};
 ///   in a new one (a failure that came back pipelined), the ceiling is read
 ///   anew. Either way the id is looked up this time.
 /// - It only rises: a pair given up (`Writer::unpair`) leaves it where it is.
+/// - It also counts the pairs given up: a writer that sees the count move
+///   forgets the pairs it knows from committed transactions before it looks
+///   one up, whichever direction gave the pair up (see
+///   [`Self::pairs_given_up`]).
 #[derive(Debug)]
 pub struct PairCeiling {
     /// The highest legacy id in either database's tables when last read
@@ -39,6 +43,8 @@ pub struct PairCeiling {
     stored: Vec<AtomicI64>,
     /// The highest legacy id this process has paired or found paired.
     noted: Vec<AtomicI64>,
+    /// How many pairs this process has given up.
+    given_up: AtomicU64,
 }
 
 /// `stored` before the databases were read: any id may be paired.
@@ -50,7 +56,21 @@ impl PairCeiling {
         PairCeiling {
             stored: (0..entities).map(|_| AtomicI64::new(UNREAD)).collect(),
             noted: (0..entities).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            given_up: AtomicU64::new(0),
         }
+    }
+
+    /// A pair was given up, in either database: a writer of either
+    /// direction may know it from a committed transaction, and must not
+    /// use it again (a late delete of the row it named would remove the
+    /// row it no longer names).
+    pub fn pair_given_up(&self) {
+        self.given_up.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many pairs have been given up (see [`Self::pair_given_up`]).
+    pub fn pairs_given_up(&self) -> u64 {
+        self.given_up.load(Ordering::Acquire)
     }
 
     /// Whether legacy row `legacy` of entity `entity` may have a pair.

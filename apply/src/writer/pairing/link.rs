@@ -544,6 +544,7 @@ impl Writer {
         in_source
             .map_err(|e| ApplyError::postgres(self.from.as_str(), "remove a stale pair", e))?;
         self.pairing.ids.forget(index, legacy, platform);
+        self.pairing.ceiling.pair_given_up();
         self.hidden = true;
         debug!(
             entity = entity.name(),

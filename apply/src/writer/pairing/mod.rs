@@ -74,6 +74,9 @@ pub(super) struct Pairing {
     /// The pair lock this target transaction holds (see
     /// [`Writer::lock_pairs`]).
     lock: PairLock,
+    /// How many pairs had been given up when this writer last looked (see
+    /// [`PairCeiling::pairs_given_up`]).
+    given_up_seen: u64,
 }
 
 impl Pairing {
@@ -82,6 +85,17 @@ impl Pairing {
             ids: IdMap::default(),
             ceiling,
             lock: PairLock::None,
+            given_up_seen: 0,
+        }
+    }
+
+    /// Forgets the pairs known from committed transactions if any writer
+    /// gave a pair up since this one last looked.
+    fn forget_given_up(&mut self) {
+        let given_up = self.ceiling.pairs_given_up();
+        if given_up != self.given_up_seen {
+            self.given_up_seen = given_up;
+            self.ids.forget_committed();
         }
     }
 

@@ -17,12 +17,14 @@ use crate::writer::Writer;
 
 impl Writer {
     /// The target-side ids of `keys` this process knows, and the positions
-    /// of those it does not (a NULL key has none).
+    /// of those it does not (a NULL key has none). Pairs any writer gave up
+    /// since this one last looked are read again.
     pub(super) fn known_keys(
-        &self,
+        &mut self,
         index: usize,
         keys: &[&Value],
     ) -> (Vec<Option<Value>>, Vec<usize>) {
+        self.pairing.forget_given_up();
         let out: Vec<Option<Value>> = keys.iter().map(|k| self.known(index, k)).collect();
         let unknown = (0..keys.len())
             .filter(|i| out[*i].is_none() && *keys[*i] != Value::Null)
