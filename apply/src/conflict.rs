@@ -60,7 +60,7 @@ pub const PROBE: &str = "OFFSET 0";
 
 /// What an upsert writes: a change, or a copy read by a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Incoming {
+pub enum Incoming {
     Change,
     Read,
     /// A change applied again by `apply replay`: the target may already hold
@@ -290,7 +290,17 @@ impl Shape {
     /// updated (an updated row version carries the updater in `xmax`), and
     /// the number left out because a parent they need is missing (orphans).
     pub fn upsert_sql(&self) -> String {
-        self.upsert_sql_for(Incoming::Change)
+        self.upsert_sql_for(Incoming::Change, false)
+    }
+
+    /// [`Self::upsert_sql`] (or its read or replay form) for rows given a
+    /// target key just now: a plain insert, same parameters and result.
+    /// Such a key was free when it was chosen; should the target's own
+    /// writers have taken it since, the insert fails on the key (a race:
+    /// the source transaction is applied again and chooses anew) instead of
+    /// writing over their row as an update.
+    pub fn insert_new_sql(&self, incoming: Incoming) -> String {
+        self.upsert_sql_for(incoming, true)
     }
 
     /// Insert-or-update of rows read by a snapshot (`READ` events), same
@@ -299,7 +309,7 @@ impl Shape {
     /// top of the copy read) and never writes over a tombstone, whatever its
     /// time (a row deleted after its page was read stays deleted).
     pub fn read_upsert_sql(&self) -> String {
-        self.upsert_sql_for(Incoming::Read)
+        self.upsert_sql_for(Incoming::Read, false)
     }
 
     /// Insert-or-update of changes applied again by `apply replay`, same
@@ -307,10 +317,10 @@ impl Shape {
     /// wins (the live tie rules assume the target holds nothing newer from
     /// the same source, which a replay cannot), tombstones as for a change.
     pub fn replay_upsert_sql(&self) -> String {
-        self.upsert_sql_for(Incoming::Replay)
+        self.upsert_sql_for(Incoming::Replay, false)
     }
 
-    fn upsert_sql_for(&self, incoming: Incoming) -> String {
+    fn upsert_sql_for(&self, incoming: Incoming, new_rows: bool) -> String {
         let key = quote(&self.key.name);
         let ua = quote(&self.updated_at);
         let mut names = key.clone();
@@ -335,10 +345,9 @@ impl Shape {
              w AS (INSERT INTO {table} AS t ({names}) \
                    SELECT {values} FROM i \
                    WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                         AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer} {PROBE}){parents} \
+                         AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer} {PROBE}){parents}{referenced} \
                    ORDER BY i.ord \
-                   ON CONFLICT ({key}) DO UPDATE SET {sets} \
-                   WHERE ({wins}){differs} \
+                   {on_conflict} \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x, \
                      t.xmax = 0 AS inserted), \
              v AS ({versions}), \
@@ -350,13 +359,31 @@ impl Shape {
             table = self.table,
             entity = literal(&self.entity),
             parents = self.parents_exist("i"),
-            sets = sets.join(", "),
-            differs = self.differs(&results),
-            wins = match incoming {
-                Incoming::Change => self.wins_condition("EXCLUDED", "t"),
-                // The tie and causal parameters stay referenced so that both
-                // statements take the same parameters.
-                Incoming::Read | Incoming::Replay => self.strictly_newer("EXCLUDED", "t"),
+            referenced = if new_rows {
+                // The parameters only the update reads stay referenced, so
+                // that every statement takes the same ones.
+                let p = self.params();
+                format!(
+                    " AND ${}::bool IS NOT NULL AND ${}::text[] IS NOT NULL AND ${}::text[] IS NOT NULL",
+                    p.tie, p.based_keys, p.based_xmins
+                )
+            } else {
+                String::new()
+            },
+            on_conflict = if new_rows {
+                String::new()
+            } else {
+                let wins = match incoming {
+                    Incoming::Change => self.wins_condition("EXCLUDED", "t"),
+                    // The tie and causal parameters stay referenced so that
+                    // both statements take the same parameters.
+                    Incoming::Read | Incoming::Replay => self.strictly_newer("EXCLUDED", "t"),
+                };
+                format!(
+                    "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE ({wins}){differs}",
+                    sets = sets.join(", "),
+                    differs = self.differs(&results),
+                )
             },
             tombstone_newer = match incoming {
                 Incoming::Change | Incoming::Replay => format!(
@@ -562,6 +589,24 @@ mod tests {
                 },
             ],
             parents: vec![],
+        }
+    }
+
+    #[test]
+    fn rows_given_a_new_key_are_inserted_and_never_written_over_a_row_there() {
+        for incoming in [Incoming::Change, Incoming::Read, Incoming::Replay] {
+            let sql = shape().insert_new_sql(incoming);
+            assert!(
+                !sql.contains("ON CONFLICT (\"id\")"),
+                "a taken key fails the insert: {sql}"
+            );
+            for param in ["$5::bool", "$7::text[]", "$8::text[]"] {
+                assert!(
+                    sql.contains(param),
+                    "takes the upsert's parameters ({param}): {sql}"
+                );
+            }
+            assert!(sql.contains("rv.deleted"), "tombstones still apply");
         }
     }
 

@@ -505,6 +505,71 @@ async fn an_email_reused_on_the_platform_while_legacy_edits_its_row_ends_as_one_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_id_the_application_takes_after_apply_chose_it_is_not_written_over(
+) -> anyhow::Result<()> {
+    // A platform-born user gets the next free legacy id; apply records the
+    // pair, then inserts the row. Between the two, the legacy application
+    // inserts a user of its own with that id (an explicit id, committed in
+    // its own transaction: a trigger on the pair table does it through
+    // dblink, once). Written as an upsert, apply's row took the
+    // application's over (its updated_at is older): the application's user
+    // was gone and the platform user sat in its place. Now the insert fails
+    // on the id, the source transaction is applied again with a new id, and
+    // both users live on both sides.
+    let bridge = Bridge::start("taken_id").await?;
+    bridge.converged(WAIT).await?;
+    let legacy = bridge.legacy();
+    legacy
+        .execute(&format!(
+            "CREATE EXTENSION dblink;
+             CREATE TABLE race_once (armed boolean);
+             INSERT INTO race_once VALUES (true);
+             CREATE FUNCTION take_the_id() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+               IF EXISTS (SELECT 1 FROM race_once) THEN
+                 PERFORM dblink_exec('{url}', format(
+                   'BEGIN; DELETE FROM race_once;
+                    INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+                    VALUES (%s, ''app@example.com'', ''Written ByTheApp'', ''member'', ''2020-01-01'', ''2020-01-01'');
+                    COMMIT;', NEW.legacy_id));
+               END IF;
+               RETURN NULL;
+             END $f$;
+             CREATE TRIGGER take_the_id AFTER INSERT ON syncbridge.id_map
+               FOR EACH ROW WHEN (NEW.entity = 'user') EXECUTE FUNCTION take_the_id();",
+            url = legacy.url
+        ))
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'platform@example.com', 'Born', 'OnThePlatform', 'member', '2030-01-01 00:00:00+00', '2030-01-01 00:00:00+00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        count(legacy.client(), "SELECT count(*) FROM race_once").await?,
+        0,
+        "the application took the id apply chose"
+    );
+    let expected = vec![
+        (
+            "Born OnThePlatform".to_owned(),
+            "platform@example.com".to_owned(),
+        ),
+        ("Written ByTheApp".to_owned(), "app@example.com".to_owned()),
+    ];
+    assert_eq!(emails_by_name(&bridge, Side::Legacy).await?, expected);
+    assert_eq!(emails_by_name(&bridge, Side::Platform).await?, expected);
+    for from in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+        let counts = bridge.counters.of(from).snapshot();
+        assert_eq!(counts.dead_lettered, 0, "{from:?}: nothing dead-lettered");
+    }
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unique_email_handed_from_one_row_to_another_lands_in_source_order_on_both_sides(
 ) -> anyhow::Result<()> {
     // A secondary unique constraint (the email) must not break apply: a

@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use super::pipeline::{Then, Written};
 use super::runs::{PendingRow, RunKind};
 use super::Writer;
-use crate::conflict::{self, ColumnSpec, Merge, ParentCheck, Shape, PROBE};
+use crate::conflict::{self, ColumnSpec, Incoming, Merge, ParentCheck, Shape, PROBE};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Field, Side, TargetValue};
 use pg::ident::{quote, quote_table};
@@ -70,6 +70,27 @@ impl Rendered {
             })
             .collect();
         Rendered { columns, plain }
+    }
+}
+
+/// The rows one statement of a run writes: their positions in the run, and
+/// per row its target key, its source transaction and its column values
+/// (text, column by column).
+struct Statement {
+    rows: Vec<usize>,
+    keys: Vec<Option<String>>,
+    source_xids: Vec<String>,
+    columns: Vec<Vec<Option<String>>>,
+}
+
+impl Statement {
+    fn new(columns: usize, rows: usize) -> Statement {
+        Statement {
+            rows: Vec::with_capacity(rows),
+            keys: Vec::with_capacity(rows),
+            source_xids: Vec::with_capacity(rows),
+            columns: vec![Vec::with_capacity(rows); columns],
+        }
     }
 }
 
@@ -210,13 +231,6 @@ impl Writer {
             });
         }
 
-        // Values, column by column, as text; rows without a target key or with
-        // an unresolvable reference are left out (counted as conflicts).
-        let mut written_rows: Vec<usize> = Vec::with_capacity(rows.len());
-        let mut key_texts: Vec<Option<String>> = Vec::with_capacity(rows.len());
-        let mut source_xids: Vec<String> = Vec::with_capacity(rows.len());
-        let mut column_texts: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(rows.len()); columns.len()];
         let (mut target_keys, resolved, natural) = if linking && inserts {
             // The values first (they do not depend on this run's own keys),
             // then every read the pairing needs in one round (see
@@ -272,6 +286,14 @@ impl Writer {
                 .await?;
             }
         }
+        // Values, column by column, as text; rows without a target key or with
+        // an unresolvable reference are left out (counted as conflicts). Rows
+        // given a new id just now are written apart, after the others: see
+        // `Shape::insert_new_sql`. (An insert frees no natural key, so no row
+        // of the first statement needs one the second writes.)
+        let given_new = new_ids.iter().filter(|new| **new).count();
+        let mut existing = Statement::new(columns.len(), rows.len() - given_new);
+        let mut new_rows = Statement::new(columns.len(), given_new);
         let mut orphans = 0u64;
         for (row_index, (target_key, values)) in target_keys.iter().zip(resolved).enumerate() {
             let unresolved = values.is_none();
@@ -282,15 +304,22 @@ impl Writer {
                 }
                 continue;
             };
-            written_rows.push(row_index);
-            key_texts.push(pg::value::to_text(target_key));
-            source_xids.push(rows[row_index].source_xid.to_string());
-            for (texts, value) in column_texts.iter_mut().zip(values) {
+            let statement = if new_ids[row_index] {
+                &mut new_rows
+            } else {
+                &mut existing
+            };
+            statement.rows.push(row_index);
+            statement.keys.push(pg::value::to_text(target_key));
+            statement
+                .source_xids
+                .push(rows[row_index].source_xid.to_string());
+            for (texts, value) in statement.columns.iter_mut().zip(values) {
                 texts.push(value);
             }
         }
         self.stats.conflict_orphans(orphans);
-        if written_rows.is_empty() {
+        if existing.rows.is_empty() && new_rows.rows.is_empty() {
             return Ok(());
         }
 
@@ -301,44 +330,36 @@ impl Writer {
             specs,
             parents,
         );
-        let replay = self.delete_rule == conflict::DeleteRule::Replay;
-        let sql = match kind {
-            RunKind::Upsert if replay => shape.replay_upsert_sql(),
-            RunKind::Upsert => shape.upsert_sql(),
-            RunKind::Read => shape.read_upsert_sql(),
-            _ if replay => shape.replay_update_sql(),
-            _ => shape.update_sql(),
+        let incoming = match (kind, self.delete_rule == conflict::DeleteRule::Replay) {
+            (_, true) => Incoming::Replay,
+            (RunKind::Read, false) => Incoming::Read,
+            _ => Incoming::Change,
         };
-        // Rows given a new id just now have no version here to be based on.
-        let (based_keys, based_xmins) = {
-            let (written, keys): (Vec<&PendingRow>, Vec<Option<String>>) = written_rows
+        if !existing.rows.is_empty() {
+            let sql = match (kind, incoming) {
+                (RunKind::Upsert | RunKind::Read, Incoming::Replay) => shape.replay_upsert_sql(),
+                (RunKind::Upsert, _) => shape.upsert_sql(),
+                (RunKind::Read, _) => shape.read_upsert_sql(),
+                (_, Incoming::Replay) => shape.replay_update_sql(),
+                _ => shape.update_sql(),
+            };
+            let (based_keys, based_xmins) = {
+                let written: Vec<&PendingRow> = existing.rows.iter().map(|i| &rows[*i]).collect();
+                self.bases(target, source, entity, &written, &existing.keys)
+                    .await?
+            };
+            let crossed: Vec<(String, Value)> = existing
+                .rows
                 .iter()
-                .zip(&key_texts)
-                .filter(|(i, _)| !new_ids[**i])
-                .map(|(i, key)| (&rows[*i], key.clone()))
-                .unzip();
-            if written.is_empty() {
-                (Vec::new(), Vec::new())
-            } else {
-                self.bases(target, source, entity, &written, &keys).await?
-            }
-        };
-        let crossed: Vec<(String, Value)> = written_rows
-            .iter()
-            .zip(&key_texts)
-            .filter(|(i, _)| crossed_before[**i])
-            .filter_map(|(i, key)| Some((key.clone()?, rows[*i].source_key.clone())))
-            .collect();
-        // Rows given a new id just now need no lock: see `lock_rows`.
-        let lock_keys: Vec<Option<String>> = written_rows
-            .iter()
-            .zip(&key_texts)
-            .filter(|(i, _)| !new_ids[**i])
-            .map(|(_, key)| key.clone())
-            .collect();
-        if !lock_keys.is_empty() {
-            let lock: Vec<Box<dyn ToSql + Sync + Send>> =
-                vec![Box::new(entity.name().to_owned()), Box::new(lock_keys)];
+                .zip(&existing.keys)
+                .filter(|(i, _)| crossed_before[**i])
+                .filter_map(|(i, key)| Some((key.clone()?, rows[*i].source_key.clone())))
+                .collect();
+            // Rows given a new id just now need no lock: see `lock_rows`.
+            let lock: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+                Box::new(entity.name().to_owned()),
+                Box::new(existing.keys.clone()),
+            ];
             self.send_prepared(
                 target,
                 source,
@@ -348,21 +369,65 @@ impl Writer {
                 Then::Nothing,
             )
             .await?;
+            self.send_rows(
+                target,
+                source,
+                index,
+                entity,
+                sql,
+                existing,
+                crossed,
+                (based_keys, based_xmins),
+            )
+            .await?;
         }
+        if !new_rows.rows.is_empty() {
+            // Rows given a new id just now have no version here to be based
+            // on, and none came back.
+            let sql = shape.insert_new_sql(incoming);
+            self.send_rows(
+                target,
+                source,
+                index,
+                entity,
+                sql,
+                new_rows,
+                Vec::new(),
+                (Vec::new(), Vec::new()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one statement of `write_rows` (`sql`, one of `Shape`'s upserts
+    /// or updates) for `statement`'s rows.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_rows(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        sql: String,
+        statement: Statement,
+        crossed: Vec<(String, Value)>,
+        (based_keys, based_xmins): (Vec<String>, Vec<String>),
+    ) -> Result<()> {
+        let Statement {
+            rows,
+            keys,
+            source_xids,
+            columns,
+        } = statement;
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
         let texts =
             |column: &[Option<String>]| text_array_bytes(column.iter().map(Option::as_deref));
-        let bytes = texts(&key_texts)
-            + column_texts
-                .iter()
-                .map(|column| texts(column))
-                .sum::<usize>()
+        let bytes = texts(&keys)
+            + columns.iter().map(|column| texts(column)).sum::<usize>()
             + text_array_bytes(source_xids.iter().map(|xid| Some(xid.as_str())));
-        params.push(Box::new(Presized {
-            value: key_texts,
-            bytes,
-        }));
-        for texts in column_texts {
+        params.push(Box::new(Presized { value: keys, bytes }));
+        for texts in columns {
             params.push(Box::new(texts));
         }
         params.push(Box::new(self.origin.clone()));
@@ -372,7 +437,7 @@ impl Writer {
         params.push(Box::new(based_xmins));
         let then = Then::Written(Written {
             entity: index,
-            attempted: written_rows.len() as u64,
+            attempted: rows.len() as u64,
             crossed,
             transaction: self.pipeline.transactions,
         });
