@@ -8,37 +8,22 @@
 #      a member born on the OTHER side, a geofence/zone
 #   2  updates of random rows of every table, born on either side (phone, role/kind, archived
 #      flag, category, membership role, radius and position)
-#   3  inserts: a zone without a team, a member of another team of the same side's birth
+#   3  inserts: a zone without a team, a member of any team
 #   0  deletes: the oldest membership, zone, and user or team (cascades), an unused category
-# and, before that, on both sides within a fraction of a second (platform first, then legacy,
-# each before the other's change reached it):
-#   n%5 = 0  a deliberate conflict: the same user, team and geofence (picked on legacy, matched on
-#            the platform by email / name) updated on both sides; the newer updated_at wins, a tie
-#            (same second) goes to legacy (schemas/mapping/reference.toml)
-#   n%10 = 7 the same user (same email, the natural key) created on both sides
-#            (ON CONFLICT DO NOTHING: when the other side's copy arrived first, it stays)
+# and, before that, a deliberate conflict every fifth tick: the same user, team and geofence
+# (picked on legacy, matched on the platform by email / name) updated on both sides:
+#   n%10 = 0  at once (two concurrent transactions): the newer updated_at wins, a tie (same
+#             second) goes to legacy (schemas/mapping/reference.toml)
+#   n%10 = 5  legacy first, the platform as soon as legacy's edit arrived (usually within the
+#             same second): the platform's edit was made on top of legacy's and wins on both sides
+#   n%10 = 7  the same user (same email, the natural key) created on both sides
+#             (ON CONFLICT DO NOTHING: when the other side's copy arrived first, it stays)
 #
-# Foreign keys are valid where written. Memberships are only created for pairs no other writer
-# creates (legacy: legacy-born team with any user; platform: platform-born group with any
-# identity), so that no two rows compete for the same UNIQUE (team, user) pair.
-#
-# Known bridge bug, which the workload steers clear of: a platform change that overwrites a
-# legacy change already applied on the platform, with an updated_at not newer at second
-# precision (same second, or earlier: legacy's timestamp(0) rounds to the NEAREST second, so its
-# updated_at can be up to 0.5s in the future), is dropped on legacy (legacy wins the tie / is
-# newer) but stays on the platform: the sides differ for good. Hence: in a conflict the platform
-# writes first; platform updates and deletes only pick rows whose updated_at is at least 2 seconds
-# old (PLATFORM_SETTLED). SAME_SECOND=1 (scripts/demo --same-second) reproduces the bug: legacy
-# writes first, the platform waits until that arrived and then writes; no PLATFORM_SETTLED.
+# Any row of either birth is updated or deleted from either side; memberships are created for
+# any team and user, so both sides may create the same (team, user) pair at once.
 #
 # Needs: RUN (a run id), psql_at URL (psql reading SQL on stdin), SYNC_BRIDGE_LEGACY_URL,
 # SYNC_BRIDGE_PLATFORM_URL, WORKLOAD_LOG (one line per transaction: tick, side, what, ok/FAILED).
-
-if ((${SAME_SECOND:-0})); then
-    PLATFORM_SETTLED="true"
-else
-    PLATFORM_SETTLED="updated_at < now() - interval '2 seconds'"
-fi
 
 # pick N WORD...: the (N mod count)-th word
 pick() {
@@ -107,7 +92,7 @@ INSERT INTO geofences (team_id, name, latitude, longitude, radius_m, inserted_at
   VALUES (NULL, 'L free zone $RUN.$n', $LAT_SQL, $LNG_SQL, 200 + $n % 50, now(), now());
 INSERT INTO team_members (team_id, user_id, role, inserted_at, updated_at)
   SELECT t.id, u.id, 'member', now(), now()
-  FROM (SELECT id FROM teams WHERE name LIKE 'L team %' ORDER BY random() LIMIT 1) t,
+  FROM (SELECT id FROM teams ORDER BY random() LIMIT 1) t,
        (SELECT id FROM users ORDER BY random() LIMIT 1) u
   ON CONFLICT (team_id, user_id) DO NOTHING;
 COMMIT;
@@ -167,15 +152,15 @@ BEGIN;
 UPDATE identity.identities SET phone_e164 = '+337' || lpad(($n * 104729 % 100000000)::text, 8, '0'),
                                (kind, is_admin) = ($(pick "$n" "'staff', true" "'member', false" "'staff', false")),
                                updated_at = now()
-  WHERE id = (SELECT id FROM identity.identities WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM identity.identities ORDER BY random() LIMIT 1);
 UPDATE org.groups SET archived_at = CASE WHEN archived_at IS NULL THEN now() END, category = $category,
                       updated_at = now()
-  WHERE id = (SELECT id FROM org.groups WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM org.groups ORDER BY random() LIMIT 1);
 UPDATE org.memberships SET role = CASE role WHEN 'lead' THEN 'member' ELSE 'lead' END, updated_at = now()
-  WHERE id = (SELECT id FROM org.memberships WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM org.memberships ORDER BY random() LIMIT 1);
 UPDATE geo.zones SET radius_m = radius_m + 10, center = jsonb_build_object('lat', $LAT_SQL, 'lng', $LNG_SQL),
                      updated_at = now()
-  WHERE id = (SELECT id FROM geo.zones WHERE $PLATFORM_SETTLED ORDER BY random() LIMIT 1);
+  WHERE id = (SELECT id FROM geo.zones ORDER BY random() LIMIT 1);
 COMMIT;
 EOF
         ;;
@@ -188,7 +173,7 @@ INSERT INTO geo.zones (id, group_id, name, center, radius_m, created_at, updated
           250 + $n % 50, now(), now());
 INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at)
   SELECT gen_random_uuid(), g.id, i.id, 'member', now(), now()
-  FROM (SELECT id FROM org.groups WHERE name LIKE 'P group %' ORDER BY random() LIMIT 1) g,
+  FROM (SELECT id FROM org.groups ORDER BY random() LIMIT 1) g,
        (SELECT id FROM identity.identities ORDER BY random() LIMIT 1) i
   ON CONFLICT (group_id, identity_id) DO NOTHING;
 COMMIT;
@@ -199,11 +184,11 @@ EOF
         cat <<EOF
 BEGIN;
 DELETE FROM org.memberships
-  WHERE id = (SELECT id FROM org.memberships WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
-DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
+  WHERE id = (SELECT id FROM org.memberships ORDER BY created_at, id LIMIT 1);
+DELETE FROM geo.zones WHERE id = (SELECT id FROM geo.zones ORDER BY created_at, id LIMIT 1);
 DELETE FROM $(pick $((n / 4)) identity.identities org.groups)
   WHERE id = (SELECT id FROM $(pick $((n / 4)) identity.identities org.groups)
-              WHERE $PLATFORM_SETTLED ORDER BY created_at, id LIMIT 1);
+              ORDER BY created_at, id LIMIT 1);
 COMMIT;
 EOF
         ;;
@@ -218,6 +203,7 @@ prepare_conflict() {
     CONFLICT_LEGACY_SQL=""
     CONFLICT_PLATFORM_SQL=""
     CONFLICT_WHAT=""
+    CONFLICT_CAUSAL=0
     if ((n % 10 == 7)); then
         CONFLICT_WHAT="user both.$RUN.$n created on both sides"
         CONFLICT_LEGACY_SQL="INSERT INTO users (email, full_name, role, inserted_at, updated_at)
@@ -242,10 +228,11 @@ UPDATE users SET full_name = 'Conflict$n Legacy', phone = '+33600000$n', updated
 UPDATE teams SET notes = 'edited on legacy at tick $n', updated_at = now() WHERE name = '$team';
 UPDATE geofences SET radius_m = 500 + $n, updated_at = now() WHERE name = '$zone';
 COMMIT;"
-    if ((${SAME_SECOND:-0})); then
+    if ((n % 10 == 5)); then
         # Not concurrent but causal: the platform edits the rows as soon as legacy's edit of them
         # arrived (one source transaction: the user's phone stands for all three), which is
         # usually within the second of legacy's updated_at.
+        CONFLICT_CAUSAL=1
         CONFLICT_WHAT="${CONFLICT_WHAT/%updated on both sides/updated on legacy, then on the platform once that arrived}"
         CONFLICT_PLATFORM_SQL+="
 DO \$\$
@@ -310,12 +297,14 @@ log_tick() { # log_tick N SIDE WHAT RESULT
 tick_both() {
     local n="$1"
     prepare_conflict "$n"
-    if ((${SAME_SECOND:-0})); then
+    if ((CONFLICT_CAUSAL)); then
         conflict_half legacy "$n" "$CONFLICT_LEGACY_SQL"
         conflict_half platform "$n" "$CONFLICT_PLATFORM_SQL"
     else
+        conflict_half legacy "$n" "$CONFLICT_LEGACY_SQL" &
+        local legacy_half=$!
         conflict_half platform "$n" "$CONFLICT_PLATFORM_SQL"
-        conflict_half legacy "$n" "$CONFLICT_LEGACY_SQL"
+        wait "$legacy_half" || true
     fi
     side_tick legacy "$n" &
     local legacy_pid=$!
