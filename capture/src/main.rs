@@ -19,11 +19,13 @@ struct Args {
 enum Command {
     /// Stream changes into Kafka (the default).
     Run,
-    /// Print the change events on one or more topics, one line each.
+    /// Print the change events on one or more topics, one line each. Reaches
+    /// the brokers as the configuration file's `[kafka]` section says (any
+    /// service's file, `kafka.properties` included), or `--brokers`.
     Tail {
-        /// Bootstrap servers.
-        #[arg(long, env = "SYNC_BRIDGE_KAFKA__BROKERS")]
-        brokers: String,
+        /// Bootstrap servers (override the configuration file's).
+        #[arg(long)]
+        brokers: Option<String>,
         /// Topics to read.
         #[arg(long = "topic", required = true)]
         topics: Vec<String>,
@@ -76,8 +78,13 @@ fn main() -> ExitCode {
                 values,
                 limit,
             } => {
+                let kafka = runtime::config::KafkaConfig::load_section(
+                    args.common.config.as_deref(),
+                    brokers.as_deref(),
+                )
+                .map_err(|e| capture::CaptureError::Runtime(runtime::RuntimeError::Config(e)))?;
                 let options = capture::tail::TailOptions {
-                    brokers,
+                    kafka,
                     topics,
                     from_beginning,
                     values,

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use schemas::codec::Codec;
 use schemas::event::{ChangeEvent, Column, Op, Value};
 use tokio_util::sync::CancellationToken;
 
+use runtime::config::KafkaConfig;
 use runtime::RuntimeError;
 
 use crate::error::{CaptureError, Result};
@@ -26,7 +27,9 @@ const GAP_WAIT: Duration = Duration::from_secs(5);
 /// What to tail.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
-    pub brokers: String,
+    /// How to reach the brokers: the same settings every client of the
+    /// project takes (`kafka.properties`: TLS, SASL, ...).
+    pub kafka: KafkaConfig,
     pub topics: Vec<String>,
     /// Start at the beginning of each topic rather than its end.
     pub from_beginning: bool,
@@ -39,12 +42,15 @@ pub struct TailOptions {
 /// Prints events until `shutdown`, the limit, or an error.
 pub async fn tail(options: TailOptions, shutdown: CancellationToken) -> Result<()> {
     let codec = Codec::new().map_err(CaptureError::Schema)?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &options.brokers)
-        .set("group.id", "syncbridge-tail")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| RuntimeError::kafka("create the consumer", e))?;
+    let consumer: StreamConsumer = runtime::kafka::client_config_over(
+        &options.kafka,
+        &[
+            ("group.id", "syncbridge-tail"),
+            ("enable.auto.commit", "false"),
+        ],
+    )
+    .create()
+    .map_err(|e| RuntimeError::kafka("create the consumer", e))?;
     let mut assignment = TopicPartitionList::new();
     let start = if options.from_beginning {
         Offset::Beginning

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -99,6 +99,25 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The `[kafka]` section alone, from the same layers as a service's whole
+    /// configuration (see [`layers`]), for a tool that only reads topics
+    /// (`capture tail`): any service's configuration file serves, and
+    /// `brokers`, when given, overrides the file's. Secrets are resolved.
+    pub fn load_section(
+        path: Option<&Path>,
+        brokers: Option<&str>,
+    ) -> std::result::Result<KafkaConfig, String> {
+        let mut figment = layers(path)?;
+        if let Some(brokers) = brokers {
+            figment = figment.merge(Serialized::default("kafka.brokers", brokers));
+        }
+        let mut kafka: KafkaConfig = figment.extract_inner("kafka").map_err(|e| {
+            format!("kafka settings (a configuration file's [kafka] section, or --brokers): {e}")
+        })?;
+        kafka.resolve_secrets()?;
+        Ok(kafka)
+    }
+
     /// Moves `sasl_password` / `sasl_password_file` into
     /// `properties["sasl.password"]`, where every client picks it up.
     pub fn resolve_secrets(&mut self) -> std::result::Result<(), String> {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use schemas::event::{ChangeEvent, Column, Op, Value};
 use sync_bridge_tests::{
-    binary, create_topic, produce, produce_with_offsets_skipped, unique, CaptureSetup, EventReader,
-    Side, Stack, TestDb,
+    binary, create_topic, produce, produce_with_offsets_skipped, run_command, unique, CaptureSetup,
+    EventReader, Side, Stack, TestDb,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -356,6 +356,45 @@ async fn tail_prints_every_message_in_order_and_says_where_offsets_never_became_
     assert!(
         stderr.contains(&format!("{topic}: offsets 2 to 6 never became readable")),
         "the gap is named once the wait is over: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reaches_the_brokers_as_the_configuration_file_says() -> anyhow::Result<()> {
+    let topic = unique("tail_config");
+    create_topic(&topic).await?;
+    produce(&topic, &[(b"k".to_vec(), b"only".to_vec())]).await?;
+    let brokers = &Stack::get().brokers;
+    let tail = [
+        "tail",
+        "--topic",
+        &topic,
+        "--from-beginning",
+        "--limit",
+        "1",
+    ];
+    let file = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\n[kafka.properties]\n\"client.id\" = \"tail-test\"\n"
+    );
+    let read = tokio::time::timeout(WAIT, run_command("capture", &file, &tail)).await??;
+    assert_eq!(read.code, Some(0), "{}\n{}", read.stdout, read.stderr);
+    assert!(
+        read.stdout.contains(&format!("{topic} offset 0")),
+        "no --brokers: the file's [kafka] section is used: {}",
+        read.stdout
+    );
+    // The file's librdkafka properties reach tail's client: one it cannot
+    // take is refused, by name.
+    let file = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"soon\"\n"
+    );
+    let refused = tokio::time::timeout(WAIT, run_command("capture", &file, &tail)).await??;
+    assert_ne!(refused.code, Some(0), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("fetch.wait.max.ms"),
+        "{}",
+        refused.stderr
     );
     Ok(())
 }
