@@ -142,6 +142,51 @@ async fn rows_sharing_one_updated_at_are_all_carried_once_across_pages() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_stamped_further_behind_than_the_overlap_cross_at_the_next_reconciliation(
+) -> anyhow::Result<()> {
+    // A writer whose clock is an hour behind stamps an insert and an update
+    // before the watermark minus the overlap, where no round reads. Before,
+    // the insert's key was taken into the ledger by reconciliation as if
+    // apply had written it, and the update was never read.
+    let bridge = polling_bridge("poll_skew").await?;
+    let legacy = bridge.legacy();
+    legacy
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             VALUES ('on-time@example.com', 'On Time', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    legacy
+        .execute(
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             VALUES ('behind@example.com', 'Clock Behind', 'member',
+                     now() AT TIME ZONE 'UTC' - interval '1 hour', now() AT TIME ZONE 'UTC' - interval '1 hour')",
+        )
+        .await?;
+    legacy
+        .execute(
+            "UPDATE users SET full_name = 'Renamed Behind', updated_at = now() AT TIME ZONE 'UTC' - interval '1 hour'
+             WHERE email = 'on-time@example.com'",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    let names: Vec<String> = bridge
+        .platform()
+        .client()
+        .query(
+            "SELECT given_name || ' ' || family_name FROM identity.identities ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(names, ["Clock Behind", "Renamed Behind"]);
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_reach_the_other_side_through_reconciliation() -> anyhow::Result<()> {
     let bridge = polling_bridge("poll_deletes").await?;
     bridge

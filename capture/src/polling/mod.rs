@@ -9,7 +9,8 @@
 //!        ──► events (one pseudo-transaction per page) ──► Kafka ──► delivery reports
 //!                                                                        │
 //!    syncbridge.capture_keys (key, xmin) + capture_watermark (updated_at, pk) ◄──┘
-//!  every polling.reconcile_interval: table keys vs capture_keys ──► Delete events
+//!  every polling.reconcile_interval: a sweep (rows stamped behind watermark - overlap
+//!    whose xmin was never sent ──► events), then table keys vs capture_keys ──► Delete events
 //! ```
 //!
 //! - **Rounds and pages.** A round reads a table from its watermark minus
@@ -56,6 +57,11 @@
 //!   moves past them only after Kafka confirmed every event of the page, in
 //!   one transaction. A crash re-reads from the last confirmed page; what is
 //!   sent twice is idempotent by last-writer-wins.
+//! - **Sweeps.** A row stamped at or before the watermark minus the overlap
+//!   when it commits (a writer's clock behind, a long transaction) is never
+//!   read by a round. Before each reconciliation a sweep reads each table
+//!   whole, in one snapshot, parents first, and sends those rows whose
+//!   `xmin` is not the one the ledger holds ([`Poller::sweep`]), with a WARN.
 //! - **Deletes** come from reconciliation ([`crate::reconcile`]): children
 //!   first (the reverse table order), each table's current keys against the
 //!   ledger; Delete events (key columns, `before` = the key) for the keys
@@ -124,7 +130,7 @@ pub async fn session(
         poller.publish_watermark_ages().await;
         let due = reconciled_at.is_none_or(|at| at.elapsed() >= config.polling.reconcile_interval);
         if due {
-            if !poller.reconcile(shutdown).await? {
+            if !poller.sweep(shutdown).await? || !poller.reconcile(shutdown).await? {
                 return Ok(());
             }
             reconciled_at = Some(tokio::time::Instant::now());

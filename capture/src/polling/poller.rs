@@ -88,6 +88,17 @@ pub(super) async fn connect(connection: &Connection) -> Result<Client> {
     Ok(client)
 }
 
+/// What a pass over the tables reads (see [`Poller::round`] and
+/// [`Poller::sweep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// From each table's watermark minus `polling.overlap`.
+    FromWatermark,
+    /// Rows stamped further behind the watermark than the overlap whose
+    /// version was never sent.
+    BehindOverlap,
+}
+
 /// Whether a polling watermark exists for this source (polling ran before).
 pub async fn has_watermarks(client: &Client) -> Result<bool> {
     // Asked of the catalog, which every role may read: a streaming capture
@@ -154,6 +165,25 @@ impl<'a> Poller<'a> {
     /// Reads every table once, to the end, parents first. `Ok(false)` when
     /// shutdown interrupted it.
     pub async fn round(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        self.read_tables(Reading::FromWatermark, shutdown).await
+    }
+
+    /// Reads, in every table, parents first, the rows no round reads: those
+    /// stamped further behind the watermark than `polling.overlap` (a writer
+    /// whose clock is behind, a transaction that committed long after it
+    /// stamped its rows) whose version was never sent. A sweep reads whole
+    /// tables (joined with the key ledger), so it runs with reconciliation,
+    /// which reads their keys anyway. `Ok(false)` when shutdown interrupted
+    /// it.
+    pub async fn sweep(&mut self, shutdown: &CancellationToken) -> Result<bool> {
+        self.read_tables(Reading::BehindOverlap, shutdown).await
+    }
+
+    async fn read_tables(
+        &mut self,
+        reading: Reading,
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
         let echo_ledger = self.echo_ledger_exists().await?;
         // One snapshot for the whole round: a child row visible in it has its
         // parent visible too, and parents are read first, so apply never
@@ -162,7 +192,7 @@ impl<'a> Poller<'a> {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| CaptureError::postgres("begin a polling round", e))?;
-        let outcome = self.round_in_snapshot(echo_ledger, shutdown).await;
+        let outcome = self.round_in_snapshot(reading, echo_ledger, shutdown).await;
         let end = self.reader.batch_execute("COMMIT").await;
         let completed = outcome?;
         end.map_err(|e| CaptureError::postgres("end a polling round", e))?;
@@ -171,12 +201,16 @@ impl<'a> Poller<'a> {
 
     async fn round_in_snapshot(
         &mut self,
+        reading: Reading,
         echo_ledger: bool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let head = self.read_head().await?;
         for index in 0..self.tables.len() {
-            if !self.poll_table(index, head, echo_ledger, shutdown).await? {
+            if !self
+                .poll_table(index, head, reading, echo_ledger, shutdown)
+                .await?
+            {
                 return Ok(false);
             }
         }
@@ -258,15 +292,22 @@ impl<'a> Poller<'a> {
         &mut self,
         index: usize,
         head: (u64, i64),
+        reading: Reading,
         echo_ledger: bool,
         shutdown: &CancellationToken,
     ) -> Result<bool> {
         let table = self.tables[index].clone();
         let page_size = self.config.polling.page_size;
-        let mut start = self.start_of(&table).await?;
+        // A sweep pages by key set like a round: the ledger it filters on is
+        // read in the pass's snapshot, so rows it confirms do not drop out.
+        let overlap_secs = self.config.polling.overlap.as_secs_f64();
+        let (mut start, behind_overlap) = match reading {
+            Reading::FromWatermark => (self.start_of(&table).await?, None),
+            Reading::BehindOverlap => (PageStart::Beginning, Some(overlap_secs)),
+        };
         let mut sent = 0usize;
         loop {
-            let sql = table.page_query(&start, page_size, echo_ledger);
+            let sql = table.page_query(&start, page_size, echo_ledger, behind_overlap);
             let page = self.read_page(head, &table, &sql, &start).await?;
             let full = page.rows.len() == page_size;
             let Some(last) = page.rows.last() else {
@@ -303,7 +344,14 @@ impl<'a> Poller<'a> {
             }
         }
         if sent > 0 {
-            debug!(table = %table.name, events = sent, "polled");
+            match reading {
+                Reading::FromWatermark => debug!(table = %table.name, events = sent, "polled"),
+                Reading::BehindOverlap => warn!(
+                    table = %table.name,
+                    events = sent,
+                    "sent rows stamped further behind the watermark than polling.overlap, which no round reads (a writer's clock behind, or a transaction that committed long after it stamped its rows); raise polling.overlap to send them sooner"
+                ),
+            }
         }
         Ok(true)
     }
@@ -573,9 +621,9 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Adds keys the table has and the ledger does not (rows written behind
-    /// the watermark, e.g. by apply with the other side's `updated_at`), so
-    /// that their deletes are found too.
+    /// Adds keys the table has and the ledger does not (rows no pass has
+    /// sent yet), without an `xmin`, so that their deletes are found too and
+    /// a round or the next sweep still sends them.
     async fn adopt(&self, table: &PolledTable, keys: &[Vec<String>]) -> Result<()> {
         let n = table.key.len();
         let columns: Vec<Vec<String>> = (0..n)

@@ -82,8 +82,18 @@ impl PolledTable {
     /// The query reading one page. Parameters: `$1` the table's label, then
     /// those of `start` (see `PageStart::params`). Columns: `xmin` (int8),
     /// echo (bool), known (bool: the key is in the ledger), the `xmin`
-    /// last sent (int8, NULL), then every column as text.
-    pub fn page_query(&self, start: &PageStart, page_size: usize, echo_ledger: bool) -> String {
+    /// last sent (int8, NULL), then every column as text. With
+    /// `behind_overlap` (a sweep, given `polling.overlap` in seconds), only
+    /// the rows no round reads: stamped at or before the table's watermark
+    /// minus the overlap, and whose version was never sent (their `xmin` is
+    /// not the one the ledger holds).
+    pub fn page_query(
+        &self,
+        start: &PageStart,
+        page_size: usize,
+        echo_ledger: bool,
+        behind_overlap: Option<f64>,
+    ) -> String {
         let echo = if echo_ledger {
             "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l WHERE l.written_xmin = t.xmin::text)"
         } else {
@@ -106,6 +116,21 @@ impl PolledTable {
                     .map(|(n, i)| format!("${}::text::{}", n + 2, self.columns[i].sql_type))
                     .collect();
                 format!("WHERE ({}) > ({})", self.order_columns(), bounds.join(", "))
+            }
+        };
+        let filter = match behind_overlap {
+            None => filter,
+            Some(overlap_secs) => {
+                let behind = format!(
+                    "k.row_xmin IS DISTINCT FROM t.xmin::text::int8 AND {updated_at} <= \
+                     (SELECT w.updated_at::{updated_at_type} FROM syncbridge.capture_watermark w WHERE w.tbl = $1) \
+                     - make_interval(secs => {overlap_secs}::float8)"
+                );
+                if filter.is_empty() {
+                    format!("WHERE {behind}")
+                } else {
+                    format!("{filter} AND {behind}")
+                }
             }
         };
         format!(
