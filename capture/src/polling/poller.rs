@@ -298,6 +298,7 @@ impl<'a> Poller<'a> {
     ) -> Result<bool> {
         let table = self.tables[index].clone();
         let page_size = self.config.polling.page_size;
+        let started = std::time::Instant::now();
         // A sweep pages by key set like a round: the ledger it filters on is
         // read in the pass's snapshot, so rows it confirms do not drop out.
         let overlap_secs = self.config.polling.overlap.as_secs_f64();
@@ -343,14 +344,21 @@ impl<'a> Poller<'a> {
                 break;
             }
         }
-        if sent > 0 {
-            match reading {
-                Reading::FromWatermark => debug!(table = %table.name, events = sent, "polled"),
-                Reading::BehindOverlap => warn!(
-                    table = %table.name,
-                    events = sent,
-                    "sent rows stamped further behind the watermark than polling.overlap, which no round reads (a writer's clock behind, or a transaction that committed long after it stamped its rows); raise polling.overlap to send them sooner"
-                ),
+        match reading {
+            Reading::FromWatermark if sent > 0 => {
+                debug!(table = %table.name, events = sent, "polled");
+            }
+            Reading::FromWatermark => {}
+            Reading::BehindOverlap => {
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                info!(table = %table.name, events = sent, elapsed_ms, "swept");
+                if sent > 0 {
+                    warn!(
+                        table = %table.name,
+                        events = sent,
+                        "sent rows stamped further behind the watermark than polling.overlap, which no round reads (a writer's clock behind, or a transaction that committed long after it stamped its rows); raise polling.overlap to send them sooner"
+                    );
+                }
             }
         }
         Ok(true)
