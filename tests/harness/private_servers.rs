@@ -47,6 +47,54 @@ impl ThrowawayCluster {
         })
     }
 
+    /// A standby of the running `primary`: its data directory copied by
+    /// `pg_basebackup` with `-R` (it streams from `primary` once started).
+    pub fn standby_of(primary: &ThrowawayCluster, hint: &str) -> Result<ThrowawayCluster> {
+        let stack = Stack::get();
+        let dir = TempDir::new(hint)?;
+        if let Some(user) = &stack.pg_run_as {
+            run_program("chown", &["-R", user, &dir.0.display().to_string()], None)?;
+            run_program("chmod", &["755", &dir.0.display().to_string()], None)?;
+        }
+        let data = dir.0.join("data");
+        let port = primary.port.to_string();
+        run_program(
+            &stack.pg_bindir.join("pg_basebackup").display().to_string(),
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-R",
+                "-X",
+                "stream",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+            stack.pg_run_as.as_deref(),
+        )
+        .context("pg_basebackup")?;
+        Ok(ThrowawayCluster {
+            port: free_port()?,
+            log: dir.0.join("log"),
+            data,
+            wal_level: primary.wal_level.clone(),
+            _dir: dir,
+        })
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) -> Result<()> {
+        let stack = Stack::get();
+        run_program(
+            &stack.pg_bindir.join("pg_ctl").display().to_string(),
+            &["-D", &self.data.display().to_string(), "-w", "promote"],
+            stack.pg_run_as.as_deref(),
+        )
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/<dbname>`.
     pub fn url(&self, dbname: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use sync_bridge_tests::{Bridge, NamedUsers, Side};
+use sync_bridge_tests::{
+    connect, count, create_topic, eventually, unique, Bridge, EventReader, NamedUsers, Side, Stack,
+    ThrowawayCluster,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -193,4 +196,82 @@ async fn a_source_whose_lsns_started_over_below_apply_position_is_refused_until_
     .await?;
     bridge.start_capture(Side::Legacy)?;
     bridge.stop().await
+}
+
+/// A capture of table `things` of `cluster`'s `postgres` database into
+/// `topic`, refusing to go on when its slot is lost.
+fn failover_capture(cluster: &ThrowawayCluster, topic: &str) -> anyhow::Result<capture::Config> {
+    Ok(capture::Config::from_toml(&format!(
+        "[source]\nname = \"legacy\"\nurl = {:?}\ntables = [\"things\"]\n\
+         slot = \"s_failover\"\npublication = \"p_failover\"\n\
+         [kafka]\nbrokers = {:?}\ntopic = {topic:?}\n\
+         [capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n\
+         heartbeat_interval = \"0s\"\non_lost_slot = \"refuse\"\n",
+        cluster.url("postgres"),
+        Stack::get().brokers,
+    ))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_to_a_standby_capture_says_its_slot_was_lost() -> anyhow::Result<()> {
+    // A primary streamed by capture, and a standby made by pg_basebackup.
+    let primary = ThrowawayCluster::create("failover_primary", "logical")?;
+    primary.start()?;
+    let admin = connect(&primary.url("postgres")).await?;
+    admin
+        .batch_execute("CREATE TABLE things (id int PRIMARY KEY, label text)")
+        .await?;
+    let standby = ThrowawayCluster::standby_of(&primary, "failover_standby")?;
+    standby.start()?;
+    let topic = unique("failover");
+    create_topic(&topic).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let streaming = tokio::spawn(capture::run(
+        failover_capture(&primary, &topic)?,
+        shutdown.clone(),
+    ));
+    eventually("capture to stream", WAIT, || async {
+        let active = count(
+            &admin,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_failover' AND active",
+        )
+        .await?;
+        Ok((active == 1).then_some(()))
+    })
+    .await?;
+    admin
+        .batch_execute("INSERT INTO things SELECT g, 'row ' || g FROM generate_series(1, 3) g")
+        .await?;
+    EventReader::new(&topic)?.read_at_least(3, WAIT).await?;
+    let replica = connect(&standby.url("postgres")).await?;
+    eventually("the standby to replay the rows", WAIT, || async {
+        Ok((count(&replica, "SELECT count(*) FROM things").await? == 3).then_some(()))
+    })
+    .await?;
+    shutdown.cancel();
+    streaming.await??;
+
+    // The primary fails; the standby is promoted. Logical slots do not
+    // move to a standby in PostgreSQL 15: the new primary has none.
+    drop(admin);
+    primary.stop()?;
+    standby.promote()?;
+    let outcome = tokio::time::timeout(
+        WAIT,
+        capture::run(
+            failover_capture(&standby, &topic)?,
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await?;
+    let Err(error) = outcome else {
+        anyhow::bail!("capture streamed on from a new slot on the promoted standby");
+    };
+    let text = runtime::error_chain(&error);
+    assert!(error.is_config(), "exit code 2: {text}");
+    assert!(
+        text.contains("s_failover") && text.contains("capture snapshot"),
+        "names the slot and the way out: {text}"
+    );
+    Ok(())
 }
