@@ -19,84 +19,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use sync_bridge_tests::loads::{self, connect_durable};
+use sync_bridge_tests::Side;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
 
 const WRITERS_PER_SIDE: usize = 8;
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// How long a phase's rows may take to arrive before the load gives up.
 const ARRIVAL_WAIT: Duration = Duration::from_secs(900);
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Legacy,
-    Platform,
-}
-
-impl Side {
-    fn direction(self) -> &'static str {
-        match self {
-            Side::Legacy => "legacy_to_platform",
-            Side::Platform => "platform_to_legacy",
-        }
-    }
-
-    fn insert_one(self) -> &'static str {
-        match self {
-            Side::Legacy => {
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) \
-                 VALUES ($1, 'Capacity Probe', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')"
-            }
-            Side::Platform => {
-                "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at) \
-                 VALUES (gen_random_uuid(), $1, 'Capacity', 'Probe', 'member', now(), now())"
-            }
-        }
-    }
-
-    /// `ROWS` rows in one statement: `$1` the email prefix, `$2` the count.
-    fn insert_many(self) -> &'static str {
-        match self {
-            Side::Legacy => {
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) \
-                 SELECT $1 || g || '@example.com', 'Capacity Probe', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC' \
-                 FROM generate_series(1, $2::int8) g"
-            }
-            Side::Platform => {
-                "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at) \
-                 SELECT gen_random_uuid(), $1 || g || '@example.com', 'Capacity', 'Probe', 'member', now(), now() \
-                 FROM generate_series(1, $2::int8) g"
-            }
-        }
-    }
-
-    /// Counts this side's rows whose email starts with `$1`.
-    fn count(self) -> &'static str {
-        match self {
-            Side::Legacy => "SELECT count(*) FROM users WHERE email LIKE $1 || '%'",
-            Side::Platform => "SELECT count(*) FROM identity.identities WHERE email LIKE $1 || '%'",
-        }
-    }
-
-    fn other(self) -> Side {
-        match self {
-            Side::Legacy => Side::Platform,
-            Side::Platform => Side::Legacy,
-        }
-    }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connect to {url}"))?;
-    tokio::spawn(connection);
-    client
-        .batch_execute("SET synchronous_commit = on")
-        .await
-        .context("synchronous_commit")?;
-    Ok(client)
-}
 
 /// Writes `rows` single-row transactions on `side` over
 /// [`WRITERS_PER_SIDE`] connections; returns the rate written (per second).
@@ -105,8 +35,8 @@ async fn write_small(side: Side, url: &str, prefix: &str, rows: u64) -> Result<f
     let mut writers = tokio::task::JoinSet::new();
     let start = Instant::now();
     for _ in 0..WRITERS_PER_SIDE {
-        let client = connect(url).await?;
-        let statement = client.prepare(side.insert_one()).await?;
+        let client = connect_durable(url).await?;
+        let statement = client.prepare(loads::insert_user(side)).await?;
         let (next, prefix) = (std::sync::Arc::clone(&next), prefix.to_owned());
         writers.spawn(async move {
             loop {
@@ -127,18 +57,18 @@ async fn write_small(side: Side, url: &str, prefix: &str, rows: u64) -> Result<f
 
 /// Writes `rows` rows on `side` in one transaction.
 async fn write_bulk(side: Side, url: &str, prefix: &str, rows: u64) -> Result<f64> {
-    let client = connect(url).await?;
+    let client = connect_durable(url).await?;
     let start = Instant::now();
     client
-        .execute(side.insert_many(), &[&prefix, &(rows as i64)])
+        .execute(loads::insert_users(side), &[&prefix, &(rows as i64)])
         .await?;
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Waits until `rows` rows with `prefix` are on `side`; returns when.
 async fn arrived(side: Side, url: &str, prefix: &str, rows: u64) -> Result<Instant> {
-    let client = connect(url).await?;
-    let statement = client.prepare(side.count()).await?;
+    let client = connect_durable(url).await?;
+    let statement = client.prepare(loads::count_users_like(side)).await?;
     let deadline = Instant::now() + ARRIVAL_WAIT;
     loop {
         let found: i64 = client.query_one(&statement, &[&prefix]).await?.get(0);
@@ -148,10 +78,7 @@ async fn arrived(side: Side, url: &str, prefix: &str, rows: u64) -> Result<Insta
         anyhow::ensure!(
             Instant::now() < deadline,
             "{found} of {rows} rows with {prefix} on the {} side after {ARRIVAL_WAIT:?}",
-            match side {
-                Side::Legacy => "legacy",
-                Side::Platform => "platform",
-            }
+            side.name()
         );
         tokio::time::sleep(POLL_EVERY).await;
     }
@@ -169,7 +96,7 @@ async fn phase(name: &str, urls: [&str; 2], rows: u64) -> Result<Vec<(Side, f64,
         } else {
             urls[0]
         };
-        let prefix = format!("cap-{name}-{run}-{}-", side.direction());
+        let prefix = format!("cap-{name}-{run}-{}-", loads::direction(side));
         let (url, other_url, name) = (url.to_owned(), other_url.to_owned(), name.to_owned());
         tasks.push(tokio::spawn(async move {
             let watch = arrived(side.other(), &other_url, &prefix, rows);
@@ -206,7 +133,7 @@ async fn main() -> Result<()> {
     let bulk = phase("bulk", urls, rows).await?;
     let mut ratios = Vec::new();
     for ((side, small_crossed, small_written), (_, bulk_crossed, _)) in small.iter().zip(&bulk) {
-        let direction = side.direction();
+        let direction = loads::direction(*side);
         let ratio = small_crossed / bulk_crossed;
         println!("{direction}_small_written_per_sec={small_written:.0}");
         println!("{direction}_small_crossed_per_sec={small_crossed:.0}");

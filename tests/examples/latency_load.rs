@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use sync_bridge_tests::loads::{self, connect_durable};
+use sync_bridge_tests::Side;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
 
 const WRITERS_PER_SIDE: usize = 8;
 const POLL_EVERY: Duration = Duration::from_millis(5);
@@ -28,57 +29,9 @@ const ARRIVAL_WAIT: Duration = Duration::from_secs(120);
 /// the watcher's own load on the database stays small.
 const POLL_BATCH: usize = 32;
 
-#[derive(Clone, Copy)]
-enum Side {
-    Legacy,
-    Platform,
-}
-
-impl Side {
-    fn insert(self) -> &'static str {
-        match self {
-            Side::Legacy => {
-                "INSERT INTO users (email, full_name, role, inserted_at, updated_at) \
-                 VALUES ($1, 'Latency Probe', 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')"
-            }
-            Side::Platform => {
-                "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at) \
-                 VALUES (gen_random_uuid(), $1, 'Latency', 'Probe', 'member', now(), now())"
-            }
-        }
-    }
-
-    /// The query that finds rows of the other side's writers here.
-    fn find(self) -> &'static str {
-        match self {
-            Side::Legacy => "SELECT email::text FROM users WHERE email = ANY($1)",
-            Side::Platform => "SELECT email::text FROM identity.identities WHERE email = ANY($1)",
-        }
-    }
-
-    fn direction(self) -> &'static str {
-        match self {
-            Side::Legacy => "legacy_to_platform",
-            Side::Platform => "platform_to_legacy",
-        }
-    }
-}
-
 /// Rows written and not yet seen on the other side, in the order they were
 /// written: sequence number -> (email, commit time).
 type Pending = Arc<Mutex<BTreeMap<u64, (String, Instant)>>>;
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connect to {url}"))?;
-    tokio::spawn(connection);
-    client
-        .batch_execute("SET synchronous_commit = on")
-        .await
-        .context("synchronous_commit")?;
-    Ok(client)
-}
 
 /// Writes `total` rows on `side`, one every `1 / rate` seconds from
 /// `start`, over [`WRITERS_PER_SIDE`] connections; returns when all are
@@ -95,8 +48,8 @@ async fn write(
     let next = Arc::new(AtomicU64::new(0));
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS_PER_SIDE {
-        let client = connect(url).await?;
-        let statement = client.prepare(side.insert()).await?;
+        let client = connect_durable(url).await?;
+        let statement = client.prepare(loads::insert_user(side)).await?;
         let (next, pending, run) = (Arc::clone(&next), Arc::clone(&pending), run.to_owned());
         writers.spawn(async move {
             let mut took = Vec::new();
@@ -106,7 +59,7 @@ async fn write(
                     return Ok::<_, anyhow::Error>(took);
                 }
                 tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
-                let email = format!("lat-{run}-{}-{seq}@example.com", side.direction());
+                let email = format!("lat-{run}-{}-{seq}@example.com", loads::direction(side));
                 let sent = Instant::now();
                 client.execute(&statement, &[&email]).await?;
                 let committed = Instant::now();
@@ -134,8 +87,8 @@ async fn watch(
     pending: Pending,
     finished: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Vec<f64>, usize)> {
-    let client = connect(url).await?;
-    let statement = client.prepare(other.find()).await?;
+    let client = connect_durable(url).await?;
+    let statement = client.prepare(loads::find_users(other)).await?;
     let mut latencies = Vec::new();
     let mut ended_at: Option<Instant> = None;
     loop {
@@ -239,7 +192,7 @@ async fn main() -> Result<()> {
         let wrote_for = start.elapsed().as_secs_f64();
         figures.push(format!(
             "{}_achieved_per_sec={:.0}",
-            side.direction(),
+            loads::direction(side),
             took.len() as f64 / wrote_for
         ));
         commit_times.extend(took);
@@ -248,7 +201,7 @@ async fn main() -> Result<()> {
     for (side, watcher) in watchers {
         let (mut latencies, missing) = watcher.await??;
         latencies.sort_by(f64::total_cmp);
-        let d = side.direction();
+        let d = loads::direction(side);
         figures.push(format!("{d}_rows={}", latencies.len() + missing));
         figures.push(format!("{d}_p50_ms={:.1}", percentile(&latencies, 0.5)));
         figures.push(format!("{d}_p99_ms={:.1}", percentile(&latencies, 0.99)));

@@ -21,6 +21,7 @@
 //! - `workloads`: random writes on one side ([`random_writes`]);
 //! - `unrestricted`: every operation on any row from both sides, seeded
 //!   ([`Unrestricted`]);
+//! - [`loads`]: what the benchmark loads write and read on each side;
 //! - [`metrics`]: every metric name the services export;
 //! - `proxy`: a TCP proxy that can blackhole or cut a link ([`Proxy`]);
 //! - `private_servers`: a test's own cluster and broker
@@ -31,6 +32,7 @@ mod broker;
 mod capture_setup;
 mod databases;
 mod ledger;
+pub mod loads;
 pub mod metrics;
 mod private_servers;
 mod processes;

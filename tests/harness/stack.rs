@@ -73,6 +73,13 @@ impl Side {
             Side::Platform => "platform",
         }
     }
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::Legacy => Side::Platform,
+            Side::Platform => Side::Legacy,
+        }
+    }
 }
 
 /// The repository's mapping directory.
