@@ -151,3 +151,30 @@ impl RunningCapture {
         }
     }
 }
+
+/// Waits until a capture streams from slot `slot` of the database `admin`
+/// is connected to, inserts three rows into its table `things (id int, label
+/// text)` and reads their events from `topic`; returns how many it read.
+pub async fn three_rows_stream(
+    admin: &tokio_postgres::Client,
+    slot: &str,
+    topic: &str,
+) -> Result<usize> {
+    let wait = Duration::from_secs(120);
+    eventually("capture to stream", wait, || async {
+        let active = crate::databases::count(
+            admin,
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+            ),
+        )
+        .await?;
+        Ok((active == 1).then_some(()))
+    })
+    .await?;
+    admin
+        .batch_execute("INSERT INTO things SELECT g, 'row ' || g FROM generate_series(1, 3) g")
+        .await?;
+    let mut reader = crate::broker::EventReader::new(topic)?;
+    Ok(reader.read_at_least(3, wait).await?.len())
+}

@@ -48,7 +48,7 @@ pub use broker::{
     create_topic, dead_letter_reasons, high_watermark, last_offset, produce, read_messages,
     read_messages_across_gaps, topic_exists, EventReader,
 };
-pub use capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
+pub use capture_setup::{three_rows_stream, CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
 pub use ledger::{install_audit, ChangeLedger, NamedUsers};
 pub use private_servers::{PrivateBroker, ThrowawayCluster};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use runtime::tls::{PgTls, SslMode};
 use sync_bridge_tests::{
     binary, connect, count, create_topic, eventually, mapping_dir, random_writes, run_program,
-    server_of, unique, Bridge, CaptureSetup, EventReader, Proxy, ServiceProcess, Side, Stack,
+    server_of, three_rows_stream, unique, Bridge, CaptureSetup, Proxy, ServiceProcess, Side, Stack,
     TempDir, TestDb, ThrowawayCluster,
 };
 
@@ -239,25 +239,6 @@ impl TlsServer {
     }
 }
 
-/// Waits until capture streams from slot `s_tls`, inserts three rows into
-/// `things` and reads their events from `topic`; returns how many it read.
-async fn three_rows_stream(admin: &tokio_postgres::Client, topic: &str) -> anyhow::Result<usize> {
-    eventually("capture to stream", WAIT, || async {
-        let active = count(
-            admin,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_tls' AND active",
-        )
-        .await?;
-        Ok((active == 1).then_some(()))
-    })
-    .await?;
-    admin
-        .batch_execute("INSERT INTO things SELECT g, 'row ' || g FROM generate_series(1, 3) g")
-        .await?;
-    let mut reader = EventReader::new(topic)?;
-    Ok(reader.read_at_least(3, WAIT).await?.len())
-}
-
 /// Streams three rows through capture configured with `tls` and checks both
 /// of its connections (queries and replication) were encrypted.
 async fn streams_encrypted(server: &TlsServer, tls: &str) -> anyhow::Result<()> {
@@ -270,7 +251,7 @@ async fn streams_encrypted(server: &TlsServer, tls: &str) -> anyhow::Result<()> 
     let config = capture::Config::from_toml(&server.capture_toml(tls, &topic))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(capture::run(config, shutdown.clone()));
-    assert_eq!(three_rows_stream(&admin, &topic).await?, 3);
+    assert_eq!(three_rows_stream(&admin, "s_tls", &topic).await?, 3);
     let encrypted = count(
         &admin,
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
@@ -391,7 +372,7 @@ async fn a_role_admitted_only_over_tls_is_served_by_the_stream_the_status_and_th
     let config = capture::Config::from_toml(&toml)?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(capture::run(config.clone(), shutdown.clone()));
-    three_rows_stream(&admin, &topic).await?;
+    three_rows_stream(&admin, "s_tls", &topic).await?;
 
     let dir = TempDir::new("tlsonly-status")?;
     let config_file = dir.0.join("config.toml");

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use sync_bridge_tests::{
-    connect, count, create_topic, eventually, unique, Bridge, EventReader, NamedUsers, Side, Stack,
-    ThrowawayCluster,
+    connect, count, create_topic, eventually, three_rows_stream, unique, Bridge, NamedUsers, Side,
+    Stack, ThrowawayCluster,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -230,19 +230,7 @@ async fn after_a_failover_to_a_standby_capture_says_its_slot_was_lost() -> anyho
         failover_capture(&primary, &topic)?,
         shutdown.clone(),
     ));
-    eventually("capture to stream", WAIT, || async {
-        let active = count(
-            &admin,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_failover' AND active",
-        )
-        .await?;
-        Ok((active == 1).then_some(()))
-    })
-    .await?;
-    admin
-        .batch_execute("INSERT INTO things SELECT g, 'row ' || g FROM generate_series(1, 3) g")
-        .await?;
-    EventReader::new(&topic)?.read_at_least(3, WAIT).await?;
+    three_rows_stream(&admin, "s_failover", &topic).await?;
     let replica = connect(&standby.url("postgres")).await?;
     eventually("the standby to replay the rows", WAIT, || async {
         Ok((count(&replica, "SELECT count(*) FROM things").await? == 3).then_some(()))

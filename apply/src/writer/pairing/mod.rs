@@ -132,3 +132,42 @@ impl Writer {
         self.pairing.ids.forget_committed();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn a_pair_given_up_by_any_writer_is_forgotten_by_every_writer_before_its_next_lookup() {
+        let ceiling = Arc::new(PairCeiling::new(1));
+        let mut this = Pairing::new(Arc::clone(&ceiling));
+        let other = Pairing::new(Arc::clone(&ceiling));
+        this.ids.remember(0, 7, Uuid::from_u128(7));
+        this.keep_transaction();
+        this.committed();
+        this.ids.remember(0, 8, Uuid::from_u128(8));
+        this.forget_given_up();
+        assert_eq!(this.ids.platform_of(0, 7), Some(Uuid::from_u128(7)));
+        // The other direction's writer gives a pair up.
+        other.ceiling.pair_given_up();
+        this.forget_given_up();
+        assert_eq!(
+            this.ids.platform_of(0, 7),
+            None,
+            "committed pairs are read again"
+        );
+        assert_eq!(
+            this.ids.platform_of(0, 8),
+            Some(Uuid::from_u128(8)),
+            "the open transaction's pairs stay"
+        );
+        this.ids.remember(0, 7, Uuid::from_u128(7));
+        this.forget_given_up();
+        assert_eq!(
+            this.ids.platform_of(0, 7),
+            Some(Uuid::from_u128(7)),
+            "a count already seen forgets nothing"
+        );
+    }
+}
