@@ -16,17 +16,14 @@
 //!   subtransaction's id, which only this record knows), with the source it
 //!   came from (`origin`), that source transaction's id (`source_xid`) and
 //!   the WAL position after its last write (`written_lsn`). A row whose
-//!   `xmin` is in the ledger is a version apply wrote: conflict resolution
-//!   reads that inside the writing statement (a source's later change wins a
-//!   tie against its own earlier write), the other direction reads
-//!   `source_xid` and `written_lsn` to tell a change made on top of a crossed
-//!   version from a concurrent one, and capture's polling fallback, which
-//!   sees no logical-message marker, flags such rows as apply's echo. One
-//!   entry per transaction, not per row: a per-row record cost as much as
-//!   the row itself. Pruned with the tombstones' retention.
-//! - `row_version`: tombstones of deleted rows (`deleted`, with the delete's
-//!   time), which keep an older change from bringing a row back; cleared when
-//!   a newer change inserts the row again.
+//!   `xmin` is in the ledger is a version apply wrote: capture's polling
+//!   fallback, which sees no logical-message marker, flags such rows as
+//!   apply's echo. One entry per transaction, not per row. Pruned with the
+//!   tombstones' retention.
+//! - `row_clock` ([`pg::clock`]): each row's clock, which orders its
+//!   versions alike in both databases; apply records the clock of every row
+//!   it writes, and a `deleted` entry is a tombstone that keeps an older
+//!   change from bringing a row back.
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
 //!   side they came from (see `Writer::reassert_deletes`), recorded with the
 //!   delete and worked off after the commit.
@@ -41,8 +38,8 @@ use crate::config::Config;
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Mapping, Side};
 
-/// The bookkeeping schema and tables, created if missing, then `COMMIT`
-/// (run after `BEGIN` and the install lock). A column added since a table
+/// The bookkeeping schema and tables, created if missing (run after `BEGIN`
+/// and the install lock, before the row clock's and `COMMIT`). A column added since a table
 /// was first created is added only when it is missing: `ALTER TABLE` takes
 /// the table's exclusive lock even when there is nothing to add, and would
 /// wait at every start behind anyone reading the table (a monitor polling
@@ -86,28 +83,6 @@ const TABLES: &str = "DO $$ BEGIN
                SELECT entity, legacy_id, platform_id FROM syncbridge.id_map
                UNION ALL
                SELECT entity, legacy_id, platform_id FROM syncbridge.id_derived;
-             CREATE TABLE IF NOT EXISTS syncbridge.row_version (
-               entity       text NOT NULL,
-               row_key      text NOT NULL,
-               origin       text NOT NULL,
-               updated_at   timestamptz NOT NULL,
-               deleted      boolean NOT NULL DEFAULT false,
-               written_xmin text NOT NULL DEFAULT '',
-               written_lsn  pg_lsn,
-               source_xid   text,
-               PRIMARY KEY (entity, row_key)
-             );
-             DO $add$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                              WHERE attrelid = 'syncbridge.row_version'::regclass
-                                AND attname = 'source_xid' AND NOT attisdropped) THEN
-                 ALTER TABLE syncbridge.row_version
-                   ADD COLUMN IF NOT EXISTS written_lsn pg_lsn,
-                   ADD COLUMN IF NOT EXISTS source_xid text;
-               END IF;
-             END $add$;
-             CREATE INDEX IF NOT EXISTS row_version_tombstones
-               ON syncbridge.row_version (updated_at) WHERE deleted;
              CREATE TABLE IF NOT EXISTS syncbridge.apply_ledger (
                written_xmin text PRIMARY KEY,
                origin       text NOT NULL,
@@ -153,8 +128,7 @@ const TABLES: &str = "DO $$ BEGIN
                platform_different bigint NOT NULL DEFAULT 0,
                completed_at       timestamptz,
                last_different     bigint
-             );
-             COMMIT;";
+             );";
 
 /// Creates the bookkeeping schema if it is missing (idempotent). Both
 /// directions install on both databases at start; an advisory lock makes
@@ -168,8 +142,11 @@ pub async fn install(client: &Client, side: &'static str) -> Result<()> {
                 "BEGIN;
              SET LOCAL client_min_messages = warning;
              SELECT pg_advisory_xact_lock({});
-             {TABLES}",
-                pg::bookkeeping::INSTALL_LOCK
+             {TABLES}
+             {}
+             COMMIT;",
+                pg::bookkeeping::INSTALL_LOCK,
+                pg::clock::INSTALL,
             ),
         )
         .await

@@ -1,38 +1,35 @@
 //! Last writer wins, decided inside the target database.
 //!
 //! Every write is one statement that decides and writes at once, so no other
-//! writer can slip in between a read and a write:
+//! writer can slip in between a read and a write. It decides by the versions'
+//! row clocks (see [`pg::clock`]): the incoming version's, carried by its
+//! event (`$clocks`, a JSON object from target key to `[seconds, tick]`),
+//! against the target row's, kept in the target's `syncbridge.row_clock`.
+//! Both databases hold every version's clock and compare them the same
+//! way, so both keep the same version whatever the arrival order:
 //!
 //! - **Upsert** (insert or update): `INSERT ... ON CONFLICT (key) DO UPDATE
-//!   ... WHERE <incoming wins>`. Causality decides first, whatever the
-//!   timestamps: a change wins when the target row is still exactly as apply
-//!   last wrote it from the same source (its `xmin` is in
-//!   `syncbridge.apply_ledger` for that source), since the source's commit
-//!   order decides between its own changes; and a change made *on top of* a
-//!   version that crossed from the target wins while the target row is still
-//!   that version (the source's ledger says when that target transaction,
-//!   `source_xid`, arrived, `written_lsn`, and a change that committed after
-//!   it is causally newer; see `Writer::bases`). Only concurrent changes are
-//!   ordered by `updated_at`, compared at the coarser precision of the two
-//!   sides (whole seconds), the configured `tie_winner` winning a tie, on
-//!   both sides.
-//! - An insert never resurrects a row whose tombstone (`syncbridge.row_version`)
-//!   is at least as new as the incoming `updated_at`; a row inserted again
-//!   clears its tombstone.
+//!   ... WHERE <incoming wins>`: the later clock wins; on an equal clock the
+//!   configured `tie_winner`'s version does. A version made on top of
+//!   another always has the later clock (whichever side wrote that one), and
+//!   a source's later version is always made on top of its earlier one, so
+//!   causality decides before any timestamp does. The written row's clock is
+//!   recorded in the same statement (`origin` = the source).
+//! - An insert never writes over a tombstone (a deleted row's clock) at least
+//!   as late as the incoming version: a delete wins an equal clock.
 //! - A row whose referenced parent does not exist in the target (deleted there
 //!   meanwhile) is not written: the delete wins; it is counted as a conflict.
 //!   Where the target's foreign key is `ON DELETE SET NULL`, the row is
 //!   written with a NULL reference instead, as the delete did to the rows it
 //!   found.
-//! - **Delete**: removes the target row unless the target row is newer than the
-//!   delete (the source's commit time), and leaves a tombstone. As for an
-//!   upsert, causality decides first: a row that is still the deleting
-//!   source's own earlier write, or a version the delete was made on top of,
-//!   is always removed, whatever its `updated_at` says (legacy `timestamp(0)`
-//!   columns round `now()` up to the next second; a clock can be ahead).
+//! - **Delete**: removes the target row unless the row's clock is later than
+//!   the delete's, and leaves a tombstone with the delete's clock.
 //! - **Partial update** (a TOAST value unchanged at the source): an `UPDATE`
 //!   of the other columns under the same rule; unchanged columns keep their
 //!   target value.
+//! - A version without a clock (written before its table had the clock
+//!   trigger, or carried by an event without one) counts as
+//!   `(updated_at at whole seconds, 0)`.
 //!
 //! All values travel as text arrays (`unnest`) cast to the target column
 //! types, so one statement writes many rows in one round trip.
@@ -109,12 +106,8 @@ pub struct Params {
     pub tie: usize,
     /// Per row, the source transaction id (`text[]`), recorded.
     pub source_xids: usize,
-    /// Target keys (`text[]`) of changes made on top of a target version...
-    pub based_keys: usize,
-    /// ...and that version's `xmin` (`text[]`): such a change wins while the
-    /// target row is still that version (the change is causally newer; see
-    /// `Writer::bases`).
-    pub based_xmins: usize,
+    /// The incoming versions' clocks (`jsonb`, see [`Clocks`]).
+    pub clocks: usize,
 }
 
 /// What a statement writes: the target table of `entity`.
@@ -122,6 +115,8 @@ pub struct Params {
 pub struct Shape {
     pub entity: String,
     pub table: String,
+    /// The table as `syncbridge.row_clock` names it.
+    pub relation: String,
     pub key: ColumnSpec,
     pub updated_at: String,
     /// Columns other than the key, `updated_at` included, in order.
@@ -144,6 +139,7 @@ impl Shape {
         Shape {
             entity: entity.name().to_owned(),
             table: quote_table(&table.schema, &table.table),
+            relation: pg::clock::relation(&table.schema, &table.table),
             key: ColumnSpec {
                 name: table.key.clone(),
                 type_name: key_type.to_owned(),
@@ -162,8 +158,7 @@ impl Shape {
             origin,
             tie: origin + 1,
             source_xids: origin + 2,
-            based_keys: origin + 3,
-            based_xmins: origin + 4,
+            clocks: origin + 3,
         }
     }
 
@@ -204,29 +199,42 @@ impl Shape {
         format!("{select}, sx, ord FROM (SELECT {arrays}) AS raw")
     }
 
-    /// Whether an incoming change replaces the existing target row:
-    /// causality first, then time. The change wins when the target row is
-    /// still the same source's earlier write (the source's commit order
-    /// decides between its own changes), or when it was made on top of the
-    /// target row's version (that version crossed to the source before the
-    /// change committed there; see `Writer::bases`), whatever the
-    /// timestamps say. Otherwise the two are concurrent, and `updated_at`
-    /// at whole seconds decides, the `tie_winner` on a tie.
+    /// Whether an incoming change replaces the existing target row: its
+    /// clock is later than the row's, or equal and the source wins ties
+    /// (and the row is not that source's version already). A change that
+    /// came without a clock (its table has no clock trigger) also wins while
+    /// the row is still its source's earlier version: the source's order
+    /// decides between its own changes.
     fn wins_condition(&self, incoming: &str, existing: &str) -> String {
-        let ua = quote(&self.updated_at);
         let p = self.params();
-        format!(
-            "{own_write} \
-             OR {based} \
-             OR date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
-             OR (date_trunc('second', {incoming}.{ua}) = date_trunc('second', {existing}.{ua}) AND ${tie}::bool)",
-            tie = p.tie,
-            own_write = own_write(existing, &format!("${}::text", p.origin)),
-            based = based(
+        clock_wins(
+            &incoming_clock(
+                p.clocks,
+                &format!("{existing}.{}::text", quote(&self.key.name)),
+                &format!("{incoming}.{}", quote(&self.updated_at)),
+            ),
+            &current_clock(
+                &self.relation,
                 existing,
                 &quote(&self.key.name),
-                p.based_keys,
-                p.based_xmins
+                &quote(&self.updated_at),
+            ),
+            &format!("${}::bool AND cur.origin IS DISTINCT FROM ${}::text", p.tie, p.origin),
+        ) + &format!(
+            // Without a clock, the row still being this source's earlier
+            // version is what says the change came after it.
+            " OR (SELECT NOT inc.clocked AND cur.origin = ${origin}::text FROM {inc} CROSS JOIN {cur})",
+            origin = p.origin,
+            inc = incoming_clock(
+                p.clocks,
+                &format!("{existing}.{}::text", quote(&self.key.name)),
+                &format!("{incoming}.{}", quote(&self.updated_at)),
+            ),
+            cur = current_clock(
+                &self.relation,
+                existing,
+                &quote(&self.key.name),
+                &quote(&self.updated_at),
             ),
         )
     }
@@ -340,58 +348,79 @@ impl Shape {
             sets.push(format!("{name} = {result}"));
             results.push(result);
         }
+        let p = self.params();
         format!(
             "WITH i AS ({input}), \
              w AS (INSERT INTO {table} AS t ({names}) \
                    SELECT {values} FROM i \
-                   WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                         AND rv.row_key = i.{key}::text AND rv.deleted{tombstone_newer} {PROBE}){parents}{referenced} \
+                   WHERE NOT EXISTS (SELECT 1 FROM syncbridge.row_clock rc WHERE rc.relation = {relation} \
+                         AND rc.row_key = i.{key}::text AND rc.deleted{tombstone_newer} {PROBE}){parents}{referenced} \
                    ORDER BY i.ord \
                    {on_conflict} \
                    RETURNING t.{key}::text AS k, t.xmin::text AS x, \
-                     t.xmax = 0 AS inserted), \
+                     t.xmax = 0 AS inserted, floor(extract(epoch FROM t.{ua}))::int8 AS s), \
              v AS ({versions}), \
-             c AS (DELETE FROM syncbridge.row_version rv WHERE rv.entity = {entity} \
-                   AND rv.row_key = ANY (ARRAY(SELECT w.k FROM w WHERE w.inserted))) \
+             c AS ({clocks}) \
              SELECT (SELECT count(*) FROM w), ARRAY(SELECT w.k FROM w WHERE w.inserted), \
                (SELECT count(*) FROM i WHERE NOT (true{parents}))",
             input = self.input(),
             table = self.table,
-            entity = literal(&self.entity),
+            relation = literal(&self.relation),
             parents = self.parents_exist("i"),
             referenced = if new_rows {
-                // The parameters only the update reads stay referenced, so
+                // The parameter only the update reads stays referenced, so
                 // that every statement takes the same ones.
-                let p = self.params();
-                format!(
-                    " AND ${}::bool IS NOT NULL AND ${}::text[] IS NOT NULL AND ${}::text[] IS NOT NULL",
-                    p.tie, p.based_keys, p.based_xmins
-                )
+                format!(" AND ${}::bool IS NOT NULL", p.tie)
             } else {
                 String::new()
             },
             on_conflict = if new_rows {
                 String::new()
             } else {
-                let wins = match incoming {
-                    Incoming::Change => self.wins_condition("EXCLUDED", "t"),
-                    // The tie and causal parameters stay referenced so that
-                    // both statements take the same parameters.
-                    Incoming::Read | Incoming::Replay => self.strictly_newer("EXCLUDED", "t"),
-                };
-                format!(
-                    "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE ({wins}){differs}",
-                    sets = sets.join(", "),
-                    differs = self.differs(&results),
-                )
+                match incoming {
+                    // A winning version is written even when its values are
+                    // the row's already: its clock must be recorded with it.
+                    Incoming::Change => format!(
+                        "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {wins}",
+                        sets = sets.join(", "),
+                        wins = self.wins_condition("EXCLUDED", "t"),
+                    ),
+                    Incoming::Read | Incoming::Replay => format!(
+                        "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {wins}{differs}",
+                        sets = sets.join(", "),
+                        wins = self.strictly_newer("EXCLUDED", "t"),
+                        differs = self.differs(&results),
+                    ),
+                }
             },
             tombstone_newer = match incoming {
                 Incoming::Change | Incoming::Replay => format!(
-                    " AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.{ua}::timestamptz)"
+                    " AND ROW(rc.seconds, rc.tick) >= (SELECT inc.s, inc.t FROM {inc})",
+                    inc = incoming_clock(p.clocks, &format!("i.{key}::text"), &format!("i.{ua}")),
                 ),
-                Incoming::Read => String::new(),
+                Incoming::Read => format!(" AND ${}::jsonb IS NOT NULL", p.clocks),
             },
             versions = self.record_writes("w"),
+            clocks = self.record_clocks("w"),
+        )
+    }
+
+    /// Records the clocks of the rows written (`written`, with the key `k`
+    /// as text and `s`, the row's `updated_at` in whole seconds, for a
+    /// version that came without a clock).
+    fn record_clocks(&self, written: &str) -> String {
+        let p = self.params();
+        format!(
+            "INSERT INTO syncbridge.row_clock AS rc (relation, row_key, seconds, tick, origin, deleted, version) \
+             SELECT {relation}, {written}.k, \
+               COALESCE((${clocks}::jsonb -> {written}.k ->> 0)::int8, {written}.s), \
+               COALESCE((${clocks}::jsonb -> {written}.k ->> 1)::int8, 0), ${origin}::text, false, {written}.x \
+             FROM {written} \
+             ON CONFLICT (relation, row_key) DO UPDATE SET seconds = EXCLUDED.seconds, \
+               tick = EXCLUDED.tick, origin = EXCLUDED.origin, deleted = false, version = EXCLUDED.version",
+            relation = literal(&self.relation),
+            clocks = p.clocks,
+            origin = p.origin,
         )
     }
 
@@ -419,12 +448,20 @@ impl Shape {
     /// Incoming strictly newer than existing; the tie and causal parameters
     /// stay referenced so that every statement takes the same parameters.
     fn strictly_newer(&self, incoming: &str, existing: &str) -> String {
-        let ua = quote(&self.updated_at);
         let p = self.params();
-        format!(
-            "date_trunc('second', {incoming}.{ua}) > date_trunc('second', {existing}.{ua}) \
-             AND ${}::bool IS NOT NULL AND ${}::text[] IS NOT NULL AND ${}::text[] IS NOT NULL",
-            p.tie, p.based_keys, p.based_xmins,
+        clock_wins(
+            &incoming_clock(
+                p.clocks,
+                &format!("{existing}.{}::text", quote(&self.key.name)),
+                &format!("{incoming}.{}", quote(&self.updated_at)),
+            ),
+            &current_clock(
+                &self.relation,
+                existing,
+                &quote(&self.key.name),
+                &quote(&self.updated_at),
+            ),
+            &format!("false AND ${}::bool", p.tie),
         )
     }
 
@@ -464,21 +501,30 @@ impl Shape {
         format!(
             "WITH i AS ({input}), \
              w AS (UPDATE {table} AS t SET {sets} FROM i \
-                   WHERE t.{key} = i.{key}{parents} AND ({wins}){differs} \
-                   RETURNING t.{key}::text AS k, t.xmin::text AS x), \
-             v AS ({versions}) \
+                   WHERE t.{key} = i.{key}{parents} AND {wins}{differs} \
+                   RETURNING t.{key}::text AS k, t.xmin::text AS x, \
+                     floor(extract(epoch FROM t.{ua}))::int8 AS s), \
+             v AS ({versions}), \
+             c AS ({clocks}) \
              SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
                (SELECT count(*) FROM i WHERE NOT (true{parents}))",
             input = self.input(),
             table = self.table,
             sets = sets.join(", "),
             parents = self.parents_exist("i"),
-            differs = self.differs(&results),
+            differs = match incoming {
+                // A winning version is written even when its values are the
+                // row's already: its clock must be recorded with it.
+                Incoming::Change => String::new(),
+                Incoming::Read | Incoming::Replay => self.differs(&results),
+            },
             wins = match incoming {
                 Incoming::Change => self.wins_condition("i", "t"),
                 Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
             },
             versions = self.record_writes("w"),
+            clocks = self.record_clocks("w"),
+            ua = quote(&self.updated_at),
         )
     }
 }
@@ -486,23 +532,21 @@ impl Shape {
 /// How a delete decides against the target row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteRule {
-    /// Live order: the delete wins ties, and always removes a row that is
-    /// still the deleting source's own earlier write (its delete comes after
-    /// that write in the source's commit order).
+    /// Live order: the delete wins an equal clock.
     Live,
     /// Replay: the target may already hold what the source did *after* the
-    /// delete (a newer write of the same row), so only a row strictly older
-    /// than the delete goes; the source's own write is no exception.
+    /// delete (a newer write of the same row), so only a row with an earlier
+    /// clock goes.
     Replay,
 }
 
 /// Delete of many rows. Parameters: `$1` keys (text[]), `$2` delete times
-/// (text[] of timestamptz), `$3` origin, `$4` and `$5` the target keys and
-/// `xmin`s of versions the deletes were made on top of (text[], see
-/// `Writer::bases`). Returns the number of rows deleted.
+/// (text[] of timestamptz), `$3` origin, `$4` the deletes' clocks (`jsonb`,
+/// see [`Clocks`]; a delete without one counts as its time in whole
+/// seconds). Returns the number of rows deleted.
 pub fn delete_sql(
-    entity: &str,
     table: &str,
+    relation: &str,
     key: &str,
     key_type: &str,
     updated_at: &str,
@@ -510,51 +554,120 @@ pub fn delete_sql(
 ) -> String {
     let key = quote(key);
     let ua = quote(updated_at);
+    let current = current_clock(relation, "t", &key, &ua);
     let decides = match rule {
+        // A delete wins an equal clock.
+        // Without a clock, a row still the deleting source's own earlier
+        // version goes too.
         DeleteRule::Live => format!(
-            "(date_trunc('second', t.{ua}::timestamptz) <= date_trunc('second', i.at) \
-                    OR {own_write} OR {based})",
-            own_write = own_write("t", "$3::text"),
-            based = based("t", &key, 4, 5),
+            "(SELECT ROW(i.s, i.t) >= ROW(cur.s, cur.t) OR (NOT i.clocked AND cur.origin = $3::text) FROM {current})"
         ),
         DeleteRule::Replay => format!(
-            "date_trunc('second', t.{ua}::timestamptz) < date_trunc('second', i.at) \
-             AND $3::text IS NOT NULL AND $4::text[] IS NOT NULL AND $5::text[] IS NOT NULL"
+            "(SELECT ROW(i.s, i.t) > ROW(cur.s, cur.t) FROM {current})"
         ),
     };
     format!(
-        "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
+        "WITH i AS (SELECT k::{key_type} AS k, at::timestamptz AS at, \
+                      COALESCE(($4::jsonb -> k ->> 0)::int8, floor(extract(epoch FROM at::timestamptz))::int8) AS s, \
+                      COALESCE(($4::jsonb -> k ->> 1)::int8, 0) AS t, ($4::jsonb -> k) IS NOT NULL AS clocked \
+                    FROM unnest($1::text[], $2::text[]) AS raw(k, at)), \
          d AS (DELETE FROM {table} AS t USING i WHERE t.{key} = i.k AND {decides} \
                RETURNING t.{key}::text AS k), \
-         gone AS (SELECT i.k::text AS k, i.at FROM i \
+         gone AS (SELECT i.k::text AS k, i.s, i.t FROM i \
                   WHERE i.k::text IN (SELECT k FROM d) OR NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.k {PROBE})), \
-         v AS (INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted, written_xmin) \
-               SELECT {entity}, gone.k, $3::text, gone.at, true, '' FROM gone \
-               ON CONFLICT (entity, row_key) DO UPDATE SET origin = EXCLUDED.origin, \
-                 updated_at = GREATEST(syncbridge.row_version.updated_at, EXCLUDED.updated_at), \
-                 deleted = true, written_xmin = '') \
+         v AS (INSERT INTO syncbridge.row_clock AS rc (relation, row_key, seconds, tick, origin, deleted) \
+               SELECT {relation}, gone.k, gone.s, gone.t, $3::text, true FROM gone \
+               ON CONFLICT (relation, row_key) DO UPDATE SET seconds = EXCLUDED.seconds, \
+                 tick = EXCLUDED.tick, origin = EXCLUDED.origin, deleted = true, version = NULL \
+               WHERE NOT rc.deleted OR ROW(EXCLUDED.seconds, EXCLUDED.tick) > ROW(rc.seconds, rc.tick)) \
          SELECT count(*) FROM d",
-        entity = literal(entity),
+        relation = literal(relation),
     )
 }
 
-/// Whether target row `row` (key column `key`) is still a version a change
-/// was made on top of: its key and `xmin` are a pair of the text arrays
-/// `$keys` and `$xmins`.
-fn based(row: &str, key: &str, keys: usize, xmins: usize) -> String {
+/// The incoming version's clock, as a `FROM` item `inc` with columns `s`,
+/// `t` and `clocked` (whether it came with one): from the `jsonb` parameter `$clocks` by the target key (text
+/// expression `key`), or `(updated_at at whole seconds, 0)` for a version
+/// that came without one.
+fn incoming_clock(clocks: usize, key: &str, updated_at: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM unnest(${keys}::text[], ${xmins}::text[]) AS b(k, x) \
-                 WHERE b.k = {row}.{key}::text AND b.x = {row}.xmin::text)"
+        "(SELECT COALESCE((${clocks}::jsonb -> {key} ->> 0)::int8, floor(extract(epoch FROM {updated_at}))::int8) AS s, \
+                 COALESCE((${clocks}::jsonb -> {key} ->> 1)::int8, 0) AS t, \
+                 (${clocks}::jsonb -> {key}) IS NOT NULL AS clocked) AS inc"
     )
 }
 
-/// Whether the version of target row `row` is one apply wrote from source
-/// `origin` (an SQL expression): its `xmin` is in the ledger for that source.
-fn own_write(row: &str, origin: &str) -> String {
+/// The clock of the target row `row` (its key column `key` and version time
+/// `updated_at`, quoted), as a
+/// `FROM` item `cur` with columns `s`, `t` and `origin` (NULL for a version
+/// the target's own writers made): its `syncbridge.row_clock` entry, or
+/// `(updated_at at whole seconds, 0)` for a row last written before its
+/// table had a clock. An entry apply recorded counts only while the row is
+/// still the version apply wrote (`version`, its `xmin`): in a table
+/// without the clock trigger an application's later write leaves the entry
+/// behind.
+fn current_clock(relation: &str, row: &str, key: &str, updated_at: &str) -> String {
+    let key = format!("{row}.{key}");
+    let updated_at = format!("{row}.{updated_at}");
     format!(
-        "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l \
-                 WHERE l.written_xmin = {row}.xmin::text AND l.origin = {origin})"
+        "(SELECT COALESCE(rc.seconds, floor(extract(epoch FROM {updated_at}))::int8) AS s, \
+                 COALESCE(rc.tick, 0) AS t, rc.origin \
+          FROM (SELECT) AS one LEFT JOIN syncbridge.row_clock rc \
+            ON rc.relation = {relation} AND rc.row_key = {key}::text AND NOT rc.deleted \
+           AND (rc.version IS NULL OR rc.version = {row}.xmin::text)) AS cur",
+        relation = literal(relation),
     )
+}
+
+/// Whether clock `inc` is later than `cur` (both `FROM` items of columns `s`
+/// and `t`), or equal and `tie` holds (an SQL condition that may name
+/// `cur`).
+fn clock_wins(inc: &str, cur: &str, tie: &str) -> String {
+    format!(
+        "(SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t) OR (ROW(inc.s, inc.t) = ROW(cur.s, cur.t) AND {tie}) \
+          FROM {inc} CROSS JOIN {cur})"
+    )
+}
+
+/// The `jsonb` parameter of the incoming versions' clocks: an object from
+/// target key (as text) to `[seconds, tick]`. Keys of versions without a
+/// clock are left out.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Clocks {
+    /// Adds the clock of the version written under `key`.
+    pub fn insert(&mut self, key: &str, clock: Option<schemas::event::Clock>) {
+        if let Some(clock) = clock {
+            self.json.insert(
+                key.to_owned(),
+                serde_json::json!([clock.seconds, clock.tick]),
+            );
+        }
+    }
+}
+
+impl tokio_postgres::types::ToSql for Clocks {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use bytes::BufMut;
+        // jsonb's binary form: a version byte, then the text.
+        out.put_u8(1);
+        serde_json::to_writer(out.writer(), &self.json)?;
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// An SQL string literal.
@@ -570,6 +683,7 @@ mod tests {
         Shape {
             entity: "user".into(),
             table: quote_table("identity", "identities"),
+            relation: "identity.identities".into(),
             key: ColumnSpec {
                 name: "id".into(),
                 type_name: "uuid".into(),
@@ -600,77 +714,71 @@ mod tests {
                 !sql.contains("ON CONFLICT (\"id\")"),
                 "a taken key fails the insert: {sql}"
             );
-            for param in ["$5::bool", "$7::text[]", "$8::text[]"] {
+            for param in ["$5::bool", "$7::jsonb"] {
                 assert!(
                     sql.contains(param),
                     "takes the upsert's parameters ({param}): {sql}"
                 );
             }
-            assert!(sql.contains("rv.deleted"), "tombstones still apply");
+            assert!(sql.contains("rc.deleted"), "tombstones still apply");
         }
     }
 
     #[test]
-    fn the_upsert_decides_in_the_same_statement_that_writes() {
+    fn the_upsert_decides_by_the_clocks_in_the_same_statement_that_writes() {
         let sql = shape().upsert_sql();
-        assert!(sql.contains("ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\""));
+        assert!(sql.contains(
+            "ON CONFLICT (\"id\") DO UPDATE SET \"email\" = EXCLUDED.\"email\", \"updated_at\" = EXCLUDED.\"updated_at\" WHERE (SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t)"
+        ), "{sql}");
         assert!(
-            sql.contains("WHERE (EXISTS (SELECT 1 FROM syncbridge.apply_ledger l"),
-            "the same source's later change wins first, whatever the times: {sql}"
+            sql.contains("($7::jsonb -> t.\"id\"::text ->> 0)::int8"),
+            "the incoming clock by the target key: {sql}"
         );
         assert!(
-            sql.contains("OR EXISTS (SELECT 1 FROM unnest($7::text[], $8::text[])"),
-            "a change made on top of the target version wins, whatever the times: {sql}"
+            sql.contains("rc.relation = 'identity.identities' AND rc.row_key = t.\"id\"::text AND NOT rc.deleted"),
+            "the row's clock: {sql}"
         );
         assert!(
-            sql.contains("OR date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\")"),
-            "then the newer: {sql}"
+            sql.contains("AND $5::bool AND cur.origin IS DISTINCT FROM $4::text"),
+            "the tie flag decides equal clocks, never against the source's own version: {sql}"
         );
         assert!(
-            sql.contains("= date_trunc('second', t.\"updated_at\") AND $5::bool)"),
-            "the tie flag decides ties only: {sql}"
+            !sql.contains("IS DISTINCT FROM ROW("),
+            "a winning version is written even with the row's values, for its clock: {sql}"
         );
         assert!(
-            sql.contains("$5::bool"),
-            "tie flag after keys, two columns and origin: {sql}"
-        );
-        assert!(
-            sql.contains("unnest($7::text[], $8::text[])"),
-            "causal bases last: {sql}"
-        );
-        assert!(sql.contains("rv.deleted"), "tombstones block resurrection");
-        assert!(
-            sql.contains(
-                "AND ROW(t.\"email\", t.\"updated_at\") IS DISTINCT FROM ROW(EXCLUDED.\"email\", EXCLUDED.\"updated_at\")"
-            ),
-            "a version identical to the target's is not written again: {sql}"
+            sql.contains("INSERT INTO syncbridge.row_clock AS rc"),
+            "the written rows' clocks are recorded: {sql}"
         );
     }
 
     #[test]
-    fn a_snapshot_read_loses_ties_and_never_writes_over_a_tombstone() {
+    fn a_snapshot_read_loses_equal_clocks_and_never_writes_over_a_tombstone() {
         let sql = shape().read_upsert_sql();
-        assert!(sql.contains("WHERE (date_trunc('second', EXCLUDED.\"updated_at\") > date_trunc('second', t.\"updated_at\") AND $5::bool IS NOT NULL"), "{sql}");
-        assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
+        assert!(sql.contains("AND false AND $5::bool"), "no tie rule: {sql}");
         assert!(
-            sql.contains("rv.deleted OFFSET 0) ORDER BY"),
+            sql.contains("rc.deleted AND $7::jsonb IS NOT NULL OFFSET 0) ORDER BY"),
             "any tombstone blocks: {sql}"
         );
-        assert!(shape().upsert_sql().contains("rv.deleted AND date_trunc"));
+        assert!(shape()
+            .upsert_sql()
+            .contains("rc.deleted AND ROW(rc.seconds, rc.tick) >= (SELECT inc.s, inc.t FROM"));
     }
 
     #[test]
-    fn a_replayed_change_wins_only_when_strictly_newer_and_deletes_only_older_rows() {
+    fn a_replayed_change_wins_only_with_a_later_clock_and_deletes_only_earlier_rows() {
         let sql = shape().replay_upsert_sql();
-        assert!(!sql.contains("written_xmin = t.xmin"), "no tie rule: {sql}");
+        assert!(sql.contains("AND false AND $5::bool"), "no tie rule: {sql}");
+        let live = delete_sql("t", "s.t", "id", "uuid", "updated_at", DeleteRule::Live);
+        let replay = delete_sql("t", "s.t", "id", "uuid", "updated_at", DeleteRule::Replay);
         assert!(
-            sql.contains("rv.deleted AND date_trunc"),
-            "tombstones as for a change"
+            live.contains("ROW(i.s, i.t) >= ROW(cur.s, cur.t)"),
+            "{live}"
         );
-        let live = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Live);
-        let replay = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Replay);
-        assert!(live.contains("<= date_trunc") && live.contains("written_xmin = t.xmin"));
-        assert!(replay.contains(") < date_trunc") && !replay.contains("written_xmin = t.xmin"));
+        assert!(
+            replay.contains("ROW(i.s, i.t) > ROW(cur.s, cur.t)"),
+            "{replay}"
+        );
     }
 
     #[test]
@@ -688,12 +796,35 @@ mod tests {
                 "{sql}"
             );
         }
-        assert!(shape.upsert_sql().contains("rv.deleted AND date_trunc('second', rv.updated_at) >= date_trunc('second', i.\"updated_at\"::timestamptz) OFFSET 0)"));
-        let delete = delete_sql("user", "t", "id", "uuid", "updated_at", DeleteRule::Live);
+        assert!(shape
+            .upsert_sql()
+            .contains("FROM (SELECT COALESCE(($7::jsonb -> i.\"id\"::text ->> 0)::int8"));
+        let delete = delete_sql("t", "s.t", "id", "uuid", "updated_at", DeleteRule::Live);
         assert!(
             delete.contains("WHERE e.\"id\" = i.k OFFSET 0)"),
             "{delete}"
         );
+    }
+
+    #[test]
+    fn clocks_travel_as_a_json_object_by_target_key() {
+        let mut clocks = Clocks::default();
+        clocks.insert(
+            "7",
+            Some(schemas::event::Clock {
+                seconds: 100,
+                tick: 2,
+            }),
+        );
+        clocks.insert("8", None);
+        let mut out = bytes::BytesMut::new();
+        tokio_postgres::types::ToSql::to_sql(
+            &clocks,
+            &tokio_postgres::types::Type::JSONB,
+            &mut out,
+        )
+        .expect("jsonb");
+        assert_eq!(&out[..], b"\x01{\"7\":[100,2]}");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
+use schemas::event::{CaptureMode, ChangeEvent, Clock, Column, Op, Transaction, Value};
 use tracing::warn;
 
 use crate::error::{CaptureError, Result};
@@ -80,8 +80,20 @@ pub struct Assembler {
     types: TypeRegistry,
     open: Option<OpenTransaction>,
     held: Option<ChangeEvent>,
+    /// The clock the row clock trigger stamped just now, for the row change
+    /// that follows it (see [`pg::clock`]).
+    stamped: Option<Stamped>,
     ready: VecDeque<Step>,
     warned: HashSet<(u32, usize)>,
+}
+
+/// A row clock read from the stream: the table (`schema.table`) and key
+/// (text) it belongs to, and the clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamped {
+    relation: String,
+    key: String,
+    clock: Clock,
 }
 
 impl Assembler {
@@ -94,6 +106,7 @@ impl Assembler {
             types: TypeRegistry::default(),
             open: None,
             held: None,
+            stamped: None,
             ready: VecDeque::new(),
             warned: HashSet::new(),
         }
@@ -117,6 +130,7 @@ impl Assembler {
                 "begin of transaction {xid} inside an open transaction"
             )));
         }
+        self.stamped = None;
         self.open = Some(OpenTransaction {
             xid,
             commit_lsn: final_lsn,
@@ -151,6 +165,7 @@ impl Assembler {
         let open = self.open.take().ok_or_else(|| {
             CaptureError::Protocol("commit without an open transaction".to_owned())
         })?;
+        self.stamped = None;
         let step = match self.held.take() {
             Some(mut event) => {
                 event.transaction.last = true;
@@ -217,6 +232,7 @@ impl Assembler {
                 (relation_oid, Op::Delete, true, Some(old), None)
             }
             Message::Truncate { relation_oids, .. } => {
+                self.stamped = None;
                 for oid in relation_oids {
                     let relation = self.relation(oid)?.clone();
                     let event = self.event(
@@ -234,6 +250,18 @@ impl Assembler {
         };
 
         let relation = self.relation(relation_oid)?.clone();
+        if relation.schema == "syncbridge" && relation.table == "row_clock" {
+            // A clock, not a change: kept for the change that follows it.
+            self.stamped = match after {
+                Some(new) => {
+                    let row = self.row(relation_oid, &relation, new)?;
+                    stamped(&row)
+                }
+                None => None,
+            };
+            return Ok(());
+        }
+        let stamped = self.stamped.take();
         let before = match before {
             Some(old) => Some(self.old_row(relation_oid, &relation, old)?),
             None => None,
@@ -256,7 +284,18 @@ impl Assembler {
                     .collect()
             })
             .unwrap_or_default();
-        let event = self.event(&relation, op, key, before, after, captured_at_micros)?;
+        let mut event = self.event(&relation, op, key, before, after, captured_at_micros)?;
+        if let Some(stamped) = stamped {
+            let key = match event.key.as_slice() {
+                [column] => pg::value::to_text(&column.value),
+                _ => None,
+            };
+            if stamped.relation == format!("{}.{}", relation.schema, relation.table)
+                && key.as_deref() == Some(stamped.key.as_str())
+            {
+                event.clock = Some(stamped.clock);
+            }
+        }
         self.hold(event);
         Ok(())
     }
@@ -309,6 +348,7 @@ impl Assembler {
             origin: open.origin.clone(),
             mode: CaptureMode::Streaming,
             captured_at_micros,
+            clock: None,
         })
     }
 
@@ -417,5 +457,169 @@ impl Assembler {
                 Value::Text(text.into_owned())
             }
         }
+    }
+}
+
+/// The clock in a `syncbridge.row_clock` row; None when a column is
+/// missing or of another type (a table of that name that is not the clock).
+fn stamped(row: &[Column]) -> Option<Stamped> {
+    let find = |name: &str| row.iter().find(|c| c.name == name).map(|c| &c.value);
+    match (
+        find("relation")?,
+        find("row_key")?,
+        find("seconds")?,
+        find("tick")?,
+    ) {
+        (Value::Text(relation), Value::Text(key), Value::Int(seconds), Value::Int(tick)) => {
+            Some(Stamped {
+                relation: relation.clone(),
+                key: key.clone(),
+                clock: Clock {
+                    seconds: *seconds,
+                    tick: *tick,
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pg::pgoutput::{RelationColumn, ReplicaIdentity};
+
+    const CLOCK: u32 = 1;
+    const USERS: u32 = 2;
+
+    fn column(name: &str, type_oid: u32, key: bool) -> RelationColumn {
+        RelationColumn {
+            key,
+            name: name.to_owned(),
+            type_oid,
+            type_modifier: -1,
+        }
+    }
+
+    fn text(value: &str) -> TupleValue {
+        TupleValue::Text(value.as_bytes().to_vec().into())
+    }
+
+    fn assembler() -> Assembler {
+        let mut assembler = Assembler::new("legacy", "db", "syncbridge");
+        for (oid, namespace, name, columns) in [
+            (
+                CLOCK,
+                "syncbridge",
+                "row_clock",
+                vec![
+                    column("relation", 25, true),
+                    column("row_key", 25, true),
+                    column("seconds", 20, false),
+                    column("tick", 20, false),
+                    column("origin", 25, false),
+                    column("deleted", 16, false),
+                ],
+            ),
+            (
+                USERS,
+                "public",
+                "users",
+                vec![column("id", 20, true), column("email", 25, false)],
+            ),
+        ] {
+            assembler
+                .apply(
+                    Message::Relation(Relation {
+                        oid,
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        replica_identity: ReplicaIdentity::Default,
+                        columns,
+                    }),
+                    0,
+                )
+                .expect("a relation is remembered");
+        }
+        assembler
+    }
+
+    fn stamp(relation: &str, key: &str, seconds: &str, tick: &str) -> Message {
+        Message::Insert {
+            relation_oid: CLOCK,
+            new: Tuple(vec![
+                text(relation),
+                text(key),
+                text(seconds),
+                text(tick),
+                TupleValue::Null,
+                text("f"),
+            ]),
+        }
+    }
+
+    fn user(id: &str) -> Message {
+        Message::Insert {
+            relation_oid: USERS,
+            new: Tuple(vec![text(id), text("a@example.com")]),
+        }
+    }
+
+    fn transaction(assembler: &mut Assembler, messages: Vec<Message>) -> Vec<ChangeEvent> {
+        assembler.begin(Lsn(100), 7, 0).expect("begins");
+        for message in messages {
+            assembler.apply(message, 0).expect("decodes");
+        }
+        assembler.commit(Lsn(101)).expect("commits");
+        let mut events = Vec::new();
+        while let Some(step) = assembler.next_step() {
+            if let Step::Produce { event, .. } = step {
+                events.push(*event);
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn a_row_change_carries_the_clock_stamped_right_before_it_and_the_clock_is_no_event() {
+        let mut assembler = assembler();
+        let events = transaction(
+            &mut assembler,
+            vec![
+                stamp("public.users", "1", "1767225605", "2"),
+                user("1"),
+                user("2"),
+            ],
+        );
+        assert_eq!(events.len(), 2, "the clock row is not an event");
+        assert_eq!(
+            events[0].clock,
+            Some(Clock {
+                seconds: 1_767_225_605,
+                tick: 2
+            })
+        );
+        assert_eq!(events[1].clock, None, "a clock is used once");
+    }
+
+    #[test]
+    fn a_clock_of_another_row_or_an_earlier_transaction_is_not_taken() {
+        let mut assembler = assembler();
+        let events = transaction(
+            &mut assembler,
+            vec![stamp("public.users", "9", "1", "0"), user("1")],
+        );
+        assert_eq!(events[0].clock, None, "another key");
+        let events = transaction(
+            &mut assembler,
+            vec![stamp("public.teams", "1", "1", "0"), user("1")],
+        );
+        assert_eq!(events[0].clock, None, "another table");
+        let _ = transaction(&mut assembler, vec![stamp("public.users", "1", "1", "0")]);
+        let events = transaction(&mut assembler, vec![user("1")]);
+        assert_eq!(
+            events[0].clock, None,
+            "a clock left by an earlier transaction"
+        );
     }
 }

@@ -28,6 +28,7 @@
 //! and logged once per change of state; configuration errors end the run.
 
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;

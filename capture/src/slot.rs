@@ -96,7 +96,64 @@ impl Source {
         self.check_tables(&tables).await?;
         self.ensure_publication(&config.publication_name(), &tables)
             .await?;
+        self.ensure_clock(
+            &config.publication_name(),
+            &config.polling.updated_at_column,
+        )
+        .await?;
         self.ensure_slot(&config.slot_name()).await
+    }
+
+    /// Installs the row clock on the published tables (see [`crate::clock`])
+    /// and adds its table to the publication, so that each change arrives
+    /// with its clock.
+    async fn ensure_clock(&self, publication: &str, updated_at: &str) -> Result<()> {
+        let published: Vec<(String, String)> = self
+            .client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("list the publication's tables", e))?
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let captured: Vec<TableName> = published
+            .iter()
+            .filter(|(schema, _)| schema != "syncbridge")
+            .map(|(schema, table)| TableName {
+                schema: schema.clone(),
+                table: table.clone(),
+            })
+            .collect();
+        let installed = crate::clock::install(&self.client, &captured, updated_at).await?;
+        let clock_published = published
+            .iter()
+            .any(|(schema, table)| schema == "syncbridge" && table == "row_clock");
+        if !installed.table || clock_published {
+            return Ok(());
+        }
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote(publication),
+            crate::clock::published_table()
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                info!(publication, "added the row clock to the publication");
+                Ok(())
+            }
+            Err(error) if error.code().map(|c| c.code()) == Some("42501") => {
+                warn!(
+                    publication,
+                    sql = %sql,
+                    "the capture role may not add the row clock to the publication: changes travel without a clock and are ordered by updated_at alone; run the statement as the publication's owner"
+                );
+                Ok(())
+            }
+            Err(error) => Err(publication_error(publication, error)),
+        }
     }
 
     async fn check_wal_level(&self) -> Result<()> {

@@ -377,6 +377,7 @@ impl Run<'_> {
                 origin: None,
                 mode: CaptureMode::Snapshot,
                 captured_at_micros: captured_at,
+                clock: None,
             };
             self.payload.clear();
             self.codec.encode_into(&event, &mut self.payload);

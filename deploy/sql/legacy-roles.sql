@@ -11,6 +11,9 @@
 --
 -- capture: LOGIN REPLICATION, SELECT on the published tables and nothing else. It does not
 --   own the tables, so it cannot create the publication: this script does, as the owner.
+-- row clock: the table and trigger function of deploy/sql/row-clock.sql, the clock trigger on
+--   every captured table, and syncbridge.row_clock in the publication, so that each change
+--   travels with its clock (capture cannot install them without owning the tables).
 -- apply: DML on the mapped tables, USAGE on their id sequences (rows born on the platform
 --   side take the next legacy id), and ownership of its own schema `syncbridge`; no CREATE on
 --   the database.
@@ -41,8 +44,23 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"capture_role", :"apply_role";
 GRANT USAGE ON SCHEMA public TO :"capture_role";
 GRANT SELECT ON public.users, public.categories, public.teams, public.team_members,
   public.geofences TO :"capture_role";
-SELECT format('CREATE PUBLICATION %I FOR TABLE public.users, public.categories, public.teams, public.team_members, public.geofences', :'publication')
+-- row clock
+CREATE SCHEMA IF NOT EXISTS syncbridge AUTHORIZATION :"apply_role";
+\ir row-clock.sql
+GRANT SELECT, INSERT, UPDATE, DELETE ON syncbridge.row_clock TO :"apply_role";
+GRANT USAGE ON SCHEMA syncbridge TO :"capture_role";
+GRANT SELECT ON syncbridge.row_clock TO :"capture_role";
+SELECT syncbridge.install_clock('public.users', 'id', 'updated_at');
+SELECT syncbridge.install_clock('public.categories', 'id', 'updated_at');
+SELECT syncbridge.install_clock('public.teams', 'id', 'updated_at');
+SELECT syncbridge.install_clock('public.team_members', 'id', 'updated_at');
+SELECT syncbridge.install_clock('public.geofences', 'id', 'updated_at');
+
+SELECT format('CREATE PUBLICATION %I FOR TABLE public.users, public.categories, public.teams, public.team_members, public.geofences, syncbridge.row_clock', :'publication')
  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = :'publication') \gexec
+SELECT format('ALTER PUBLICATION %I ADD TABLE syncbridge.row_clock', :'publication')
+ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_publication_tables
+                   WHERE pubname = :'publication' AND schemaname = 'syncbridge' AND tablename = 'row_clock') \gexec
 
 -- apply
 GRANT USAGE ON SCHEMA public TO :"apply_role";
@@ -50,6 +68,5 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.users, public.categories, public.
   public.team_members, public.geofences TO :"apply_role";
 GRANT USAGE ON SEQUENCE public.users_id_seq, public.categories_id_seq, public.teams_id_seq,
   public.team_members_id_seq, public.geofences_id_seq TO :"apply_role";
-CREATE SCHEMA IF NOT EXISTS syncbridge AUTHORIZATION :"apply_role";
 
 COMMIT;

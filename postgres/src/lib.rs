@@ -14,8 +14,10 @@
 //! - [`session`]: the settings that pin how a session renders values.
 //! - [`sqlstate`]: which Postgres errors a retry can help.
 //! - [`bookkeeping`]: the `syncbridge` schema both services share, and its lock.
+//! - [`clock`]: the row clock that orders versions alike in both databases.
 
 pub mod bookkeeping;
+pub mod clock;
 pub mod ident;
 pub mod lsn;
 pub mod pgoutput;

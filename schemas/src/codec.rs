@@ -62,9 +62,9 @@ pub const HEADER_LEN: usize = 10;
 pub const MAX_ARRAY_DEPTH: usize = 6;
 
 /// The fingerprint of the schema the hand-written encoder (`encode.rs`)
-/// writes: v2. [`Codec::new`] fails if the current schema has any other, so a
+/// writes: v3. [`Codec::new`] fails if the current schema has any other, so a
 /// new schema version cannot ship with a stale encoder.
-const ENCODER_FINGERPRINT: [u8; 8] = [0x4e, 0x89, 0xd2, 0xed, 0xfc, 0xb7, 0xe0, 0x0d];
+const ENCODER_FINGERPRINT: [u8; 8] = [0xfe, 0xac, 0xb0, 0xba, 0xaa, 0x80, 0xaf, 0x59];
 
 /// The branches of the `Column.value` union in the current schema, in
 /// order, as the encoder writes them and the conversion reads them.
@@ -496,7 +496,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::super::*;
-        use crate::{CaptureMode, Column, Op, Transaction, Value};
+        use crate::{CaptureMode, Clock, Column, Op, Transaction, Value};
 
         fn scalar() -> impl Strategy<Value = Value> {
             prop_oneof![
@@ -538,6 +538,10 @@ mod tests {
             )
         }
 
+        fn clock() -> impl Strategy<Value = Clock> {
+            (any::<i64>(), any::<i64>()).prop_map(|(seconds, tick)| Clock { seconds, tick })
+        }
+
         fn event() -> impl Strategy<Value = ChangeEvent> {
             (
                 ("[a-z]{0,6}", "[a-z]{0,6}", "[a-z]{0,6}", "[a-z]{0,6}"),
@@ -570,6 +574,7 @@ mod tests {
                         Just(CaptureMode::Snapshot)
                     ],
                     any::<i64>(),
+                    proptest::option::of(clock()),
                 ),
             )
                 .prop_map(
@@ -578,7 +583,7 @@ mod tests {
                         op,
                         (key, before, after),
                         (xid, commit_lsn, commit_time_micros, position, last, event_count),
-                        (marker, origin, mode, captured_at_micros),
+                        (marker, origin, mode, captured_at_micros, clock),
                     )| ChangeEvent {
                         source,
                         database,
@@ -600,6 +605,7 @@ mod tests {
                         origin,
                         mode,
                         captured_at_micros,
+                        clock,
                     },
                 )
         }
@@ -713,6 +719,10 @@ mod tests {
                 origin: None,
                 mode: CaptureMode::Polling,
                 captured_at_micros: 14,
+                clock: Some(Clock {
+                    seconds: 15,
+                    tick: -16,
+                }),
             };
             let datum = codec.encode(&event)[HEADER_LEN..].to_vec();
             let bytes: Vec<u8> = (0u8..40).chain([0x7f, 0x80, 0x81, 0xfe, 0xff]).collect();

@@ -67,6 +67,26 @@ pub struct ChangeEvent {
     pub mode: CaptureMode,
     /// When capture produced the event, microseconds since the Unix epoch.
     pub captured_at_micros: i64,
+    /// The row version's [`Clock`], when the source table stamps one (its
+    /// clock trigger is installed); `None` otherwise. Added in schema v3:
+    /// events written with earlier versions read as `None`.
+    pub clock: Option<Clock>,
+}
+
+/// A row version's place in the order both sides agree on: a hybrid logical
+/// clock stamped in the source database.
+///
+/// `seconds` is whole seconds since the Unix epoch; `tick` is a counter from
+/// 0 that orders versions stamped in the same second, or stamped behind the
+/// row's previous version, so a version's clock is later than that of the
+/// version it replaced, whatever the wall clocks say. Clocks compare as
+/// `(seconds, tick)`, which is the derived [`Ord`] (field order matters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Clock {
+    /// Whole seconds since the Unix epoch.
+    pub seconds: i64,
+    /// The counter within `seconds`, from 0.
+    pub tick: i64,
 }
 
 /// Where an event sits in its source transaction.

@@ -63,7 +63,7 @@ pub mod event;
 
 pub use codec::Codec;
 pub use error::Error;
-pub use event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
+pub use event::{CaptureMode, ChangeEvent, Clock, Column, Op, Transaction, Value};
 
 /// One released version of the change-event schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,11 @@ pub const VERSIONS: &[SchemaVersion] = &[
         version: 2,
         file: "change_event.v2.avsc",
         json: include_str!("../avro/change_event.v2.avsc"),
+    },
+    SchemaVersion {
+        version: 3,
+        file: "change_event.v3.avsc",
+        json: include_str!("../avro/change_event.v3.avsc"),
     },
 ];
 

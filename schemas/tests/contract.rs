@@ -12,7 +12,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use schemas::codec::{HEADER_LEN, MAGIC, MAX_ARRAY_DEPTH};
 use schemas::{
-    CaptureMode, ChangeEvent, Codec, Column, Error, Op, Transaction, Value, CURRENT, VERSIONS,
+    CaptureMode, ChangeEvent, Clock, Codec, Column, Error, Op, Transaction, Value, CURRENT,
+    VERSIONS,
 };
 
 // ---------------------------------------------------------------------------
@@ -99,6 +100,7 @@ fn event_eq(a: &ChangeEvent, b: &ChangeEvent) -> bool {
         && a.origin == b.origin
         && a.mode == b.mode
         && a.captured_at_micros == b.captured_at_micros
+        && a.clock == b.clock
 }
 
 /// apache-avro values compared through their Debug form, which prints NaN
@@ -208,6 +210,15 @@ fn avro_event(e: &ChangeEvent) -> Avro {
         ("origin", optional(e.origin.clone().map(Avro::String))),
         ("mode", Avro::Enum(mode_index, mode_symbol.to_owned())),
         ("captured_at", Avro::TimestampMicros(e.captured_at_micros)),
+        (
+            "clock",
+            optional(e.clock.map(|c| {
+                record(vec![
+                    ("seconds", Avro::Long(c.seconds)),
+                    ("tick", Avro::Long(c.tick)),
+                ])
+            })),
+        ),
     ])
 }
 
@@ -244,6 +255,7 @@ fn with_defaults_for_missing(event: &ChangeEvent, old: &Schema, current: &Schema
         match field.as_str() {
             "origin" => expected.origin = None,
             "mode" => expected.mode = CaptureMode::Streaming,
+            "clock" => expected.clock = None,
             other => panic!("tell this test the default of new field {other:?}"),
         }
     }
@@ -377,6 +389,10 @@ fn transaction() -> impl Strategy<Value = Transaction> {
         )
 }
 
+fn clock() -> impl Strategy<Value = Clock> {
+    (any::<i64>(), any::<i64>()).prop_map(|(seconds, tick)| Clock { seconds, tick })
+}
+
 fn event() -> impl Strategy<Value = ChangeEvent> {
     (
         (text(), text(), text(), text(), op()),
@@ -391,6 +407,7 @@ fn event() -> impl Strategy<Value = ChangeEvent> {
             proptest::option::of(text()),
             mode(),
             any::<i64>(),
+            proptest::option::of(clock()),
         ),
     )
         .prop_map(
@@ -398,7 +415,7 @@ fn event() -> impl Strategy<Value = ChangeEvent> {
                 (source, database, schema, table, op),
                 (key, before, after),
                 transaction,
-                (marker, origin, mode, captured_at_micros),
+                (marker, origin, mode, captured_at_micros, clock),
             )| ChangeEvent {
                 source,
                 database,
@@ -413,6 +430,7 @@ fn event() -> impl Strategy<Value = ChangeEvent> {
                 origin,
                 mode,
                 captured_at_micros,
+                clock,
             },
         )
 }
@@ -482,12 +500,32 @@ fn golden_event() -> ChangeEvent {
         origin: Some("bridge".to_owned()),
         mode: CaptureMode::Polling,
         captured_at_micros: 1_700_000_000_000_001,
+        clock: Some(Clock {
+            seconds: 1_700_000_000,
+            tick: 3,
+        }),
     }
 }
 
-/// The datum of [`golden_event`] under v2, frozen. Checked independently by
+/// The datum of [`golden_event`] under v3, frozen. Checked independently by
 /// decoding it with plain apache-avro (`golden_bytes_decode_with_plain_apache_avro`).
 const GOLDEN_DATUM: &str = "
+    0c6c65676163790873686f700c7075626c69630c6f7264657273020204696408
+    696e74382806540000021a04696408696e7438280654086e6f74650874657874
+    320c0c68c3a96c6c6f0a746f74616c0e6e756d65726963c81a0a0c2d31322e35
+    30087061696408626f6f6c2004010a726174696f0c666c6f617438fa0a080000
+    00000000e03f08626c6f620a6279746561220e0400ff0461741674696d657374
+    616d70747ac012128080f28183898506066461790864617465f410140106646f
+    630a6a736f6e62b43b1a047b7d066269670874657874320208676f6e65087465
+    7874320008746167730a5f74657874e20f1c040c026100000672656608757569
+    648c2e1811111111111111111111111111111111000ed08080108080f2818389
+    85060001020200020c627269646765028280f28183898506
+    0280c49fd50c06
+";
+
+/// The datum of [`golden_event`] (without its clock) under v2, as the v2
+/// encoder wrote it, frozen: messages like it are in Kafka.
+const GOLDEN_DATUM_V2: &str = "
     0c6c65676163790873686f700c7075626c69630c6f7264657273020204696408
     696e74382806540000021a04696408696e7438280654086e6f74650874657874
     320c0c68c3a96c6c6f0a746f74616c0e6e756d65726963c81a0a0c2d31322e35
@@ -529,6 +567,53 @@ fn golden_bytes_decode_with_plain_apache_avro() {
 }
 
 #[test]
+fn frozen_v2_bytes_decode_with_no_clock() {
+    let codec = codec();
+    let bytes = message(codec.fingerprint(2).unwrap(), &unhex(GOLDEN_DATUM_V2));
+    assert_eq!(codec.writer_version(&bytes).unwrap(), 2);
+    let decoded = codec.decode(&bytes).unwrap();
+    assert_eq!(decoded.clock, None);
+    let expected = ChangeEvent {
+        clock: None,
+        ..golden_event()
+    };
+    assert!(event_eq(&decoded, &expected), "{decoded:?}");
+}
+
+#[test]
+fn clocks_round_trip_bit_for_bit() {
+    let codec = codec();
+    for clock in [
+        None,
+        Some(Clock {
+            seconds: 0,
+            tick: 0,
+        }),
+        Some(Clock {
+            seconds: 1_700_000_000,
+            tick: 1,
+        }),
+        Some(Clock {
+            seconds: i64::MIN,
+            tick: i64::MAX,
+        }),
+        Some(Clock {
+            seconds: i64::MAX,
+            tick: i64::MIN,
+        }),
+    ] {
+        let event = ChangeEvent {
+            clock,
+            ..golden_event()
+        };
+        let bytes = codec.encode(&event);
+        assert_eq!(codec.decode(&bytes).unwrap().clock, clock);
+        let read = read_with_apache(codec.current_schema(), None, &bytes[HEADER_LEN..]);
+        assert!(avro_eq(&read, &avro_event(&event)), "{read:?}");
+    }
+}
+
+#[test]
 fn header_is_magic_then_little_endian_fingerprint() {
     let codec = codec();
     let bytes = codec.encode(&golden_event());
@@ -542,7 +627,11 @@ fn header_is_magic_then_little_endian_fingerprint() {
 #[test]
 fn fingerprints_are_frozen_and_distinct() {
     let codec = codec();
-    let frozen = [(1, "fa5f97e5c5594665"), (2, "4e89d2edfcb7e00d")];
+    let frozen = [
+        (1, "fa5f97e5c5594665"),
+        (2, "4e89d2edfcb7e00d"),
+        (3, "feacb0baaa80af59"),
+    ];
     assert_eq!(
         frozen.len(),
         VERSIONS.len(),
@@ -636,6 +725,16 @@ fn every_earlier_version_decodes_with_defaults_for_new_fields() {
         .unwrap();
     assert_eq!(decoded.origin, None);
     assert_eq!(decoded.mode, CaptureMode::Streaming);
+    assert_eq!(decoded.clock, None);
+    // v2 specifically: v3 added clock.
+    let v2 = codec.schema(2).unwrap();
+    let datum = write_with_apache(v2, avro_event_for(&event, v2));
+    assert_eq!(hex(&datum), hex(&unhex(GOLDEN_DATUM_V2)));
+    let decoded = codec
+        .decode(&message(codec.fingerprint(2).unwrap(), &datum))
+        .unwrap();
+    assert_eq!(decoded.origin.as_deref(), Some("bridge"));
+    assert_eq!(decoded.clock, None);
 }
 
 proptest! {

@@ -392,7 +392,7 @@ impl Bridge {
         for (side, db) in [("legacy", self.legacy()), ("platform", self.platform())] {
             for (what, sql) in [
                 ("id pair", "SELECT row_to_json(m)::text FROM syncbridge.id_pairs m WHERE legacy_id::text = ANY($1) OR platform_id::text = ANY($1)"),
-                ("tombstone", "SELECT row_to_json(v)::text FROM syncbridge.row_version v WHERE row_key = ANY($1)"),
+                ("clock", "SELECT row_to_json(c)::text FROM syncbridge.row_clock c WHERE row_key = ANY($1)"),
                 ("delete_outbox", "SELECT row_to_json(o)::text FROM syncbridge.delete_outbox o WHERE source_key = ANY($1)"),
             ] {
                 for row in db.client().query(sql, &[&keys]).await? {

@@ -163,22 +163,21 @@ async fn a_later_change_from_one_source_wins_over_its_earlier_one_whatever_their
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): each side compares a different pair of versions (legacy: its later change against the platform's first, the platform: its later change against legacy's first), and a source's own order then carries each side's winner; run with --run-ignored"]
 async fn two_sides_each_changing_a_row_twice_with_clocks_apart_end_with_the_same_version(
 ) -> anyhow::Result<()> {
     // While apply is stopped, each side changes the row twice, its second
     // change stamped behind its first (a clock stepped back, or a
     // `timestamp(0)` that rounded the first up). Legacy's changes are
     // stamped :05 and :04, the platform's :06 and :05.5. Both directions
-    // then carry all four. A source's own order decides between its own
-    // changes; between the two sides, the platform's later change was made
-    // after a version stamped :06 and legacy's after one stamped :05, so the
-    // platform's second change is the one both sides keep. Today legacy
-    // compares the platform's first change (:06) with its own second
-    // (:04) and takes the platform's, while the platform compares legacy's
-    // first (:05) with its own second (:05.5, the same second: a tie legacy
-    // wins) and takes legacy's; each side's later change follows by source
-    // order, and each side ends with the other's second change.
+    // then carry all four. Each side's second change comes after its first
+    // (clocks :05+1 on legacy, :06+1 on the platform), so the platform's
+    // second change is the latest of the four, and both sides keep it. An
+    // order that compares timestamps against whatever the target holds
+    // does not get there: legacy compares the platform's first change (:06)
+    // with its own second (:04) and takes the platform's, the platform
+    // compares legacy's first (:05) with its own second (:05.5, the same
+    // second: a tie legacy wins) and takes legacy's, and each side's later
+    // change follows by source order.
     let mut bridge = seeded().await?;
     bridge.stop_apply().await?;
     let legacy = bridge.legacy();

@@ -443,9 +443,9 @@ async fn tombstones_and_ledger_entries_older_than_the_retention_are_pruned_at_st
     bridge
         .platform()
         .execute(
-            "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted)
-             VALUES ('user', 'old', 'legacy', now() - interval '30 days', true),
-                    ('user', 'recent', 'legacy', now() - interval '1 day', true);
+            "INSERT INTO syncbridge.row_clock (relation, row_key, seconds, tick, origin, deleted)
+             VALUES ('identity.identities', 'old', extract(epoch FROM now() - interval '30 days')::int8, 0, 'legacy', true),
+                    ('identity.identities', 'recent', extract(epoch FROM now() - interval '1 day')::int8, 0, 'legacy', true);
              INSERT INTO syncbridge.apply_ledger (written_xmin, origin, written_lsn, written_at)
              VALUES ('old', 'legacy', '0/1', now() - interval '30 days'),
                     ('recent', 'legacy', '0/1', now() - interval '1 day')",
@@ -492,9 +492,9 @@ async fn tombstones_older_than_the_retention_are_pruned_while_apply_runs() -> an
         bridge
             .platform()
             .execute(&format!(
-                "INSERT INTO syncbridge.row_version (entity, row_key, origin, updated_at, deleted)
-                 VALUES ('user', '{expired}', 'legacy', now() - interval '30 days', true),
-                        ('user', 'kept', 'legacy', now() - interval '1 day', true)
+                "INSERT INTO syncbridge.row_clock (relation, row_key, seconds, tick, origin, deleted)
+                 VALUES ('identity.identities', '{expired}', extract(epoch FROM now() - interval '30 days')::int8, 0, 'legacy', true),
+                        ('identity.identities', 'kept', extract(epoch FROM now() - interval '1 day')::int8, 0, 'legacy', true)
                  ON CONFLICT DO NOTHING"
             ))
             .await?;
@@ -514,7 +514,7 @@ async fn tombstones(bridge: &Bridge) -> anyhow::Result<Vec<String>> {
         .platform()
         .client()
         .query(
-            "SELECT row_key FROM syncbridge.row_version WHERE deleted ORDER BY row_key",
+            "SELECT row_key FROM syncbridge.row_clock WHERE deleted AND origin = 'legacy' ORDER BY row_key",
             &[],
         )
         .await?

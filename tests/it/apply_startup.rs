@@ -63,7 +63,7 @@ async fn apply_starts_while_someone_reads_its_bookkeeping_in_a_long_transaction(
     let monitor = sync_bridge_tests::connect(&bridge.platform().url).await?;
     monitor
         .batch_execute(
-            "BEGIN; SELECT * FROM syncbridge.apply_position; SELECT * FROM syncbridge.row_version LIMIT 1",
+            "BEGIN; SELECT * FROM syncbridge.apply_position; SELECT * FROM syncbridge.row_clock LIMIT 1",
         )
         .await?;
     bridge.start_apply()?;

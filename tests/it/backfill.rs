@@ -337,7 +337,7 @@ async fn a_read_that_arrives_after_a_delete_or_a_newer_update_neither_resurrects
     assert_eq!(
         count(
             platform,
-            "SELECT count(*) FROM syncbridge.row_version WHERE entity = 'user' AND deleted"
+            "SELECT count(*) FROM syncbridge.row_clock WHERE relation = 'identity.identities' AND origin = 'legacy' AND deleted"
         )
         .await?,
         1,

@@ -240,6 +240,53 @@ async fn an_unchanged_toast_value_is_marked_unchanged_never_null() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_carries_a_clock_later_than_the_version_it_replaced_whatever_its_timestamp(
+) -> anyhow::Result<()> {
+    let db = TestDb::create(Side::Legacy, "clocks").await?;
+    db.execute("CREATE TABLE things (id int PRIMARY KEY, name text, updated_at timestamp(0))")
+        .await?;
+    let (setup, mut reader) = capture_of(db, &["things"]).await?;
+    let capture = setup.start()?;
+    let db = &setup.db;
+    sync_bridge_tests::eventually("the slot", WAIT, || async {
+        Ok(db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
+    })
+    .await?;
+    // The update is stamped a second behind the insert (a clock stepped
+    // back) and the delete, stamped with the time it runs, years before
+    // both: each still comes after the version it replaced.
+    db.execute(
+        "INSERT INTO things VALUES (1, 'first', '2030-01-01 00:00:05');
+         UPDATE things SET name = 'second', updated_at = '2030-01-01 00:00:04' WHERE id = 1;
+         UPDATE things SET name = 'third', updated_at = '2030-01-01 00:00:09' WHERE id = 1;
+         DELETE FROM things WHERE id = 1;",
+    )
+    .await?;
+    let events = reader.read_at_least(4, WAIT).await?.to_vec();
+    capture.stop().await?;
+    setup.db.drop_slot(&setup.slot).await?;
+
+    let five = 1_893_456_005;
+    let clocks: Vec<Option<(i64, i64)>> = events
+        .iter()
+        .map(|e| e.clock.map(|c| (c.seconds, c.tick)))
+        .collect();
+    assert_eq!(
+        clocks,
+        [
+            Some((five, 0)),
+            Some((five, 1)),
+            Some((five + 4, 0)),
+            Some((five + 4, 1)),
+        ],
+        "{:?}",
+        events.iter().map(|e| e.op).collect::<Vec<_>>()
+    );
+    assert_eq!(events[3].op, Op::Delete);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_or_dropped_on_the_source_changes_the_event_shape_without_stopping(
 ) -> anyhow::Result<()> {
     let db = TestDb::create(Side::Legacy, "ddl").await?;

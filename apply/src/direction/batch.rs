@@ -17,8 +17,10 @@ use crate::error::{ApplyError, Result};
 use crate::stats::Stats;
 
 /// A batch's first statement: the echo marker, by which its writes are
-/// recognised when they come back on the target's topic.
-const MARKER: &str = "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)";
+/// recognised when they come back on the target's topic, and the mark that
+/// keeps the row clock trigger off its writes (see [`pg::clock`]).
+const MARKER: &str = "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2), \
+     pg_catalog.set_config('syncbridge.applying', 'on', true)";
 
 /// The open target transaction (a batch of source transactions), and the
 /// order lock numbers of batches.

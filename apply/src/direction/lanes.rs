@@ -117,6 +117,7 @@ pub(super) const ORDER_WAIT: &str = "SELECT pg_catalog.pg_advisory_xact_lock($1,
 /// wait in apply for that one's commit, a cycle no server sees.
 pub(super) const MARKER_AND_ORDER_LOCK: &str =
     "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2), \
+     pg_catalog.set_config('syncbridge.applying', 'on', true), \
      pg_catalog.pg_advisory_xact_lock($3, $4)";
 
 /// How long a direction's writers may keep the pair lock, committing

@@ -52,7 +52,8 @@ pub async fn prune_tombstones(
         .map_err(|e| ApplyError::postgres(side, "prune the apply ledger", e))?;
     client
         .execute(
-            "DELETE FROM syncbridge.row_version WHERE deleted AND updated_at < now() - make_interval(secs => $1)",
+            "DELETE FROM syncbridge.row_clock WHERE deleted \
+             AND seconds < extract(epoch FROM now() - make_interval(secs => $1))",
             &[&seconds],
         )
         .await

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use super::rows::lock_rows;
 use super::runs::PendingRow;
 use super::Writer;
-use crate::conflict::{self};
+use crate::conflict::{self, Clocks};
 use crate::error::{ApplyError, Result};
 use crate::mapping::Entity;
 use pg::ident::quote_table;
@@ -58,11 +58,16 @@ impl Writer {
             .await
             .map_err(|e| ApplyError::postgres(self.to.as_str(), "record deletes to re-assert", e))?;
         self.recorded_deletes = true;
+        let mut clocks = Clocks::default();
         for (row, key) in rows.iter().zip(&target_keys) {
             // A row that never crossed has nothing to delete on this side,
             // but gets a tombstone under the id it would get.
             if let Some(key) = key {
-                key_texts.push(pg::value::to_text(key));
+                let text = pg::value::to_text(key);
+                if let Some(text) = &text {
+                    clocks.insert(text, row.clock);
+                }
+                key_texts.push(text);
                 times.push(pg::value::to_text(&Value::TimestampTz(row.delete_at)));
             }
         }
@@ -71,28 +76,17 @@ impl Writer {
         }
         let table = entity.table(self.to);
         let sql = conflict::delete_sql(
-            entity.name(),
             &quote_table(&table.schema, &table.table),
+            &pg::clock::relation(&table.schema, &table.table),
             &table.key,
             &self.column_type(entity, self.to, &table.key)?,
             &table.updated_at,
             self.delete_rule,
         );
         lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
-        let (based_keys, based_xmins) = {
-            let (crossed, keys): (Vec<&PendingRow>, Vec<Option<String>>) = rows
-                .iter()
-                .zip(&target_keys)
-                .filter_map(|(row, key)| Some((row, pg::value::to_text(key.as_ref()?))))
-                .unzip();
-            self.bases(target, source, entity, &crossed, &keys).await?
-        };
         let statement = self.statement(target, sql).await?;
         let row = target
-            .query_one(
-                &statement,
-                &[&key_texts, &times, &self.origin, &based_keys, &based_xmins],
-            )
+            .query_one(&statement, &[&key_texts, &times, &self.origin, &clocks])
             .await
             .map_err(|e| {
                 ApplyError::postgres(self.to.as_str(), format!("delete {}", entity.name()), e)
@@ -169,9 +163,9 @@ impl Writer {
                 return Ok(());
             }
             let mut by_entity: HashMap<(String, String), DeleteBatch> = HashMap::new();
-            // A re-asserted delete was made on its own side: nothing there
-            // crossed to it.
-            let no_bases: Vec<String> = Vec::new();
+            // A re-asserted delete counts as its time: a version that won
+            // over it here by its clock stays.
+            let no_clocks = Clocks::default();
             for row in &rows {
                 let entry = by_entity.entry((row.get(0), row.get(2))).or_default();
                 entry.0.push(Some(row.get(1)));
@@ -184,7 +178,8 @@ impl Writer {
             let outcome = async {
                 source
                     .execute(
-                        "SELECT pg_catalog.pg_logical_emit_message(true, $1, 'delete-reassertion')",
+                        "SELECT pg_catalog.pg_logical_emit_message(true, $1, 'delete-reassertion'), \
+                         pg_catalog.set_config('syncbridge.applying', 'on', true)",
                         &[&marker_prefix],
                     )
                     .await
@@ -195,8 +190,8 @@ impl Writer {
                     };
                     let table = entity.table(self.from);
                     let sql = conflict::delete_sql(
-                        entity.name(),
                         &quote_table(&table.schema, &table.table),
+                        &pg::clock::relation(&table.schema, &table.table),
                         &table.key,
                         key_type,
                         &table.updated_at,
@@ -204,7 +199,7 @@ impl Writer {
                     );
                     lock_rows(source, from, entity.name(), keys).await?;
                     source
-                        .query_one(&sql, &[keys, times, &self.origin, &no_bases, &no_bases])
+                        .query_one(&sql, &[keys, times, &self.origin, &no_clocks])
                         .await
                         .map_err(|e| ApplyError::postgres(from, "re-assert deletes", e))?;
                 }

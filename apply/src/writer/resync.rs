@@ -104,6 +104,7 @@ impl Writer {
     ) -> Result<Vec<PendingRow>> {
         let table = child.table(self.from);
         let qualified = quote_table(&table.schema, &table.table);
+        let key_column = child.key_column(self.from);
         let side = self.from.as_str();
         let probe = source
             .prepare(&format!("SELECT * FROM {qualified} LIMIT 0"))
@@ -124,24 +125,38 @@ impl Writer {
             .iter()
             .map(|(name, _, _)| format!("{}::text", quote(name)))
             .collect();
+        // Each row's clock comes with it: the version read is written with
+        // the clock it has at its source, like any change.
         let sql = format!(
-            "SELECT xmin::text, (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8, {} \
-             FROM {qualified} WHERE {} = ANY($1::text[]::{key_type}[])",
-            select.join(", "),
+            "SELECT t.xmin::text, rc.seconds, rc.tick, {} \
+             FROM {qualified} AS t LEFT JOIN syncbridge.row_clock rc \
+               ON rc.relation = $2 AND rc.row_key = t.{}::text AND NOT rc.deleted \
+             WHERE t.{} = ANY($1::text[]::{key_type}[])",
+            select
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote(key_column),
             quote(column),
         );
         let found = source
-            .query(&sql, &[&keys])
+            .query(
+                &sql,
+                &[&keys, &pg::clock::relation(&table.schema, &table.table)],
+            )
             .await
             .map_err(|e| ApplyError::postgres(side, "read children from the source", e))?;
-        let key_column = child.key_column(self.from);
         let mut pending = Vec::with_capacity(found.len());
         for row in found {
             let xmin: String = row.get(0);
-            let lsn: i64 = row.get(1);
+            let clock = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
+                (Some(seconds), Some(tick)) => Some(schemas::event::Clock { seconds, tick }),
+                _ => None,
+            };
             let mut columns = Vec::with_capacity(described.len());
             for (position, (name, type_name, oid)) in described.iter().enumerate() {
-                let text: Option<String> = row.get(position + 2);
+                let text: Option<String> = row.get(position + 3);
                 let value = match text {
                     None => Value::Null,
                     Some(text) => pg::value::parse_text(*oid, &text)
@@ -173,7 +188,7 @@ impl Writer {
                 row: converted,
                 delete_at: 0,
                 source_xid: xmin.parse().unwrap_or_default(),
-                commit_lsn: lsn as u64,
+                clock,
             });
         }
         Ok(pending)

@@ -14,10 +14,10 @@ use tokio_postgres::Client;
 use super::pipeline::{Then, Written};
 use super::runs::{PendingRow, RunKind};
 use super::Writer;
-use crate::conflict::{self, ColumnSpec, Incoming, Merge, ParentCheck, Shape, PROBE};
+use crate::conflict::{self, Clocks, ColumnSpec, Incoming, Merge, ParentCheck, Shape};
 use crate::error::{ApplyError, Result};
 use crate::mapping::{Entity, Field, Side, TargetValue};
-use pg::ident::{quote, quote_table};
+use pg::ident::quote_table;
 
 /// How `Writer::write_rows` writes a run.
 pub(super) struct Writing<'k> {
@@ -343,11 +343,6 @@ impl Writer {
                 (_, Incoming::Replay) => shape.replay_update_sql(),
                 _ => shape.update_sql(),
             };
-            let (based_keys, based_xmins) = {
-                let written: Vec<&PendingRow> = existing.rows.iter().map(|i| &rows[*i]).collect();
-                self.bases(target, source, entity, &written, &existing.keys)
-                    .await?
-            };
             let crossed: Vec<(String, Value)> = existing
                 .rows
                 .iter()
@@ -369,21 +364,12 @@ impl Writer {
                 Then::Nothing,
             )
             .await?;
-            self.send_rows(
-                target,
-                source,
-                index,
-                entity,
-                sql,
-                existing,
-                crossed,
-                (based_keys, based_xmins),
-            )
-            .await?;
+            self.send_rows(target, source, index, entity, sql, existing, crossed, rows)
+                .await?;
         }
         if !new_rows.rows.is_empty() {
-            // Rows given a new id just now have no version here to be based
-            // on, and none came back.
+            // Rows given a new id just now had no version here, and none
+            // came back.
             let sql = shape.insert_new_sql(incoming);
             self.send_rows(
                 target,
@@ -393,7 +379,7 @@ impl Writer {
                 sql,
                 new_rows,
                 Vec::new(),
-                (Vec::new(), Vec::new()),
+                rows,
             )
             .await?;
         }
@@ -412,7 +398,7 @@ impl Writer {
         sql: String,
         statement: Statement,
         crossed: Vec<(String, Value)>,
-        (based_keys, based_xmins): (Vec<String>, Vec<String>),
+        pending: &[PendingRow],
     ) -> Result<()> {
         let Statement {
             rows,
@@ -420,7 +406,13 @@ impl Writer {
             source_xids,
             columns,
         } = statement;
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 6);
+        let mut clocks = Clocks::default();
+        for (row, key) in rows.iter().zip(&keys) {
+            if let Some(key) = key {
+                clocks.insert(key, pending[*row].clock);
+            }
+        }
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len() + 5);
         let texts =
             |column: &[Option<String>]| text_array_bytes(column.iter().map(Option::as_deref));
         let bytes = texts(&keys)
@@ -433,8 +425,7 @@ impl Writer {
         params.push(Box::new(self.origin.clone()));
         params.push(Box::new(self.tie_wins));
         params.push(Box::new(source_xids));
-        params.push(Box::new(based_keys));
-        params.push(Box::new(based_xmins));
+        params.push(Box::new(clocks));
         let then = Then::Written(Written {
             entity: index,
             attempted: rows.len() as u64,
@@ -572,88 +563,6 @@ impl Writer {
             out.push(Some(values));
         }
         Ok(out)
-    }
-
-    /// The changes among `rows` that were made on top of a version this
-    /// writer's target sent over: per such row, its target key (`keys`,
-    /// aligned with `rows`) and the `xmin` that target version carried.
-    ///
-    /// When the target row's version crossed to the source (the source's
-    /// `apply_ledger` has its transaction as `source_xid`) before the change
-    /// committed there (`written_lsn` below the change's commit LSN), the
-    /// change was made after that version arrived: it is causally newer and
-    /// wins while the target row is still that version (same `xmin`; the
-    /// writing statement checks), whatever the two `updated_at` say (a
-    /// legacy `timestamp(0)` rounds `now()` up; clocks differ). A concurrent
-    /// change (committed before the version arrived) is ordered by time.
-    /// Returns the target keys and `xmin`s that such changes may overwrite.
-    pub(super) async fn bases(
-        &self,
-        target: &Client,
-        source: &Client,
-        entity: &Entity,
-        rows: &[&PendingRow],
-        keys: &[Option<String>],
-    ) -> Result<(Vec<String>, Vec<String>)> {
-        // The target rows' versions now (rows not there yet have none).
-        let table = entity.table(self.to);
-        let key_type = self.column_type(entity, self.to, &table.key)?;
-        let versions = target
-            .query(
-                &format!(
-                    "SELECT x.ord, t.xmin::text FROM unnest($1::text[]::{key_type}[]) WITH ORDINALITY AS x(k, ord) \
-                     CROSS JOIN LATERAL (SELECT xmin FROM {table} WHERE {key} = x.k {PROBE}) AS t",
-                    table = quote_table(&table.schema, &table.table),
-                    key = quote(&table.key),
-                ),
-                &[&keys],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.to.as_str(), "read row versions", e))?;
-        if versions.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let mut candidates: Vec<(String, String)> = Vec::with_capacity(versions.len());
-        let mut xmins = Vec::with_capacity(versions.len());
-        let mut lsns = Vec::with_capacity(versions.len());
-        for version in versions {
-            let ordinal = version.get::<_, i64>(0) as usize;
-            let (Some(Some(key)), Some(row)) = (
-                ordinal.checked_sub(1).and_then(|i| keys.get(i)),
-                ordinal.checked_sub(1).and_then(|i| rows.get(i)),
-            ) else {
-                continue;
-            };
-            let xmin: String = version.get(1);
-            xmins.push(xmin.clone());
-            lsns.push(format!(
-                "{:X}/{:X}",
-                row.commit_lsn >> 32,
-                row.commit_lsn & 0xffff_ffff
-            ));
-            candidates.push((key.clone(), xmin));
-        }
-        // Which of them crossed to the source before the change committed.
-        let target_origin = &self.mapping.side(self.to).source;
-        let crossed = source
-            .query(
-                "SELECT x.ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(xid, lsn, ord) \
-                 WHERE EXISTS (SELECT 1 FROM syncbridge.apply_ledger l \
-                   WHERE l.source_xid = x.xid AND l.origin = $3 AND l.written_lsn < x.lsn::pg_lsn)",
-                &[&xmins, &lsns, target_origin],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(self.from.as_str(), "read crossed versions", e))?;
-        let mut based_keys = Vec::with_capacity(crossed.len());
-        let mut based_xmins = Vec::with_capacity(crossed.len());
-        for row in crossed {
-            let ordinal = row.get::<_, i64>(0) as usize;
-            if let Some((key, xmin)) = ordinal.checked_sub(1).and_then(|i| candidates.get(i)) {
-                based_keys.push(key.clone());
-                based_xmins.push(xmin.clone());
-            }
-        }
-        Ok((based_keys, based_xmins))
     }
 }
 

@@ -29,9 +29,10 @@ pub(super) struct PendingRow {
     pub(super) source_key: Value,
     pub(super) row: TargetRow,
     pub(super) delete_at: i64,
-    /// The source transaction: its id and commit LSN.
+    /// The source transaction's id.
     pub(super) source_xid: u32,
-    pub(super) commit_lsn: u64,
+    /// The version's row clock, when its source stamped one.
+    pub(super) clock: Option<schemas::event::Clock>,
 }
 
 pub(super) struct Run {
@@ -134,7 +135,7 @@ impl Writer {
                 row,
                 delete_at,
                 source_xid: event.transaction.xid,
-                commit_lsn: event.transaction.commit_lsn,
+                clock: event.clock,
             });
         }
         Ok(Staged::Staged)

@@ -108,7 +108,7 @@ impl Writer {
         let mut tables = vec![
             "syncbridge.id_map".to_owned(),
             "syncbridge.id_derived".to_owned(),
-            "syncbridge.row_version".to_owned(),
+            "syncbridge.row_clock".to_owned(),
             "syncbridge.apply_ledger".to_owned(),
         ];
         let mut entities: Vec<usize> = analyze.entities.drain().collect();

@@ -5,7 +5,7 @@
 use futures::future::try_join_all;
 use rdkafka::producer::FutureProducer;
 use schemas::codec::Codec;
-use schemas::event::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
+use schemas::event::{CaptureMode, ChangeEvent, Clock, Column, Op, Transaction, Value};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,6 +27,7 @@ struct PolledRow {
     echo: bool,
     known: bool,
     sent_xmin: Option<i64>,
+    clock: Option<Clock>,
     values: Vec<Option<String>>,
 }
 
@@ -66,6 +67,8 @@ pub struct Poller<'a> {
     reader: Client,
     writer: Client,
     pub(super) tables: Vec<PolledTable>,
+    /// Whether pages read each row's clock (see [`crate::clock`]).
+    clocks: bool,
     producer: FutureProducer,
     topic: String,
     key: Vec<u8>,
@@ -144,6 +147,25 @@ impl<'a> Poller<'a> {
         let reader = connect(connection).await?;
         let writer = connect(connection).await?;
         install(&writer).await?;
+        let installed = crate::clock::install(
+            &writer,
+            &config.tables()?,
+            &config.polling.updated_at_column,
+        )
+        .await?;
+        // Clocks are read with the rows when the role may read them.
+        let clocks = installed.table
+            && reader
+                .query_one(
+                    "SELECT coalesce(has_table_privilege(to_regclass('syncbridge.row_clock'), 'SELECT'), false)",
+                    &[],
+                )
+                .await
+                .map_err(|e| CaptureError::postgres("look for the row clock", e))?
+                .get::<_, bool>(0);
+        if installed.table && !clocks {
+            warn!("the capture role may not read syncbridge.row_clock: polled versions travel without a clock and are ordered by updated_at alone; GRANT SELECT ON syncbridge.row_clock to it");
+        }
         let mut tables = Vec::new();
         for name in config.tables()? {
             tables.push(describe(&reader, &name, &config.polling.updated_at_column).await?);
@@ -155,6 +177,7 @@ impl<'a> Poller<'a> {
             reader,
             writer,
             tables,
+            clocks,
             producer,
             topic: config.topic(),
             key: config.source.name.clone().into_bytes(),
@@ -308,7 +331,7 @@ impl<'a> Poller<'a> {
         };
         let mut sent = 0usize;
         loop {
-            let sql = table.page_query(&start, page_size, echo_ledger, behind_overlap);
+            let sql = table.page_query(&start, page_size, echo_ledger, self.clocks, behind_overlap);
             let page = self.read_page(head, &table, &sql, &start).await?;
             let full = page.rows.len() == page_size;
             let Some(last) = page.rows.last() else {
@@ -393,7 +416,11 @@ impl<'a> Poller<'a> {
                 echo: row.get(1),
                 known: row.get(2),
                 sent_xmin: row.get(3),
-                values: (0..width).map(|i| row.get(4 + i)).collect(),
+                clock: match (row.get::<_, Option<i64>>(4), row.get::<_, Option<i64>>(5)) {
+                    (Some(seconds), Some(tick)) => Some(Clock { seconds, tick }),
+                    _ => None,
+                },
+                values: (0..width).map(|i| row.get(6 + i)).collect(),
             })
             .collect();
         Ok(Page {
@@ -432,6 +459,7 @@ impl<'a> Poller<'a> {
             origin: None,
             mode: CaptureMode::Polling,
             captured_at_micros: now_micros(),
+            clock: row.clock,
         }
     }
 
@@ -571,9 +599,14 @@ impl<'a> Poller<'a> {
                 unknown.clear();
             }
             if gone.len() >= self.config.polling.page_size || (finished && !gone.is_empty()) {
+                let clocks = self.tombstones(table, &gone).await?;
                 let mut events: Vec<ChangeEvent> = gone
                     .iter()
-                    .map(|key| self.delete_event(table, &page, key))
+                    .map(|key| {
+                        let mut event = self.delete_event(table, &page, key);
+                        event.clock = key.first().and_then(|k| clocks.get(k).copied());
+                        event
+                    })
                     .collect();
                 number_runs(&mut events);
                 if !self.deliver(&events, shutdown).await? {
@@ -587,6 +620,46 @@ impl<'a> Poller<'a> {
                 return Ok(Some(total));
             }
         }
+    }
+
+    /// The clocks the deletes of `keys` left (their tombstones), by key,
+    /// for a table with a one-column key when pages read clocks.
+    async fn tombstones(
+        &self,
+        table: &PolledTable,
+        keys: &[Vec<String>],
+    ) -> Result<std::collections::HashMap<String, Clock>> {
+        if !self.clocks || table.key.len() != 1 {
+            return Ok(Default::default());
+        }
+        let keys: Vec<&str> = keys
+            .iter()
+            .filter_map(|key| key.first().map(String::as_str))
+            .collect();
+        let rows = self
+            .reader
+            .query(
+                "SELECT row_key, seconds, tick FROM syncbridge.row_clock \
+                 WHERE relation = $1 AND row_key = ANY($2::text[]) AND deleted",
+                &[
+                    &pg::clock::relation(&table.name.schema, &table.name.table),
+                    &keys,
+                ],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("read the clocks of deletes", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    Clock {
+                        seconds: row.get(1),
+                        tick: row.get(2),
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn fetch_keys(&self, fetch: &str) -> Result<Vec<Vec<String>>> {
@@ -626,6 +699,7 @@ impl<'a> Poller<'a> {
             origin: None,
             mode: CaptureMode::Polling,
             captured_at_micros: now_micros(),
+            clock: None,
         }
     }
 

@@ -82,7 +82,9 @@ impl PolledTable {
     /// The query reading one page. Parameters: `$1` the table's label, then
     /// those of `start` (see `PageStart::params`). Columns: `xmin` (int8),
     /// echo (bool), known (bool: the key is in the ledger), the `xmin`
-    /// last sent (int8, NULL), then every column as text. With
+    /// last sent (int8, NULL), the row's clock (`seconds` and `tick`, int8,
+    /// NULL without one; read only with `clocks`), then every column as
+    /// text. With
     /// `behind_overlap` (a sweep, given `polling.overlap` in seconds), only
     /// the rows no round reads: stamped at or before the table's watermark
     /// minus the overlap, and whose version was never sent (their `xmin` is
@@ -92,6 +94,7 @@ impl PolledTable {
         start: &PageStart,
         page_size: usize,
         echo_ledger: bool,
+        clocks: bool,
         behind_overlap: Option<f64>,
     ) -> String {
         let echo = if echo_ledger {
@@ -133,10 +136,23 @@ impl PolledTable {
                 }
             }
         };
+        let (clock, clock_join) = match self.key.as_slice() {
+            [key] if clocks => (
+                "rc.seconds, rc.tick",
+                format!(
+                    "LEFT JOIN syncbridge.row_clock rc ON rc.relation = '{}' \
+                     AND rc.row_key = t.{}::text AND NOT rc.deleted",
+                    pg::clock::relation(&self.name.schema, &self.name.table).replace('\'', "''"),
+                    self.column_ident(*key),
+                ),
+            ),
+            _ => ("NULL::int8, NULL::int8", String::new()),
+        };
         format!(
-            "SELECT t.xmin::text::int8, {echo}, k.tbl IS NOT NULL, k.row_xmin, {columns} \
+            "SELECT t.xmin::text::int8, {echo}, k.tbl IS NOT NULL, k.row_xmin, {clock}, {columns} \
              FROM {table} t \
              LEFT JOIN syncbridge.capture_keys k ON k.tbl = $1 AND k.key = {key} \
+             {clock_join} \
              {filter} ORDER BY {order} LIMIT {page_size}",
             columns = columns.join(", "),
             table = self.name.quoted(),

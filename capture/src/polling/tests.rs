@@ -35,7 +35,7 @@ fn the_first_page_of_a_round_starts_the_overlap_before_the_watermark() {
         updated_at: "2026-11-22 04:00:00".into(),
         overlap_secs: 5.0,
     };
-    let sql = users().page_query(&start, 100, true, None);
+    let sql = users().page_query(&start, 100, true, false, None);
     assert!(
         sql.contains("WHERE t.\"updated_at\" > $2::text::timestamp(0) without time zone - make_interval(secs => $3::float8)"),
         "{sql}"
@@ -57,7 +57,7 @@ fn later_pages_start_strictly_after_the_last_row_by_time_then_key() {
         updated_at: "2026-11-22 04:00:00".into(),
         key: vec!["42".into()],
     };
-    let sql = users().page_query(&start, 10, false, None);
+    let sql = users().page_query(&start, 10, false, false, None);
     assert!(
         sql.contains("WHERE (t.\"updated_at\", t.\"id\") > ($2::text::timestamp(0) without time zone, $3::text::bigint)"),
         "{sql}"
@@ -78,7 +78,7 @@ fn a_composite_key_orders_and_resumes_by_every_key_column() {
         updated_at: "t".into(),
         key: vec!["a".into(), "1".into()],
     };
-    let sql = table.page_query(&start, 10, false, None);
+    let sql = table.page_query(&start, 10, false, false, None);
     assert!(sql.contains("(t.\"updated_at\", t.\"tenant\", t.\"id\") > ($2::text::timestamp(0) without time zone, $3::text::text, $4::text::bigint)"), "{sql}");
     assert!(
         sql.contains("k.key = (ARRAY[t.\"tenant\"::text, t.\"id\"::text]::text[] COLLATE \"C\")"),
@@ -94,13 +94,13 @@ fn a_composite_key_orders_and_resumes_by_every_key_column() {
 
 #[test]
 fn the_whole_table_is_read_without_a_filter_on_the_first_poll() {
-    let sql = users().page_query(&PageStart::Beginning, 10, false, None);
+    let sql = users().page_query(&PageStart::Beginning, 10, false, false, None);
     assert!(!sql.contains("WHERE"), "{sql}");
 }
 
 #[test]
 fn a_sweep_reads_only_unsent_rows_stamped_behind_the_watermark_minus_the_overlap() {
-    let sql = users().page_query(&PageStart::Beginning, 10, false, Some(5.0));
+    let sql = users().page_query(&PageStart::Beginning, 10, false, false, Some(5.0));
     assert!(
         sql.contains("WHERE k.row_xmin IS DISTINCT FROM t.xmin::text::int8"),
         "{sql}"
@@ -113,7 +113,7 @@ fn a_sweep_reads_only_unsent_rows_stamped_behind_the_watermark_minus_the_overlap
         updated_at: "2030-01-01 00:00:00".into(),
         key: vec!["7".into()],
     };
-    let next = users().page_query(&after, 10, false, Some(5.0));
+    let next = users().page_query(&after, 10, false, false, Some(5.0));
     assert!(
         next.contains(") > ($2::text::") && next.contains("AND k.row_xmin IS DISTINCT FROM"),
         "pages by key set as a round does: {next}"
@@ -142,6 +142,7 @@ fn event(marker: Option<&str>) -> ChangeEvent {
         origin: None,
         mode: CaptureMode::Polling,
         captured_at_micros: 0,
+        clock: None,
     }
 }
 

@@ -8,7 +8,7 @@
 use apache_avro::types::Value as Avro;
 
 use super::branch;
-use crate::{CaptureMode, ChangeEvent, Column, Error, Op, Transaction, Value};
+use crate::{CaptureMode, ChangeEvent, Clock, Column, Error, Op, Transaction, Value};
 
 /// Converts a decoded (and resolved) `ChangeEvent` record.
 pub(super) fn event(v: Avro) -> Result<ChangeEvent, Error> {
@@ -47,6 +47,15 @@ pub(super) fn event(v: Avro) -> Result<ChangeEvent, Error> {
             f.take("captured_at", "ChangeEvent.captured_at")?,
             "ChangeEvent.captured_at",
         )?,
+        clock: optional(f.take("clock", "ChangeEvent.clock")?, clock)?,
+    })
+}
+
+fn clock(v: Avro) -> Result<Clock, Error> {
+    let mut f = Fields::of(v, "ChangeEvent.clock")?;
+    Ok(Clock {
+        seconds: long(f.take("seconds", "Clock.seconds")?, "Clock.seconds")?,
+        tick: long(f.take("tick", "Clock.tick")?, "Clock.tick")?,
     })
 }
 

@@ -1,4 +1,4 @@
-//! The hand-written Avro binary decoder for the current schema (v2): the
+//! The hand-written Avro binary decoder for the current schema (v3): the
 //! inverse of `encode.rs`.
 //!
 //! Data written with the current schema (nearly all of it) is read here
@@ -29,7 +29,7 @@
 
 use super::wire::{Wire, WireError};
 use super::{branch, MAX_ARRAY_DEPTH};
-use crate::{CaptureMode, ChangeEvent, Column, Error, Op, Transaction, Value};
+use crate::{CaptureMode, ChangeEvent, Clock, Column, Error, Op, Transaction, Value};
 
 /// Reads the datum of one event written with the current schema (no
 /// header). `version` only labels errors.
@@ -98,6 +98,12 @@ impl Decoder<'_> {
                 _ => CaptureMode::Snapshot,
             },
             captured_at_micros: self.wire.long()?,
+            clock: self.optional(|d| {
+                Ok(Clock {
+                    seconds: d.wire.long()?,
+                    tick: d.wire.long()?,
+                })
+            })?,
         })
     }
 

@@ -1,4 +1,4 @@
-//! The hand-written Avro binary encoder for the current schema (v2).
+//! The hand-written Avro binary encoder for the current schema (v3).
 //!
 //! It writes straight into the output buffer, field by field in schema
 //! order, following the Avro binary encoding: `int`/`long` as zig-zag
@@ -10,7 +10,7 @@
 //! against apache-avro's own encoder.
 
 use super::branch;
-use crate::{CaptureMode, ChangeEvent, Column, Op, Transaction, Value};
+use crate::{CaptureMode, ChangeEvent, Clock, Column, Op, Transaction, Value};
 
 /// Writes the datum of `e` (no header).
 pub(super) fn event(out: &mut Vec<u8>, e: &ChangeEvent) {
@@ -27,6 +27,7 @@ pub(super) fn event(out: &mut Vec<u8>, e: &ChangeEvent) {
     optional_string(out, e.origin.as_deref());
     long(out, mode_index(e.mode));
     long(out, e.captured_at_micros);
+    optional_clock(out, e.clock);
 }
 
 /// A rough upper bound of the datum's size, so `encode` allocates once in
@@ -54,6 +55,8 @@ pub(super) fn size_hint(e: &ChangeEvent) -> usize {
         + e.after.as_deref().map_or(0, columns)
         + e.marker.as_ref().map_or(0, String::len)
         + e.origin.as_ref().map_or(0, String::len)
+        // The clock's two longs, of up to 10 bytes each.
+        + e.clock.map_or(0, |_| 20)
 }
 
 fn op_index(op: Op) -> i64 {
@@ -87,6 +90,17 @@ fn transaction(out: &mut Vec<u8>, t: &Transaction) {
         Some(n) => {
             long(out, 1);
             long(out, u64_bits(n));
+        }
+    }
+}
+
+fn optional_clock(out: &mut Vec<u8>, clock: Option<Clock>) {
+    match clock {
+        None => long(out, 0),
+        Some(c) => {
+            long(out, 1);
+            long(out, c.seconds);
+            long(out, c.tick);
         }
     }
 }
