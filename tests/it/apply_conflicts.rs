@@ -412,6 +412,54 @@ async fn the_same_email_created_on_both_sides_at_once_becomes_one_linked_row() -
     bridge.stop().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_created_on_both_sides_before_either_crossed_ends_as_one_row_on_both(
+) -> anyhow::Result<()> {
+    // One team and one user on both sides; then, while apply is stopped,
+    // each side makes the user a member of the team: two rows for one
+    // (team, user), each side's born there. Legacy ids of legacy-born
+    // memberships give their platform ids, so the platform's row cannot
+    // take the legacy one's id: the two must still end as one row.
+    let mut bridge = seeded().await?;
+    bridge
+        .legacy()
+        .execute("INSERT INTO teams (id, name, inserted_at, updated_at) VALUES (1, 'Team', '2030-01-01 00:00:00', '2030-01-01 00:00:00')")
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop_apply().await?;
+    bridge
+        .legacy()
+        .execute("INSERT INTO team_members (team_id, user_id, role, inserted_at, updated_at) VALUES (1, 1, 'lead', '2030-01-01 00:00:10', '2030-01-01 00:00:10')")
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at)
+             SELECT gen_random_uuid(), g.id, i.id, 'member', '2030-01-01 00:00:11+00', '2030-01-01 00:00:11+00'
+             FROM org.groups g, identity.identities i",
+        )
+        .await?;
+    bridge.start_apply()?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        roles(bridge.legacy(), "SELECT role::text FROM team_members").await?,
+        ["member"],
+        "one row on legacy, the platform's newer version"
+    );
+    assert_eq!(
+        roles(bridge.platform(), "SELECT role FROM org.memberships").await?,
+        ["member"],
+        "one row on the platform"
+    );
+    bridge.stop().await
+}
+
+/// The first column (text) of every row `sql` reads from `db`.
+async fn roles(db: &sync_bridge_tests::TestDb, sql: &str) -> anyhow::Result<Vec<String>> {
+    let rows = db.client().query(sql, &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The email of each user on `side`, by name (`full_name` on legacy, given
 /// and family name on the platform).
 async fn emails_by_name(bridge: &Bridge, side: Side) -> anyhow::Result<Vec<(String, String)>> {
