@@ -3,7 +3,8 @@
 //!
 //! Re-asserting a row is a write on the side that keeps it: its
 //! `updated_at` is raised to the repair time, and at least one second (the
-//! coarser precision) past the other side's version, values unchanged. That
+//! coarser precision) past the other side's version and its clock, values
+//! unchanged. That
 //! write is an ordinary source change: capture sends it, apply writes it on
 //! the other side with its echo marker and ledger, and it wins there under
 //! every rule (newer timestamp, later commit), so the two sides end equal
@@ -11,9 +12,9 @@
 //! loses except by apply.
 //!
 //! Which version wins:
-//! - a row on both sides that differs: the newer `updated_at` at the
-//!   coarser precision of the two sides, `conflicts.tie_winner` on a tie
-//!   (the rule apply's concurrent changes follow);
+//! - a row on both sides that differs: the later row clock (see
+//!   [`pg::clock`]; `updated_at` at the coarser precision for a row without
+//!   one), `conflicts.tie_winner` on a tie: the rule apply follows;
 //! - a row on one side only: that row, which comes back on the other side.
 //!   When the other side holds another row with the same natural key (the
 //!   row was deleted there and its key reused), apply links the two, as it
@@ -215,9 +216,11 @@ async fn winners(
         .filter_map(|id| pairs.platform_of.get(id))
         .map(Uuid::to_string)
         .collect();
-    let (legacy_versions, platform_versions) = tokio::try_join!(
+    let (legacy_versions, platform_versions, legacy_clocks, platform_clocks) = tokio::try_join!(
         legacy.versions(&legacy_keys),
         platform.versions(&platform_keys),
+        legacy.clocks(entity, &legacy_keys),
+        platform.clocks(entity, &platform_keys),
     )?;
     let precision = coarser(
         entity.precision(Side::Legacy),
@@ -235,19 +238,29 @@ async fn winners(
             // Gone from one side since the pass read it: in flight.
             continue;
         };
-        let (l, p) = (precision.truncate(*l), precision.truncate(*p));
-        let legacy_wins = l > p || (l == p && tie_winner == Side::Legacy);
+        // Each side's version in the order apply keeps: its row clock, or
+        // its `updated_at` at the coarser precision for a row without one.
+        let clock_of = |micros: i64, clock: Option<&(i64, i64)>| match clock {
+            Some(&(seconds, tick)) => (seconds.saturating_mul(1_000_000), tick),
+            None => (precision.truncate(micros), 0),
+        };
+        let l_clock = clock_of(*l, legacy_clocks.get(&legacy_key));
+        let p_clock = clock_of(*p, platform_clocks.get(&platform_key));
+        let legacy_wins = l_clock > p_clock || (l_clock == p_clock && tie_winner == Side::Legacy);
         // No version (NULL) or an infinite one: nothing a time can beat.
         let finite = |v: i64| (v != i64::MIN && v != i64::MAX).then_some(v);
+        // The re-asserted version must be later than the losing one's clock
+        // too, which can run ahead of its `updated_at`.
+        let beat = |micros: i64, clock: (i64, i64)| finite(micros).map(|v| v.max(clock.0));
         if legacy_wins {
             from_legacy.push(Reassert {
                 key: legacy_key,
-                beat: finite(p),
+                beat: beat(*p, p_clock),
             });
         } else {
             from_platform.push(Reassert {
                 key: platform_key,
-                beat: finite(l),
+                beat: beat(*l, l_clock),
             });
         }
     }
@@ -315,6 +328,41 @@ impl<'a> Stamped<'a> {
                 };
                 (row.key, version)
             })
+            .collect())
+    }
+
+    /// The row clocks (`seconds`, `tick`) of the rows `keys` (text) that
+    /// have one, by key (see [`pg::clock`]).
+    async fn clocks(
+        &self,
+        entity: &Entity,
+        keys: &[String],
+    ) -> Result<HashMap<String, (i64, i64)>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let table = entity.table(self.side);
+        let sql = format!(
+            "SELECT rc.row_key, rc.seconds, rc.tick FROM {qualified} t \
+             JOIN syncbridge.row_clock rc ON rc.relation = $1 AND rc.row_key = t.{key}::text \
+               AND NOT rc.deleted AND (rc.version IS NULL OR rc.version = t.xmin::text) \
+             WHERE t.{key} = ANY($2::text[]::{key_type}[])",
+            qualified = self.table.qualified(),
+            key = quote(self.table.key_name()),
+            key_type = self.table.key_type(),
+        );
+        let side = self.side.as_str();
+        let rows = self
+            .client
+            .query(
+                &sql,
+                &[&pg::clock::relation(&table.schema, &table.table), &keys],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(side, "read row clocks", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
             .collect())
     }
 
