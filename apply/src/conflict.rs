@@ -219,23 +219,13 @@ impl Shape {
                 &quote(&self.key.name),
                 &quote(&self.updated_at),
             ),
-            &format!("${}::bool AND cur.origin IS DISTINCT FROM ${}::text", p.tie, p.origin),
-        ) + &format!(
+            &format!(
+                "${}::bool AND cur.origin IS DISTINCT FROM ${}::text",
+                p.tie, p.origin
+            ),
             // Without a clock, the row still being this source's earlier
             // version is what says the change came after it.
-            " OR (SELECT NOT inc.clocked AND cur.origin = ${origin}::text FROM {inc} CROSS JOIN {cur})",
-            origin = p.origin,
-            inc = incoming_clock(
-                p.clocks,
-                &format!("{existing}.{}::text", quote(&self.key.name)),
-                &format!("{incoming}.{}", quote(&self.updated_at)),
-            ),
-            cur = current_clock(
-                &self.relation,
-                existing,
-                &quote(&self.key.name),
-                &quote(&self.updated_at),
-            ),
+            &format!("NOT inc.clocked AND cur.origin = ${}::text", p.origin),
         )
     }
 
@@ -462,6 +452,7 @@ impl Shape {
                 &quote(&self.updated_at),
             ),
             &format!("false AND ${}::bool", p.tie),
+            "false",
         )
     }
 
@@ -620,11 +611,12 @@ fn current_clock(relation: &str, row: &str, key: &str, updated_at: &str) -> Stri
 }
 
 /// Whether clock `inc` is later than `cur` (both `FROM` items of columns `s`
-/// and `t`), or equal and `tie` holds (an SQL condition that may name
-/// `cur`).
-fn clock_wins(inc: &str, cur: &str, tie: &str) -> String {
+/// and `t`), or equal and `tie` holds, or `also` holds (SQL conditions that
+/// may name `inc` and `cur`). One parenthesized subquery.
+fn clock_wins(inc: &str, cur: &str, tie: &str, also: &str) -> String {
     format!(
         "(SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t) OR (ROW(inc.s, inc.t) = ROW(cur.s, cur.t) AND {tie}) \
+            OR ({also}) \
           FROM {inc} CROSS JOIN {cur})"
     )
 }
@@ -749,6 +741,22 @@ mod tests {
         assert!(
             sql.contains("INSERT INTO syncbridge.row_clock AS rc"),
             "the written rows' clocks are recorded: {sql}"
+        );
+    }
+
+    #[test]
+    fn a_partial_update_decides_per_joined_row_in_one_parenthesized_condition() {
+        let sql = shape().update_sql();
+        assert!(
+            sql.contains(
+                "WHERE t.\"id\" = i.\"id\" AND (SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t)"
+            ),
+            "{sql}"
+        );
+        let condition = &sql[sql.find("AND (SELECT ROW(inc.s").expect("the condition")..];
+        assert!(
+            condition.contains("OR (NOT inc.clocked AND cur.origin = $4::text)"),
+            "the own-source rule inside the same subquery: {sql}"
         );
     }
 

@@ -391,13 +391,16 @@ async fn a_mapped_column_dropped_while_the_bridge_runs_dead_letters_what_needs_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()> {
     let bridge = Bridge::start("toast_apply").await?;
-    // 200 kB of incompressible notes are stored out of line (TOAST).
+    // 200 kB of incompressible notes are stored out of line (TOAST). A
+    // second team crossed too: the update of the first must leave it alone.
     bridge
         .legacy()
         .execute(
             "INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
              SELECT 1, 'Big', false, string_agg(md5(i::text), ''), '2030-01-01 00:00:00', '2030-01-01 00:00:00'
-             FROM generate_series(1, 6000) AS i",
+             FROM generate_series(1, 6000) AS i;
+             INSERT INTO teams (id, name, archived, notes, inserted_at, updated_at)
+             VALUES (2, 'Other', false, 'short', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
         )
         .await?;
     bridge.converged(WAIT).await?;
@@ -413,10 +416,19 @@ async fn an_unchanged_toast_value_keeps_its_target_value() -> anyhow::Result<()>
         .platform()
         .client()
         .query_one(
-            "SELECT name, length(notes), md5(notes) FROM org.groups",
+            "SELECT name, length(notes), md5(notes) FROM org.groups WHERE name <> 'Other'",
             &[],
         )
         .await?;
+    let names: Vec<String> = bridge
+        .platform()
+        .client()
+        .query("SELECT name FROM org.groups ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Bigger", "Other"], "only the updated team changed");
     let expected: String = bridge
         .legacy()
         .client()
