@@ -41,19 +41,19 @@ async fn unrestricted_writers_converge(test: &str, seed: u64) -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): one to six memberships or users end on one side only or paired with another row, where a natural key was taken again while the rows holding it were deleted and created on both sides; run with --run-ignored"]
+#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_1() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_1", 1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): one to six memberships or users end on one side only or paired with another row, where a natural key was taken again while the rows holding it were deleted and created on both sides; run with --run-ignored"]
+#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_2() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_2", 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): one to six memberships or users end on one side only or paired with another row, where a natural key was taken again while the rows holding it were deleted and created on both sides; run with --run-ignored"]
+#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_3() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_3", 3).await
 }
