@@ -31,25 +31,21 @@ pub struct Installed {
 pub async fn install(client: &Client, tables: &[TableName], updated_at: &str) -> Result<Installed> {
     if !exists(client).await? {
         // A schema an administrator created for another role is used as it
-        // is (`CREATE SCHEMA IF NOT EXISTS` would need `CREATE` on the
-        // database even then).
-        let schema_exists: bool = client
-            .query_one("SELECT to_regnamespace('syncbridge') IS NOT NULL", &[])
-            .await
-            .map_err(|e| CaptureError::postgres("look for the syncbridge schema", e))?
-            .get(0);
+        // is: it is created only when the catalog, read in the locked
+        // transaction, has none (`CREATE SCHEMA IF NOT EXISTS` would need
+        // `CREATE` on the database even then, and can miss a schema another
+        // session created a moment ago).
         let sql = format!(
             "BEGIN;
              SET LOCAL client_min_messages = warning;
              SELECT pg_advisory_xact_lock({lock});
-             {schema}
+             DO $schema$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'syncbridge') THEN
+                 CREATE SCHEMA syncbridge;
+               END IF;
+             END $schema$;
              {install}
              COMMIT;",
-            schema = if schema_exists {
-                ""
-            } else {
-                "CREATE SCHEMA IF NOT EXISTS syncbridge;"
-            },
             lock = pg::bookkeeping::INSTALL_LOCK,
             install = pg::clock::INSTALL,
         );

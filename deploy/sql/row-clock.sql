@@ -6,7 +6,11 @@
 -- syncbridge. Capture and apply run it at start; deploy/sql/*-roles.sql
 -- include it for roles that may not create it themselves.
 DO $do$ BEGIN
-  IF to_regclass('syncbridge.row_clock') IS NULL THEN
+  -- Existence is read from the catalogs themselves, not through
+  -- to_regclass and friends: a session's catalog cache can still hold what
+  -- it looked up before another session created the object.
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'syncbridge' AND c.relname = 'row_clock') THEN
     CREATE TABLE syncbridge.row_clock (
       relation text NOT NULL,
       row_key  text NOT NULL,
@@ -20,12 +24,14 @@ DO $do$ BEGIN
     CREATE INDEX row_clock_tombstones ON syncbridge.row_clock (seconds) WHERE deleted;
   END IF;
   -- Whole seconds since the epoch; a timestamp without time zone holds UTC.
-  IF to_regprocedure('syncbridge.epoch_seconds(timestamptz)') IS NULL THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = 'syncbridge' AND p.proname = 'epoch_seconds' AND p.proargtypes = '1184'::oidvector) THEN
     CREATE FUNCTION syncbridge.epoch_seconds(stamp timestamptz) RETURNS bigint
       LANGUAGE sql IMMUTABLE
       RETURN CASE WHEN isfinite(stamp) THEN floor(extract(epoch FROM stamp))::bigint END;
   END IF;
-  IF to_regprocedure('syncbridge.epoch_seconds(timestamp)') IS NULL THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = 'syncbridge' AND p.proname = 'epoch_seconds' AND p.proargtypes = '1114'::oidvector) THEN
     CREATE FUNCTION syncbridge.epoch_seconds(stamp timestamp) RETURNS bigint
       LANGUAGE sql IMMUTABLE
       RETURN CASE WHEN isfinite(stamp) THEN floor(extract(epoch FROM stamp))::bigint END;
@@ -33,7 +39,8 @@ DO $do$ BEGIN
   -- The next clock of a row: the version's own time when it is later than
   -- the clock of the version it replaces, else that clock's next tick.
   -- Records it (a tombstone for a delete) and returns nothing.
-  IF to_regprocedure('syncbridge.stamp_clock(text,text,bigint,bigint,boolean)') IS NULL THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = 'syncbridge' AND p.proname = 'stamp_clock' AND p.proargtypes = '25 25 20 20 16'::oidvector) THEN
     CREATE FUNCTION syncbridge.stamp_clock(this_relation text, this_key text, wall bigint,
                                            replaced bigint, deleting boolean) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -68,7 +75,8 @@ DO $do$ BEGIN
   -- columns, by name: a trigger that reads the whole row would write every
   -- TOASTed value again on each update. Apply's own writes
   -- (syncbridge.applying) are left alone: apply records their clocks.
-  IF to_regprocedure('syncbridge.install_clock(regclass,text,text)') IS NULL THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname = 'syncbridge' AND p.proname = 'install_clock' AND p.proargtypes = '2205 25 25'::oidvector) THEN
     CREATE FUNCTION syncbridge.install_clock(target regclass, key_column text, stamp_column text)
     RETURNS void LANGUAGE plpgsql AS $fn$
     DECLARE

@@ -71,9 +71,14 @@ impl ServiceProcess {
 
     /// What the process wrote: stderr (the logs), then stdout.
     pub fn output(&self) -> String {
-        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // Read as bytes: a debug log can carry bytes that are not UTF-8,
+        // and the rest of it must still be readable.
+        let read = |path: &std::path::Path| {
+            String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+        };
+        let mut text = read(&self.log);
         if let Some(dir) = self.log.parent() {
-            text.push_str(&std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default());
+            text.push_str(&read(&dir.join("stdout.log")));
         }
         text
     }

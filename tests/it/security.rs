@@ -548,12 +548,22 @@ async fn passwords_from_the_environment_or_files_never_appear_in_the_output() ->
     // Both directions cross: every password reached its server.
     let legacy = connect(&cluster.url("legacy_db")).await?;
     let platform = connect(&cluster.url("platform_db")).await?;
-    eventually("apply to run both directions", WAIT, || async {
-        let log = processes[2].output();
-        Ok((log.matches("applying").count() >= 2).then_some(()))
+    // Both captures stream from their slots (a row written before its
+    // slot exists is never captured) and apply has started.
+    eventually("both captures to stream and apply to start", WAIT, || async {
+        let streaming = count(
+            &admin,
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'syncbridge_%'",
+        )
+        .await?;
+        let applying = processes[2].output().matches("applying").count();
+        Ok((streaming == 2 && applying >= 2).then_some(()))
     })
     .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\napply:\n{}", processes[2].output()))?;
+    .map_err(|e| {
+        let logs: Vec<String> = processes.iter().map(|p| p.output()).collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })?;
     legacy
         .batch_execute(
             "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
@@ -579,7 +589,11 @@ async fn passwords_from_the_environment_or_files_never_appear_in_the_output() ->
             .await?;
         Ok((there == 2).then_some(()))
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        let logs: Vec<String> = processes.iter().map(|p| p.output()).collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })?;
     wrong_capture
         .wait_for_output("password authentication failed", WAIT)
         .await?;
