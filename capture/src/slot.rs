@@ -104,11 +104,9 @@ impl Source {
         self.ensure_slot(&config.slot_name()).await
     }
 
-    /// Installs the row clock on the published tables (see [`crate::clock`])
-    /// and adds its table to the publication, so that each change arrives
-    /// with its clock.
-    async fn ensure_clock(&self, publication: &str, updated_at: &str) -> Result<()> {
-        let published: Vec<(String, String)> = self
+    /// The `(schema, table)` names of `publication`'s tables.
+    async fn published_tables(&self, publication: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
             .client
             .query(
                 "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
@@ -118,7 +116,14 @@ impl Source {
             .map_err(|e| CaptureError::postgres("list the publication's tables", e))?
             .into_iter()
             .map(|row| (row.get(0), row.get(1)))
-            .collect();
+            .collect())
+    }
+
+    /// Installs the row clock on the published tables (see [`crate::clock`])
+    /// and adds its table to the publication, so that each change arrives
+    /// with its clock.
+    async fn ensure_clock(&self, publication: &str, updated_at: &str) -> Result<()> {
+        let published = self.published_tables(publication).await?;
         let captured: Vec<TableName> = published
             .iter()
             .filter(|(schema, _)| schema != "syncbridge")
@@ -256,17 +261,7 @@ impl Source {
         }
         // An existing publication gains the configured tables it lacks; it
         // never loses tables here (someone may have added them on purpose).
-        let published: Vec<(String, String)> = self
-            .client
-            .query(
-                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1",
-                &[&publication],
-            )
-            .await
-            .map_err(|e| CaptureError::postgres("list the publication's tables", e))?
-            .into_iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
+        let published = self.published_tables(publication).await?;
         let missing: Vec<&TableName> = tables
             .iter()
             .filter(|t| !published.contains(&(t.schema.clone(), t.table.clone())))
