@@ -207,18 +207,10 @@ impl Shape {
     /// decides between its own changes.
     fn wins_condition(&self, incoming: &str, existing: &str) -> String {
         let p = self.params();
+        let (inc, cur) = self.clocks_of(incoming, existing);
         clock_wins(
-            &incoming_clock(
-                p.clocks,
-                &format!("{existing}.{}::text", quote(&self.key.name)),
-                &format!("{incoming}.{}", quote(&self.updated_at)),
-            ),
-            &current_clock(
-                &self.relation,
-                existing,
-                &quote(&self.key.name),
-                &quote(&self.updated_at),
-            ),
+            &inc,
+            &cur,
             &format!(
                 "${}::bool AND cur.origin IS DISTINCT FROM ${}::text",
                 p.tie, p.origin
@@ -226,6 +218,21 @@ impl Shape {
             // Without a clock, the row still being this source's earlier
             // version is what says the change came after it.
             &format!("NOT inc.clocked AND cur.origin = ${}::text", p.origin),
+        )
+    }
+
+    /// The `FROM` items of the incoming version's clock (`inc`, from row
+    /// source `incoming`) and of the target row's (`cur`, row `existing`).
+    fn clocks_of(&self, incoming: &str, existing: &str) -> (String, String) {
+        let key = quote(&self.key.name);
+        let updated_at = quote(&self.updated_at);
+        (
+            incoming_clock(
+                self.params().clocks,
+                &format!("{existing}.{key}::text"),
+                &format!("{incoming}.{updated_at}"),
+            ),
+            current_clock(&self.relation, existing, &key, &updated_at),
         )
     }
 
@@ -439,21 +446,8 @@ impl Shape {
     /// stay referenced so that every statement takes the same parameters.
     fn strictly_newer(&self, incoming: &str, existing: &str) -> String {
         let p = self.params();
-        clock_wins(
-            &incoming_clock(
-                p.clocks,
-                &format!("{existing}.{}::text", quote(&self.key.name)),
-                &format!("{incoming}.{}", quote(&self.updated_at)),
-            ),
-            &current_clock(
-                &self.relation,
-                existing,
-                &quote(&self.key.name),
-                &quote(&self.updated_at),
-            ),
-            &format!("false AND ${}::bool", p.tie),
-            "false",
-        )
+        let (inc, cur) = self.clocks_of(incoming, existing);
+        clock_wins(&inc, &cur, &format!("false AND ${}::bool", p.tie), "false")
     }
 
     /// [`Self::update_sql`] for `apply replay`: only strictly newer wins.

@@ -27,6 +27,17 @@ async fn capture_of(db: TestDb, tables: &[&str]) -> anyhow::Result<(CaptureSetup
     Ok((setup, reader))
 }
 
+/// Starts `setup`'s capture and waits until its slot exists, so that what
+/// is written next is streamed.
+async fn streaming(setup: &CaptureSetup) -> anyhow::Result<sync_bridge_tests::RunningCapture> {
+    let capture = setup.start()?;
+    sync_bridge_tests::eventually("the slot", WAIT, || async {
+        Ok(setup.db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
+    })
+    .await?;
+    Ok(capture)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_and_column_type_round_trips_into_a_typed_event() -> anyhow::Result<()> {
     let db = TestDb::create(Side::Legacy, "types").await?;
@@ -208,12 +219,8 @@ async fn an_unchanged_toast_value_is_marked_unchanged_never_null() -> anyhow::Re
     db.execute("CREATE TABLE notes (id int PRIMARY KEY, title text, body text)")
         .await?;
     let (setup, mut reader) = capture_of(db, &["notes"]).await?;
-    let capture = setup.start()?;
+    let capture = streaming(&setup).await?;
     let db = &setup.db;
-    sync_bridge_tests::eventually("the slot", WAIT, || async {
-        Ok(db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
-    })
-    .await?;
     // 200 kB of incompressible text is stored out of line (TOAST).
     db.execute(
         "INSERT INTO notes SELECT 1, 'first', string_agg(md5(i::text), '') FROM generate_series(1, 6000) AS i;
@@ -246,12 +253,8 @@ async fn each_version_carries_a_clock_later_than_the_version_it_replaced_whateve
     db.execute("CREATE TABLE things (id int PRIMARY KEY, name text, updated_at timestamp(0))")
         .await?;
     let (setup, mut reader) = capture_of(db, &["things"]).await?;
-    let capture = setup.start()?;
+    let capture = streaming(&setup).await?;
     let db = &setup.db;
-    sync_bridge_tests::eventually("the slot", WAIT, || async {
-        Ok(db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
-    })
-    .await?;
     // The update is stamped a second behind the insert (a clock stepped
     // back) and the delete, stamped with the time it runs, years before
     // both: each still comes after the version it replaced.
@@ -293,12 +296,8 @@ async fn a_column_added_or_dropped_on_the_source_changes_the_event_shape_without
     db.execute("CREATE TABLE things (id int PRIMARY KEY, name text)")
         .await?;
     let (setup, mut reader) = capture_of(db, &["things"]).await?;
-    let capture = setup.start()?;
+    let capture = streaming(&setup).await?;
     let db = &setup.db;
-    sync_bridge_tests::eventually("the slot", WAIT, || async {
-        Ok(db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
-    })
-    .await?;
     db.execute(
         "INSERT INTO things VALUES (1, 'one');
          ALTER TABLE things ADD COLUMN colour text DEFAULT 'red';
@@ -337,12 +336,8 @@ async fn a_transaction_whose_first_logical_message_is_the_bridge_marker_is_flagg
     let db = TestDb::create(Side::Platform, "marker").await?;
     db.execute("CREATE TABLE rows (id int PRIMARY KEY)").await?;
     let (setup, mut reader) = capture_of(db, &["rows"]).await?;
-    let capture = setup.start()?;
+    let capture = streaming(&setup).await?;
     let db = &setup.db;
-    sync_bridge_tests::eventually("the slot", WAIT, || async {
-        Ok(db.confirmed_flush_lsn(&setup.slot).await?.map(|_| ()))
-    })
-    .await?;
     db.execute(
         "BEGIN; SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'apply-42'); INSERT INTO rows VALUES (1); COMMIT;
          INSERT INTO rows VALUES (2);
