@@ -116,6 +116,14 @@ const TABLES: &str = "DO $$ BEGIN
                deleted_at timestamptz NOT NULL,
                PRIMARY KEY (entity, source_key)
              );
+             CREATE TABLE IF NOT EXISTS syncbridge.waiting_rows (
+               entity     text NOT NULL,
+               source_key text NOT NULL,
+               key_type   text NOT NULL,
+               since      timestamptz NOT NULL DEFAULT now(),
+               seen       timestamptz NOT NULL DEFAULT now(),
+               PRIMARY KEY (entity, source_key)
+             );
              CREATE TABLE IF NOT EXISTS syncbridge.verify_progress (
                entity             text PRIMARY KEY,
                legacy_after       text,

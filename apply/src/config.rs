@@ -104,6 +104,12 @@ pub struct ApplyConfig {
     /// mapping's `conflicts.tombstone_retention` (also done at each start).
     #[serde(default = "default_prune_interval", with = "humantime_serde")]
     pub tombstone_prune_interval: Duration,
+    /// How often rows left out until the target has what they need (a
+    /// parent's counterpart, their natural key) are read again from the
+    /// source (see `apply::writer`'s `waiting`); they are given up after
+    /// the mapping's `conflicts.tombstone_retention`.
+    #[serde(default = "default_waiting_retry_interval", with = "humantime_serde")]
+    pub waiting_retry_interval: Duration,
 }
 
 impl Default for ApplyConfig {
@@ -120,6 +126,7 @@ impl Default for ApplyConfig {
             offset_gap_wait: default_offset_gap_wait(),
             max_backoff: default_max_backoff(),
             tombstone_prune_interval: default_prune_interval(),
+            waiting_retry_interval: default_waiting_retry_interval(),
         }
     }
 }
@@ -224,6 +231,10 @@ fn default_offset_gap_wait() -> Duration {
     // Longer than a broker on an object store may retry one put.
     Duration::from_secs(300)
 }
+fn default_waiting_retry_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
 fn default_prune_interval() -> Duration {
     Duration::from_secs(600)
 }

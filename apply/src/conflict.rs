@@ -293,7 +293,8 @@ impl Shape {
     /// (text arrays), then those of [`Params`]. Returns one row: the number
     /// of rows written, the keys (text) of those inserted rather than
     /// updated (an updated row version carries the updater in `xmax`), and
-    /// the number left out because a parent they need is missing (orphans).
+    /// the positions (from 1, in the order of the keys) of those left out
+    /// because a parent they need is missing here.
     pub fn upsert_sql(&self) -> String {
         self.upsert_sql_for(Incoming::Change, false)
     }
@@ -359,7 +360,7 @@ impl Shape {
              v AS ({versions}), \
              c AS ({clocks}) \
              SELECT (SELECT count(*) FROM w), ARRAY(SELECT w.k FROM w WHERE w.inserted), \
-               (SELECT count(*) FROM i WHERE NOT (true{parents}))",
+               ARRAY(SELECT i.ord FROM i WHERE NOT (true{parents}) ORDER BY i.ord)",
             input = self.input(),
             table = self.table,
             relation = literal(&self.relation),
@@ -492,7 +493,7 @@ impl Shape {
              v AS ({versions}), \
              c AS ({clocks}) \
              SELECT (SELECT count(*) FROM w), ARRAY[]::text[], \
-               (SELECT count(*) FROM i WHERE NOT (true{parents}))",
+               ARRAY(SELECT i.ord FROM i WHERE NOT (true{parents}) ORDER BY i.ord)",
             input = self.input(),
             table = self.table,
             sets = sets.join(", "),

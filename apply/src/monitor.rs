@@ -265,6 +265,18 @@ fn display_database(config: &Config, side: Side) -> String {
     )
 }
 
+/// How many rows wait in `target`'s database until it has what they need
+/// (see `apply::writer`'s `waiting`); `None` when it cannot be read (not
+/// reachable, or apply never ran there).
+async fn waiting_rows(config: &Config, target: Side) -> Option<i64> {
+    let client = connect(config, target).await.ok()?;
+    let row = client
+        .query_one("SELECT count(*) FROM syncbridge.waiting_rows", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
 /// The `apply status` report. `address` overrides `telemetry.listen`;
 /// `verify` also compares the two databases (as `apply check`).
 pub async fn status(config: &Config, address: Option<String>, verify: bool) -> StatusReport {
@@ -293,8 +305,10 @@ pub async fn status(config: &Config, address: Option<String>, verify: bool) -> S
                 .and_then(|s| s["components"][label]["end_to_end_lag_seconds"].as_f64()),
             partitions: Vec::new(),
             consumer_lag: None,
+            waiting_rows: waiting_rows(config, from.other()).await,
             error: None,
         };
+        in_step &= report.waiting_rows.unwrap_or(0) == 0;
         match status::partition_lags(
             kafka,
             &config.kafka.group_id,

@@ -22,6 +22,10 @@ pub struct DirectionReport {
     /// Messages not yet applied, summed over the partitions; `None` when Kafka
     /// could not be asked.
     pub consumer_lag: Option<i64>,
+    /// Rows left out in the target until it has what they need (a parent's
+    /// counterpart, their natural key), read again every
+    /// `apply.waiting_retry_interval`; `None` when it could not be read.
+    pub waiting_rows: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -46,9 +50,10 @@ impl fmt::Display for ApplyStatus {
                 .unwrap_or_else(|| "unknown".to_owned());
             writeln!(
                 f,
-                "  {}: end-to-end lag {lag}, consumer lag {}",
+                "  {}: end-to-end lag {lag}, consumer lag {}, rows waiting {}",
                 direction.direction,
-                or_dash(&direction.consumer_lag)
+                or_dash(&direction.consumer_lag),
+                or_dash(&direction.waiting_rows)
             )?;
             for partition in &direction.partitions {
                 writeln!(
@@ -128,6 +133,7 @@ mod tests {
                         lag: 3,
                     }],
                     consumer_lag: Some(3),
+                    waiting_rows: Some(2),
                     error: None,
                 }],
                 in_step: Some(false),
@@ -140,7 +146,9 @@ mod tests {
         assert!(text.contains("last error:  unreachable"), "{text}");
         assert!(text.contains("slot syncbridge_legacy (legacy, capture@db:5432/legacy): active, retained WAL 2048 bytes, confirmed_flush_lsn 0/16B3748"), "{text}");
         assert!(
-            text.contains("legacy_to_platform: end-to-end lag unknown, consumer lag 3"),
+            text.contains(
+                "legacy_to_platform: end-to-end lag unknown, consumer lag 3, rows waiting 2"
+            ),
             "{text}"
         );
         assert!(
@@ -150,5 +158,6 @@ mod tests {
         assert!(text.contains("in step:     no"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["directions"][0]["partitions"][0]["lag"], 3);
+        assert_eq!(json["directions"][0]["waiting_rows"], 2);
     }
 }

@@ -25,6 +25,17 @@ async fn seeded() -> anyhow::Result<Bridge> {
     seeded_at("2030-01-01 00:00:00").await
 }
 
+/// [`seeded`], and one team on both sides.
+async fn seeded_with_a_team() -> anyhow::Result<Bridge> {
+    let bridge = seeded().await?;
+    bridge
+        .legacy()
+        .execute("INSERT INTO teams (id, name, inserted_at, updated_at) VALUES (1, 'Team', '2030-01-01 00:00:00', '2030-01-01 00:00:00')")
+        .await?;
+    bridge.converged(WAIT).await?;
+    Ok(bridge)
+}
+
 /// Runs two writes at once, as two applications would.
 async fn race(
     a: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -420,12 +431,7 @@ async fn a_membership_created_on_both_sides_before_either_crossed_ends_as_one_ro
     // (team, user), each side's born there. Legacy ids of legacy-born
     // memberships give their platform ids, so the platform's row cannot
     // take the legacy one's id: the two must still end as one row.
-    let mut bridge = seeded().await?;
-    bridge
-        .legacy()
-        .execute("INSERT INTO teams (id, name, inserted_at, updated_at) VALUES (1, 'Team', '2030-01-01 00:00:00', '2030-01-01 00:00:00')")
-        .await?;
-    bridge.converged(WAIT).await?;
+    let mut bridge = seeded_with_a_team().await?;
     bridge.stop_apply().await?;
     bridge
         .legacy()
@@ -963,6 +969,75 @@ async fn a_child_created_while_its_parent_is_deleted_on_the_other_side_is_not_cr
         )
         .await?,
         0
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_made_while_its_user_was_held_back_by_a_taken_email_crosses_with_the_user(
+) -> anyhow::Result<()> {
+    held_back_user_with_a_membership(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_held_back_by_a_taken_email_crosses_with_its_membership_once_the_email_is_free(
+) -> anyhow::Result<()> {
+    held_back_user_with_a_membership(false).await
+}
+
+/// While apply is stopped, the platform creates a user with an email and
+/// makes it a member of a team, and legacy gives the same email to its
+/// existing user (whose counterpart on the platform still exists). Apply
+/// holds the platform's user back on legacy (the email is another row's
+/// there), so the membership has no user there and is left out. Legacy then
+/// deletes its user, freeing the email; with `later_edit`, the platform
+/// changes its user too (a later version that pairs it), without, nothing
+/// more is written anywhere. Either way the user and the membership made
+/// while it was held reach legacy.
+async fn held_back_user_with_a_membership(later_edit: bool) -> anyhow::Result<()> {
+    let mut bridge = seeded_with_a_team().await?;
+    bridge.stop_apply().await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at)
+             VALUES ('6a1b2c3d-0000-4000-8000-000000000001', 'taken@example.com', 'Platform', 'Person', 'member', false,
+                     '2030-01-01 00:00:20+00', '2030-01-01 00:00:20+00');
+             INSERT INTO org.memberships (id, group_id, identity_id, role, created_at, updated_at)
+             SELECT '6a1b2c3d-0000-4000-8000-000000000002', g.id, '6a1b2c3d-0000-4000-8000-000000000001', 'lead',
+                    '2030-01-01 00:00:21+00', '2030-01-01 00:00:21+00'
+             FROM org.groups g",
+        )
+        .await?;
+    bridge
+        .legacy()
+        .execute("UPDATE users SET email = 'taken@example.com', updated_at = '2030-01-01 00:00:30' WHERE id = 1")
+        .await?;
+    bridge.start_apply()?;
+    bridge.caught_up(WAIT).await?;
+    bridge
+        .legacy()
+        .execute("DELETE FROM users WHERE id = 1")
+        .await?;
+    if later_edit {
+        bridge.caught_up(WAIT).await?;
+        bridge
+            .platform()
+            .execute(
+                "UPDATE identity.identities SET given_name = 'Later', updated_at = '2030-01-01 00:00:40+00'
+                 WHERE id = '6a1b2c3d-0000-4000-8000-000000000001'",
+            )
+            .await?;
+    }
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        roles(
+            bridge.legacy(),
+            "SELECT m.role::text FROM team_members m JOIN users u ON u.id = m.user_id WHERE u.email = 'taken@example.com'"
+        )
+        .await?,
+        ["lead"],
+        "the membership made while its user was held back is on legacy"
     );
     bridge.stop().await
 }

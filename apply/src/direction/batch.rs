@@ -233,6 +233,12 @@ impl Session<'_> {
         self.batch.open = false;
         self.drained = Instant::now();
         self.committed(done, &Arc::clone(&self.lane.stats));
+        self.current_lane_committed().await
+    }
+
+    /// What follows a commit of the current lane's target transaction (see
+    /// [`lane_committed`]).
+    pub(super) async fn current_lane_committed(&mut self) -> Result<()> {
         lane_committed(
             &mut self.lane.writer,
             &self.lane.target,
@@ -241,8 +247,7 @@ impl Session<'_> {
             self.shared,
             self.from,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The session's record of a batch that committed: the position, what

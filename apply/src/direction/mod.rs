@@ -63,6 +63,7 @@ mod replaying;
 mod snapshots;
 mod tombstones;
 mod transaction;
+mod waiting;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,6 +200,8 @@ struct Session<'a> {
     continuity: Continuity,
     /// When expired tombstones are next pruned.
     next_prune: Instant,
+    /// When rows waiting in the target are next read again.
+    next_waiting: Instant,
     reading: Reading,
     /// Snapshot events held back by a streaming transaction (see
     /// [`Deferred`]).
@@ -405,6 +408,7 @@ async fn run(
             config.apply.offset_gap_wait,
         ),
         next_prune: Instant::now(),
+        next_waiting: Instant::now(),
         reading,
         deferred: Deferred::default(),
         replay: ReplayCount {
@@ -480,9 +484,14 @@ async fn drive(
         } else if !session.reading.is_live() {
             REPLAY_IDLE
         } else {
-            session
-                .next_prune
-                .saturating_duration_since(Instant::now())
+            // Quiet: woken for the next prune, or the next round of waiting
+            // rows while there may be some.
+            let next = if session.lane.writer.may_have_waiting_rows() {
+                session.next_prune.min(session.next_waiting)
+            } else {
+                session.next_prune
+            };
+            next.saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(10))
         };
         let received = tokio::select! {
@@ -541,6 +550,7 @@ async fn drive(
         }
         if !session.batch.open && session.open.is_none() {
             session.prune_when_due().await?;
+            session.retry_waiting_when_due().await?;
         }
     }
 }

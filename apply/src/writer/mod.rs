@@ -20,6 +20,9 @@
 //!   ([`Writer::reassert_deletes`]).
 //! - `resync`: the children of a row that came back, read again from the
 //!   source.
+//! - `waiting`: rows left out until the target has what they need (a
+//!   parent's counterpart, their natural key), read again from the source
+//!   in later rounds ([`Writer::retry_waiting`]).
 //! - `lookups`: values and keys of the mapping's lookup tables.
 //! - [`pairing`]: the id correspondence: derived ids, the pairs known,
 //!   looked up, linked by natural key, allocated and recorded; the pair
@@ -37,6 +40,7 @@ mod resync;
 mod rows;
 mod runs;
 mod statistics;
+mod waiting;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -121,6 +125,9 @@ pub struct Writer {
     /// Whether the open target transaction recorded deletes to re-assert
     /// (see [`Writer::reassert_recorded_deletes`]).
     recorded_deletes: bool,
+    /// Whether rows may be waiting in the target (see
+    /// [`Writer::retry_waiting`]).
+    waiting: bool,
 }
 
 impl Writer {
@@ -157,6 +164,7 @@ impl Writer {
             hidden: false,
             relinking: false,
             recorded_deletes: false,
+            waiting: true,
         }
     }
 

@@ -124,6 +124,9 @@ pub(super) struct Written {
     pub(super) attempted: u64,
     /// The rows that had a counterpart before: (target key text, source key).
     pub(super) crossed: Vec<(String, Value)>,
+    /// The source keys of the statement's rows, in its order: rows left out
+    /// for a missing parent wait (see `waiting`).
+    pub(super) source_keys: Vec<Value>,
     /// The source transaction that wrote them (see `Pipeline::transactions`).
     pub(super) transaction: u64,
 }
@@ -262,17 +265,26 @@ impl Writer {
         };
         let written = row.get::<_, i64>(0) as u64;
         let inserted: Vec<String> = row.get(1);
-        let parentless = row.get::<_, i64>(2) as u64;
+        let parentless: Vec<i64> = row.get(2);
         self.filled.written(run.entity, run.attempted);
         self.stats.applied(written);
-        self.stats.conflict_orphans(parentless);
+        self.stats.conflict_orphans(parentless.len() as u64);
         self.stats.skipped_older(
             run.attempted
                 .saturating_sub(written)
-                .saturating_sub(parentless),
+                .saturating_sub(parentless.len() as u64),
         );
-        if inserted.is_empty() || run.crossed.is_empty() {
-            return Ok(());
+        if !parentless.is_empty() {
+            let waiting: Vec<Value> = parentless
+                .iter()
+                .filter_map(|position| {
+                    let index = usize::try_from(*position).ok()?.checked_sub(1)?;
+                    run.source_keys.get(index).cloned()
+                })
+                .collect();
+            let mapping = Arc::clone(&self.mapping);
+            let name = mapping.entities()[run.entity].name();
+            self.record_waiting(target, source, name, &waiting).await?;
         }
         let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
         let returned: Vec<Value> = run

@@ -94,7 +94,7 @@ impl Writer {
     /// The rows of `child`'s source table whose `column` is one of `keys`,
     /// as pending upserts (values parsed from their text form by the
     /// source's type oids, as capture does).
-    async fn read_source_rows(
+    pub(super) async fn read_source_rows(
         &self,
         source: &Client,
         child: &Entity,

@@ -83,6 +83,15 @@ struct Statement {
     columns: Vec<Vec<Option<String>>>,
 }
 
+/// The source keys of a statement's rows, in its order.
+fn source_keys(statement: &Statement, rows: &[PendingRow]) -> Vec<Value> {
+    statement
+        .rows
+        .iter()
+        .map(|i| rows[*i].source_key.clone())
+        .collect()
+}
+
 impl Statement {
     fn new(columns: usize, rows: usize) -> Statement {
         Statement {
@@ -295,12 +304,17 @@ impl Writer {
         let mut existing = Statement::new(columns.len(), rows.len() - given_new);
         let mut new_rows = Statement::new(columns.len(), given_new);
         let mut orphans = 0u64;
+        // Rows left out until the target has what they need (see `waiting`).
+        let mut waiting: Vec<Value> = Vec::new();
         for (row_index, (target_key, values)) in target_keys.iter().zip(resolved).enumerate() {
             let unresolved = values.is_none();
             let (Some(target_key), Some(values)) = (target_key, values) else {
                 // Rows whose natural key is held were counted as such.
                 if unresolved || !allocate {
                     orphans += 1;
+                }
+                if rows[row_index].source_key != Value::Null {
+                    waiting.push(rows[row_index].source_key.clone());
                 }
                 continue;
             };
@@ -319,6 +333,8 @@ impl Writer {
             }
         }
         self.stats.conflict_orphans(orphans);
+        self.record_waiting(target, source, entity.name(), &waiting)
+            .await?;
         if existing.rows.is_empty() && new_rows.rows.is_empty() {
             return Ok(());
         }
@@ -400,6 +416,7 @@ impl Writer {
         crossed: Vec<(String, Value)>,
         pending: &[PendingRow],
     ) -> Result<()> {
+        let in_order = source_keys(&statement, pending);
         let Statement {
             rows,
             keys,
@@ -430,6 +447,7 @@ impl Writer {
             entity: index,
             attempted: rows.len() as u64,
             crossed,
+            source_keys: in_order,
             transaction: self.pipeline.transactions,
         });
         self.send_prepared(

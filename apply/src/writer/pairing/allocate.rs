@@ -186,9 +186,11 @@ impl Writer {
                 .collect(),
             // A value the sequence hands out may be taken already: by a row
             // inserted with an explicit id (a load that bypassed the
-            // sequence), or by a pair. Such values are skipped, drawing
-            // twice as many each round, so that a new row never lands on
-            // another row's id and overwrites it.
+            // sequence), by a pair, or by a row deleted here whose tombstone
+            // is kept (its pair lives in the platform's correspondence, and
+            // its delete may not have crossed yet). Such values are skipped,
+            // drawing twice as many each round, so that a new row never
+            // lands on another row's id and overwrites it.
             Side::Legacy => {
                 let table = entity.table(Side::Legacy);
                 let qualified = quote_table(&table.schema, &table.table);
@@ -196,9 +198,12 @@ impl Writer {
                     "SELECT s.v FROM (SELECT nextval(pg_get_serial_sequence($1, $2)) AS v \
                                       FROM generate_series(1, $3::int)) AS s \
                      WHERE NOT EXISTS (SELECT 1 FROM {qualified} t WHERE t.{key} = s.v {PROBE}) \
-                       AND NOT EXISTS ({pairs})",
+                       AND NOT EXISTS ({pairs}) \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.row_clock rc \
+                                       WHERE rc.relation = {relation} AND rc.row_key = s.v::text {PROBE})",
                     key = quote(&table.key),
                     pairs = pairs_of_entity("$4", "s.v", Side::Legacy),
+                    relation = crate::conflict::literal(&pg::clock::relation(&table.schema, &table.table)),
                 );
                 let allocate = self
                     .prepared(self.to)
