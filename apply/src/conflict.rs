@@ -205,15 +205,24 @@ impl Shape {
     /// came without a clock (its table has no clock trigger) also wins while
     /// the row is still its source's earlier version: the source's order
     /// decides between its own changes.
-    fn wins_condition(&self, incoming: &str, existing: &str) -> String {
+    fn wins_condition(&self, incoming: &str, existing: &str, results: &[String]) -> String {
         let p = self.params();
         let (inc, cur) = self.clocks_of(incoming, existing);
         clock_wins(
             &inc,
             &cur,
+            // An equal clock: the tie winner's version, unless the row
+            // holds one of its own; and different values from the source the
+            // row's version came from: a later version there (a row that took
+            // over the row's natural key, stamped in the same second as the
+            // version of the row it replaced). The same values are that
+            // version again, not written twice.
             &format!(
-                "${}::bool AND cur.origin IS DISTINCT FROM ${}::text",
-                p.tie, p.origin
+                "(${tie}::bool AND cur.origin IS DISTINCT FROM ${origin}::text) \
+                 OR (cur.origin = ${origin}::text{differs})",
+                tie = p.tie,
+                origin = p.origin,
+                differs = self.differs(results),
             ),
             // Without a clock, the row still being this source's earlier
             // version is what says the change came after it.
@@ -381,7 +390,7 @@ impl Shape {
                     Incoming::Change => format!(
                         "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {wins}",
                         sets = sets.join(", "),
-                        wins = self.wins_condition("EXCLUDED", "t"),
+                        wins = self.wins_condition("EXCLUDED", "t", &results),
                     ),
                     Incoming::Read | Incoming::Replay => format!(
                         "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {wins}{differs}",
@@ -505,7 +514,7 @@ impl Shape {
                 Incoming::Read | Incoming::Replay => self.differs(&results),
             },
             wins = match incoming {
-                Incoming::Change => self.wins_condition("i", "t"),
+                Incoming::Change => self.wins_condition("i", "t", &results),
                 Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
             },
             versions = self.record_writes("w"),
