@@ -619,7 +619,7 @@ fn current_clock(relation: &str, row: &str, key: &str, updated_at: &str) -> Stri
 /// may name `inc` and `cur`). One parenthesized subquery.
 fn clock_wins(inc: &str, cur: &str, tie: &str, also: &str) -> String {
     format!(
-        "(SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t) OR (ROW(inc.s, inc.t) = ROW(cur.s, cur.t) AND {tie}) \
+        "(SELECT ROW(inc.s, inc.t) > ROW(cur.s, cur.t) OR (ROW(inc.s, inc.t) = ROW(cur.s, cur.t) AND ({tie})) \
             OR ({also}) \
           FROM {inc} CROSS JOIN {cur})"
     )
@@ -735,12 +735,14 @@ mod tests {
             "the row's clock: {sql}"
         );
         assert!(
-            sql.contains("AND $5::bool AND cur.origin IS DISTINCT FROM $4::text"),
-            "the tie flag decides equal clocks, never against the source's own version: {sql}"
+            sql.contains("= ROW(cur.s, cur.t) AND (($5::bool AND cur.origin IS DISTINCT FROM $4::text) OR (cur.origin = $4::text AND ROW(t.\"email\", t.\"updated_at\") IS DISTINCT FROM ROW(EXCLUDED.\"email\", EXCLUDED.\"updated_at\"))))"),
+            "equal clocks only: the tie flag decides, never against the source's own version, \
+             and the source's own version wins with different values: {sql}"
         );
-        assert!(
-            !sql.contains("IS DISTINCT FROM ROW("),
-            "a winning version is written even with the row's values, for its clock: {sql}"
+        assert_eq!(
+            sql.matches("IS DISTINCT FROM ROW(").count(),
+            1,
+            "a winning later version is written even with the row's values, for its clock: {sql}"
         );
         assert!(
             sql.contains("INSERT INTO syncbridge.row_clock AS rc"),
@@ -767,7 +769,10 @@ mod tests {
     #[test]
     fn a_snapshot_read_loses_equal_clocks_and_never_writes_over_a_tombstone() {
         let sql = shape().read_upsert_sql();
-        assert!(sql.contains("AND false AND $5::bool"), "no tie rule: {sql}");
+        assert!(
+            sql.contains("AND (false AND $5::bool)"),
+            "no tie rule: {sql}"
+        );
         assert!(
             sql.contains("rc.deleted AND $7::jsonb IS NOT NULL OFFSET 0) ORDER BY"),
             "any tombstone blocks: {sql}"
@@ -780,7 +785,10 @@ mod tests {
     #[test]
     fn a_replayed_change_wins_only_with_a_later_clock_and_deletes_only_earlier_rows() {
         let sql = shape().replay_upsert_sql();
-        assert!(sql.contains("AND false AND $5::bool"), "no tie rule: {sql}");
+        assert!(
+            sql.contains("AND (false AND $5::bool)"),
+            "no tie rule: {sql}"
+        );
         let live = delete_sql("t", "s.t", "id", "uuid", "updated_at", DeleteRule::Live);
         let replay = delete_sql("t", "s.t", "id", "uuid", "updated_at", DeleteRule::Replay);
         assert!(
