@@ -364,6 +364,37 @@ async fn a_transaction_whose_first_logical_message_is_the_bridge_marker_is_flagg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_with_only_the_bridge_marker_leaves_the_next_transaction_unflagged(
+) -> anyhow::Result<()> {
+    // Apply commits transactions that carry its marker and write no
+    // captured row (a round of waiting rows that found nothing to write).
+    let db = TestDb::create(Side::Legacy, "marker_only").await?;
+    db.execute("CREATE TABLE rows (id int PRIMARY KEY)").await?;
+    let (setup, mut reader) = capture_of(db, &["rows"]).await?;
+    let capture = streaming(&setup).await?;
+    setup
+        .db
+        .execute(
+            "BEGIN; SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'empty'); COMMIT;
+             INSERT INTO rows VALUES (1);
+             BEGIN; SELECT pg_logical_emit_message(true, 'syncbridge.apply', 'empty again');
+                    SELECT pg_logical_emit_message(false, 'syncbridge.apply.heartbeat', 'x'); COMMIT;
+             INSERT INTO rows VALUES (2);",
+        )
+        .await?;
+    let events = reader.read_at_least(2, WAIT).await?.to_vec();
+    capture.stop().await?;
+    setup.db.drop_slot(&setup.slot).await?;
+    assert_eq!(events.len(), 2, "one event per row: {events:?}");
+    assert_eq!(
+        events[0].marker, None,
+        "the application's first write is not flagged"
+    );
+    assert_eq!(events[1].marker, None, "nor its second");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_every_message_in_order_and_says_where_offsets_never_became_readable(
 ) -> anyhow::Result<()> {
     let topic = unique("tail");

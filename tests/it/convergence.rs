@@ -41,26 +41,24 @@ async fn unrestricted_writers_converge(test: &str, seed: u64) -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_1() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_1", 1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_2() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_2", 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges today (issue 26): two or three memberships born on the platform never reach legacy (legacy holds their id pairs, but neither the rows nor tombstones; cause not found yet); run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_3() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_3", 3).await
 }
 
-/// What the bridge leaves different under unrestricted writers (the ignored
-/// tests above), `apply repair` brings back in step through the running
-/// bridge: every row in step once the repairs crossed.
+/// Whatever the bridge would leave different under unrestricted writers,
+/// `apply repair` brings back in step through the running bridge: every row
+/// in step once the repairs crossed (nothing to repair is the usual
+/// outcome).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_unrestricted_writers_leave_different_is_brought_in_step_by_apply_repair(
 ) -> anyhow::Result<()> {
