@@ -111,7 +111,7 @@ impl Writer {
                     entity,
                     rows,
                     waited_secs = give_up.as_secs(),
-                    "rows waited too long for a parent or their natural key and are given up; `apply check` shows them"
+                    "rows waited too long for a parent or their natural key and are given up; `apply repair` brings them in step"
                 );
             }
         }
