@@ -321,8 +321,12 @@ impl Shape {
     /// Insert-or-update of rows read by a snapshot (`READ` events), same
     /// parameters as [`Self::upsert_sql`]. A read is not a change: it loses
     /// every tie (a change with the same `updated_at` may have been made on
-    /// top of the copy read) and never writes over a tombstone, whatever its
-    /// time (a row deleted after its page was read stays deleted).
+    /// top of the copy read). A read without a clock never writes over a
+    /// tombstone, whatever its time (a row deleted after its page was read
+    /// stays deleted); one carrying its source clock (read back by apply
+    /// from the source) writes over a tombstone only when strictly later,
+    /// as a change does: a delete made on top of it is always later, and a
+    /// delete it is later than loses in the source too.
     pub fn read_upsert_sql(&self) -> String {
         self.upsert_sql_for(Incoming::Read, false)
     }
@@ -405,7 +409,13 @@ impl Shape {
                     " AND ROW(rc.seconds, rc.tick) >= (SELECT inc.s, inc.t FROM {inc})",
                     inc = incoming_clock(p.clocks, &format!("i.{key}::text"), &format!("i.{ua}")),
                 ),
-                Incoming::Read => format!(" AND ${}::jsonb IS NOT NULL", p.clocks),
+                // A read without a clock may be older than any delete; one
+                // with its source clock is ordered against the tombstone
+                // as a change is.
+                Incoming::Read => format!(
+                    " AND (SELECT NOT inc.clocked OR ROW(rc.seconds, rc.tick) >= ROW(inc.s, inc.t) FROM {inc})",
+                    inc = incoming_clock(p.clocks, &format!("i.{key}::text"), &format!("i.{ua}")),
+                ),
             },
             versions = self.record_writes("w"),
             clocks = self.record_clocks("w"),
@@ -767,15 +777,17 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_read_loses_equal_clocks_and_never_writes_over_a_tombstone() {
+    fn a_read_loses_equal_clocks_and_writes_over_a_tombstone_only_with_a_later_clock() {
         let sql = shape().read_upsert_sql();
         assert!(
             sql.contains("AND (false AND $5::bool)"),
             "no tie rule: {sql}"
         );
         assert!(
-            sql.contains("rc.deleted AND $7::jsonb IS NOT NULL OFFSET 0) ORDER BY"),
-            "any tombstone blocks: {sql}"
+            sql.contains(
+                "rc.deleted AND (SELECT NOT inc.clocked OR ROW(rc.seconds, rc.tick) >= ROW(inc.s, inc.t) FROM"
+            ),
+            "a tombstone blocks a read without a clock, and one with a clock unless strictly later: {sql}"
         );
         assert!(shape()
             .upsert_sql()

@@ -1041,3 +1041,59 @@ async fn held_back_user_with_a_membership(later_edit: bool) -> anyhow::Result<()
     );
     bridge.stop().await
 }
+
+/// A team with a member on both sides: legacy changes the membership and
+/// then the team, newer than anything the platform saw, while the platform
+/// deletes the group (the membership cascades there). The membership's change
+/// reaches the platform while its group is still deleted there and waits; the
+/// team's change then brings the group back, newer than the delete. Both
+/// changes are newer than the deletes, so both rows live on both sides.
+async fn a_child_changed_while_the_other_side_deleted_its_parent(
+    parent_on_platform: &str,
+    parent_on_legacy: &str,
+) -> anyhow::Result<()> {
+    let mut bridge = team_with_a_geofence().await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO team_members (id, team_id, user_id, role, inserted_at, updated_at)
+             VALUES (1, 1, 1, 'member', '2030-01-01 00:00:00', '2030-01-01 00:00:00')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop_apply().await?;
+    bridge
+        .platform()
+        .execute(&format!("DELETE FROM {parent_on_platform}"))
+        .await?;
+    bridge
+        .legacy()
+        .execute("UPDATE team_members SET role = 'lead', updated_at = '2030-01-01 00:00:40' WHERE id = 1")
+        .await?;
+    bridge
+        .legacy()
+        .execute(&format!(
+            "UPDATE {parent_on_legacy} SET updated_at = '2030-01-01 00:00:50' WHERE id = 1"
+        ))
+        .await?;
+    bridge.start_apply()?;
+    bridge.converged(WAIT).await?;
+    assert_eq!(
+        roles(bridge.platform(), "SELECT role::text FROM org.memberships").await?,
+        ["lead"],
+        "the membership changed after the delete is on the platform"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_changed_while_the_other_side_deleted_its_group_lives_on_with_the_group(
+) -> anyhow::Result<()> {
+    a_child_changed_while_the_other_side_deleted_its_parent("org.groups", "teams").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_changed_while_the_other_side_deleted_its_identity_lives_on_with_the_identity(
+) -> anyhow::Result<()> {
+    a_child_changed_while_the_other_side_deleted_its_parent("identity.identities", "users").await
+}

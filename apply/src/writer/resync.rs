@@ -22,7 +22,8 @@ impl Writer {
     /// it was missing, and no event will bring them again. So they are read
     /// from the source, as they are now, and written as a snapshot's reads
     /// are (missing rows inserted, existing ones replaced only by a strictly
-    /// newer row, tombstones respected); their own children follow the same
+    /// newer row, a tombstone only by a row strictly newer than the delete);
+    /// their own children follow the same
     /// way when they come back too. Later events of those rows repeat what
     /// was read or are newer, and apply as usual.
     pub(super) fn resync_children<'a>(
@@ -71,9 +72,10 @@ impl Writer {
                 // Written as reads, not changes: what was read is the
                 // source's current row, which the other direction may be
                 // changing on this side at this very moment (a cascade of the
-                // delete that took the parent). A read loses every tie and
-                // never writes over a tombstone; only a strictly newer row
-                // replaces what is here.
+                // delete that took the parent). A read loses every tie; only
+                // a strictly newer row replaces what is here or a tombstone
+                // (a child changed at the source after the delete here:
+                // that delete loses in the source too).
                 for chunk in rows.chunks(self.max_rows.max(1)) {
                     // Rows that crossed before, most of them: their pairs
                     // are read first, as for updates.
