@@ -321,7 +321,8 @@ impl Shape {
     /// Insert-or-update of rows read by a snapshot (`READ` events), same
     /// parameters as [`Self::upsert_sql`]. A read is not a change: it loses
     /// every tie (a change with the same `updated_at` may have been made on
-    /// top of the copy read). A read without a clock never writes over a
+    /// top of the copy read) but one over its own source's version with
+    /// other values (see `read_wins`). A read without a clock never writes over a
     /// tombstone, whatever its time (a row deleted after its page was read
     /// stays deleted); one carrying its source clock (read back by apply
     /// from the source) writes over a tombstone only when strictly later,
@@ -399,7 +400,10 @@ impl Shape {
                     Incoming::Read | Incoming::Replay => format!(
                         "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {wins}{differs}",
                         sets = sets.join(", "),
-                        wins = self.strictly_newer("EXCLUDED", "t"),
+                        wins = match incoming {
+                            Incoming::Read => self.read_wins("EXCLUDED", "t"),
+                            _ => self.strictly_newer("EXCLUDED", "t"),
+                        },
                         differs = self.differs(&results),
                     ),
                 }
@@ -470,6 +474,28 @@ impl Shape {
         clock_wins(&inc, &cur, &format!("false AND ${}::bool", p.tie), "false")
     }
 
+    /// Whether a read replaces the target row (with [`Self::differs`]
+    /// added by the caller): a later clock; or, for a row read back by apply
+    /// with its source clock, the same clock from the same source with other
+    /// values. That is the same version, written here while a reference it
+    /// holds could not be (its parent missing here then, the reference
+    /// nulled by the foreign key's rule). A snapshot's read, without a clock,
+    /// loses every tie.
+    fn read_wins(&self, incoming: &str, existing: &str) -> String {
+        let p = self.params();
+        let (inc, cur) = self.clocks_of(incoming, existing);
+        clock_wins(
+            &inc,
+            &cur,
+            &format!(
+                "inc.clocked AND cur.origin = ${origin}::text AND ${tie}::bool IS NOT NULL",
+                origin = p.origin,
+                tie = p.tie,
+            ),
+            "false",
+        )
+    }
+
     /// [`Self::update_sql`] for `apply replay`: only strictly newer wins.
     pub fn replay_update_sql(&self) -> String {
         self.update_sql_for(Incoming::Replay)
@@ -525,7 +551,8 @@ impl Shape {
             },
             wins = match incoming {
                 Incoming::Change => self.wins_condition("i", "t", &results),
-                Incoming::Read | Incoming::Replay => self.strictly_newer("i", "t"),
+                Incoming::Read => self.read_wins("i", "t"),
+                Incoming::Replay => self.strictly_newer("i", "t"),
             },
             versions = self.record_writes("w"),
             clocks = self.record_clocks("w"),
@@ -777,11 +804,11 @@ mod tests {
     }
 
     #[test]
-    fn a_read_loses_equal_clocks_and_writes_over_a_tombstone_only_with_a_later_clock() {
+    fn a_read_wins_a_tie_only_over_its_own_sources_version_and_a_tombstone_only_when_later() {
         let sql = shape().read_upsert_sql();
         assert!(
-            sql.contains("AND (false AND $5::bool)"),
-            "no tie rule: {sql}"
+            sql.contains("AND (inc.clocked AND cur.origin = $4::text AND $5::bool IS NOT NULL)"),
+            "a tie only over the same source's version, never by the tie winner: {sql}"
         );
         assert!(
             sql.contains(

@@ -924,6 +924,47 @@ async fn a_child_written_after_its_nullable_parent_was_deleted_gets_a_null_refer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_written_with_a_null_reference_while_its_parent_was_deleted_gets_it_back_with_the_parent(
+) -> anyhow::Result<()> {
+    let mut bridge = team_with_a_geofence().await?;
+    bridge.stop_apply().await?;
+    // Legacy deletes the team (its geofence's team_id becomes NULL there)
+    // while the platform moves the zone and then renames the group, both
+    // newer than the delete: the zone reaches legacy while the team is gone
+    // there and is written with a NULL team; the group's change then brings
+    // the team back, and with it the zone's reference.
+    bridge
+        .legacy()
+        .execute("DELETE FROM teams WHERE id = 1")
+        .await?;
+    bridge
+        .platform()
+        .execute("UPDATE geo.zones SET radius_m = 250, updated_at = '2030-01-01 00:00:40+00'")
+        .await?;
+    bridge
+        .platform()
+        .execute("UPDATE org.groups SET name = 'Team Back', updated_at = '2030-01-01 00:00:50+00'")
+        .await?;
+    bridge.start_apply()?;
+    bridge.converged(WAIT).await?;
+    let row = bridge
+        .legacy()
+        .client()
+        .query_one(
+            "SELECT t.name, g.radius_m FROM geofences g JOIN teams t ON t.id = g.team_id",
+            &[],
+        )
+        .await?;
+    let (team, radius): (String, i32) = (row.get(0), row.get(1));
+    assert_eq!(
+        (team.as_str(), radius),
+        ("Team Back", 250),
+        "the zone is in its team again on legacy"
+    );
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_created_while_its_parent_is_deleted_on_the_other_side_is_not_created_and_is_counted(
 ) -> anyhow::Result<()> {
     let mut bridge = team_with_a_geofence().await?;

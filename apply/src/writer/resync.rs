@@ -76,21 +76,35 @@ impl Writer {
                 // a strictly newer row replaces what is here or a tombstone
                 // (a child changed at the source after the delete here:
                 // that delete loses in the source too).
-                for chunk in rows.chunks(self.max_rows.max(1)) {
-                    // Rows that crossed before, most of them: their pairs
-                    // are read first, as for updates.
-                    let writing = Writing {
-                        kind: &RunKind::Read,
-                        allocate: true,
-                        inserts: false,
-                        rendered: None,
-                    };
-                    self.write_rows(target, source, index, &child, chunk, writing)
-                        .await?;
-                }
+                self.write_source_reads(target, source, index, &child, &rows)
+                    .await?;
             }
             Ok(())
         })
+    }
+
+    /// Writes rows read back from the source as reads, in chunks of a
+    /// run's size. Most crossed before: their pairs are read first, as for
+    /// updates, and those without one get one.
+    pub(super) async fn write_source_reads(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        index: usize,
+        entity: &Entity,
+        rows: &[PendingRow],
+    ) -> Result<()> {
+        for chunk in rows.chunks(self.max_rows.max(1)) {
+            let writing = Writing {
+                kind: &RunKind::Read,
+                allocate: true,
+                inserts: false,
+                rendered: None,
+            };
+            self.write_rows(target, source, index, entity, chunk, writing)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The rows of `child`'s source table whose `column` is one of `keys`,

@@ -21,8 +21,6 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 use super::pipeline::Then;
-use super::rows::Writing;
-use super::runs::RunKind;
 use super::Writer;
 use crate::error::{ApplyError, Result};
 
@@ -148,16 +146,8 @@ impl Writer {
             let found = self
                 .read_source_rows(source, entity, &key_column, key_type, keys)
                 .await?;
-            for chunk in found.chunks(self.max_rows.max(1)) {
-                let writing = Writing {
-                    kind: &RunKind::Read,
-                    allocate: true,
-                    inserts: false,
-                    rendered: None,
-                };
-                self.write_rows(target, source, index, entity, chunk, writing)
-                    .await?;
-            }
+            self.write_source_reads(target, source, index, entity, &found)
+                .await?;
             // Replies read first: a row left out for a missing parent is
             // recorded again as its statement's reply is read.
             self.settle(target, source).await?;
