@@ -1138,3 +1138,88 @@ async fn a_membership_changed_while_the_other_side_deleted_its_identity_lives_on
 ) -> anyhow::Result<()> {
     a_child_changed_while_the_other_side_deleted_its_parent("identity.identities", "users").await
 }
+
+/// Legacy deletes its user and gives the email to a new user, while the
+/// platform changes the user newer than the delete. The platform's change
+/// reaches legacy first (legacy's capture is held): the user is gone there
+/// and its email is the new user's, so the change is written onto the new
+/// user and the two are paired. Legacy's delete then crosses: the platform
+/// row is the new user's counterpart now (in the legacy database's pairs),
+/// and the delete, applied by a new apply process, leaves it alone.
+/// One user, with the platform's newer version, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_counterpart_taken_over_by_the_user_given_its_email_stays_paired_with_it(
+) -> anyhow::Result<()> {
+    let mut bridge = seeded().await?;
+    bridge.stop_apply().await?;
+    bridge.stop_capture(Side::Legacy).await?;
+    bridge
+        .legacy()
+        .execute(
+            "DELETE FROM users WHERE id = 1;
+             INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             VALUES (2, 'row@example.com', 'New Owner', 'member', '2030-01-01 00:00:20', '2030-01-01 00:00:20')",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "UPDATE identity.identities SET given_name = 'Platform', family_name = 'Later', updated_at = '2030-01-01 00:00:30+00'",
+        )
+        .await?;
+    bridge.start_apply()?;
+    let legacy = bridge.legacy().client();
+    eventually(
+        "the platform's change to be written onto the new legacy user",
+        WAIT,
+        || async {
+            let name: Option<String> = legacy
+                .query_opt("SELECT full_name FROM users WHERE id = 2", &[])
+                .await?
+                .map(|row| row.get(0));
+            Ok((name.as_deref() == Some("Platform Later")).then_some(()))
+        },
+    )
+    .await?;
+    // A new apply process: what the old one knew of the pairs goes with it.
+    bridge.stop_apply().await?;
+    bridge.start_capture(Side::Legacy)?;
+    bridge.start_apply()?;
+    // A later legacy row: once it is on the platform, so is all before it.
+    bridge
+        .legacy()
+        .execute("INSERT INTO teams (id, name, inserted_at, updated_at) VALUES (1, 'Later', '2030-01-01 00:00:40', '2030-01-01 00:00:40')")
+        .await?;
+    let platform = bridge.platform().client();
+    eventually("legacy's changes to cross", WAIT, || async {
+        Ok((count(platform, "SELECT count(*) FROM org.groups").await? == 1).then_some(()))
+    })
+    .await?;
+    bridge.converged(WAIT).await?;
+    let (legacy_name, platform_name) = names_of_the_only_user(&bridge).await?;
+    assert_eq!(
+        (legacy_name.as_str(), platform_name.as_str()),
+        ("Platform Later", "Platform Later"),
+        "one user, the platform's newer version, on both sides"
+    );
+    bridge.stop().await
+}
+
+async fn names_of_the_only_user(bridge: &Bridge) -> anyhow::Result<(String, String)> {
+    let legacy: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT full_name FROM users", &[])
+        .await?
+        .get(0);
+    let platform: String = bridge
+        .platform()
+        .client()
+        .query_one(
+            "SELECT given_name || ' ' || family_name FROM identity.identities",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok((legacy, platform))
+}

@@ -32,8 +32,10 @@ impl Writer {
     /// A derived id can be taken already: the row was paired with it, then
     /// the pair gave way to another source row with the same natural key
     /// (see [`Self::unpair`]: the row was gone at the source before its
-    /// delete arrived, as with polling). That id is the other row's now, so
-    /// the delete leaves neither a pair nor a tombstone under it.
+    /// delete arrived, as with polling, or the other direction wrote a newer
+    /// version of it onto the row that took its natural key, and keeps that
+    /// pair in the legacy database). That id is the other row's now, so the
+    /// delete leaves neither a pair nor a tombstone under it.
     pub(in crate::writer) async fn allocate_for_tombstones(
         &mut self,
         target: &Client,
@@ -58,7 +60,7 @@ impl Writer {
                 .map(|id| pg::value::to_text(id).unwrap_or_default())
                 .collect();
             let asked: Vec<&String> = texts.iter().collect();
-            let taken = read_pairs(
+            let mut taken = read_pairs(
                 target,
                 self.prepared(self.to),
                 "platform",
@@ -67,6 +69,24 @@ impl Writer {
                 &asked,
             )
             .await?;
+            // A derived id the other direction linked to another legacy row
+            // (a platform row that row's natural key matched) is paired in
+            // the legacy database: the row this delete is for lost its
+            // counterpart to that one, and nothing here is its to delete.
+            if !entity.natural_key_columns(self.to).is_empty() {
+                self.lock_pairs(target, source).await?;
+                taken.extend(
+                    read_pairs(
+                        source,
+                        self.prepared(self.from),
+                        "legacy",
+                        entity,
+                        Side::Platform,
+                        &asked,
+                    )
+                    .await?,
+                );
+            }
             unknown = unknown
                 .into_iter()
                 .zip(&texts)
