@@ -25,8 +25,8 @@
 //!   it writes, and a `deleted` entry is a tombstone that keeps an older
 //!   change from bringing a row back.
 //! - `delete_outbox`: deletes applied here that must be re-asserted on the
-//!   side they came from (see `Writer::reassert_deletes`), recorded with the
-//!   delete and worked off after the commit.
+//!   side they came from (see `Writer::reassert_deletes`), with their time
+//!   and clock, recorded with the delete and worked off after the commit.
 //! - `verify_progress` (used in the platform database): per entity, where
 //!   the running verification pass stands and what the last complete one
 //!   found (see [`crate::verify`]).
@@ -116,6 +116,9 @@ const TABLES: &str = "DO $$ BEGIN
                deleted_at timestamptz NOT NULL,
                PRIMARY KEY (entity, source_key)
              );
+             ALTER TABLE syncbridge.delete_outbox
+               ADD COLUMN IF NOT EXISTS seconds bigint,
+               ADD COLUMN IF NOT EXISTS tick bigint;
              CREATE TABLE IF NOT EXISTS syncbridge.waiting_rows (
                entity     text NOT NULL,
                source_key text NOT NULL,

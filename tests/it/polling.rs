@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use schemas::event::{CaptureMode, Op};
-use sync_bridge_tests::{count, random_writes_on_own_rows, unique, Bridge, EventReader, Side};
+use sync_bridge_tests::{
+    count, eventually, random_writes_on_own_rows, unique, Bridge, EventReader, Side,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -680,5 +682,84 @@ async fn rows_polled_again_as_they_already_are_on_the_other_side_are_not_written
     bridge.caught_up(WAIT).await?;
     bridge.converged(WAIT).await?;
     ledger.check_applied_once(bridge.platform()).await?;
+    bridge.stop().await
+}
+
+/// Legacy polls and deletes a team; the platform, not having seen the
+/// delete, renames the group a second later, before reconciliation finds the
+/// delete. The rename is newer than the delete, so the group lives on and
+/// comes back on legacy. The delete is re-asserted on legacy with the clock
+/// it was stamped with there, not the later time reconciliation read it at,
+/// which would have refused the rename there for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_newer_than_a_polled_delete_but_older_than_its_discovery_wins_on_both_sides(
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::prepare("poll_reassert").await?;
+    bridge.legacy.use_polling(POLLING);
+    let mut bridge = bridge.run().await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO teams (id, name, archived, inserted_at, updated_at)
+             VALUES (1, 'Team', false, now() AT TIME ZONE 'UTC' - interval '1 minute', now() AT TIME ZONE 'UTC' - interval '1 minute')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop_apply().await?;
+    bridge.stop_capture(Side::Platform).await?;
+    let legacy = bridge.legacy().client();
+    legacy
+        .batch_execute("DELETE FROM teams WHERE id = 1")
+        .await?;
+    let deleted_in: i64 = legacy
+        .query_one("SELECT floor(extract(epoch FROM now()))::int8", &[])
+        .await?
+        .get(0);
+    eventually("the next second", WAIT, || async {
+        let now: i64 = legacy
+            .query_one(
+                "SELECT floor(extract(epoch FROM clock_timestamp()))::int8",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok((now > deleted_in).then_some(()))
+    })
+    .await?;
+    bridge
+        .platform()
+        .execute("UPDATE org.groups SET name = 'Renamed', updated_at = now()")
+        .await?;
+    // Reconciliation finds the delete after the rename.
+    let mut reader = EventReader::new(&bridge.legacy.topic)?;
+    reader
+        .read_until("the polled delete", WAIT, |events| {
+            events
+                .iter()
+                .any(|e| e.op == Op::Delete && e.table == "teams")
+        })
+        .await?;
+    // The delete crosses and is re-asserted on legacy before the rename
+    // reaches legacy.
+    bridge.start_apply()?;
+    bridge.caught_up(WAIT).await?;
+    let platform = bridge.platform().client();
+    eventually("the delete to be re-asserted on legacy", WAIT, || async {
+        let outbox = count(platform, "SELECT count(*) FROM syncbridge.delete_outbox").await?;
+        Ok((outbox == 0).then_some(()))
+    })
+    .await?;
+    bridge.start_capture(Side::Platform)?;
+    bridge.converged(WAIT).await?;
+    let name: String = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT name FROM teams WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        name, "Renamed",
+        "the newer rename brought the team back on legacy"
+    );
     bridge.stop().await
 }

@@ -40,6 +40,8 @@ impl Writer {
         let mut times = Vec::new();
         let mut outbox_keys = Vec::with_capacity(rows.len());
         let mut outbox_times = Vec::with_capacity(rows.len());
+        let mut outbox_seconds: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+        let mut outbox_ticks: Vec<Option<i64>> = Vec::with_capacity(rows.len());
         let source_key_type = match rows[0].source_key {
             Value::Uuid(_) => "uuid",
             _ => "int8",
@@ -47,13 +49,27 @@ impl Writer {
         for row in rows {
             outbox_keys.push(pg::value::to_text(&row.source_key));
             outbox_times.push(pg::value::to_text(&Value::TimestampTz(row.delete_at)));
+            outbox_seconds.push(row.clock.map(|c| c.seconds));
+            outbox_ticks.push(row.clock.map(|c| c.tick));
         }
+        // The later of two deletes of one row keeps its clock.
         target
             .execute(
-                "INSERT INTO syncbridge.delete_outbox (entity, source_key, key_type, deleted_at) \
-                 SELECT $1, k, $2, at::timestamptz FROM unnest($3::text[], $4::text[]) AS o(k, at) \
-                 ON CONFLICT (entity, source_key) DO UPDATE SET deleted_at = GREATEST(syncbridge.delete_outbox.deleted_at, EXCLUDED.deleted_at)",
-                &[&entity.name(), &source_key_type, &outbox_keys, &outbox_times],
+                "INSERT INTO syncbridge.delete_outbox AS o (entity, source_key, key_type, deleted_at, seconds, tick) \
+                 SELECT $1, k, $2, at::timestamptz, s, t FROM unnest($3::text[], $4::text[], $5::int8[], $6::int8[]) AS x(k, at, s, t) \
+                 ON CONFLICT (entity, source_key) DO UPDATE SET deleted_at = GREATEST(o.deleted_at, EXCLUDED.deleted_at), \
+                   seconds = CASE WHEN o.seconds IS NULL OR ROW(EXCLUDED.seconds, EXCLUDED.tick) > ROW(o.seconds, o.tick) \
+                                  THEN EXCLUDED.seconds ELSE o.seconds END, \
+                   tick = CASE WHEN o.seconds IS NULL OR ROW(EXCLUDED.seconds, EXCLUDED.tick) > ROW(o.seconds, o.tick) \
+                               THEN EXCLUDED.tick ELSE o.tick END",
+                &[
+                    &entity.name(),
+                    &source_key_type,
+                    &outbox_keys,
+                    &outbox_times,
+                    &outbox_seconds,
+                    &outbox_ticks,
+                ],
             )
             .await
             .map_err(|e| ApplyError::postgres(self.to.as_str(), "record deletes to re-assert", e))?;
@@ -154,7 +170,8 @@ impl Writer {
         loop {
             let rows = target
                 .query(
-                    "SELECT entity, source_key, key_type, deleted_at::text FROM syncbridge.delete_outbox ORDER BY deleted_at LIMIT 1000",
+                    "SELECT entity, source_key, key_type, deleted_at::text, seconds, tick \
+                     FROM syncbridge.delete_outbox ORDER BY deleted_at LIMIT 1000",
                     &[],
                 )
                 .await
@@ -162,14 +179,22 @@ impl Writer {
             if rows.is_empty() {
                 return Ok(());
             }
-            let mut by_entity: HashMap<(String, String), DeleteBatch> = HashMap::new();
-            // A re-asserted delete counts as its time: a version that won
-            // over it here by its clock stays.
-            let no_clocks = Clocks::default();
+            let mut by_entity: HashMap<(String, String), (DeleteBatch, Clocks)> = HashMap::new();
+            // A re-asserted delete carries the clock it came with (it decides
+            // and leaves its tombstone on its own side as on the target: a
+            // version that won over it here stays there too); one that came
+            // without counts as its time.
             for row in &rows {
-                let entry = by_entity.entry((row.get(0), row.get(2))).or_default();
-                entry.0.push(Some(row.get(1)));
-                entry.1.push(Some(row.get(3)));
+                let ((keys, times), clocks) =
+                    by_entity.entry((row.get(0), row.get(2))).or_default();
+                let key: String = row.get(1);
+                let clock = match (row.get::<_, Option<i64>>(4), row.get::<_, Option<i64>>(5)) {
+                    (Some(seconds), Some(tick)) => Some(schemas::event::Clock { seconds, tick }),
+                    _ => None,
+                };
+                clocks.insert(&key, clock);
+                keys.push(Some(key));
+                times.push(Some(row.get(3)));
             }
             source
                 .batch_execute("BEGIN")
@@ -184,7 +209,7 @@ impl Writer {
                     )
                     .await
                     .map_err(|e| ApplyError::postgres(from, "write the echo marker", e))?;
-                for ((entity_name, key_type), (keys, times)) in &by_entity {
+                for ((entity_name, key_type), ((keys, times), clocks)) in &by_entity {
                     let Some(entity) = self.mapping.entity(entity_name) else {
                         continue;
                     };
@@ -199,7 +224,7 @@ impl Writer {
                     );
                     lock_rows(source, from, entity.name(), keys).await?;
                     source
-                        .query_one(&sql, &[keys, times, &self.origin, &no_clocks])
+                        .query_one(&sql, &[keys, times, &self.origin, clocks])
                         .await
                         .map_err(|e| ApplyError::postgres(from, "re-assert deletes", e))?;
                 }
@@ -213,7 +238,7 @@ impl Writer {
                 let _ = source.batch_execute("ROLLBACK").await;
                 return Err(error);
             }
-            for ((entity_name, _), (keys, _)) in &by_entity {
+            for ((entity_name, _), ((keys, _), _)) in &by_entity {
                 target
                     .execute(
                         "DELETE FROM syncbridge.delete_outbox WHERE entity = $1 AND source_key = ANY($2::text[])",
