@@ -1223,3 +1223,54 @@ async fn names_of_the_only_user(bridge: &Bridge) -> anyhow::Result<(String, Stri
         .get(0);
     Ok((legacy, platform))
 }
+
+/// Legacy deletes a geofence (as late as the platform's own last version of
+/// it) while a platform application's transaction, still open, moves the
+/// zone with a later time. The delete reaches the
+/// platform and has to wait for the zone's row; when the application commits,
+/// the delete decides against the version committed meanwhile, which is newer
+/// than the delete: the zone lives on, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_waiting_for_an_applications_newer_update_of_the_row_loses_to_it_on_both_sides(
+) -> anyhow::Result<()> {
+    let mut bridge = team_with_a_geofence().await?;
+    bridge.stop_apply().await?;
+    // The zone's clock is now the platform's own: (00:00:00, 1).
+    bridge
+        .platform()
+        .execute("UPDATE geo.zones SET name = 'zone renamed'")
+        .await?;
+    // (00:00:00, 1) on legacy too: as late as the platform's rename.
+    bridge
+        .legacy()
+        .execute("DELETE FROM geofences WHERE id = 1")
+        .await?;
+    let application = connect(&bridge.platform().url).await?;
+    application
+        .batch_execute(
+            "BEGIN; UPDATE geo.zones SET radius_m = 7, updated_at = '2030-01-01 00:00:05+00'",
+        )
+        .await?;
+    bridge.start_apply()?;
+    let platform = bridge.platform().client();
+    eventually("apply to wait for the application's row", WAIT, || async {
+        let waiting = count(
+            platform,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND a.application_name LIKE '%apply%'",
+        )
+        .await?;
+        Ok((waiting > 0).then_some(()))
+    })
+    .await?;
+    application.batch_execute("COMMIT").await?;
+    bridge.converged(WAIT).await?;
+    let radius: i32 = bridge
+        .legacy()
+        .client()
+        .query_one("SELECT radius_m FROM geofences WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(radius, 7, "the newer update lives on, on legacy too");
+    bridge.stop().await
+}

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use schemas::event::Value;
 use tokio_postgres::Client;
 
-use super::rows::lock_rows;
+use super::rows::{lock_rows, lock_rows_sql};
 use super::runs::PendingRow;
 use super::Writer;
 use crate::conflict::{self, Clocks};
@@ -99,7 +99,12 @@ impl Writer {
             &table.updated_at,
             self.delete_rule,
         );
-        lock_rows(target, self.to.as_str(), entity.name(), &key_texts).await?;
+        let lock = lock_rows_sql(
+            &quote_table(&table.schema, &table.table),
+            &pg::ident::quote(&table.key),
+            &self.column_type(entity, self.to, &table.key)?,
+        );
+        lock_rows(target, self.to.as_str(), entity.name(), &lock, &key_texts).await?;
         let statement = self.statement(target, sql).await?;
         let row = target
             .query_one(&statement, &[&key_texts, &times, &self.origin, &clocks])
@@ -222,7 +227,12 @@ impl Writer {
                         &table.updated_at,
                         conflict::DeleteRule::Live,
                     );
-                    lock_rows(source, from, entity.name(), keys).await?;
+                    let lock = lock_rows_sql(
+                        &quote_table(&table.schema, &table.table),
+                        &pg::ident::quote(&table.key),
+                        key_type,
+                    );
+                    lock_rows(source, from, entity.name(), &lock, keys).await?;
                     source
                         .query_one(&sql, &[keys, times, &self.origin, clocks])
                         .await

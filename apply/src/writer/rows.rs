@@ -371,10 +371,15 @@ impl Writer {
                 Box::new(entity.name().to_owned()),
                 Box::new(existing.keys.clone()),
             ];
+            let table = entity.table(self.to);
             self.send_prepared(
                 target,
                 source,
-                LOCK_ROWS.to_owned(),
+                lock_rows_sql(
+                    &quote_table(&table.schema, &table.table),
+                    &pg::ident::quote(&table.key),
+                    &self.column_type(entity, self.to, &table.key)?,
+                ),
                 lock,
                 "lock rows",
                 Then::Nothing,
@@ -584,13 +589,24 @@ impl Writer {
     }
 }
 
-/// The row locks of [`lock_rows`]: `$1` the entity, `$2` the keys (text).
-const LOCK_ROWS: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
-     FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys";
+/// The row locks of [`lock_rows`] on `table` (quoted), whose key column
+/// `key` (quoted) has type `key_type`: `$1` the entity, `$2` the keys
+/// (text). The advisory locks first, then the rows that exist, each in key
+/// order.
+pub(super) fn lock_rows_sql(table: &str, key: &str, key_type: &str) -> String {
+    format!(
+        "WITH keys AS (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL), \
+         advisory AS (SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
+                      FROM (SELECT k FROM keys ORDER BY k) AS ordered), \
+         locked AS (SELECT r.one FROM (SELECT k::{key_type} AS id FROM keys ORDER BY 1) AS x \
+                    CROSS JOIN LATERAL (SELECT 1 AS one FROM {table} t WHERE t.{key} = x.id FOR UPDATE) AS r) \
+         SELECT (SELECT count(*) FROM advisory), (SELECT count(*) FROM locked)"
+    )
+}
 
 /// Takes a transaction-level advisory lock per row (by entity and key), in
-/// key order, in a statement of its own before the statement that decides.
+/// key order, and the lock of each row that exists, in a statement of its
+/// own before the statement that decides.
 ///
 /// Two writers of one row decide from their own statement snapshot: an
 /// upsert checking for a tombstone and a re-asserted delete checking for the
@@ -598,6 +614,13 @@ const LOCK_ROWS: &str =
 /// skew). With the lock taken first, the later writer waits for the earlier
 /// one's commit and its deciding statement, which starts after the lock is
 /// granted, sees it.
+///
+/// The row lock does the same against the target's applications: a
+/// deciding statement that had to wait for an application's update of the
+/// row would otherwise compare against the row clock its own snapshot holds,
+/// from before that update, and could delete or overwrite a newer version.
+/// Waiting here instead, the deciding statement starts after the
+/// application committed and sees its clock.
 ///
 /// Rows that [`Writer::link_or_allocate`] gave a new id in the same run are
 /// not locked (a measurable share of the target's time in `scripts/bench
@@ -611,10 +634,11 @@ pub(super) async fn lock_rows(
     client: &Client,
     side: &'static str,
     entity: &str,
+    sql: &str,
     keys: &[Option<String>],
 ) -> Result<()> {
     client
-        .execute(LOCK_ROWS, &[&entity, &keys])
+        .execute(sql, &[&entity, &keys])
         .await
         .map_err(|e| ApplyError::postgres(side, "lock rows", e))?;
     Ok(())
