@@ -69,19 +69,16 @@ async fn unrestricted_writers_converge_reading(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges now and then (issue 26): 1 run of 15 since waiting rows ended with rows different; run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_1() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_1", 1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges now and then (issue 26): 1 run of 15 since waiting rows ended with rows different; run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_2() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_2", 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges now and then (issue 26): 1 run of 15 since waiting rows ended with rows different; run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_seed_3() -> anyhow::Result<()> {
     unrestricted_writers_converge("unrestricted_writers_on_both_sides_converge_seed_3", 3).await
 }
