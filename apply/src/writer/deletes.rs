@@ -91,19 +91,16 @@ impl Writer {
             return Ok(());
         }
         let table = entity.table(self.to);
+        let key_type = self.column_type(entity, self.to, &table.key)?;
         let sql = conflict::delete_sql(
             &quote_table(&table.schema, &table.table),
             &pg::clock::relation(&table.schema, &table.table),
             &table.key,
-            &self.column_type(entity, self.to, &table.key)?,
+            &key_type,
             &table.updated_at,
             self.delete_rule,
         );
-        let lock = lock_rows_sql(
-            &quote_table(&table.schema, &table.table),
-            &pg::ident::quote(&table.key),
-            &self.column_type(entity, self.to, &table.key)?,
-        );
+        let lock = lock_rows_sql(table, &key_type);
         lock_rows(target, self.to.as_str(), entity.name(), &lock, &key_texts).await?;
         let statement = self.statement(target, sql).await?;
         let row = target
@@ -227,11 +224,7 @@ impl Writer {
                         &table.updated_at,
                         conflict::DeleteRule::Live,
                     );
-                    let lock = lock_rows_sql(
-                        &quote_table(&table.schema, &table.table),
-                        &pg::ident::quote(&table.key),
-                        key_type,
-                    );
+                    let lock = lock_rows_sql(table, key_type);
                     lock_rows(source, from, entity.name(), &lock, keys).await?;
                     source
                         .query_one(&sql, &[keys, times, &self.origin, clocks])

@@ -16,7 +16,7 @@ use super::runs::{PendingRow, RunKind};
 use super::Writer;
 use crate::conflict::{self, Clocks, ColumnSpec, Incoming, Merge, ParentCheck, Shape};
 use crate::error::{ApplyError, Result};
-use crate::mapping::{Entity, Field, Side, TargetValue};
+use crate::mapping::{Entity, Field, Side, TableRef, TargetValue};
 use pg::ident::quote_table;
 
 /// How `Writer::write_rows` writes a run.
@@ -375,11 +375,7 @@ impl Writer {
             self.send_prepared(
                 target,
                 source,
-                lock_rows_sql(
-                    &quote_table(&table.schema, &table.table),
-                    &pg::ident::quote(&table.key),
-                    &self.column_type(entity, self.to, &table.key)?,
-                ),
+                lock_rows_sql(table, &self.column_type(entity, self.to, &table.key)?),
                 lock,
                 "lock rows",
                 Then::Nothing,
@@ -589,11 +585,12 @@ impl Writer {
     }
 }
 
-/// The row locks of [`lock_rows`] on `table` (quoted), whose key column
-/// `key` (quoted) has type `key_type`: `$1` the entity, `$2` the keys
-/// (text). The advisory locks first, then the rows that exist, each in key
-/// order.
-pub(super) fn lock_rows_sql(table: &str, key: &str, key_type: &str) -> String {
+/// The row locks of [`lock_rows`] on `table`, whose key has type
+/// `key_type`: `$1` the entity, `$2` the keys (text). The advisory locks
+/// first, then the rows that exist, each in key order.
+pub(super) fn lock_rows_sql(table: &TableRef, key_type: &str) -> String {
+    let key = pg::ident::quote(&table.key);
+    let table = quote_table(&table.schema, &table.table);
     format!(
         "WITH keys AS (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k IS NOT NULL), \
          advisory AS (SELECT pg_catalog.pg_advisory_xact_lock(hashtextextended($1 || ':' || k, 0)) \
