@@ -300,6 +300,58 @@ async fn a_row_deleted_and_recreated_with_its_email_between_polls_takes_over_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_given_the_email_of_a_row_edited_in_the_same_second_takes_over_its_counterpart_with_its_own_values(
+) -> anyhow::Result<()> {
+    // Legacy user 1 is edited three times within one second, so its clock is
+    // that second's third tick when it crosses. Then it is deleted and user 2
+    // is given its email, stamped in the same second: a new row, whose clock
+    // is that second's first tick. With reconciliation far off, user 2
+    // crosses before user 1's delete and takes over the platform row. The
+    // ticks of two rows do not order them; legacy's unique email does (user
+    // 1 let go of the email before user 2 took it), so user 2's values land.
+    let mut bridge = Bridge::prepare("poll_takeover_tick").await?;
+    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&far);
+    let bridge = bridge.run().await?;
+    let second = "'2030-01-01 00:00:00'";
+    bridge
+        .legacy()
+        .execute(&format!(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             VALUES (1, 'handed@example.com', 'First Family', 'member', {second}, {second});
+             UPDATE users SET full_name = 'Once Family' WHERE id = 1;
+             UPDATE users SET full_name = 'Twice Family' WHERE id = 1;
+             UPDATE users SET full_name = 'Thrice Family' WHERE id = 1;"
+        ))
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge
+        .legacy()
+        .execute(&format!(
+            "DELETE FROM users WHERE id = 1;
+             INSERT INTO users (id, email, full_name, role, inserted_at, updated_at)
+             VALUES (2, 'handed@example.com', 'Second Family', 'member', {second}, {second});"
+        ))
+        .await?;
+    eventually(
+        "the platform row to carry the new user's values",
+        WAIT,
+        || async {
+            let carried = count(
+                bridge.platform().client(),
+                "SELECT count(*) FROM identity.identities
+                 WHERE email = 'handed@example.com' AND given_name = 'Second'",
+            )
+            .await?;
+            Ok((carried == 1).then_some(()))
+        },
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
 ) -> anyhow::Result<()> {
     // Legacy users are deleted and recreated with the same emails. With

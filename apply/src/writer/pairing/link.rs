@@ -201,6 +201,7 @@ impl Writer {
                         // and the match goes to this row.
                         self.unpair(target, source, index, entity, &found, &other)
                             .await?;
+                        self.supersede(target, entity, &found).await?;
                         matches.push((i, found));
                     }
                 }
@@ -356,6 +357,7 @@ impl Writer {
                 Some(other) => {
                     self.unpair(target, source, index, entity, &found, &other)
                         .await?;
+                    self.supersede(target, entity, &found).await?;
                     true
                 }
                 None => true,
@@ -550,6 +552,31 @@ impl Writer {
             entity = entity.name(),
             "a stale pair gave way to a natural-key link"
         );
+        Ok(())
+    }
+
+    /// Target row `target_key`, taken over by a source row from the one it
+    /// was paired with (gone from the source), gives up the clock of that
+    /// row's version, when it holds one: the source's unique natural key
+    /// ordered every version of the gone row that carried the key before
+    /// every version of the row that took it, so the incoming version
+    /// replaces it whatever the two rows' clocks say (the ticks of two rows
+    /// do not order them). The clock entry becomes the lowest there is, in
+    /// the open transaction; a version the target's own writers made since
+    /// (its clock has no origin) is left to the clocks.
+    async fn supersede(&self, target: &Client, entity: &Entity, target_key: &str) -> Result<()> {
+        let table = entity.table(self.to);
+        let relation = pg::clock::relation(&table.schema, &table.table);
+        target
+            .execute(
+                "UPDATE syncbridge.row_clock SET seconds = $4, tick = $4 \
+                 WHERE relation = $1 AND row_key = $2 AND origin = $3 AND NOT deleted",
+                &[&relation, &target_key, &self.from.as_str(), &i64::MIN],
+            )
+            .await
+            .map_err(|e| {
+                ApplyError::postgres(self.to.as_str(), "supersede a taken-over row's clock", e)
+            })?;
         Ok(())
     }
 
