@@ -352,6 +352,54 @@ async fn a_row_given_the_email_of_a_row_edited_in_the_same_second_takes_over_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_apply_wrote_and_the_application_deleted_before_any_pass_saw_it_is_deleted_on_the_other_side(
+) -> anyhow::Result<()> {
+    // Legacy polls rarely: the team apply writes for a new platform group is
+    // deleted by a legacy application before any round or reconciliation
+    // took in its key. Only its tombstone says it was there.
+    let mut bridge = Bridge::prepare("poll_unseen_delete").await?;
+    let rare = POLLING
+        .replace("interval = \"1s\"", "interval = \"1h\"")
+        .replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&rare);
+    let mut bridge = bridge.run().await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Fleeting', now(), now())",
+        )
+        .await?;
+    eventually("the group to reach legacy", WAIT, || async {
+        let there = count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM teams WHERE name = 'Fleeting'",
+        )
+        .await?;
+        Ok((there == 1).then_some(()))
+    })
+    .await?;
+    bridge
+        .legacy()
+        .execute("DELETE FROM teams WHERE name = 'Fleeting'")
+        .await?;
+
+    bridge.legacy.use_polling(POLLING);
+    bridge.restart_capture(Side::Legacy).await?;
+    eventually("the group to be deleted on the platform", WAIT, || async {
+        let left = count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM org.groups WHERE name = 'Fleeting'",
+        )
+        .await?;
+        Ok((left == 0).then_some(()))
+    })
+    .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
 ) -> anyhow::Result<()> {
     // Legacy users are deleted and recreated with the same emails. With

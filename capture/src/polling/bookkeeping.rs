@@ -1,16 +1,18 @@
 //! Capture's own bookkeeping tables in the `syncbridge` schema: the polling
-//! watermark per table and the ledger of keys sent.
+//! watermark per table, the ledger of keys sent and the local deletes sent
+//! (by the clock of their tombstones).
 
 use tokio_postgres::Client;
 
 use crate::error::{CaptureError, Result};
 
-/// Creates the watermark and key ledger tables when missing. Checks first,
+/// Creates the watermark, key ledger and sent-deletes tables when missing. Checks first,
 /// so a role that may not create them works once they exist.
 pub(super) async fn install(client: &Client) -> Result<()> {
     let row = client
         .query_one(
-            "SELECT to_regclass('syncbridge.capture_watermark') IS NOT NULL AND to_regclass('syncbridge.capture_keys') IS NOT NULL",
+            "SELECT to_regclass('syncbridge.capture_watermark') IS NOT NULL AND to_regclass('syncbridge.capture_keys') IS NOT NULL \
+             AND to_regclass('syncbridge.capture_deletes') IS NOT NULL",
             &[],
         )
         .await
@@ -44,6 +46,13 @@ pub(super) async fn install(client: &Client) -> Result<()> {
            row_xmin bigint,
            PRIMARY KEY (tbl, key)
          );
+         CREATE TABLE IF NOT EXISTS syncbridge.capture_deletes (
+           tbl     text NOT NULL,
+           key     text NOT NULL,
+           seconds bigint NOT NULL,
+           tick    bigint NOT NULL,
+           PRIMARY KEY (tbl, key)
+         );
          COMMIT;",
         lock = pg::bookkeeping::INSTALL_LOCK
     );
@@ -51,7 +60,7 @@ pub(super) async fn install(client: &Client) -> Result<()> {
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(match error.code().map(|c| c.code()) {
             Some("42501") => CaptureError::Config(
-                "the capture role may not create syncbridge.capture_watermark and syncbridge.capture_keys: GRANT USAGE, CREATE ON SCHEMA syncbridge (or create them for it)".to_owned(),
+                "the capture role may not create syncbridge.capture_watermark, syncbridge.capture_keys and syncbridge.capture_deletes: GRANT USAGE, CREATE ON SCHEMA syncbridge (or create them for it)".to_owned(),
             ),
             _ => CaptureError::postgres("create the polling tables", error),
         });

@@ -563,7 +563,128 @@ impl<'a> Poller<'a> {
         let end = self.reader.batch_execute("ROLLBACK").await;
         let gone = outcome?;
         end.map_err(|e| CaptureError::postgres("end a reconciliation", e))?;
-        Ok(gone)
+        let Some(gone) = gone else {
+            return Ok(None);
+        };
+        let Some(unseen) = self.send_unseen_deletes(table, shutdown).await? else {
+            return Ok(None);
+        };
+        Ok(Some(gone + unseen))
+    }
+
+    /// Sends the local deletes of rows no pass ever saw: a row apply wrote,
+    /// or an application inserted, and that was deleted before a round or a
+    /// reconciliation took in its key. The key ledger never had it, so the
+    /// walk above cannot find it gone; its tombstone in `syncbridge.row_clock`
+    /// (stamped by the clock trigger, no origin: a local delete) says it was
+    /// deleted, and when. Each tombstone is sent once: its clock is recorded
+    /// in `syncbridge.capture_deletes` once Kafka confirmed it (so are those
+    /// of the deletes the walk sent), and records whose tombstone is gone or
+    /// newer are dropped. A row the other side never had makes a delete
+    /// that changes nothing there. Needs the clock trigger; returns how many
+    /// were sent, or None on shutdown.
+    async fn send_unseen_deletes(
+        &mut self,
+        table: &PolledTable,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<u64>> {
+        if !self.clocks || table.key.len() != 1 {
+            return Ok(Some(0));
+        }
+        let label = table.label();
+        let relation = pg::clock::relation(&table.name.schema, &table.name.table);
+        let page_size = self.config.polling.page_size.max(1) as i64;
+        self.writer
+            .execute(
+                "DELETE FROM syncbridge.capture_deletes s WHERE s.tbl = $1 AND NOT EXISTS ( \
+                   SELECT 1 FROM syncbridge.row_clock rc WHERE rc.relation = $2 AND rc.row_key = s.key \
+                     AND rc.deleted AND rc.seconds = s.seconds AND rc.tick = s.tick)",
+                &[&label, &relation],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("forget deletes whose tombstones are gone", e))?;
+        let mut total = 0u64;
+        loop {
+            let rows = self
+                .writer
+                .query(
+                    "SELECT rc.row_key, rc.seconds, rc.tick FROM syncbridge.row_clock rc \
+                     WHERE rc.relation = $2 AND rc.deleted AND rc.origin IS NULL \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.capture_deletes s \
+                                        WHERE s.tbl = $1 AND s.key = rc.row_key \
+                                          AND s.seconds = rc.seconds AND s.tick = rc.tick) \
+                       AND NOT EXISTS (SELECT 1 FROM syncbridge.capture_keys k \
+                                        WHERE k.tbl = $1 AND k.key = ARRAY[rc.row_key]::text[] COLLATE \"C\") \
+                     ORDER BY rc.row_key LIMIT $3",
+                    &[&label, &relation, &page_size],
+                )
+                .await
+                .map_err(|e| CaptureError::postgres("look for deletes of rows never sent", e))?;
+            if rows.is_empty() {
+                break;
+            }
+            let head = self.read_head().await?;
+            let page = Page {
+                commit_lsn: head.0,
+                read_at_micros: head.1,
+                rows: Vec::new(),
+            };
+            let deleted: Vec<(String, Clock)> = rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.get(0),
+                        Clock {
+                            seconds: row.get(1),
+                            tick: row.get(2),
+                        },
+                    )
+                })
+                .collect();
+            let mut events: Vec<ChangeEvent> = deleted
+                .iter()
+                .map(|(key, clock)| {
+                    let mut event = self.delete_event(table, &page, std::slice::from_ref(key));
+                    event.clock = Some(*clock);
+                    event
+                })
+                .collect();
+            number_runs(&mut events);
+            if !self.deliver(&events, shutdown).await? {
+                return Ok(None);
+            }
+            self.record_sent_deletes(table, &deleted).await?;
+            total += deleted.len() as u64;
+        }
+        if total > 0 {
+            info!(table = %table.name, deleted = total, "deletes of rows no pass had seen sent");
+        }
+        Ok(Some(total))
+    }
+
+    /// Records the tombstone clocks of deletes Kafka confirmed (see
+    /// [`Self::send_unseen_deletes`]).
+    async fn record_sent_deletes(
+        &self,
+        table: &PolledTable,
+        sent: &[(String, Clock)],
+    ) -> Result<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = sent.iter().map(|(k, _)| k.as_str()).collect();
+        let seconds: Vec<i64> = sent.iter().map(|(_, c)| c.seconds).collect();
+        let ticks: Vec<i64> = sent.iter().map(|(_, c)| c.tick).collect();
+        self.writer
+            .execute(
+                "INSERT INTO syncbridge.capture_deletes AS s (tbl, key, seconds, tick) \
+                 SELECT $1, u.k, u.s, u.t FROM unnest($2::text[], $3::int8[], $4::int8[]) AS u(k, s, t) \
+                 ON CONFLICT (tbl, key) DO UPDATE SET seconds = EXCLUDED.seconds, tick = EXCLUDED.tick",
+                &[&table.label(), &keys, &seconds, &ticks],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("record the deletes sent", e))?;
+        Ok(())
     }
 
     async fn merge_and_delete(
@@ -612,6 +733,14 @@ impl<'a> Poller<'a> {
                 if !self.deliver(&events, shutdown).await? {
                     return Ok(None);
                 }
+                let sent: Vec<(String, Clock)> = gone
+                    .iter()
+                    .filter_map(|key| {
+                        let key = key.first()?;
+                        Some((key.clone(), *clocks.get(key)?))
+                    })
+                    .collect();
+                self.record_sent_deletes(table, &sent).await?;
                 self.forget(table, &gone).await?;
                 total += gone.len() as u64;
                 gone.clear();
@@ -826,10 +955,25 @@ impl<'a> Poller<'a> {
                 "INSERT INTO syncbridge.capture_watermark (tbl) VALUES ({label}) ON CONFLICT DO NOTHING;"
             ),
         };
+        // A first poll finds deletes from now on (see `send_unseen_deletes`):
+        // the tombstones there already count as sent. A catch-up from
+        // `since` sends those it has not sent.
+        let deletes = if since.is_none() && self.clocks && table.key.len() == 1 {
+            format!(
+                "INSERT INTO syncbridge.capture_deletes AS s (tbl, key, seconds, tick)
+                   SELECT {label}, rc.row_key, rc.seconds, rc.tick FROM syncbridge.row_clock rc
+                   WHERE rc.relation = {relation} AND rc.deleted
+                   ON CONFLICT (tbl, key) DO UPDATE SET seconds = EXCLUDED.seconds, tick = EXCLUDED.tick;",
+                relation = quote_literal(&pg::clock::relation(&table.name.schema, &table.name.table)),
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ;
              INSERT INTO syncbridge.capture_keys (tbl, key, row_xmin)
                SELECT {label}, {key}, NULL FROM {table} t ON CONFLICT DO NOTHING;
+             {deletes}
              {watermark}
              COMMIT;",
             key = table.key_array("t"),
@@ -847,7 +991,8 @@ impl<'a> Poller<'a> {
     pub async fn retire(&self) -> Result<()> {
         self.writer
             .batch_execute(
-                "BEGIN; DELETE FROM syncbridge.capture_watermark; DELETE FROM syncbridge.capture_keys; COMMIT;",
+                "BEGIN; DELETE FROM syncbridge.capture_watermark; DELETE FROM syncbridge.capture_keys; \
+                 DELETE FROM syncbridge.capture_deletes; COMMIT;",
             )
             .await
             .map_err(|e| CaptureError::postgres("retire the polling watermarks", e))
