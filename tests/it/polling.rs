@@ -400,6 +400,83 @@ async fn a_row_apply_wrote_and_the_application_deleted_before_any_pass_saw_it_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_older_than_the_delete_of_its_counterpart_is_not_moved_onto_the_row_that_took_its_email(
+) -> anyhow::Result<()> {
+    // The platform deletes the counterparts of legacy users A and C and
+    // gives their emails to two new rows. Legacy edits A (stamped before the
+    // platform's delete) and C (stamped after it) in one round. C's edit,
+    // newer than the delete, fails on the email the new row holds, and the
+    // round is applied again linking it onto that row (the row is C's
+    // again). A's edit is older than the delete: the delete wins over it, so
+    // it must not be moved onto the new row either; once the platform's
+    // changes cross, legacy deletes A and takes the new row as it is.
+    let mut bridge = Bridge::prepare("poll_relink_tombstone").await?;
+    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&far);
+    let mut bridge = bridge.run().await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at) VALUES
+             (1, 'a@example.com', 'First Family', 'member', '2025-01-01', '2025-01-01'),
+             (2, 'c@example.com', 'First Family', 'member', '2025-01-01', '2025-01-01')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+
+    bridge.stop_capture(Side::Platform).await?;
+    bridge
+        .platform()
+        .execute(
+            "DELETE FROM identity.identities;
+             INSERT INTO identity.identities (id, email, given_name, family_name, kind, is_admin, created_at, updated_at) VALUES
+             (gen_random_uuid(), 'a@example.com', 'New', 'Row', 'member', false, '2025-01-01', '2025-01-01'),
+             (gen_random_uuid(), 'c@example.com', 'New', 'Row', 'member', false, '2025-01-01', '2025-01-01')",
+        )
+        .await?;
+    bridge
+        .legacy()
+        .execute(
+            "BEGIN;
+             UPDATE users SET full_name = 'Older Edit', updated_at = '2025-06-01' WHERE id = 1;
+             UPDATE users SET full_name = 'Newer Edit', updated_at = '2030-01-01' WHERE id = 2;
+             COMMIT;",
+        )
+        .await?;
+    eventually(
+        "legacy's newer edit to land on the new row",
+        WAIT,
+        || async {
+            let landed = count(
+                bridge.platform().client(),
+                "SELECT count(*) FROM identity.identities
+             WHERE email = 'c@example.com' AND given_name = 'Newer'",
+            )
+            .await?;
+            Ok((landed == 1).then_some(()))
+        },
+    )
+    .await?;
+
+    bridge.start_capture(Side::Platform)?;
+    eventually(
+        "legacy to hold the platform's new row for the email",
+        WAIT,
+        || async {
+            let held = count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM users WHERE email = 'a@example.com' AND full_name = 'New Row'",
+        )
+        .await?;
+            Ok((held == 1).then_some(()))
+        },
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
 ) -> anyhow::Result<()> {
     // Legacy users are deleted and recreated with the same emails. With

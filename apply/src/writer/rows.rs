@@ -282,12 +282,15 @@ impl Writer {
                 new_ids[i] = true;
             }
             if self.relinking && linking {
+                let clocks: Vec<Option<schemas::event::Clock>> =
+                    rows.iter().map(|row| row.clock).collect();
                 self.relink_displaced(
                     target,
                     source,
                     index,
                     entity,
                     &keys,
+                    &clocks,
                     &mut target_keys,
                     &columns,
                     &resolved,

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use schemas::event::Value;
+use schemas::event::{Clock, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tracing::debug;
@@ -261,7 +261,12 @@ impl Writer {
     /// A row whose key is held by the counterpart of another source row that
     /// still exists is not written (counted as `key_held`): the source's
     /// unique key says that row holds it there now, and the incoming row's
-    /// later events follow. Costs a natural-key probe per row, so it runs
+    /// later events follow. Neither is a row whose counterpart the target
+    /// deleted with a clock at least as late as the incoming version's
+    /// (`clocks`, by row): the delete wins over it, as it would had no
+    /// other row taken the key, and reaches the source in turn; moved onto
+    /// the key's holder, the version would live on there while the delete
+    /// found no pair to remove. Costs a natural-key probe per row, so it runs
     /// only when a source transaction failed on a unique key and is applied
     /// again (see [`Writer::relink_displaced_rows`]).
     #[allow(clippy::too_many_arguments)]
@@ -272,6 +277,7 @@ impl Writer {
         index: usize,
         entity: &Entity,
         keys: &[&Value],
+        clocks: &[Option<Clock>],
         target_keys: &mut [Option<Value>],
         columns: &[String],
         resolved: &[Option<Vec<Option<String>>>],
@@ -314,6 +320,19 @@ impl Writer {
             .rows_alive(target, self.to, entity, &counterparts)
             .await?;
         displaced.retain(|(_, counterpart, _, _)| !alive.contains(counterpart));
+        if !displaced.is_empty() {
+            let gone: Vec<&String> = displaced.iter().map(|(_, c, _, _)| c).collect();
+            let tombstones = self.tombstones(target, entity, &gone).await?;
+            displaced.retain(|(i, counterpart, _, _)| {
+                match (
+                    tombstones.get(counterpart),
+                    clocks.get(*i).copied().flatten(),
+                ) {
+                    (Some(deleted), Some(clock)) => (clock.seconds, clock.tick) > *deleted,
+                    _ => true,
+                }
+            });
+        }
         if displaced.is_empty() {
             // The counterpart is there: an update that takes a key another
             // row holds fails on it as the source's own statement would.
@@ -553,6 +572,30 @@ impl Writer {
             "a stale pair gave way to a natural-key link"
         );
         Ok(())
+    }
+
+    /// The clocks of the target's tombstones of `keys` (target keys, text),
+    /// by key.
+    async fn tombstones(
+        &self,
+        target: &Client,
+        entity: &Entity,
+        keys: &[&String],
+    ) -> Result<HashMap<String, (i64, i64)>> {
+        let table = entity.table(self.to);
+        let relation = pg::clock::relation(&table.schema, &table.table);
+        let rows = target
+            .query(
+                "SELECT row_key, seconds, tick FROM syncbridge.row_clock \
+                 WHERE relation = $1 AND row_key = ANY($2::text[]) AND deleted",
+                &[&relation, &keys],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(self.to.as_str(), "read tombstones", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .collect())
     }
 
     /// Target row `target_key`, taken over by a source row from the one it
