@@ -477,6 +477,58 @@ async fn an_edit_older_than_the_delete_of_its_counterpart_is_not_moved_onto_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_handed_from_one_user_to_another_within_a_polling_round_lands_on_both_sides(
+) -> anyhow::Result<()> {
+    // User 1 gives its email up and user 2 takes it, in one legacy
+    // transaction. A round reads both rows as they are, in the order of
+    // their updated_at, which puts the taker first: it fails on the email
+    // user 1's counterpart still holds, and again when the round is applied
+    // once more. The round is no source transaction: applied row by row,
+    // user 1 lands and user 2 waits until the email is free, rather than
+    // the whole round being dead-lettered.
+    let mut bridge = Bridge::prepare("poll_handed_email").await?;
+    bridge.legacy.use_polling(POLLING);
+    let bridge = bridge.run().await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO users (id, email, full_name, role, inserted_at, updated_at) VALUES
+             (1, 'held@example.com', 'Giver Family', 'member', '2029-01-01', '2029-01-01'),
+             (2, 'other@example.com', 'Taker Family', 'member', '2029-01-01', '2029-01-01')",
+        )
+        .await?;
+    bridge.converged(WAIT).await?;
+    bridge
+        .legacy()
+        .execute(
+            "BEGIN;
+             UPDATE users SET email = 'new@example.com', updated_at = '2030-01-01 00:00:01' WHERE id = 1;
+             UPDATE users SET email = 'held@example.com', updated_at = '2030-01-01 00:00:00' WHERE id = 2;
+             COMMIT;",
+        )
+        .await?;
+    eventually(
+        "the email to reach its new user on the platform",
+        WAIT,
+        || async {
+            let moved = count(
+                bridge.platform().client(),
+                "SELECT count(*) FROM identity.identities
+             WHERE (email = 'held@example.com' AND given_name = 'Taker')
+                OR (email = 'new@example.com' AND given_name = 'Giver')",
+            )
+            .await?;
+            Ok((moved == 2).then_some(()))
+        },
+    )
+    .await?;
+    bridge.converged(WAIT).await?;
+    let legacy = bridge.counters.of(apply::mapping::Side::Legacy).snapshot();
+    assert_eq!(legacy.dead_lettered, 0, "nothing was dead-lettered");
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
 ) -> anyhow::Result<()> {
     // Legacy users are deleted and recreated with the same emails. With

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use schemas::event::ChangeEvent;
+use schemas::event::{CaptureMode, ChangeEvent, Op};
 use tracing::{debug, info, warn};
 
 use super::Session;
@@ -94,6 +94,11 @@ impl Session<'_> {
         let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
+        if race && open.retried && open.kept_all && open.failed.is_none() {
+            if open.mode == CaptureMode::Polling {
+                return self.apply_row_by_row().await;
+            }
+        }
         if !race || open.retried || !open.kept_all || open.failed.is_some() {
             return self.fail(reason).await;
         }
@@ -127,6 +132,93 @@ impl Session<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A polling round failed on a natural key or a reference a second
+    /// time. A round is no source transaction: its rows are the state of
+    /// each row when it was read, in no order the source committed them (a
+    /// natural key handed from one row to another within a round can reach
+    /// the target taker first). So the round is applied again one row at a
+    /// time, each in a savepoint of its own; a row that fails on a unique
+    /// key or a reference waits in `syncbridge.waiting_rows`, to be read
+    /// again from the source once the target has what it needs (see
+    /// `Writer::retry_waiting`), instead of the whole round being
+    /// dead-lettered. A delete that fails so, or any other failure, still
+    /// dead-letters the round.
+    async fn apply_row_by_row(&mut self) -> Result<()> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let kept = open.kept.clone();
+        let first_offset = open.first_offset;
+        self.sql("ROLLBACK TO SAVEPOINT source_tx").await?;
+        self.lane.writer.forget_transaction();
+        let mut waiting = 0usize;
+        for (_, payload) in &kept {
+            let event = match self.shared.codec.decode(payload) {
+                Ok(event) => event,
+                Err(error) => return self.fail(&format!("undecodable message: {error}")).await,
+            };
+            self.sql("SAVEPOINT polled_row").await?;
+            let outcome = match self
+                .lane
+                .writer
+                .stage(&self.lane.target, &self.source, &event)
+                .await
+            {
+                Ok(_) => {
+                    self.lane
+                        .writer
+                        .flush(&self.lane.target, &self.source)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            let outcome = match outcome {
+                Ok(()) => {
+                    self.lane
+                        .writer
+                        .settle(&self.lane.target, &self.source)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.sql("RELEASE SAVEPOINT polled_row").await?;
+                    self.lane.writer.keep_transaction();
+                }
+                Err(error) if error.is_retryable() => return Err(error),
+                Err(error)
+                    if matches!(error.sqlstate(), Some("23503" | "23505"))
+                        && event.op != Op::Delete =>
+                {
+                    self.sql("ROLLBACK TO SAVEPOINT polled_row").await?;
+                    self.lane.writer.forget_transaction();
+                    self.lane
+                        .writer
+                        .wait_for_row(&self.lane.target, &self.source, &event)
+                        .await?;
+                    self.sql("RELEASE SAVEPOINT polled_row").await?;
+                    self.lane.writer.keep_transaction();
+                    waiting += 1;
+                }
+                Err(error) => {
+                    self.sql("ROLLBACK TO SAVEPOINT polled_row").await?;
+                    self.lane.writer.forget_transaction();
+                    let reason = rejection(&event, &error);
+                    return self.fail(&reason).await;
+                }
+            }
+        }
+        info!(
+            topic = %self.topic,
+            first_offset,
+            rows = kept.len(),
+            waiting,
+            "a polling round failed on a natural key or a reference; applied one row at a time, rows that failed wait"
+        );
         Ok(())
     }
 

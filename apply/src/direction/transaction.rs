@@ -254,7 +254,10 @@ impl Session<'_> {
                             if error.is_retryable() {
                                 return Err(error);
                             }
-                            self.fail(&runtime::error_chain(&error)).await?;
+                            // Dead-lettered, or a polling round applied
+                            // again row by row.
+                            let reason = runtime::error_chain(&error);
+                            self.recover(&error, &reason).await?;
                         }
                     }
                 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use schemas::event::Value;
+use schemas::event::{ChangeEvent, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tracing::{debug, warn};
@@ -69,6 +69,36 @@ impl Writer {
             )
             .await
         })
+    }
+
+    /// Records the row `event` changes as waiting, in the open target
+    /// transaction: it is read again from the source in a later round. An
+    /// event of a table the mapping leaves out records nothing.
+    pub async fn wait_for_row(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        event: &ChangeEvent,
+    ) -> Result<()> {
+        let mapping = std::sync::Arc::clone(&self.mapping);
+        let Some(entity) = mapping.entities().iter().find(|e| {
+            let table = e.table(self.from);
+            table.schema == event.schema && table.table == event.table
+        }) else {
+            return Ok(());
+        };
+        let key_column = entity.key_column(self.from);
+        let Some(key) = event
+            .key
+            .iter()
+            .find(|c| c.name == key_column)
+            .map(|c| c.value.clone())
+        else {
+            return Ok(());
+        };
+        self.record_waiting(target, source, entity.name(), &[key])
+            .await?;
+        self.settle(target, source).await
     }
 
     /// Whether rows may be waiting in the target (true until a round found
