@@ -94,10 +94,13 @@ impl Session<'_> {
         let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
-        if race && open.retried && open.kept_all && open.failed.is_none() {
-            if open.mode == CaptureMode::Polling {
-                return self.apply_row_by_row().await;
-            }
+        if race
+            && open.retried
+            && open.kept_all
+            && open.failed.is_none()
+            && open.mode == CaptureMode::Polling
+        {
+            return self.apply_row_by_row().await;
         }
         if !race || open.retried || !open.kept_all || open.failed.is_some() {
             return self.fail(reason).await;
