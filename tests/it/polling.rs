@@ -529,6 +529,85 @@ async fn an_email_handed_from_one_user_to_another_within_a_polling_round_lands_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_an_applied_delete_cascaded_to_before_any_pass_saw_it_still_crosses(
+) -> anyhow::Result<()> {
+    // Legacy polls rarely. A legacy application adds a geofence to a team
+    // that came from the platform; the platform deletes the group and adds
+    // another in one transaction. Apply's delete of the team sets the
+    // geofence's team to NULL in legacy (ON DELETE SET NULL), giving the row
+    // the xmin apply's ledger records for the new team. The application's
+    // insert was never polled: the row is not apply's version, and must
+    // cross.
+    let mut bridge = Bridge::prepare("poll_cascaded_insert").await?;
+    let rare = POLLING
+        .replace("interval = \"1s\"", "interval = \"1h\"")
+        .replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    bridge.legacy.use_polling(&rare);
+    let mut bridge = bridge.run().await?;
+    bridge
+        .platform()
+        .execute(
+            "INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Doomed', now(), now())",
+        )
+        .await?;
+    eventually("the group to reach legacy", WAIT, || async {
+        let there = count(
+            bridge.legacy().client(),
+            "SELECT count(*) FROM teams WHERE name = 'Doomed'",
+        )
+        .await?;
+        Ok((there == 1).then_some(()))
+    })
+    .await?;
+    bridge
+        .legacy()
+        .execute(
+            "INSERT INTO geofences (team_id, name, latitude, longitude, radius_m, inserted_at, updated_at)
+             SELECT id, 'Passing', 1.5, 2.5, 100, now(), now() FROM teams WHERE name = 'Doomed'",
+        )
+        .await?;
+    bridge
+        .platform()
+        .execute(
+            "BEGIN;
+             DELETE FROM org.groups WHERE name = 'Doomed';
+             INSERT INTO org.groups (id, name, created_at, updated_at)
+             VALUES (gen_random_uuid(), 'Witness', now(), now());
+             COMMIT;",
+        )
+        .await?;
+    eventually(
+        "the platform's transaction to land in legacy",
+        WAIT,
+        || async {
+            let landed = count(
+                bridge.legacy().client(),
+                "SELECT count(*) FROM teams WHERE name = 'Witness'
+             AND NOT EXISTS (SELECT 1 FROM teams WHERE name = 'Doomed')",
+            )
+            .await?;
+            Ok((landed == 1).then_some(()))
+        },
+    )
+    .await?;
+
+    bridge.legacy.use_polling(POLLING);
+    bridge.restart_capture(Side::Legacy).await?;
+    eventually("the geofence to reach the platform", WAIT, || async {
+        let there = count(
+            bridge.platform().client(),
+            "SELECT count(*) FROM geo.zones WHERE name = 'Passing' AND group_id IS NULL",
+        )
+        .await?;
+        Ok((there == 1).then_some(()))
+    })
+    .await?;
+    bridge.converged(WAIT).await?;
+    bridge.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves_the_successor_alone(
 ) -> anyhow::Result<()> {
     // Legacy users are deleted and recreated with the same emails. With

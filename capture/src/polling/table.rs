@@ -97,10 +97,21 @@ impl PolledTable {
         clocks: bool,
         behind_overlap: Option<f64>,
     ) -> String {
-        let echo = if echo_ledger {
-            "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l WHERE l.written_xmin = t.xmin::text)"
-        } else {
-            "false"
+        let clocked = clocks && self.key.len() == 1;
+        // A version apply wrote carries its `xmin` in apply's ledger. Where
+        // the row has a clock, the clock must say so too: a version the
+        // local writers stamped (no origin) that one of apply's statements
+        // touched in passing (an `ON DELETE SET NULL` its delete of a parent
+        // cascaded to) carries apply's `xmin`, but no pass sent it yet.
+        let echo = match (echo_ledger, clocked) {
+            (true, true) => {
+                "(EXISTS (SELECT 1 FROM syncbridge.apply_ledger l WHERE l.written_xmin = t.xmin::text) \
+                  AND (rc.seconds IS NULL OR rc.origin IS NOT NULL))"
+            }
+            (true, false) => {
+                "EXISTS (SELECT 1 FROM syncbridge.apply_ledger l WHERE l.written_xmin = t.xmin::text)"
+            }
+            (false, _) => "false",
         };
         let columns: Vec<String> = (0..self.columns.len())
             .map(|i| format!("t.{}::text", self.column_ident(i)))
