@@ -201,7 +201,8 @@ impl Writer {
                         // and the match goes to this row.
                         self.unpair(target, source, index, entity, &found, &other)
                             .await?;
-                        self.supersede(target, entity, &found).await?;
+                        self.supersede(target, source, entity, &found, keys[i])
+                            .await?;
                         matches.push((i, found));
                     }
                 }
@@ -376,7 +377,8 @@ impl Writer {
                 Some(other) => {
                     self.unpair(target, source, index, entity, &found, &other)
                         .await?;
-                    self.supersede(target, entity, &found).await?;
+                    self.supersede(target, source, entity, &found, keys[i])
+                        .await?;
                     true
                 }
                 None => true,
@@ -598,29 +600,74 @@ impl Writer {
             .collect())
     }
 
-    /// Target row `target_key`, taken over by a source row from the one it
-    /// was paired with (gone from the source), gives up the clock of that
-    /// row's version, when it holds one: the source's unique natural key
-    /// ordered every version of the gone row that carried the key before
-    /// every version of the row that took it, so the incoming version
-    /// replaces it whatever the two rows' clocks say (the ticks of two rows
-    /// do not order them). The clock entry becomes the lowest there is, in
-    /// the open transaction; a version the target's own writers made since
-    /// (its clock has no origin) is left to the clocks.
-    async fn supersede(&self, target: &Client, entity: &Entity, target_key: &str) -> Result<()> {
+    /// Target row `target_key`, taken over by source row `taker` from the
+    /// one it was paired with (gone from the source), holds a version of
+    /// that row, when its clock came from the source. The source's unique
+    /// natural key ordered every version of the gone row that carried the
+    /// key before every version of the taker, whatever the two rows' clocks
+    /// say (the ticks of two rows do not order them). So:
+    /// - the target row's clock becomes the lowest there is, in the open
+    ///   transaction, and the incoming version replaces it;
+    /// - the taker's clock in the source moves past the gone row's, when it
+    ///   is not already: a change of the target row made before the
+    ///   takeover (the gone row's time), still on its way to the source,
+    ///   must lose there to the taker, as it lost here to the gone row;
+    /// - the taker waits (see `waiting`), so that its version with that
+    ///   clock is read again and written here too.
+    ///
+    /// A version the target's own writers made since (its clock has no
+    /// origin) is left to the clocks.
+    async fn supersede(
+        &mut self,
+        target: &Client,
+        source: &Client,
+        entity: &Entity,
+        target_key: &str,
+        taker: &Value,
+    ) -> Result<()> {
         let table = entity.table(self.to);
         let relation = pg::clock::relation(&table.schema, &table.table);
-        target
-            .execute(
-                "UPDATE syncbridge.row_clock SET seconds = $4, tick = $4 \
-                 WHERE relation = $1 AND row_key = $2 AND origin = $3 AND NOT deleted",
+        let superseded = target
+            .query(
+                "UPDATE syncbridge.row_clock rc SET seconds = $4, tick = $4 \
+                 FROM (SELECT c.seconds, c.tick FROM syncbridge.row_clock c \
+                       WHERE c.relation = $1 AND c.row_key = $2 AND c.origin = $3 AND NOT c.deleted) AS gone \
+                 WHERE rc.relation = $1 AND rc.row_key = $2 \
+                 RETURNING gone.seconds, gone.tick",
                 &[&relation, &target_key, &self.from.as_str(), &i64::MIN],
             )
             .await
             .map_err(|e| {
                 ApplyError::postgres(self.to.as_str(), "supersede a taken-over row's clock", e)
             })?;
-        Ok(())
+        let Some(gone) = superseded.first() else {
+            return Ok(());
+        };
+        let (seconds, tick): (i64, i64) = (gone.get(0), gone.get(1));
+        let own = entity.table(self.from);
+        let taker_key = pg::value::to_text(taker).unwrap_or_default();
+        source
+            .execute(
+                "UPDATE syncbridge.row_clock SET seconds = $3, tick = $4 + 1 \
+                 WHERE relation = $1 AND row_key = $2 AND NOT deleted \
+                   AND ROW(seconds, tick) <= ROW($3::int8, $4::int8)",
+                &[
+                    &pg::clock::relation(&own.schema, &own.table),
+                    &taker_key,
+                    &seconds,
+                    &tick,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                ApplyError::postgres(
+                    self.from.as_str(),
+                    "move a taker's clock past its predecessor",
+                    e,
+                )
+            })?;
+        self.record_waiting(target, source, entity.name(), std::slice::from_ref(taker))
+            .await
     }
 
     /// Of the target keys `keys` (text), those the source's `id_map` pairs
