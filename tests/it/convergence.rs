@@ -84,7 +84,7 @@ async fn unrestricted_writers_on_both_sides_converge_seed_3() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges (issue 26): with both sides polling, every run ends with a few rows different; run with --run-ignored"]
+#[ignore = "diverges now and then (issue 26): converged in 6 of 7 runs after the polling fixes; the other ended with one user created on both sides with the same email in the same second, each side keeping its own version; run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_when_both_sides_poll() -> anyhow::Result<()> {
     unrestricted_writers_converge_reading(
         "unrestricted_writers_on_both_sides_converge_when_both_sides_poll",
@@ -96,7 +96,7 @@ async fn unrestricted_writers_on_both_sides_converge_when_both_sides_poll() -> a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges (issue 26): a polled round that fails on an email another user still holds is dead-lettered whole, and users end different; run with --run-ignored"]
+#[ignore = "under confirmation (issue 26): converged in 4 of 4 runs after the polling fixes (a row or two different in most runs before); takes 150-340 s, mostly catching up, too long for scripts/test on CI; run with --run-ignored"]
 async fn unrestricted_writers_on_both_sides_converge_when_legacy_polls_and_the_platform_streams(
 ) -> anyhow::Result<()> {
     unrestricted_writers_converge_reading(
