@@ -629,18 +629,7 @@ impl<'a> Poller<'a> {
                 read_at_micros: head.1,
                 rows: Vec::new(),
             };
-            let deleted: Vec<(String, Clock)> = rows
-                .iter()
-                .map(|row| {
-                    (
-                        row.get(0),
-                        Clock {
-                            seconds: row.get(1),
-                            tick: row.get(2),
-                        },
-                    )
-                })
-                .collect();
+            let deleted: Vec<(String, Clock)> = rows.iter().map(tombstone).collect();
             let mut events: Vec<ChangeEvent> = deleted
                 .iter()
                 .map(|(key, clock)| {
@@ -777,18 +766,7 @@ impl<'a> Poller<'a> {
             )
             .await
             .map_err(|e| CaptureError::postgres("read the clocks of deletes", e))?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                (
-                    row.get(0),
-                    Clock {
-                        seconds: row.get(1),
-                        tick: row.get(2),
-                    },
-                )
-            })
-            .collect())
+        Ok(rows.iter().map(tombstone).collect())
     }
 
     async fn fetch_keys(&self, fetch: &str) -> Result<Vec<Vec<String>>> {
@@ -997,6 +975,17 @@ impl<'a> Poller<'a> {
             .await
             .map_err(|e| CaptureError::postgres("retire the polling watermarks", e))
     }
+}
+
+/// A tombstone read as `row_key, seconds, tick`: the key and its clock.
+fn tombstone(row: &tokio_postgres::Row) -> (String, Clock) {
+    (
+        row.get(0),
+        Clock {
+            seconds: row.get(1),
+            tick: row.get(2),
+        },
+    )
 }
 
 fn typed_column(table: &PolledTable, column: &PolledColumn, text: Option<&str>) -> Column {
