@@ -16,6 +16,32 @@ const WAIT: Duration = Duration::from_secs(120);
 const POLLING: &str =
     "interval = \"1s\"\noverlap = \"60s\"\npage_size = 100\nreconcile_interval = \"2s\"\n";
 
+/// Waits until the count `sql` reads on `client` is `expected`.
+async fn until_count(
+    what: &str,
+    client: &tokio_postgres::Client,
+    sql: &str,
+    expected: i64,
+) -> anyhow::Result<()> {
+    eventually(what, WAIT, || async {
+        let found = count(client, sql).await?;
+        Ok((found == expected).then_some(()))
+    })
+    .await
+}
+
+/// [`POLLING`] with reconciliation an hour away: deletes are not found
+/// while a test runs.
+fn far_reconciliation() -> String {
+    POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"")
+}
+
+/// [`far_reconciliation`] with rounds an hour apart too: after its first
+/// round, capture reads nothing until it is restarted.
+fn rare_polling() -> String {
+    far_reconciliation().replace("interval = \"1s\"", "interval = \"1h\"")
+}
+
 /// A bridge whose two captures poll.
 async fn polling_bridge(hint: &str) -> anyhow::Result<Bridge> {
     let mut bridge = Bridge::prepare(hint).await?;
@@ -255,7 +281,7 @@ async fn a_row_deleted_and_recreated_with_its_email_between_polls_takes_over_its
     // same email links to it (the stale pair gives way) instead of colliding
     // with it on the email (a unique violation dead-lettered the page).
     let mut bridge = Bridge::prepare("poll_recreated").await?;
-    let polling = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let polling = far_reconciliation();
     bridge.legacy.use_polling(&polling);
     bridge.platform.use_polling(&polling);
     let bridge = bridge.run().await?;
@@ -310,7 +336,7 @@ async fn a_row_given_the_email_of_a_row_edited_in_the_same_second_takes_over_its
     // ticks of two rows do not order them; legacy's unique email does (user
     // 1 let go of the email before user 2 took it), so user 2's values land.
     let mut bridge = Bridge::prepare("poll_takeover_tick").await?;
-    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let far = far_reconciliation();
     bridge.legacy.use_polling(&far);
     let bridge = bridge.run().await?;
     let second = "'2030-01-01 00:00:00'";
@@ -333,18 +359,12 @@ async fn a_row_given_the_email_of_a_row_edited_in_the_same_second_takes_over_its
              VALUES (2, 'handed@example.com', 'Second Family', 'member', {second}, {second});"
         ))
         .await?;
-    eventually(
+    until_count(
         "the platform row to carry the new user's values",
-        WAIT,
-        || async {
-            let carried = count(
-                bridge.platform().client(),
-                "SELECT count(*) FROM identity.identities
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities
                  WHERE email = 'handed@example.com' AND given_name = 'Second'",
-            )
-            .await?;
-            Ok((carried == 1).then_some(()))
-        },
+        1,
     )
     .await?;
     bridge.converged(WAIT).await?;
@@ -358,9 +378,7 @@ async fn a_row_apply_wrote_and_the_application_deleted_before_any_pass_saw_it_is
     // deleted by a legacy application before any round or reconciliation
     // took in its key. Only its tombstone says it was there.
     let mut bridge = Bridge::prepare("poll_unseen_delete").await?;
-    let rare = POLLING
-        .replace("interval = \"1s\"", "interval = \"1h\"")
-        .replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let rare = rare_polling();
     bridge.legacy.use_polling(&rare);
     let mut bridge = bridge.run().await?;
     bridge
@@ -370,14 +388,12 @@ async fn a_row_apply_wrote_and_the_application_deleted_before_any_pass_saw_it_is
              VALUES (gen_random_uuid(), 'Fleeting', now(), now())",
         )
         .await?;
-    eventually("the group to reach legacy", WAIT, || async {
-        let there = count(
-            bridge.legacy().client(),
-            "SELECT count(*) FROM teams WHERE name = 'Fleeting'",
-        )
-        .await?;
-        Ok((there == 1).then_some(()))
-    })
+    until_count(
+        "the group to reach legacy",
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE name = 'Fleeting'",
+        1,
+    )
     .await?;
     bridge
         .legacy()
@@ -386,14 +402,12 @@ async fn a_row_apply_wrote_and_the_application_deleted_before_any_pass_saw_it_is
 
     bridge.legacy.use_polling(POLLING);
     bridge.restart_capture(Side::Legacy).await?;
-    eventually("the group to be deleted on the platform", WAIT, || async {
-        let left = count(
-            bridge.platform().client(),
-            "SELECT count(*) FROM org.groups WHERE name = 'Fleeting'",
-        )
-        .await?;
-        Ok((left == 0).then_some(()))
-    })
+    until_count(
+        "the group to be deleted on the platform",
+        bridge.platform().client(),
+        "SELECT count(*) FROM org.groups WHERE name = 'Fleeting'",
+        0,
+    )
     .await?;
     bridge.converged(WAIT).await?;
     bridge.stop().await
@@ -411,7 +425,7 @@ async fn an_edit_older_than_the_delete_of_its_counterpart_is_not_moved_onto_the_
     // it must not be moved onto the new row either; once the platform's
     // changes cross, legacy deletes A and takes the new row as it is.
     let mut bridge = Bridge::prepare("poll_relink_tombstone").await?;
-    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let far = far_reconciliation();
     bridge.legacy.use_polling(&far);
     let mut bridge = bridge.run().await?;
     bridge
@@ -443,18 +457,12 @@ async fn an_edit_older_than_the_delete_of_its_counterpart_is_not_moved_onto_the_
              COMMIT;",
         )
         .await?;
-    eventually(
+    until_count(
         "legacy's newer edit to land on the new row",
-        WAIT,
-        || async {
-            let landed = count(
-                bridge.platform().client(),
-                "SELECT count(*) FROM identity.identities
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities
              WHERE email = 'c@example.com' AND given_name = 'Newer'",
-            )
-            .await?;
-            Ok((landed == 1).then_some(()))
-        },
+        1,
     )
     .await?;
 
@@ -507,19 +515,13 @@ async fn an_email_handed_from_one_user_to_another_within_a_polling_round_lands_o
              COMMIT;",
         )
         .await?;
-    eventually(
+    until_count(
         "the email to reach its new user on the platform",
-        WAIT,
-        || async {
-            let moved = count(
-                bridge.platform().client(),
-                "SELECT count(*) FROM identity.identities
+        bridge.platform().client(),
+        "SELECT count(*) FROM identity.identities
              WHERE (email = 'held@example.com' AND given_name = 'Taker')
                 OR (email = 'new@example.com' AND given_name = 'Giver')",
-            )
-            .await?;
-            Ok((moved == 2).then_some(()))
-        },
+        2,
     )
     .await?;
     bridge.converged(WAIT).await?;
@@ -539,9 +541,7 @@ async fn a_row_an_applied_delete_cascaded_to_before_any_pass_saw_it_still_crosse
     // insert was never polled: the row is not apply's version, and must
     // cross.
     let mut bridge = Bridge::prepare("poll_cascaded_insert").await?;
-    let rare = POLLING
-        .replace("interval = \"1s\"", "interval = \"1h\"")
-        .replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let rare = rare_polling();
     bridge.legacy.use_polling(&rare);
     let mut bridge = bridge.run().await?;
     bridge
@@ -551,14 +551,12 @@ async fn a_row_an_applied_delete_cascaded_to_before_any_pass_saw_it_still_crosse
              VALUES (gen_random_uuid(), 'Doomed', now(), now())",
         )
         .await?;
-    eventually("the group to reach legacy", WAIT, || async {
-        let there = count(
-            bridge.legacy().client(),
-            "SELECT count(*) FROM teams WHERE name = 'Doomed'",
-        )
-        .await?;
-        Ok((there == 1).then_some(()))
-    })
+    until_count(
+        "the group to reach legacy",
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE name = 'Doomed'",
+        1,
+    )
     .await?;
     bridge
         .legacy()
@@ -577,31 +575,23 @@ async fn a_row_an_applied_delete_cascaded_to_before_any_pass_saw_it_still_crosse
              COMMIT;",
         )
         .await?;
-    eventually(
+    until_count(
         "the platform's transaction to land in legacy",
-        WAIT,
-        || async {
-            let landed = count(
-                bridge.legacy().client(),
-                "SELECT count(*) FROM teams WHERE name = 'Witness'
+        bridge.legacy().client(),
+        "SELECT count(*) FROM teams WHERE name = 'Witness'
              AND NOT EXISTS (SELECT 1 FROM teams WHERE name = 'Doomed')",
-            )
-            .await?;
-            Ok((landed == 1).then_some(()))
-        },
+        1,
     )
     .await?;
 
     bridge.legacy.use_polling(POLLING);
     bridge.restart_capture(Side::Legacy).await?;
-    eventually("the geofence to reach the platform", WAIT, || async {
-        let there = count(
-            bridge.platform().client(),
-            "SELECT count(*) FROM geo.zones WHERE name = 'Passing' AND group_id IS NULL",
-        )
-        .await?;
-        Ok((there == 1).then_some(()))
-    })
+    until_count(
+        "the geofence to reach the platform",
+        bridge.platform().client(),
+        "SELECT count(*) FROM geo.zones WHERE name = 'Passing' AND group_id IS NULL",
+        1,
+    )
     .await?;
     bridge.converged(WAIT).await?;
     bridge.stop().await
@@ -618,7 +608,7 @@ async fn a_late_delete_of_a_row_whose_counterpart_passed_to_its_successor_leaves
     // alone, not collide with its pair (a unique violation dead-lettered the
     // whole page of deletes, and the platform kept rows legacy no longer had).
     let mut bridge = Bridge::prepare("poll_late_delete").await?;
-    let far = POLLING.replace("reconcile_interval = \"2s\"", "reconcile_interval = \"1h\"");
+    let far = far_reconciliation();
     bridge.legacy.use_polling(&far);
     bridge.platform.use_polling(POLLING);
     let mut bridge = bridge.run().await?;
