@@ -59,6 +59,9 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
     // This instance's lock sessions of the lease it last lost: their
     // server ends may live on, holding the locks.
     let mut forsaken = Vec::new();
+    // The directions' server sessions, across leases: a session of a run
+    // under the lease before can outlive it at the server.
+    let sessions = Arc::new(direction::sessions::OpenSessions::default());
     loop {
         let Some(lease) = lease::acquire(&config, &shutdown, &forsaken).await? else {
             return Ok(());
@@ -72,8 +75,14 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
                 directions.cancel();
             })
         };
-        let outcome =
-            run_directions(config.clone(), counters.clone(), lease.fence(), directions).await;
+        let outcome = run_directions(
+            config.clone(),
+            counters.clone(),
+            lease.fence(),
+            Arc::clone(&sessions),
+            directions,
+        )
+        .await;
         stop_on_loss.abort();
         if outcome.is_ok() && lease.lost().is_cancelled() && !shutdown.is_cancelled() {
             // Stopped because the lock went away, or another instance took
@@ -92,6 +101,7 @@ async fn run_directions(
     config: Config,
     counters: Counters,
     fence: lease::Fence,
+    sessions: Arc<direction::sessions::OpenSessions>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);
@@ -115,6 +125,7 @@ async fn run_directions(
     ));
     let mut shared = direction::Shared::new(config, mapping, codec, dead_letters);
     shared.fence = Some(fence);
+    shared.sessions = sessions;
     let shared = Arc::new(shared);
     let mut tasks = Vec::new();
     for from in [Side::Legacy, Side::Platform] {

@@ -48,6 +48,10 @@ const TIME_MARGIN: i64 = 10_000;
 /// How long one probe waits for its message.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often [`watermarks`] asks for the watermarks again while it reads
+/// towards the end of a topic that does not come to its end.
+const WATERMARK_AGAIN: Duration = Duration::from_millis(500);
+
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -296,12 +300,17 @@ fn client(config: &Config) -> ClientConfig {
 }
 
 /// The first offset and the end (the offset after the last message) of
-/// partition 0.
+/// partition 0, as of the call: every offset before the end exists, and the
+/// end is at or past the last message written before the call.
 ///
 /// The end comes from a fetch, not from the watermark query alone: Tansu
 /// answers that query with the last record batch's base offset + 1, so the
 /// rest of that batch would be missed. Reading from there until the fetch
-/// reports the end of the partition gives the true end.
+/// reports the end of the partition gives the true end on a quiet topic. On
+/// a topic written to all the time, the fetch never reports the end (each
+/// answer brings new messages); there a watermark that moved on marks where
+/// a later batch begins, and so where the batches written before the call
+/// end: that offset is the answer.
 pub(crate) async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64)> {
     let mut client = client(config);
     client.set("enable.partition.eof", "true");
@@ -325,12 +334,24 @@ pub(crate) async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64
             .map_err(|e| ApplyError::kafka("assign", e))?;
         let mut end = high;
         let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+        let mut next_watermark = std::time::Instant::now() + WATERMARK_AGAIN;
         while std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => end = end.max(message.offset() + 1),
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok((low, end)),
                 Some(Err(error)) => return Err(ApplyError::kafka("find the topic's end", error)),
                 None => {}
+            }
+            if std::time::Instant::now() >= next_watermark {
+                next_watermark = std::time::Instant::now() + WATERMARK_AGAIN;
+                let (_, now) = consumer
+                    .fetch_watermarks(&topic, 0, Duration::from_secs(20))
+                    .map_err(|e| ApplyError::kafka("read the topic's watermarks", e))?;
+                if now > high {
+                    // A batch that began at `now - 1` was written after the
+                    // first query: the ones before it end there.
+                    return Ok((low, end.max(now - 1)));
+                }
             }
         }
         Err(ApplyError::kafka(

@@ -28,6 +28,12 @@ pub struct Bridge {
     apply: Option<RunningApply>,
     /// Extra `key = value` lines of apply's `[apply]` section.
     pub apply_options: String,
+    /// The legacy and the platform URL apply connects with, when not the
+    /// databases' own (through a proxy).
+    pub apply_urls: [Option<String>; 2],
+    /// Extra `key = value` lines of apply's `[legacy]` and `[platform]`
+    /// sections.
+    pub apply_link_options: [String; 2],
 }
 
 /// Apply running as a task of the test's runtime.
@@ -90,6 +96,8 @@ impl Bridge {
             captures: [None, None],
             apply: None,
             apply_options: String::new(),
+            apply_urls: [None, None],
+            apply_link_options: [String::new(), String::new()],
         })
     }
 
@@ -165,13 +173,17 @@ impl Bridge {
     /// The apply configuration as TOML.
     pub fn apply_toml(&self) -> String {
         format!(
-            "[legacy]\nurl = {:?}\ntopic = {:?}\n\n[platform]\nurl = {:?}\ntopic = {:?}\n\n\
+            "[legacy]\nurl = {:?}\ntopic = {:?}\n{}\n[platform]\nurl = {:?}\ntopic = {:?}\n{}\n\
              [kafka]\nbrokers = {:?}\ngroup_id = {:?}\ndead_letter_topic = {:?}\n\n\
              [apply]\nmapping_dir = {:?}\nmax_backoff = \"2s\"\n{}\n[telemetry]\n{}",
-            self.legacy.db.url,
+            self.apply_urls[0].as_deref().unwrap_or(&self.legacy.db.url),
             self.legacy.topic,
-            self.platform.db.url,
+            self.apply_link_options[0],
+            self.apply_urls[1]
+                .as_deref()
+                .unwrap_or(&self.platform.db.url),
             self.platform.topic,
+            self.apply_link_options[1],
             Stack::get().brokers,
             format!("apply_{}", self.legacy.db.name),
             self.dead_letter_topic,

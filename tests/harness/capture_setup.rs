@@ -30,8 +30,13 @@ pub struct CaptureSetup {
     /// The `[polling]` section when capture runs in polling mode.
     pub polling: Option<String>,
     /// The source URL capture connects with, when not the database's own
-    /// (another role).
+    /// (another role, or through a proxy).
     pub source_url: Option<String>,
+    /// Extra TOML appended to the `[source]` section.
+    pub source_options: String,
+    /// How often capture reports its acknowledged position to the server
+    /// (`capture.status_interval`).
+    pub status_interval: String,
 }
 
 impl CaptureSetup {
@@ -52,6 +57,8 @@ impl CaptureSetup {
             telemetry_options: String::from(TELEMETRY_OFF),
             polling: None,
             source_url: None,
+            source_options: String::new(),
+            status_interval: String::from("200ms"),
         }
     }
 
@@ -73,15 +80,17 @@ impl CaptureSetup {
             None => String::new(),
         };
         format!(
-            "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n\n\
-             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = \"200ms\"\nmax_backoff = \"2s\"\n{}{polling}\n[telemetry]\n{}",
+            "[source]\nname = {:?}\nurl = {:?}\ntables = [{}]\nslot = {:?}\npublication = {:?}\n{}\n\
+             [kafka]\nbrokers = {:?}\ntopic = {:?}\n\n[capture]\nstatus_interval = {:?}\nmax_backoff = \"2s\"\n{}{polling}\n[telemetry]\n{}",
             self.source,
             self.source_url.as_deref().unwrap_or(&self.db.url),
             tables.join(", "),
             self.slot,
             self.publication,
+            self.source_options,
             Stack::get().brokers,
             self.topic,
+            self.status_interval,
             self.capture_options,
             self.telemetry_options,
         )

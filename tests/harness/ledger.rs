@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::bridge::Bridge;
 use crate::databases::{connect, TestDb};
+use crate::stack::Side;
 
 /// What a change did to its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,4 +233,312 @@ impl NamedUsers {
             .cloned()
             .collect())
     }
+}
+
+/// Which side's writer made a change: the first letter of its id (`l` for
+/// legacy, `p` for the platform), so each side's audit tells its own
+/// changes from those apply wrote there.
+fn prefix(side: Side) -> &'static str {
+    match side {
+        Side::Legacy => "l",
+        Side::Platform => "p",
+    }
+}
+
+/// Creates on each side the audit of its users' table: one entry per row
+/// version written or deleted there, by anyone, with the change id it
+/// carries (legacy `users.full_name` is `Change <id>`; the platform keeps it
+/// as `family_name`). Written in the writing transaction, each side's audit
+/// is also the record of what its own writers committed.
+pub async fn install_audits(legacy: &TestDb, platform: &TestDb) -> Result<()> {
+    install_audit(platform).await?;
+    legacy
+        .execute(
+            "CREATE TABLE public.change_audit (change text NOT NULL, op text NOT NULL);
+             CREATE FUNCTION public.audit_user() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF TG_OP = 'DELETE' THEN
+                 INSERT INTO public.change_audit VALUES (split_part(OLD.full_name, ' ', 2), 'D');
+                 RETURN OLD;
+               END IF;
+               INSERT INTO public.change_audit VALUES (split_part(NEW.full_name, ' ', 2), 'W');
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON public.users
+               FOR EACH ROW EXECUTE FUNCTION public.audit_user();",
+        )
+        .await
+}
+
+/// What one side's writer committed, and the transactions whose commit it
+/// sent but never heard back about (the link or the server died): those
+/// may or may not have committed, and the side's own audit tells.
+#[derive(Debug, Default)]
+pub struct SideLedger {
+    pub side: Option<Side>,
+    pub committed: ChangeLedger,
+    pub uncertain: usize,
+    pub transactions: usize,
+}
+
+/// Writes one side's users (inserts, and updates and deletes of rows this
+/// side's writers made) in transactions of one to three statements, one
+/// transaction every `pace`, until `stop`; a failed transaction is given
+/// up and the writer connects again. Each change carries an id of its own.
+/// Rows the other side made are left alone: a change that loses a conflict
+/// is rightly never applied, and the ledger proves delivery, not the
+/// conflict rule (the randomized convergence tests do that).
+pub async fn write_side_until(
+    side: Side,
+    url: String,
+    seed: u64,
+    pace: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<SideLedger> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ledger = SideLedger {
+        side: Some(side),
+        ..SideLedger::default()
+    };
+    let mut client = None;
+    let mut n = 0u64;
+    let mut ticks = tokio::time::interval(pace);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.is_cancelled() {
+        ticks.tick().await;
+        let mut connected = match client.take() {
+            Some(connected) => connected,
+            None => match connect(&url).await {
+                Ok(connected) => connected,
+                Err(_) => continue,
+            },
+        };
+        let statements: Vec<(String, u32)> = (0..rng.gen_range(1..=3))
+            .map(|_| {
+                n += 1;
+                (format!("{}{seed}x{n}", prefix(side)), rng.gen_range(0..100))
+            })
+            .collect();
+        match write_one(&mut connected, side, &statements).await {
+            Ok(changes) => {
+                ledger.committed.changes.extend(changes);
+                ledger.transactions += 1;
+                client = Some(connected);
+            }
+            Err(WriteFailure::BeforeCommit) => {}
+            Err(WriteFailure::AtCommit) => ledger.uncertain += 1,
+        }
+    }
+    Ok(ledger)
+}
+
+/// Where a transaction of the writer failed.
+enum WriteFailure {
+    /// Nothing was committed.
+    BeforeCommit,
+    /// The commit was sent; its outcome is unknown.
+    AtCommit,
+}
+
+async fn write_one(
+    client: &mut tokio_postgres::Client,
+    side: Side,
+    statements: &[(String, u32)],
+) -> std::result::Result<Vec<(String, Change)>, WriteFailure> {
+    let (insert, update, delete) = match side {
+        Side::Legacy => (
+            "INSERT INTO users (email, full_name, role, inserted_at, updated_at)
+             VALUES ($1 || '@example.com', 'Change ' || $1, 'member', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')",
+            "UPDATE users SET full_name = 'Change ' || $1, updated_at = now() AT TIME ZONE 'UTC'
+             WHERE id = (SELECT id FROM users WHERE full_name LIKE 'Change l%' ORDER BY random() LIMIT 1)",
+            "DELETE FROM users WHERE id = (SELECT id FROM users WHERE full_name LIKE 'Change l%' ORDER BY random() LIMIT 1)
+             RETURNING split_part(full_name, ' ', 2)",
+        ),
+        Side::Platform => (
+            "INSERT INTO identity.identities (id, email, given_name, family_name, kind, created_at, updated_at)
+             VALUES (gen_random_uuid(), $1 || '@example.com', 'Change', $1, 'member', now(), now())",
+            "UPDATE identity.identities SET family_name = $1, updated_at = now()
+             WHERE id = (SELECT id FROM identity.identities WHERE family_name LIKE 'p%' ORDER BY random() LIMIT 1)",
+            "DELETE FROM identity.identities
+             WHERE id = (SELECT id FROM identity.identities WHERE family_name LIKE 'p%' ORDER BY random() LIMIT 1)
+             RETURNING family_name",
+        ),
+    };
+    let transaction = client
+        .build_transaction()
+        .start()
+        .await
+        .map_err(|_| WriteFailure::BeforeCommit)?;
+    let mut changes = Vec::new();
+    for (id, dice) in statements {
+        match dice {
+            0..=49 => {
+                transaction
+                    .execute(insert, &[id])
+                    .await
+                    .map_err(|_| WriteFailure::BeforeCommit)?;
+                changes.push((id.clone(), Change::Written));
+            }
+            50..=84 => {
+                let updated = transaction
+                    .execute(update, &[id])
+                    .await
+                    .map_err(|_| WriteFailure::BeforeCommit)?;
+                if updated == 1 {
+                    changes.push((id.clone(), Change::Written));
+                }
+            }
+            _ => {
+                let deleted = transaction
+                    .query_opt(delete, &[])
+                    .await
+                    .map_err(|_| WriteFailure::BeforeCommit)?;
+                if let Some(row) = deleted {
+                    changes.push((row.get(0), Change::Deleted));
+                }
+            }
+        }
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|_| WriteFailure::AtCommit)?;
+    Ok(changes)
+}
+
+/// A steady write workload on both sides at once, one writer per side,
+/// running until [`TwoWayLoad::finish`].
+pub struct TwoWayLoad {
+    stop: tokio_util::sync::CancellationToken,
+    writers: Vec<tokio::task::JoinHandle<Result<SideLedger>>>,
+}
+
+impl TwoWayLoad {
+    /// Starts a writer on each side of `bridge` (seeded with `seed`), one
+    /// transaction every `pace` each.
+    pub fn start(bridge: &Bridge, seed: u64, pace: std::time::Duration) -> TwoWayLoad {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writers = [
+            (Side::Legacy, bridge.legacy()),
+            (Side::Platform, bridge.platform()),
+        ]
+        .into_iter()
+        .map(|(side, db)| {
+            tokio::spawn(write_side_until(
+                side,
+                db.url.clone(),
+                seed,
+                pace,
+                stop.clone(),
+            ))
+        })
+        .collect();
+        TwoWayLoad { stop, writers }
+    }
+
+    /// Stops both writers and returns what each committed.
+    pub async fn finish(self) -> Result<Vec<SideLedger>> {
+        self.stop.cancel();
+        let mut ledgers = Vec::new();
+        for writer in self.writers {
+            ledgers.push(writer.await??);
+        }
+        Ok(ledgers)
+    }
+}
+
+/// One side's audit: how many times each (change id, `W` or `D`) was
+/// recorded there.
+async fn audit_of(db: &TestDb) -> Result<BTreeMap<(String, String), i64>> {
+    let rows = db
+        .client()
+        .query(
+            "SELECT change, op, count(*) FROM public.change_audit GROUP BY change, op",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect())
+}
+
+/// Checks both ways, from the two audits ([`install_audits`]), that every
+/// change a side's writers committed was applied on the other side exactly
+/// once and never written back on its own side (an echo); and that each
+/// change a writer saw committed is in its side's audit (the audit is the
+/// ledger: it also holds the commits the writer never heard back about).
+/// Fails naming the lost, doubled and echoed changes.
+pub async fn check_both_ways(
+    legacy: &TestDb,
+    platform: &TestDb,
+    written: &[SideLedger],
+) -> Result<()> {
+    let audits = [audit_of(legacy).await?, audit_of(platform).await?];
+    let mut problems = Vec::new();
+    for (own, other, side) in [(0, 1, Side::Legacy), (1, 0, Side::Platform)] {
+        let made_here: Vec<(&(String, String), i64)> = audits[own]
+            .iter()
+            .filter(|((change, _), _)| change.starts_with(prefix(side)))
+            .map(|(key, times)| (key, *times))
+            .collect();
+        for ledger in written.iter().filter(|l| l.side == Some(side)) {
+            let unrecorded: Vec<&String> = ledger
+                .committed
+                .changes
+                .iter()
+                .filter(|(id, change)| {
+                    let op = if *change == Change::Written { "W" } else { "D" };
+                    !audits[own].contains_key(&(id.clone(), op.to_owned()))
+                })
+                .map(|(id, _)| id)
+                .take(5)
+                .collect();
+            anyhow::ensure!(
+                unrecorded.is_empty(),
+                "the {} audit misses changes its writer committed: {unrecorded:?}",
+                side.name()
+            );
+        }
+        let mut lost = Vec::new();
+        let mut doubled = Vec::new();
+        let mut echoed = Vec::new();
+        for ((change, op), times_here) in &made_here {
+            if *times_here > 1 {
+                echoed.push(format!("{change} {op} x{times_here}"));
+            }
+            match audits[other]
+                .get(&(change.clone(), op.clone()))
+                .copied()
+                .unwrap_or(0)
+            {
+                1 => {}
+                0 => lost.push(format!("{change} {op}")),
+                times => doubled.push(format!("{change} {op} x{times}")),
+            }
+        }
+        if !lost.is_empty() || !doubled.is_empty() || !echoed.is_empty() {
+            problems.push(format!(
+                "of {} changes made on {}: {} lost (first: {:?}), {} applied more than once (first: {:?}), {} written back on {} (first: {:?})",
+                made_here.len(),
+                side.name(),
+                lost.len(),
+                lost.iter().take(5).collect::<Vec<_>>(),
+                doubled.len(),
+                doubled.iter().take(5).collect::<Vec<_>>(),
+                echoed.len(),
+                side.name(),
+                echoed.iter().take(5).collect::<Vec<_>>(),
+            ));
+        }
+        anyhow::ensure!(
+            !made_here.is_empty(),
+            "no change made on {} is in its audit",
+            side.name()
+        );
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(())
 }

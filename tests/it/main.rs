@@ -19,6 +19,7 @@ mod capture_slot;
 mod capture_transactions;
 mod convergence;
 mod deploy;
+mod faults_under_load;
 mod links;
 mod polling;
 mod security;

@@ -60,6 +60,7 @@ mod consumer;
 mod failure;
 mod lanes;
 mod replaying;
+pub mod sessions;
 mod snapshots;
 mod tombstones;
 mod transaction;
@@ -106,6 +107,9 @@ pub struct Shared {
     /// The lease's fencing tokens, for the live directions' commits (a
     /// replay stores no position).
     pub fence: Option<crate::lease::Fence>,
+    /// The server sessions each direction opened: a run ends those of the
+    /// runs before it that the server kept (see [`sessions`]).
+    pub sessions: Arc<sessions::OpenSessions>,
 }
 
 impl Shared {
@@ -123,6 +127,7 @@ impl Shared {
             dead_letters,
             ceiling,
             fence: None,
+            sessions: Arc::default(),
         }
     }
 }
@@ -324,8 +329,21 @@ async fn run(
     // on use). Retried like any other transient failure.
     let kafka = config.kafka.as_client();
     runtime::kafka::ensure_topics(kafka, &[&topic, &config.kafka.dead_letter_topic]).await?;
+    // Sessions of this direction's runs before this one that the server
+    // may still run, holding locks: ended first, on each database.
+    let forsaken = shared.sessions.opened_before(from);
     let target = Arc::new(connect(config, to).await?);
+    shared.sessions.record(from, to, &target).await?;
+    shared
+        .sessions
+        .end_forsaken(from, to, &target, &forsaken)
+        .await?;
     let source = connect(config, from).await?;
+    shared.sessions.record(from, from, &source).await?;
+    shared
+        .sessions
+        .end_forsaken(from, from, &source, &forsaken)
+        .await?;
     if from == Side::Legacy {
         // Read at every start: pairs another process recorded meanwhile
         // count from here on (see `PairCeiling`).
@@ -373,6 +391,7 @@ async fn run(
     // A replay keeps one writer: it commits nothing before its end.
     let mut spare = if config.apply.writers > 1 && reading.is_live() {
         let target = Arc::new(connect(config, to).await?);
+        shared.sessions.record(from, to, &target).await?;
         Some(Lane::open(shared, from, catalogs, target, pipelining))
     } else {
         None

@@ -1,0 +1,262 @@
+//! Faults met while both sides write: a steady workload runs on legacy and
+//! on the platform at once through each fault, every change with an id of
+//! its own, and afterwards each side's audit proves, both ways, that every
+//! committed change was applied on the other side exactly once and never
+//! written back, and the two databases correspond.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sync_bridge_tests::{
+    check_both_ways, count, eventually, high_watermark, install_audits, server_of, Bridge,
+    EventReader, Proxy, ServiceProcess, Side, TwoWayLoad,
+};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// One transaction per side this often.
+const PACE: Duration = Duration::from_millis(20);
+
+/// A bridge with both sides' audits installed; nothing runs yet.
+async fn audited_bridge(hint: &str) -> anyhow::Result<Bridge> {
+    let bridge = Bridge::prepare(hint).await?;
+    install_audits(bridge.legacy(), bridge.platform()).await?;
+    Ok(bridge)
+}
+
+/// Changes made on the other side that `db`'s audit holds.
+async fn arrived(db: &sync_bridge_tests::TestDb, from: Side) -> anyhow::Result<i64> {
+    let prefix = match from {
+        Side::Legacy => "l",
+        Side::Platform => "p",
+    };
+    count(
+        db.client(),
+        &format!("SELECT count(*) FROM public.change_audit WHERE change LIKE '{prefix}%'"),
+    )
+    .await
+}
+
+/// Waits until at least `more` changes from each side arrived on the other
+/// beyond what had arrived when called: the bridge is carrying both ways.
+async fn crossing_both_ways(bridge: &Bridge, more: i64) -> anyhow::Result<()> {
+    let on_platform = arrived(bridge.platform(), Side::Legacy).await?;
+    let on_legacy = arrived(bridge.legacy(), Side::Platform).await?;
+    let waited = eventually("changes to cross both ways", WAIT, || async {
+        Ok(
+            (arrived(bridge.platform(), Side::Legacy).await? >= on_platform + more
+                && arrived(bridge.legacy(), Side::Platform).await? >= on_legacy + more)
+                .then_some(()),
+        )
+    })
+    .await;
+    if let Err(error) = waited {
+        anyhow::bail!(
+            "{error:#}: {more} more wanted each way; legacy changes on the platform {on_platform} -> {}, platform changes on legacy {on_legacy} -> {}",
+            arrived(bridge.platform(), Side::Legacy).await?,
+            arrived(bridge.legacy(), Side::Platform).await?
+        );
+    }
+    Ok(())
+}
+
+/// Stops the workload, waits for the bridge to apply everything and the
+/// databases to correspond, and checks the ledger both ways.
+async fn everything_crossed_once(bridge: &Bridge, load: TwoWayLoad) -> anyhow::Result<()> {
+    let written = load.finish().await?;
+    for ledger in &written {
+        anyhow::ensure!(
+            ledger.transactions > 100,
+            "the {:?} writer committed only {} transactions",
+            ledger.side,
+            ledger.transactions
+        );
+    }
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    check_both_ways(bridge.legacy(), bridge.platform(), &written).await
+}
+
+/// How many events `topic` holds more than once (the same commit and the
+/// same place in it): what a capture sent again after a restart.
+async fn events_sent_twice(topic: &str) -> anyhow::Result<usize> {
+    let end = high_watermark(topic)?;
+    let mut reader = EventReader::new(topic)?;
+    let events = reader
+        .read_until("the whole topic", WAIT, |events| events.len() as i64 >= end)
+        .await?;
+    let mut seen: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    for event in events {
+        *seen
+            .entry((event.transaction.commit_lsn, event.transaction.position))
+            .or_default() += 1;
+    }
+    Ok(seen.values().filter(|times| **times > 1).count())
+}
+
+/// Capture is killed after Kafka acknowledged events and before the slot
+/// was told (the server hears of the acknowledged position every 30 s):
+/// the restarted capture streams those transactions again, and apply
+/// applies each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_both_captures_between_kafkas_acknowledgement_and_the_slots_loses_nothing_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_capkill").await?;
+    bridge.legacy.status_interval = "30s".into();
+    bridge.platform.status_interval = "30s".into();
+    let mut captures = [
+        bridge.legacy.spawn_process()?,
+        bridge.platform.spawn_process()?,
+    ];
+    bridge.legacy.wait_for_slot().await?;
+    bridge.platform.wait_for_slot().await?;
+    bridge.start_apply()?;
+    let load = TwoWayLoad::start(&bridge, 31, PACE);
+    crossing_both_ways(&bridge, 300).await?;
+
+    for capture in &mut captures {
+        capture.kill_hard().await?;
+    }
+    crossing_both_ways(&bridge, 0).await?;
+    let mut captures = [
+        bridge.legacy.spawn_process()?,
+        bridge.platform.spawn_process()?,
+    ];
+    crossing_both_ways(&bridge, 300).await?;
+    let outcome = everything_crossed_once(&bridge, load).await;
+    if let Err(error) = outcome {
+        anyhow::bail!(
+            "{error:#}\nlegacy capture:\n{}\nplatform capture:\n{}",
+            captures[0].output(),
+            captures[1].output()
+        );
+    }
+    for topic in [&bridge.legacy.topic, &bridge.platform.topic] {
+        assert!(
+            events_sent_twice(topic).await? > 0,
+            "{topic}: the kill fell after the slot's acknowledgement; the test proves nothing"
+        );
+    }
+    for capture in &mut captures {
+        assert_eq!(capture.terminate().await?, Some(0), "{}", capture.output());
+    }
+    bridge.stop().await
+}
+
+/// Apply is killed mid-batch while both sides insert, update and delete,
+/// and started again: every change lands once, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_apply_while_both_sides_write_loses_nothing_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_applykill").await?;
+    bridge.start_captures().await?;
+    let mut apply = bridge.spawn_apply_process()?;
+    let load = TwoWayLoad::start(&bridge, 32, PACE);
+    for _ in 0..3 {
+        if let Err(error) = crossing_both_ways(&bridge, 200).await {
+            anyhow::bail!("{error:#}\napply:\n{}", apply.output());
+        }
+        apply.kill_hard().await?;
+        apply = bridge.spawn_apply_process()?;
+    }
+    if let Err(error) = crossing_both_ways(&bridge, 200).await {
+        anyhow::bail!("{error:#}\napply:\n{}", apply.output());
+    }
+    if let Err(error) = everything_crossed_once(&bridge, load).await {
+        anyhow::bail!("{error:#}\napply:\n{}", apply.output());
+    }
+    assert_eq!(apply.terminate().await?, Some(0), "{}", apply.output());
+    bridge.stop().await
+}
+
+/// Every link of the bridge to a database goes through a proxy; each in
+/// turn stops answering for good while both sides write (the kernel still
+/// acknowledges what is sent, so only the services' own deadlines find
+/// it): each service takes the link for dead, connects again and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_link_that_stops_answering_while_both_sides_write_is_replaced_and_nothing_is_lost(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_hung").await?;
+    let legacy_url = bridge.legacy().url.clone();
+    let platform_url = bridge.platform().url.clone();
+    let links = [
+        (
+            "legacy capture",
+            Proxy::start(&server_of(&legacy_url)).await?,
+        ),
+        (
+            "platform capture",
+            Proxy::start(&server_of(&platform_url)).await?,
+        ),
+        (
+            "apply to legacy",
+            Proxy::start(&server_of(&legacy_url)).await?,
+        ),
+        (
+            "apply to the platform",
+            Proxy::start(&server_of(&platform_url)).await?,
+        ),
+    ];
+    for (setup, proxy) in [
+        (&mut bridge.legacy, &links[0].1),
+        (&mut bridge.platform, &links[1].1),
+    ] {
+        setup.source_url = Some(proxy.url_through(&setup.db.url));
+        setup.source_options = "response_timeout = \"3s\"\n".into();
+        setup.capture_options = "heartbeat_interval = \"1s\"\nreceive_timeout = \"4s\"\n".into();
+    }
+    bridge.apply_urls = [
+        Some(links[2].1.url_through(&legacy_url)),
+        Some(links[3].1.url_through(&platform_url)),
+    ];
+    bridge.apply_link_options = [
+        "response_timeout = \"3s\"\n".into(),
+        "response_timeout = \"3s\"\n".into(),
+    ];
+    let mut captures = [
+        bridge.legacy.spawn_process()?,
+        bridge.platform.spawn_process()?,
+    ];
+    bridge.legacy.wait_for_slot().await?;
+    bridge.platform.wait_for_slot().await?;
+    let mut apply = ServiceProcess::spawn("apply", &bridge.apply_toml(), "f_hung_apply")?;
+    let load = TwoWayLoad::start(&bridge, 33, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    for (name, proxy) in &links {
+        let connections_before = proxy.accepted();
+        proxy.blackhole();
+        let recovered = async {
+            crossing_both_ways(&bridge, 200).await?;
+            eventually(
+                &format!("the {name} link to be opened again"),
+                WAIT,
+                || async { Ok((proxy.accepted() > connections_before).then_some(())) },
+            )
+            .await
+        }
+        .await;
+        if let Err(error) = recovered {
+            anyhow::bail!(
+                "{error:#}\nafter the {name} link stopped answering\napply:\n{}\nlegacy capture:\n{}\nplatform capture:\n{}",
+                apply.output(),
+                captures[0].output(),
+                captures[1].output()
+            );
+        }
+    }
+    if let Err(error) = everything_crossed_once(&bridge, load).await {
+        anyhow::bail!(
+            "{error:#}\napply:\n{}\nlegacy capture:\n{}\nplatform capture:\n{}",
+            apply.output(),
+            captures[0].output(),
+            captures[1].output()
+        );
+    }
+    assert_eq!(apply.terminate().await?, Some(0), "{}", apply.output());
+    for capture in &mut captures {
+        assert_eq!(capture.terminate().await?, Some(0), "{}", capture.output());
+    }
+    drop(links);
+    bridge.stop().await
+}
