@@ -76,6 +76,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shutdown.child_token(),
     ));
     let _watcher = AbortOnDrop(watcher);
+    // The session that streamed the slot for this process last: a stream
+    // lost on capture's side can live on at the server, holding the slot.
+    let own_stream = std::sync::Mutex::new(None);
 
     loop {
         let started = Instant::now();
@@ -97,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     &shutdown,
                     &on_streaming,
                     &progress,
+                    &own_stream,
                 )
                 .await
             }
@@ -143,6 +147,7 @@ async fn session(
     shutdown: &CancellationToken,
     on_streaming: &(dyn Fn() + Sync),
     progress: &runtime::telemetry::Progress,
+    own_stream: &std::sync::Mutex<Option<slot::WalSender>>,
 ) -> Result<()> {
     let prepared = stream::prepare(config, connection).await?;
     // A slot created although the topic holds streamed events was lost.
@@ -170,6 +175,7 @@ async fn session(
         shutdown,
         on_streaming,
         progress,
+        own_stream,
     )
     .await
 }

@@ -39,6 +39,14 @@ impl Drop for Source {
     }
 }
 
+/// The server session (walsender) streaming a slot: its pid and start
+/// time, which together name it for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSender {
+    pub pid: i32,
+    pub started: String,
+}
+
 /// What the slot looks like from `pg_replication_slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotState {
@@ -383,6 +391,45 @@ impl Source {
             .map_err(|e| CaptureError::postgres("write a heartbeat", e))?;
         let lsn: String = row.get(0);
         Lsn::parse(&lsn).ok_or_else(|| CaptureError::Protocol(format!("bad heartbeat lsn {lsn}")))
+    }
+
+    /// The server session streaming `slot` now, if one does.
+    pub async fn walsender_of(&self, slot: &str) -> Result<Option<WalSender>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT a.pid, a.backend_start::text FROM pg_catalog.pg_replication_slots s \
+                 JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid \
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("read the slot's session", e))?;
+        Ok(row.map(|row| WalSender {
+            pid: row.get(0),
+            started: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        }))
+    }
+
+    /// Ends `own`, this process's earlier stream of `slot`, if the server
+    /// still runs it: its link died on capture's side (a peer gone without a
+    /// word, found by `capture.receive_timeout`) while the server kept the
+    /// session, and the slot with it, until its `wal_sender_timeout`. The
+    /// pid and start time both match, so another instance's stream is never
+    /// ended. Waits up to 5 s for the session to go.
+    pub async fn end_lost_walsender(&self, slot: &str, own: &WalSender) -> Result<()> {
+        if self.walsender_of(slot).await?.as_ref() != Some(own) {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "SELECT pg_catalog.pg_terminate_backend($1, 5000)",
+                &[&own.pid],
+            )
+            .await
+            .map_err(|e| CaptureError::postgres("end the lost stream's session", e))?;
+        warn!(slot, pid = own.pid, "ended this capture's earlier stream, lost on its side while the server kept it and the slot");
+        Ok(())
     }
 
     /// The slot as the server sees it, or None if it does not exist.

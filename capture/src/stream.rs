@@ -43,7 +43,7 @@ use crate::config::{Config, Connection};
 use crate::error::{CaptureError, Result};
 use crate::event::{Assembler, Step};
 use crate::metrics;
-use crate::slot::Source;
+use crate::slot::{Source, WalSender};
 
 /// Signals the feedback the replication client sends to the server.
 #[derive(Default)]
@@ -102,6 +102,7 @@ pub async fn stream(
     shutdown: &CancellationToken,
     on_streaming: &(dyn Fn() + Sync),
     progress: &Progress,
+    own_stream: &std::sync::Mutex<Option<WalSender>>,
 ) -> Result<()> {
     let Prepared {
         source,
@@ -137,6 +138,16 @@ pub async fn stream(
     .with_application_name(format!("syncbridge-capture-{}", config.source.name))
     .with_feedback_observer(observer);
 
+    // This process's stream before, lost on its side, may still hold the
+    // slot at the server: ended first, or starting would be refused until
+    // the server's `wal_sender_timeout`.
+    let lost = own_stream
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(lost) = lost {
+        source.end_lost_walsender(&slot, &lost).await?;
+    }
     // Connecting is bounded: through a dead link it would wait for the OS.
     let connect_within = connection
         .pg_config()
@@ -154,6 +165,10 @@ pub async fn stream(
         format!("start streaming from slot {slot}")
     })
     .await?;
+    let streaming_session = source.walsender_of(&slot).await?;
+    *own_stream
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = streaming_session;
     let resume_from = confirmed.unwrap_or_default();
     info!(slot = %slot, topic = %topic, resume_from = %resume_from, "streaming");
     on_streaming();

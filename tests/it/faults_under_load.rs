@@ -223,8 +223,21 @@ async fn each_link_that_stops_answering_while_both_sides_write_is_replaced_and_n
     let load = TwoWayLoad::start(&bridge, 33, PACE);
     crossing_both_ways(&bridge, 200).await?;
 
-    for (name, proxy) in &links {
+    // What each service says when it ends its own sessions the server kept
+    // on the far side of a dead link (they hold the slot, or locks).
+    let ended_own = |index: usize| match index {
+        0 | 1 => captures[index]
+            .output()
+            .matches("ended this capture's earlier stream")
+            .count(),
+        _ => apply
+            .output()
+            .matches("ended a session of an earlier run")
+            .count(),
+    };
+    for (index, (name, proxy)) in links.iter().enumerate() {
         let connections_before = proxy.accepted();
+        let ended_before = ended_own(index);
         proxy.blackhole();
         let recovered = async {
             crossing_both_ways(&bridge, 200).await?;
@@ -232,6 +245,12 @@ async fn each_link_that_stops_answering_while_both_sides_write_is_replaced_and_n
                 &format!("the {name} link to be opened again"),
                 WAIT,
                 || async { Ok((proxy.accepted() > connections_before).then_some(())) },
+            )
+            .await?;
+            eventually(
+                &format!("the {name} sessions the server kept to be ended"),
+                WAIT,
+                || async { Ok((ended_own(index) > ended_before).then_some(())) },
             )
             .await
         }
