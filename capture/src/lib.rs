@@ -173,9 +173,11 @@ async fn session(
         codec,
         prepared,
         shutdown,
-        on_streaming,
-        progress,
-        own_stream,
+        stream::Watch {
+            on_streaming,
+            progress,
+            own_stream,
+        },
     )
     .await
 }

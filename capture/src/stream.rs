@@ -93,6 +93,19 @@ impl Prepared {
     }
 }
 
+/// What a stream tells the process running it, and what it leaves for the
+/// next one.
+pub struct Watch<'a> {
+    /// Called once the stream has started.
+    pub on_streaming: &'a (dyn Fn() + Sync),
+    /// The stream's progress, for the health endpoint.
+    pub progress: &'a Progress,
+    /// The server session streaming the slot for this process: a stream
+    /// ends it before starting when it is left from a stream lost on
+    /// capture's side, and records its own once started.
+    pub own_stream: &'a std::sync::Mutex<Option<WalSender>>,
+}
+
 /// Streams the prepared slot to Kafka until shutdown (Ok) or an error.
 pub async fn stream(
     config: &Config,
@@ -100,10 +113,13 @@ pub async fn stream(
     codec: &Codec,
     prepared: Prepared,
     shutdown: &CancellationToken,
-    on_streaming: &(dyn Fn() + Sync),
-    progress: &Progress,
-    own_stream: &std::sync::Mutex<Option<WalSender>>,
+    watch: Watch<'_>,
 ) -> Result<()> {
+    let Watch {
+        on_streaming,
+        progress,
+        own_stream,
+    } = watch;
     let Prepared {
         source,
         confirmed,
