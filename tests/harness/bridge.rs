@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::broker::{create_topic, high_watermark, last_offset_from, EventReader};
+use crate::broker::{create_topic_on, high_watermark_on, last_offset_on, EventReader};
 use crate::capture_setup::{CaptureSetup, RunningCapture, TELEMETRY_OFF};
 use crate::databases::{count, TestDb};
 use crate::processes::ServiceProcess;
@@ -59,9 +59,31 @@ impl Bridge {
 
     /// Creates databases and topics; nothing runs yet.
     pub async fn prepare(hint: &str) -> Result<Bridge> {
-        let legacy_db = TestDb::with_reference_schema(Side::Legacy, &format!("{hint}_l")).await?;
+        Bridge::prepare_on(hint, &Stack::get().brokers).await
+    }
+
+    /// [`Bridge::prepare`], with the topics on the broker(s) `brokers` (a
+    /// test's own broker).
+    pub async fn prepare_on(hint: &str, brokers: &str) -> Result<Bridge> {
+        let stack = Stack::get();
+        Bridge::prepare_with(
+            hint,
+            [&stack.legacy_admin_url, &stack.platform_admin_url],
+            brokers,
+        )
+        .await
+    }
+
+    /// [`Bridge::prepare`], with the databases on the clusters
+    /// `admin_urls` (legacy, platform) reach and the topics on `brokers`:
+    /// servers of the test's own, to stop and start.
+    pub async fn prepare_with(hint: &str, admin_urls: [&str; 2], brokers: &str) -> Result<Bridge> {
+        let legacy_db =
+            TestDb::with_reference_schema_on(Side::Legacy, admin_urls[0], &format!("{hint}_l"))
+                .await?;
         let platform_db =
-            TestDb::with_reference_schema(Side::Platform, &format!("{hint}_p")).await?;
+            TestDb::with_reference_schema_on(Side::Platform, admin_urls[1], &format!("{hint}_p"))
+                .await?;
         let mut legacy = CaptureSetup::new(
             legacy_db,
             &[
@@ -83,10 +105,12 @@ impl Bridge {
         );
         legacy.capture_options = "heartbeat_interval = \"0s\"\n".into();
         platform.capture_options = "heartbeat_interval = \"0s\"\n".into();
-        create_topic(&legacy.topic).await?;
-        create_topic(&platform.topic).await?;
+        legacy.brokers = brokers.to_owned();
+        platform.brokers = brokers.to_owned();
+        create_topic_on(brokers, &legacy.topic).await?;
+        create_topic_on(brokers, &platform.topic).await?;
         let dead_letter_topic = format!("{}.dead", legacy.db.name);
-        create_topic(&dead_letter_topic).await?;
+        create_topic_on(brokers, &dead_letter_topic).await?;
         Ok(Bridge {
             legacy,
             platform,
@@ -184,7 +208,7 @@ impl Bridge {
                 .unwrap_or(&self.platform.db.url),
             self.platform.topic,
             self.apply_link_options[1],
-            Stack::get().brokers,
+            self.legacy.brokers,
             format!("apply_{}", self.legacy.db.name),
             self.dead_letter_topic,
             mapping_dir().display().to_string(),
@@ -270,8 +294,9 @@ impl Bridge {
                 )
                 .await?;
                 // The watermark first: it is cheap, and never past the end.
-                let high = high_watermark(topic)?;
-                if stored < high - 1 || stored < last_offset_from(topic, high).await? {
+                let brokers = &self.legacy.brokers;
+                let high = high_watermark_on(brokers, topic)?;
+                if stored < high - 1 || stored < last_offset_on(brokers, topic, high).await? {
                     return Ok(None);
                 }
                 // A delete is re-asserted on its own side after its batch
@@ -429,8 +454,8 @@ impl Bridge {
             }
         }
         for topic in [&self.legacy.topic, &self.platform.topic] {
-            let mut reader = EventReader::new(topic)?;
-            let end = high_watermark(topic)?;
+            let mut reader = EventReader::on(&self.legacy.brokers, topic)?;
+            let end = high_watermark_on(&self.legacy.brokers, topic)?;
             reader
                 .read_until("the whole topic", Duration::from_secs(30), |events| {
                     events.len() as i64 >= end

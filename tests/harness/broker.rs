@@ -18,8 +18,13 @@ use crate::support::unique;
 
 /// Creates a topic with one partition.
 pub async fn create_topic(name: &str) -> Result<()> {
+    create_topic_on(&Stack::get().brokers, name).await
+}
+
+/// [`create_topic`] on the broker(s) `brokers` (a test's own broker).
+pub async fn create_topic_on(brokers: &str, name: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("bootstrap.servers", brokers)
         .create()?;
     let results = admin
         .create_topics(
@@ -50,8 +55,13 @@ pub fn topic_exists(topic: &str) -> Result<bool> {
 /// The high watermark (the offset after the last message) of a
 /// one-partition topic.
 pub fn high_watermark(topic: &str) -> Result<i64> {
+    high_watermark_on(&Stack::get().brokers, topic)
+}
+
+/// [`high_watermark`] on the broker(s) `brokers`.
+pub fn high_watermark_on(brokers: &str, topic: &str) -> Result<i64> {
     let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
+        .set("bootstrap.servers", brokers)
         .create()?;
     let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     Ok(high)
@@ -62,15 +72,16 @@ pub fn high_watermark(topic: &str) -> Result<i64> {
 /// record batch's base offset + 1, so a batch of several records counts
 /// once): the batch it points into is read to its end.
 pub async fn last_offset(topic: &str) -> Result<i64> {
-    last_offset_from(topic, high_watermark(topic)?).await
+    last_offset_on(&Stack::get().brokers, topic, high_watermark(topic)?).await
 }
 
-/// [`last_offset`], given the high watermark `high` just read.
-pub(crate) async fn last_offset_from(topic: &str, high: i64) -> Result<i64> {
+/// [`last_offset`] on the broker(s) `brokers`, given the high watermark
+/// `high` just read there.
+pub(crate) async fn last_offset_on(brokers: &str, topic: &str, high: i64) -> Result<i64> {
     if high <= 0 {
         return Ok(-1);
     }
-    let consumer = consumer_from(topic, Offset::Offset(high - 1))?;
+    let consumer = consumer_on(brokers, topic, Offset::Offset(high - 1))?;
     let first = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
         .with_context(|| format!("reading offset {} of {topic}", high - 1))??;

@@ -32,6 +32,8 @@ pub struct CaptureSetup {
     /// The source URL capture connects with, when not the database's own
     /// (another role, or through a proxy).
     pub source_url: Option<String>,
+    /// The broker(s) capture produces to.
+    pub brokers: String,
     /// Extra TOML appended to the `[source]` section.
     pub source_options: String,
     /// How often capture reports its acknowledged position to the server
@@ -57,6 +59,7 @@ impl CaptureSetup {
             telemetry_options: String::from(TELEMETRY_OFF),
             polling: None,
             source_url: None,
+            brokers: Stack::get().brokers.clone(),
             source_options: String::new(),
             status_interval: String::from("200ms"),
         }
@@ -88,7 +91,7 @@ impl CaptureSetup {
             self.slot,
             self.publication,
             self.source_options,
-            Stack::get().brokers,
+            self.brokers,
             self.topic,
             self.status_interval,
             self.capture_options,

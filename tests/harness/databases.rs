@@ -58,13 +58,19 @@ impl TestDb {
 
     /// Creates an empty database on `side`'s cluster.
     pub async fn create(side: Side, hint: &str) -> Result<TestDb> {
+        TestDb::create_on(side, side.admin_url(), hint).await
+    }
+
+    /// Creates an empty database for `side` on the cluster `admin_url`
+    /// reaches (a test's own cluster).
+    pub async fn create_on(side: Side, admin_url: &str, hint: &str) -> Result<TestDb> {
         let name = unique(hint);
-        let admin = connect(side.admin_url()).await?;
+        let admin = connect(admin_url).await?;
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .with_context(|| format!("create database {name}"))?;
-        let url = with_database(side.admin_url(), &name);
+        let url = with_database(admin_url, &name);
         let client = connect(&url).await?;
         Ok(TestDb {
             side,
@@ -76,7 +82,16 @@ impl TestDb {
 
     /// Creates a database holding the reference schema of `side`.
     pub async fn with_reference_schema(side: Side, hint: &str) -> Result<TestDb> {
-        let db = TestDb::create(side, hint).await?;
+        TestDb::with_reference_schema_on(side, side.admin_url(), hint).await
+    }
+
+    /// [`TestDb::with_reference_schema`] on the cluster `admin_url` reaches.
+    pub async fn with_reference_schema_on(
+        side: Side,
+        admin_url: &str,
+        hint: &str,
+    ) -> Result<TestDb> {
+        let db = TestDb::create_on(side, admin_url, hint).await?;
         let path = Stack::get()
             .reference_dir
             .join(format!("{}.sql", side.name()));
@@ -91,6 +106,18 @@ impl TestDb {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Connects the test's own client again (after its server restarted),
+    /// waiting until the server accepts connections.
+    pub async fn reconnect(&mut self) -> Result<()> {
+        let url = self.url.clone();
+        self.client = eventually("the database to accept connections", Duration::from_secs(60), || {
+            let url = url.clone();
+            async move { Ok(connect(&url).await.ok()) }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Runs statements (no results).

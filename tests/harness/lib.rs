@@ -45,7 +45,8 @@ mod workloads;
 
 pub use bridge::{Bridge, RunningApply};
 pub use broker::{
-    create_topic, dead_letter_reasons, high_watermark, last_offset, produce, read_messages,
+    create_topic, create_topic_on, dead_letter_reasons, high_watermark, high_watermark_on,
+    last_offset, produce, read_messages,
     read_messages_across_gaps, topic_exists, EventReader,
 };
 pub use capture_setup::{three_rows_stream, CaptureSetup, RunningCapture, TELEMETRY_OFF};

@@ -142,6 +142,24 @@ impl ThrowawayCluster {
         )
     }
 
+    /// Stops the server at once, as a crash would (`-m immediate`: no
+    /// shutdown checkpoint; the next start recovers from the WAL).
+    pub fn crash(&self) -> Result<()> {
+        let stack = Stack::get();
+        run_program(
+            &stack.pg_bindir.join("pg_ctl").display().to_string(),
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            stack.pg_run_as.as_deref(),
+        )
+    }
+
     pub fn stop(&self) -> Result<()> {
         let stack = Stack::get();
         run_program(

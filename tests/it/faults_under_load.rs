@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sync_bridge_tests::{
     check_both_ways, count, eventually, high_watermark, install_audits, server_of, Bridge,
-    EventReader, Proxy, ServiceProcess, Side, TwoWayLoad,
+    EventReader, PrivateBroker, Proxy, ServiceProcess, Side, Stack, ThrowawayCluster, TwoWayLoad,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -277,5 +277,86 @@ async fn each_link_that_stops_answering_while_both_sides_write_is_replaced_and_n
         assert_eq!(capture.terminate().await?, Some(0), "{}", capture.output());
     }
     drop(links);
+    bridge.stop().await
+}
+
+/// Changes a side's own writers made that its audit holds.
+async fn written_on(db: &sync_bridge_tests::TestDb, side: Side) -> anyhow::Result<i64> {
+    arrived(db, side).await
+}
+
+/// Waits until each side's writers committed `more` changes beyond what
+/// they had when called: writes went on through the fault.
+async fn both_sides_wrote(bridge: &Bridge, more: i64) -> anyhow::Result<()> {
+    let legacy = written_on(bridge.legacy(), Side::Legacy).await?;
+    let platform = written_on(bridge.platform(), Side::Platform).await?;
+    eventually("both sides to write on", WAIT, || async {
+        Ok((written_on(bridge.legacy(), Side::Legacy).await? >= legacy + more
+            && written_on(bridge.platform(), Side::Platform).await? >= platform + more)
+            .then_some(()))
+    })
+    .await
+}
+
+/// The broker is killed (SIGKILL) with events in flight while both sides
+/// write, stays down while they write on, and is started again: the
+/// captures deliver what they held, apply goes on, every change lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_while_both_sides_write_loses_nothing_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let mut broker = PrivateBroker::start("f_broker").await?;
+    let mut bridge = Bridge::prepare_on("f_broker", &broker.address()).await?;
+    install_audits(bridge.legacy(), bridge.platform()).await?;
+    bridge.start_captures().await?;
+    bridge.start_apply()?;
+    let load = TwoWayLoad::start(&bridge, 34, PACE);
+    crossing_both_ways(&bridge, 300).await?;
+
+    broker.kill()?;
+    both_sides_wrote(&bridge, 300).await?;
+    broker.restart().await?;
+    crossing_both_ways(&bridge, 300).await?;
+    everything_crossed_once(&bridge, load).await?;
+    bridge.stop().await
+}
+
+/// Each database crashes (`pg_ctl stop -m immediate`) and starts again
+/// while both sides write: the source under its capture and apply's reads,
+/// the target under apply's open transactions. The writers and every
+/// service connect again; every change committed lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_crashing_while_both_sides_write_loses_nothing_and_doubles_nothing(
+) -> anyhow::Result<()> {
+    let clusters = [
+        ThrowawayCluster::create("f_crash_l", "logical")?,
+        ThrowawayCluster::create("f_crash_p", "logical")?,
+    ];
+    for cluster in &clusters {
+        cluster.start()?;
+    }
+    let admin_urls = [clusters[0].url("postgres"), clusters[1].url("postgres")];
+    let mut bridge = Bridge::prepare_with(
+        "f_crash",
+        [&admin_urls[0], &admin_urls[1]],
+        &Stack::get().brokers,
+    )
+    .await?;
+    install_audits(bridge.legacy(), bridge.platform()).await?;
+    bridge.start_captures().await?;
+    bridge.start_apply()?;
+    let load = TwoWayLoad::start(&bridge, 35, PACE);
+    crossing_both_ways(&bridge, 300).await?;
+
+    for (index, cluster) in clusters.iter().enumerate() {
+        cluster.crash()?;
+        cluster.start()?;
+        if index == 0 {
+            bridge.legacy.db.reconnect().await?;
+        } else {
+            bridge.platform.db.reconnect().await?;
+        }
+        crossing_both_ways(&bridge, 300).await?;
+    }
+    everything_crossed_once(&bridge, load).await?;
     bridge.stop().await
 }
