@@ -9,6 +9,11 @@
 //!   service's own ends the wait. New connections are forwarded again.
 //! - [`Proxy::cut`]: every open connection is closed at once (both ends see
 //!   the connection reset or closed); new connections are forwarded.
+//! - [`Proxy::partition`]: the service is cut off from the server, as by a
+//!   network partition the server noticed first: every open connection
+//!   loses its server end (the server ends the session and releases its
+//!   locks) while the service's end stays open and silent, and new
+//!   connections are held unanswered, until [`Proxy::heal`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +39,7 @@ pub fn server_of(url: &str) -> String {
 enum Fault {
     Blackhole,
     Cut,
+    Partition,
 }
 
 /// A proxy listening on a port of the loopback, forwarding to `upstream`.
@@ -42,6 +48,8 @@ pub struct Proxy {
     /// Raised by each fault: connections accepted before it suffer it.
     faults: watch::Sender<(u64, Option<Fault>)>,
     accepted: Arc<AtomicU64>,
+    /// While set, new connections are held unanswered.
+    partitioned: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,10 +65,20 @@ impl Proxy {
         let (faults, watcher) = watch::channel((0u64, None));
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&accepted);
+        let partitioned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut_off = Arc::clone(&partitioned);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::Relaxed);
+                if cut_off.load(Ordering::Relaxed) {
+                    // Held, never answered: until the proxy is dropped.
+                    connections.spawn(async move {
+                        let _held = client;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
                 let epoch = watcher.borrow().0;
                 let watcher = watcher.clone();
                 connections.spawn(async move {
@@ -78,6 +96,7 @@ impl Proxy {
             port,
             faults,
             accepted,
+            partitioned,
             task,
         })
     }
@@ -109,6 +128,20 @@ impl Proxy {
     /// Every open connection is closed; new ones are forwarded.
     pub fn cut(&self) {
         self.fault(Fault::Cut);
+    }
+
+    /// The service is cut off from the server until [`Proxy::heal`]: open
+    /// connections lose their server end and stay silent on the service's,
+    /// new ones are held unanswered.
+    pub fn partition(&self) {
+        self.partitioned.store(true, Ordering::Relaxed);
+        self.fault(Fault::Partition);
+    }
+
+    /// Ends a [`Proxy::partition`]: new connections are forwarded again
+    /// (those open through it stay silent).
+    pub fn heal(&self) {
+        self.partitioned.store(false, Ordering::Relaxed);
     }
 
     fn fault(&self, fault: Fault) {
@@ -145,6 +178,14 @@ async fn forward(
                 if now > epoch {
                     match fault {
                         Some(Fault::Cut) | None => return,
+                        Some(Fault::Partition) => {
+                            // The server hears its connection close; the
+                            // service hears nothing, for good.
+                            drop(server);
+                            let _held = client;
+                            std::future::pending::<()>().await;
+                            return;
+                        }
                         Some(Fault::Blackhole) => {
                             // Keep both sockets open, never read or write
                             // again: until the proxy is dropped.

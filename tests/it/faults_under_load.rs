@@ -360,3 +360,77 @@ async fn each_database_crashing_while_both_sides_write_loses_nothing_and_doubles
     everything_crossed_once(&bridge, load).await?;
     bridge.stop().await
 }
+
+/// Two apply instances: the first, holding the single-writer lease, is cut
+/// off from both databases while both sides write (the servers end its
+/// sessions, it hears nothing); the second, waiting, takes the lease over
+/// and applies on. When the first can reach the databases again it finds
+/// the lease taken and waits. Every change lands once: nothing the first
+/// had open committed after the second took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_apply_takes_over_from_one_cut_off_and_every_change_lands_once(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_takeover").await?;
+    let legacy_url = bridge.legacy().url.clone();
+    let platform_url = bridge.platform().url.clone();
+    let proxies = [
+        Proxy::start(&server_of(&legacy_url)).await?,
+        Proxy::start(&server_of(&platform_url)).await?,
+    ];
+    bridge.start_captures().await?;
+    bridge.apply_link_options = [
+        "response_timeout = \"3s\"\nconnect_timeout = \"3s\"\n".into(),
+        "response_timeout = \"3s\"\nconnect_timeout = \"3s\"\n".into(),
+    ];
+    bridge.apply_urls = [
+        Some(proxies[0].url_through(&legacy_url)),
+        Some(proxies[1].url_through(&platform_url)),
+    ];
+    let first_toml = bridge.apply_toml();
+    bridge.apply_urls = [None, None];
+    let mut first = ServiceProcess::spawn("apply", &first_toml, "f_takeover_first")?;
+    first
+        .wait_for_output("took the single-writer lock", WAIT)
+        .await?;
+    let mut second = ServiceProcess::spawn("apply", &bridge.apply_toml(), "f_takeover_second")?;
+    second
+        .wait_for_output("another apply instance holds the single-writer lock", WAIT)
+        .await?;
+    let load = TwoWayLoad::start(&bridge, 36, PACE);
+    crossing_both_ways(&bridge, 300).await?;
+
+    for proxy in &proxies {
+        proxy.partition();
+    }
+    let taken_over = async {
+        second
+            .wait_for_output("took the single-writer lock", WAIT)
+            .await?;
+        crossing_both_ways(&bridge, 300).await
+    }
+    .await;
+    if let Err(error) = taken_over {
+        anyhow::bail!(
+            "{error:#}\nfirst apply:\n{}\nsecond apply:\n{}",
+            first.output(),
+            second.output()
+        );
+    }
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    first
+        .wait_for_output("another apply instance holds the single-writer lock", WAIT)
+        .await?;
+    crossing_both_ways(&bridge, 300).await?;
+    if let Err(error) = everything_crossed_once(&bridge, load).await {
+        anyhow::bail!(
+            "{error:#}\nfirst apply:\n{}\nsecond apply:\n{}",
+            first.output(),
+            second.output()
+        );
+    }
+    assert_eq!(second.terminate().await?, Some(0), "{}", second.output());
+    assert_eq!(first.terminate().await?, Some(0), "{}", first.output());
+    bridge.stop().await
+}
