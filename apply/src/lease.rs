@@ -140,16 +140,12 @@ pub async fn acquire(
     let mut waiting_logged = false;
     let mut failures = FailureLog::default();
     loop {
-        match try_acquire(config, forsaken).await {
-            Ok(Attempt::Held(clients)) => {
-                let generations = take_generations(&clients).await?;
-                info!(
-                    key = ?LOCK_KEY,
-                    generation = ?generations,
-                    "took the single-writer lock on both databases"
-                );
-                return Ok(Some(watch(clients, generations).await?));
-            }
+        // Taking the lock, then raising the generations: a database that
+        // refuses writes for a while (read-only during a failover) fails the
+        // second step, which is retried like the first (the locks go with
+        // the clients).
+        let attempt = match try_acquire(config, forsaken).await {
+            Ok(Attempt::Held(clients)) => hold(clients).await.map(Some),
             Ok(Attempt::Taken(side)) => {
                 if !waiting_logged {
                     info!(
@@ -159,7 +155,13 @@ pub async fn acquire(
                     );
                     waiting_logged = true;
                 }
+                Ok(None)
             }
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(Some(lease)) => return Ok(Some(lease)),
+            Ok(None) => {}
             Err(error) if error.is_retryable() => {
                 let description = runtime::error_chain(&error);
                 if failures.report(description.clone()) {
@@ -173,6 +175,18 @@ pub async fn acquire(
             () = shutdown.cancelled() => return Ok(None),
         }
     }
+}
+
+/// Makes the locks of `clients` a lease: raises the generations and
+/// starts watching the lock connections.
+async fn hold(clients: Vec<(Side, Client)>) -> Result<Lease> {
+    let generations = take_generations(&clients).await?;
+    info!(
+        key = ?LOCK_KEY,
+        generation = ?generations,
+        "took the single-writer lock on both databases"
+    );
+    watch(clients, generations).await
 }
 
 /// Takes the lock on both databases if no other instance holds it, for a

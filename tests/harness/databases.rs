@@ -112,10 +112,14 @@ impl TestDb {
     /// waiting until the server accepts connections.
     pub async fn reconnect(&mut self) -> Result<()> {
         let url = self.url.clone();
-        self.client = eventually("the database to accept connections", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move { Ok(connect(&url).await.ok()) }
-        })
+        self.client = eventually(
+            "the database to accept connections",
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move { Ok(connect(&url).await.ok()) }
+            },
+        )
         .await?;
         Ok(())
     }

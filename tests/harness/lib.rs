@@ -46,8 +46,7 @@ mod workloads;
 pub use bridge::{Bridge, RunningApply};
 pub use broker::{
     create_topic, create_topic_on, dead_letter_reasons, high_watermark, high_watermark_on,
-    last_offset, produce, read_messages,
-    read_messages_across_gaps, topic_exists, EventReader,
+    last_offset, produce, read_messages, read_messages_across_gaps, topic_exists, EventReader,
 };
 pub use capture_setup::{three_rows_stream, CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};

@@ -291,9 +291,11 @@ async fn both_sides_wrote(bridge: &Bridge, more: i64) -> anyhow::Result<()> {
     let legacy = written_on(bridge.legacy(), Side::Legacy).await?;
     let platform = written_on(bridge.platform(), Side::Platform).await?;
     eventually("both sides to write on", WAIT, || async {
-        Ok((written_on(bridge.legacy(), Side::Legacy).await? >= legacy + more
-            && written_on(bridge.platform(), Side::Platform).await? >= platform + more)
-            .then_some(()))
+        Ok(
+            (written_on(bridge.legacy(), Side::Legacy).await? >= legacy + more
+                && written_on(bridge.platform(), Side::Platform).await? >= platform + more)
+                .then_some(()),
+        )
     })
     .await
 }
@@ -432,5 +434,50 @@ async fn a_second_apply_takes_over_from_one_cut_off_and_every_change_lands_once(
     }
     assert_eq!(second.terminate().await?, Some(0), "{}", second.output());
     assert_eq!(first.terminate().await?, Some(0), "{}", first.output());
+    bridge.stop().await
+}
+
+/// Makes both databases refuse writes from new sessions (as a standby does
+/// during a failover), or accept them again, and ends apply's sessions so
+/// that it connects again and meets the setting. The writers keep their
+/// sessions, so both sides write on.
+async fn both_read_only(bridge: &Bridge, read_only: bool) -> anyhow::Result<()> {
+    for db in [bridge.legacy(), bridge.platform()] {
+        let setting = if read_only {
+            "SET default_transaction_read_only = on"
+        } else {
+            "RESET default_transaction_read_only"
+        };
+        db.execute(&format!(
+            "ALTER DATABASE \"{}\" {setting};
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'syncbridge-apply';",
+            db.name
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Both targets refuse writes for a while as both sides write: apply
+/// retries, dead-letters nothing and skips nothing; once they accept writes
+/// again every change lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_databases_read_only_for_a_while_as_both_sides_write_dead_letter_nothing_and_lose_nothing(
+) -> anyhow::Result<()> {
+    let bridge = audited_bridge("f_readonly").await?.run().await?;
+    let load = TwoWayLoad::start(&bridge, 37, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    both_read_only(&bridge, true).await?;
+    both_sides_wrote(&bridge, 300).await?;
+    both_read_only(&bridge, false).await?;
+    crossing_both_ways(&bridge, 300).await?;
+    everything_crossed_once(&bridge, load).await?;
+    assert_eq!(
+        high_watermark(&bridge.dead_letter_topic)?,
+        0,
+        "nothing was dead-lettered"
+    );
     bridge.stop().await
 }
