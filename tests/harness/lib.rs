@@ -51,8 +51,8 @@ pub use broker::{
 pub use capture_setup::{three_rows_stream, CaptureSetup, RunningCapture, TELEMETRY_OFF};
 pub use databases::{connect, count, until_count, with_database, TestDb};
 pub use ledger::{
-    check_both_ways, install_audit, install_audits, write_side_until, ChangeLedger, NamedUsers,
-    SideLedger, TwoWayLoad,
+    check_both_ways, check_both_ways_collapsing, install_audit, install_audits, write_side_until,
+    ChangeLedger, NamedUsers, SideLedger, TwoWayLoad,
 };
 pub use private_servers::{PrivateBroker, ThrowawayCluster};
 pub use processes::{binary, run_command, Finished, ServiceProcess};

@@ -7,9 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemas::event::CaptureMode;
+
 use sync_bridge_tests::{
-    check_both_ways, count, eventually, high_watermark, install_audits, server_of, Bridge,
-    EventReader, PrivateBroker, Proxy, ServiceProcess, Side, Stack, ThrowawayCluster, TwoWayLoad,
+    check_both_ways, check_both_ways_collapsing, count, eventually, high_watermark, install_audits,
+    server_of, Bridge, EventReader, PrivateBroker, Proxy, ServiceProcess, Side, Stack,
+    ThrowawayCluster, TwoWayLoad,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -479,5 +482,86 @@ async fn both_databases_read_only_for_a_while_as_both_sides_write_dead_letter_no
         0,
         "nothing was dead-lettered"
     );
+    bridge.stop().await
+}
+
+/// A second before the commit time of the last event on `topic` (a
+/// transaction's writes come before its commit), as `db` writes a
+/// `timestamptz`.
+async fn last_commit_time(db: &sync_bridge_tests::TestDb, topic: &str) -> anyhow::Result<String> {
+    let end = high_watermark(topic)?;
+    let mut reader = EventReader::new(topic)?;
+    let events = reader
+        .read_until("the whole topic", WAIT, |events| events.len() as i64 >= end)
+        .await?;
+    let last = events
+        .iter()
+        .map(|event| event.transaction.commit_time_micros)
+        .max()
+        .unwrap_or(0);
+    Ok(db
+        .client()
+        .query_one(
+            "SELECT (to_timestamp($1::int8 / 1e6) - interval '1 second')::text",
+            &[&last],
+        )
+        .await?
+        .get(0))
+}
+
+/// The server's clock now, as text: a bound of a ledger window.
+async fn server_time(db: &sync_bridge_tests::TestDb) -> anyhow::Result<String> {
+    Ok(db
+        .client()
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// The legacy capture is stopped, its slot dropped, and both sides write
+/// on; at its next start capture finds the slot lost and catches up by
+/// polling from its last streamed event before streaming again. Every
+/// change crosses once, except that a row changed several times while the
+/// slot was gone crosses as its latest version (polling sees no other);
+/// the databases end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lost_while_both_sides_write_is_caught_up_and_nothing_is_lost() -> anyhow::Result<()>
+{
+    let mut bridge = audited_bridge("f_lostslot").await?.run().await?;
+    let load = TwoWayLoad::start(&bridge, 38, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    bridge.stop_capture(Side::Legacy).await?;
+    let slot = bridge.legacy.slot.clone();
+    bridge.legacy().drop_slot(&slot).await?;
+    // What the slot had not yet streamed is gone with it: from the commit
+    // of the last event on the topic on, changes reach it by polling.
+    let gone_from = last_commit_time(bridge.legacy(), &bridge.legacy.topic).await?;
+    both_sides_wrote(&bridge, 300).await?;
+    bridge.start_capture(Side::Legacy)?;
+    // Streaming starts once the catch-up has read every row: a change
+    // committed before that crosses in the catch-up's version of its row.
+    let mut reader = EventReader::new(&bridge.legacy.topic)?;
+    reader
+        .read_until("a streamed event after the catch-up", WAIT, |events| {
+            events
+                .iter()
+                .skip_while(|event| event.mode == CaptureMode::Streaming)
+                .any(|event| event.mode == CaptureMode::Streaming)
+        })
+        .await?;
+    let streamed_from = server_time(bridge.legacy()).await?;
+    crossing_both_ways(&bridge, 300).await?;
+
+    let written = load.finish().await?;
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    check_both_ways_collapsing(
+        bridge.legacy(),
+        bridge.platform(),
+        &written,
+        [Some((gone_from, streamed_from)), None],
+    )
+    .await?;
     bridge.stop().await
 }
