@@ -50,16 +50,16 @@ pub struct Proxy {
     accepted: Arc<AtomicU64>,
     /// While set, new connections are held unanswered.
     partitioned: Arc<std::sync::atomic::AtomicBool>,
+    /// Where new connections are forwarded.
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     /// Starts a proxy to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> Result<Proxy> {
-        let upstream: SocketAddr = tokio::net::lookup_host(upstream)
-            .await?
-            .next()
-            .with_context(|| format!("resolve {upstream}"))?;
+        let upstream = Arc::new(std::sync::Mutex::new(resolve(upstream).await?));
+        let target = Arc::clone(&upstream);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (faults, watcher) = watch::channel((0u64, None));
@@ -81,6 +81,9 @@ impl Proxy {
                 }
                 let epoch = watcher.borrow().0;
                 let watcher = watcher.clone();
+                let upstream = *target
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         // Both ends as the service and the server set theirs:
@@ -97,6 +100,7 @@ impl Proxy {
             faults,
             accepted,
             partitioned,
+            upstream,
             task,
         })
     }
@@ -138,6 +142,19 @@ impl Proxy {
         self.fault(Fault::Partition);
     }
 
+    /// Forwards new connections to `upstream` (`host:port`) from now on
+    /// and closes those open: a virtual address moved to another server,
+    /// as a failover does.
+    pub async fn redirect(&self, upstream: &str) -> Result<()> {
+        let to = resolve(upstream).await?;
+        *self
+            .upstream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = to;
+        self.cut();
+        Ok(())
+    }
+
     /// Ends a [`Proxy::partition`]: new connections are forwarded again
     /// (those open through it stay silent).
     pub fn heal(&self) {
@@ -150,6 +167,13 @@ impl Proxy {
             *current = Some(fault);
         });
     }
+}
+
+async fn resolve(upstream: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(upstream)
+        .await?
+        .next()
+        .with_context(|| format!("resolve {upstream}"))
 }
 
 impl Drop for Proxy {

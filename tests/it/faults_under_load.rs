@@ -485,30 +485,6 @@ async fn both_databases_read_only_for_a_while_as_both_sides_write_dead_letter_no
     bridge.stop().await
 }
 
-/// A second before the commit time of the last event on `topic` (a
-/// transaction's writes come before its commit), as `db` writes a
-/// `timestamptz`.
-async fn last_commit_time(db: &sync_bridge_tests::TestDb, topic: &str) -> anyhow::Result<String> {
-    let end = high_watermark(topic)?;
-    let mut reader = EventReader::new(topic)?;
-    let events = reader
-        .read_until("the whole topic", WAIT, |events| events.len() as i64 >= end)
-        .await?;
-    let last = events
-        .iter()
-        .map(|event| event.transaction.commit_time_micros)
-        .max()
-        .unwrap_or(0);
-    Ok(db
-        .client()
-        .query_one(
-            "SELECT (to_timestamp($1::int8 / 1e6) - interval '1 second')::text",
-            &[&last],
-        )
-        .await?
-        .get(0))
-}
-
 /// The server's clock now, as text: a bound of a ledger window.
 async fn server_time(db: &sync_bridge_tests::TestDb) -> anyhow::Result<String> {
     Ok(db
@@ -534,23 +510,9 @@ async fn a_slot_lost_while_both_sides_write_is_caught_up_and_nothing_is_lost() -
     bridge.stop_capture(Side::Legacy).await?;
     let slot = bridge.legacy.slot.clone();
     bridge.legacy().drop_slot(&slot).await?;
-    // What the slot had not yet streamed is gone with it: from the commit
-    // of the last event on the topic on, changes reach it by polling.
-    let gone_from = last_commit_time(bridge.legacy(), &bridge.legacy.topic).await?;
     both_sides_wrote(&bridge, 300).await?;
     bridge.start_capture(Side::Legacy)?;
-    // Streaming starts once the catch-up has read every row: a change
-    // committed before that crosses in the catch-up's version of its row.
-    let mut reader = EventReader::new(&bridge.legacy.topic)?;
-    reader
-        .read_until("a streamed event after the catch-up", WAIT, |events| {
-            events
-                .iter()
-                .skip_while(|event| event.mode == CaptureMode::Streaming)
-                .any(|event| event.mode == CaptureMode::Streaming)
-        })
-        .await?;
-    let streamed_from = server_time(bridge.legacy()).await?;
+    let window = catch_up_window(bridge.legacy(), &bridge.legacy.topic).await?;
     crossing_both_ways(&bridge, 300).await?;
 
     let written = load.finish().await?;
@@ -560,7 +522,93 @@ async fn a_slot_lost_while_both_sides_write_is_caught_up_and_nothing_is_lost() -
         bridge.legacy(),
         bridge.platform(),
         &written,
-        [Some((gone_from, streamed_from)), None],
+        [Some(window), None],
+    )
+    .await?;
+    bridge.stop().await
+}
+
+/// The window of a polling catch-up on `topic`, read from its events: from
+/// a second before the commit of the last event streamed before the first
+/// polled one, to now, once an event streamed after the polled ones is on
+/// the topic (streaming starts once the catch-up has read every row).
+async fn catch_up_window(
+    db: &sync_bridge_tests::TestDb,
+    topic: &str,
+) -> anyhow::Result<(String, String)> {
+    let mut reader = EventReader::new(topic)?;
+    let events = reader
+        .read_until("a streamed event after a catch-up", WAIT, |events| {
+            events
+                .iter()
+                .skip_while(|event| event.mode == CaptureMode::Streaming)
+                .any(|event| event.mode == CaptureMode::Streaming)
+        })
+        .await?;
+    let end = server_time(db).await?;
+    let last_streamed = events
+        .iter()
+        .take_while(|event| event.mode == CaptureMode::Streaming)
+        .map(|event| event.transaction.commit_time_micros)
+        .max()
+        .unwrap_or(0);
+    let start: String = db
+        .client()
+        .query_one(
+            "SELECT (to_timestamp($1::int8 / 1e6) - interval '1 second')::text",
+            &[&last_streamed],
+        )
+        .await?
+        .get(0);
+    Ok((start, end))
+}
+
+/// The legacy database fails over while both sides write: its primary shuts
+/// down (a switchover: the standby received everything committed), the
+/// standby is promoted and the database's address moves to it. The new
+/// primary has no slot (PostgreSQL 15 keeps logical slots on the primary):
+/// capture finds it lost and catches up by polling before streaming again;
+/// apply and the writers connect again. Every change crosses once, but for
+/// changes polling collapsed into their row's later version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_of_the_legacy_database_while_both_sides_write_loses_nothing(
+) -> anyhow::Result<()> {
+    let primary = ThrowawayCluster::create("f_failover_primary", "logical")?;
+    primary.start()?;
+    let address = Proxy::start(&format!("127.0.0.1:{}", primary.port)).await?;
+    let legacy_admin = address.url_through(&primary.url("postgres"));
+    let stack = Stack::get();
+    let mut bridge = Bridge::prepare_with(
+        "f_failover",
+        [&legacy_admin, &stack.platform_admin_url],
+        &stack.brokers,
+    )
+    .await?;
+    install_audits(bridge.legacy(), bridge.platform()).await?;
+    let standby = ThrowawayCluster::standby_of(&primary, "f_failover_standby")?;
+    standby.start()?;
+    bridge.start_captures().await?;
+    bridge.start_apply()?;
+    let load = TwoWayLoad::start(&bridge, 39, PACE);
+    crossing_both_ways(&bridge, 300).await?;
+
+    primary.stop()?;
+    standby.promote()?;
+    address
+        .redirect(&format!("127.0.0.1:{}", standby.port))
+        .await?;
+    bridge.legacy.db.reconnect().await?;
+    let window = catch_up_window(bridge.legacy(), &bridge.legacy.topic).await?;
+    crossing_both_ways(&bridge, 300).await?;
+
+    let written = load.finish().await?;
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    check_both_ways_collapsing(
+        bridge.legacy(),
+        bridge.platform(),
+        &written,
+        [Some(window), None],
     )
     .await?;
     bridge.stop().await
