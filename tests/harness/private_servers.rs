@@ -198,6 +198,9 @@ impl Drop for ThrowawayCluster {
 /// on a free port, to be killed and restarted without touching the shared one.
 pub struct PrivateBroker {
     pub port: u16,
+    /// The port the broker tells clients to connect to (its own, or a
+    /// proxy's in front of it).
+    advertised: u16,
     child: Option<std::process::Child>,
     dir: TempDir,
 }
@@ -218,10 +221,18 @@ impl PrivateBroker {
 
     /// Starts a broker and waits until it accepts connections.
     pub async fn start(hint: &str) -> Result<PrivateBroker> {
+        let port = free_port()?;
+        PrivateBroker::start_behind(hint, port, port).await
+    }
+
+    /// Starts a broker on `port` that tells its clients to connect to
+    /// `advertised` instead: where a proxy in front of it listens.
+    pub async fn start_behind(hint: &str, port: u16, advertised: u16) -> Result<PrivateBroker> {
         let dir = TempDir::new(hint)?;
         std::fs::create_dir_all(dir.0.join("data"))?;
         let mut broker = PrivateBroker {
-            port: free_port()?,
+            port,
+            advertised,
             child: None,
             dir,
         };
@@ -237,6 +248,7 @@ impl PrivateBroker {
     /// Starts the broker again (on the same port and storage).
     pub async fn restart(&mut self) -> Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -250,7 +262,7 @@ impl PrivateBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://data/tansu.db"])
             .stdout(std::process::Stdio::null())

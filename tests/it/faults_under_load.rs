@@ -613,3 +613,32 @@ async fn a_failover_of_the_legacy_database_while_both_sides_write_loses_nothing(
     .await?;
     bridge.stop().await
 }
+
+/// Every link to the broker goes through a proxy (the broker tells its
+/// clients the proxy's address); the links stop answering for good while
+/// both sides write: the captures and apply take them for dead, connect
+/// again and go on, and every change lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_links_to_the_broker_stopping_answering_while_both_sides_write_lose_nothing(
+) -> anyhow::Result<()> {
+    let port = sync_bridge_tests::free_port()?;
+    let proxy = Proxy::start(&format!("127.0.0.1:{port}")).await?;
+    let _broker = PrivateBroker::start_behind("f_broker_hung", port, proxy.port()).await?;
+    let address = format!("127.0.0.1:{}", proxy.port());
+    let mut bridge = Bridge::prepare_on("f_broker_hung", &address).await?;
+    install_audits(bridge.legacy(), bridge.platform()).await?;
+    bridge.start_captures().await?;
+    bridge.start_apply()?;
+    let load = TwoWayLoad::start(&bridge, 40, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    let connections_before = proxy.accepted();
+    proxy.blackhole();
+    crossing_both_ways(&bridge, 300).await?;
+    assert!(
+        proxy.accepted() > connections_before,
+        "the services connected to the broker again"
+    );
+    everything_crossed_once(&bridge, load).await?;
+    bridge.stop().await
+}
