@@ -10,9 +10,9 @@ use std::time::Duration;
 use schemas::event::CaptureMode;
 
 use sync_bridge_tests::{
-    check_both_ways, check_both_ways_collapsing, count, eventually, high_watermark, install_audits,
-    server_of, Bridge, EventReader, PrivateBroker, Proxy, ServiceProcess, Side, Stack,
-    ThrowawayCluster, TwoWayLoad,
+    check_both_ways, check_both_ways_collapsing, count, create_topic, eventually, high_watermark,
+    install_audits, last_offset, mapping_dir, server_of, Bridge, EventReader, PrivateBroker, Proxy,
+    ServiceProcess, Side, Stack, ThrowawayCluster, TwoWayLoad,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -639,6 +639,52 @@ async fn the_links_to_the_broker_stopping_answering_while_both_sides_write_lose_
         proxy.accepted() > connections_before,
         "the services connected to the broker again"
     );
+    everything_crossed_once(&bridge, load).await?;
+    bridge.stop().await
+}
+
+/// The legacy topic is replaced by a new one while both sides write
+/// (capture moved to it with its slot; apply had applied the old one to its
+/// end): apply, started again, refuses the new topic rather than skip its
+/// events as applied; after `apply reset-position` it applies the new
+/// topic from its beginning, and every change lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_replaced_while_both_sides_write_is_refused_then_applied_once_reset(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_topic").await?.run().await?;
+    let load = TwoWayLoad::start(&bridge, 41, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    bridge.stop_capture(Side::Legacy).await?;
+    let old = bridge.legacy.topic.clone();
+    let end = last_offset(&old).await?;
+    eventually("apply to apply the old topic to its end", WAIT, || async {
+        let stored = count(
+            bridge.platform().client(),
+            "SELECT coalesce(max(kafka_offset), -1) FROM syncbridge.apply_position WHERE source = 'legacy'",
+        )
+        .await?;
+        Ok((stored >= end).then_some(()))
+    })
+    .await?;
+    bridge.stop_apply().await?;
+    let new = format!("{old}.again");
+    create_topic(&new).await?;
+    bridge.legacy.topic = new;
+    bridge.start_capture(Side::Legacy)?;
+    bridge.legacy.wait_for_slot().await?;
+    both_sides_wrote(&bridge, 300).await?;
+
+    bridge.start_apply()?;
+    let Err(error) = bridge.apply_outcome(WAIT).await? else {
+        anyhow::bail!("apply went on over a topic whose offsets started over");
+    };
+    assert!(error.is_config(), "{}", runtime::error_chain(&error));
+    let config = apply::Config::from_toml(&bridge.apply_toml())?;
+    let mapping = apply::mapping::Mapping::load_dir(&mapping_dir())?;
+    apply::checkpoint::reset(&config, &mapping, apply::mapping::Side::Legacy, false).await?;
+    bridge.start_apply()?;
+    crossing_both_ways(&bridge, 300).await?;
     everything_crossed_once(&bridge, load).await?;
     bridge.stop().await
 }
