@@ -26,11 +26,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use runtime::kafka::QuietEof;
 use schemas::codec::Codec;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -362,20 +362,6 @@ pub(crate) async fn watermarks(config: &Config, topic: &str) -> Result<(i64, i64
     .await
     .map_err(|e| ApplyError::Config(format!("watermark task failed: {e}")))?
 }
-
-/// A consumer context that does not report reaching the end of a partition
-/// as an error (it is what [`watermarks`] waits for).
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

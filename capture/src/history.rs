@@ -51,7 +51,7 @@ pub async fn last_event(
 
 fn read_last_event(config: &KafkaConfig, topic: &str, codec: &Codec) -> Result<Option<LastEvent>> {
     let failed = |what: &'static str| move |e| CaptureError::Runtime(RuntimeError::kafka(what, e));
-    let consumer: BaseConsumer = kafka::client_config_over(
+    let consumer: BaseConsumer<kafka::QuietEof> = kafka::client_config_over(
         config,
         &[
             ("group.id", "syncbridge-capture-history"),
@@ -59,7 +59,7 @@ fn read_last_event(config: &KafkaConfig, topic: &str, codec: &Codec) -> Result<O
             ("enable.partition.eof", "true"),
         ],
     )
-    .create()
+    .create_with_context(kafka::QuietEof)
     .map_err(failed("create the topic reader"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, 0, READ_TIMEOUT)

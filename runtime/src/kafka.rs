@@ -203,6 +203,22 @@ pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
         .map_err(|e| RuntimeError::kafka("flush", e))
 }
 
+/// A consumer context that does not report reaching the end of a partition
+/// as a client error: for readers that set `enable.partition.eof` to find
+/// a topic's end, where it is what they wait for. Other client errors are
+/// logged as WARN.
+pub struct QuietEof;
+
+impl rdkafka::client::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

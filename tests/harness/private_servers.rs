@@ -66,6 +66,9 @@ impl ThrowawayCluster {
                 "-R",
                 "-X",
                 "stream",
+                // An immediate checkpoint, not a spread one (minutes).
+                "-c",
+                "fast",
                 "-h",
                 "127.0.0.1",
                 "-p",
