@@ -102,7 +102,7 @@ pub async fn handle_lost_slot(
         Ok(()) => {
             warn!(
                 slot,
-                "rows deleted while the slot was missing are not recovered: compare the two sides with `apply check`"
+                "rows deleted while the slot was missing are recovered from the row clock's tombstones only (tables with the clock trigger and a one-column key); compare the other tables with `apply check`"
             );
             Ok(!shutdown.is_cancelled())
         }
