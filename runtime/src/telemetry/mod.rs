@@ -133,6 +133,12 @@ impl Drop for Traces {
     }
 }
 
+/// The log filter without `RUST_LOG`: INFO and above, but for the
+/// replication client's worker, which logs a lost stream at ERROR although
+/// nothing is at risk (capture reconnects from its slot and says so at
+/// WARN, with the same error).
+pub const DEFAULT_LOG_FILTER: &str = "info,pgwire_replication::client::tokio_client=off";
+
 /// Installs the log subscriber as [`init`] does and, when `config` names an
 /// `otlp_endpoint`, a layer exporting spans (at `RUST_LOG`'s level) over
 /// OTLP/HTTP (protobuf) in batches from a thread of its own. The service
@@ -149,7 +155,7 @@ pub fn init_with_traces(
 
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
     };
     let json = match format {
         Some("json") => true,
