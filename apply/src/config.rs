@@ -383,15 +383,22 @@ impl Config {
         // and every later attempt would wait behind them: the server ends
         // it once it has been idle in its transaction that long. apply
         // never leaves a transaction idle for long (`apply.batch_linger`).
-        let idle = database.database_idle_limit();
-        match idle {
-            Some(limit) => pg.options(format!(
-                "{} -c idle_in_transaction_session_timeout={}",
-                pg::session::OPTIONS,
+        // And the server probes apply's end as apply probes its own: when
+        // apply is gone behind a partition, the server ends its sessions,
+        // and their locks (the lease's among them) go, within about a
+        // minute instead of the server's default (the OS's, two hours).
+        let mut options = format!(
+            "{} {}",
+            pg::session::OPTIONS,
+            database.server_keepalive_options()
+        );
+        if let Some(limit) = database.database_idle_limit() {
+            options.push_str(&format!(
+                " -c idle_in_transaction_session_timeout={}",
                 limit.as_millis()
-            )),
-            None => pg.options(pg::session::OPTIONS),
-        };
+            ));
+        }
+        pg.options(options);
         Ok(pg)
     }
 }

@@ -224,6 +224,20 @@ impl DatabaseConfig {
         }
     }
 
+    /// Session options (`-c name=value`) that make the server probe its
+    /// end of a TCP connection as this service probes its own
+    /// (`keepalives_idle`, three probes 10 s apart, `tcp_user_timeout`):
+    /// the server then ends the session of a client gone without a word,
+    /// and the locks the session held go with it. Ignored by the server on
+    /// a Unix socket.
+    pub fn server_keepalive_options(&self) -> String {
+        format!(
+            "-c tcp_keepalives_idle={} -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 -c tcp_user_timeout={}",
+            self.keepalives_idle.as_secs().max(1),
+            self.tcp_user_timeout.as_millis()
+        )
+    }
+
     /// How long a session of this service may stay idle inside a
     /// transaction before the server ends it: `response_timeout`, when set.
     pub fn database_idle_limit(&self) -> Option<Duration> {
@@ -344,5 +358,9 @@ mod tests {
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(30));
         assert_eq!(pg.get_keepalives_retries(), Some(3));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+        assert_eq!(
+            database.server_keepalive_options(),
+            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 -c tcp_user_timeout=60000"
+        );
     }
 }

@@ -57,3 +57,28 @@ async fn a_link_that_stops_between_two_pipelined_answers_fails_within_its_deadli
     };
     the_second_of_two_pipelined_queries_fails_within_the_deadline(pg, tls, &proxy).await
 }
+
+/// The server probes its end of apply's connections as apply probes its
+/// own: when apply is gone behind a partition, the server ends its
+/// sessions, and the locks they hold (the lease's) go within about a
+/// minute, not the server's default two hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_probes_apply_connections_as_apply_probes_its_own() -> anyhow::Result<()> {
+    let bridge = sync_bridge_tests::Bridge::prepare("keepalive").await?;
+    let config = apply::Config::from_toml(&bridge.apply_toml())?;
+    for side in [apply::mapping::Side::Legacy, apply::mapping::Side::Platform] {
+        let client = config.connect(side).await?;
+        let mut settings = Vec::new();
+        for name in [
+            "tcp_keepalives_idle",
+            "tcp_keepalives_interval",
+            "tcp_keepalives_count",
+            "tcp_user_timeout",
+        ] {
+            let row = client.query_one(&format!("SHOW {name}"), &[]).await?;
+            settings.push(row.get::<_, String>(0));
+        }
+        assert_eq!(settings, ["30", "10", "3", "60000"], "{side:?}");
+    }
+    Ok(())
+}
