@@ -57,6 +57,29 @@ pub struct SlotState {
     pub retained_wal_bytes: Option<i64>,
 }
 
+/// A failed connect of a query connection to the source, as capture's
+/// error: a TLS refusal with its advice, a Postgres error, or an
+/// unreachable server.
+pub(crate) fn link_failed(
+    connection: &Connection,
+    error: runtime::link::LinkError,
+) -> CaptureError {
+    match error {
+        runtime::link::LinkError::Postgres(e) => {
+            match runtime::tls::refusal_advice(
+                &e,
+                "source",
+                &connection.to_string(),
+                connection.tls.mode,
+            ) {
+                Some(advice) => CaptureError::Config(advice),
+                None => CaptureError::postgres(format!("connect to {connection}"), e),
+            }
+        }
+        runtime::link::LinkError::Unreachable(e) => CaptureError::Runtime(e),
+    }
+}
+
 impl Source {
     pub async fn connect(connection: &Connection) -> Result<Source> {
         let connector = connection.tls.connector().map_err(CaptureError::Config)?;
@@ -66,20 +89,7 @@ impl Source {
             connection.response_timeout,
         )
         .await
-        .map_err(|e| match e {
-            runtime::link::LinkError::Postgres(e) => {
-                match runtime::tls::refusal_advice(
-                    &e,
-                    "source",
-                    &connection.to_string(),
-                    connection.tls.mode,
-                ) {
-                    Some(advice) => CaptureError::Config(advice),
-                    None => CaptureError::postgres(format!("connect to {connection}"), e),
-                }
-            }
-            runtime::link::LinkError::Unreachable(e) => CaptureError::Runtime(e),
-        })?;
+        .map_err(|e| link_failed(connection, e))?;
         let connection_task = tokio::spawn(async move {
             if let Err(error) = conn.await {
                 debug!(%error, "source connection closed");

@@ -688,3 +688,44 @@ async fn a_topic_replaced_while_both_sides_write_is_refused_then_applied_once_re
     everything_crossed_once(&bridge, load).await?;
     bridge.stop().await
 }
+
+/// A polling capture's link to its database stops answering mid-round
+/// while both sides write: the round fails at the response deadline and
+/// runs again on a new connection. Polling reads each row's latest
+/// version, so a legacy change may be folded into a later one; none is
+/// applied twice, none comes back, and the databases end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_capture_whose_link_stops_answering_goes_on_and_nothing_is_lost(
+) -> anyhow::Result<()> {
+    let mut bridge = audited_bridge("f_pollhung").await?;
+    let url = bridge.legacy().url.clone();
+    let proxy = Proxy::start(&server_of(&url)).await?;
+    bridge.legacy.source_url = Some(proxy.url_through(&url));
+    bridge.legacy.source_options = "response_timeout = \"3s\"\n".into();
+    bridge.legacy.use_polling(
+        "interval = \"1s\"\noverlap = \"120s\"\npage_size = 200\nreconcile_interval = \"3s\"\n",
+    );
+    let bridge = bridge.run().await?;
+    let load = TwoWayLoad::start(&bridge, 42, PACE);
+    crossing_both_ways(&bridge, 200).await?;
+
+    let connections_before = proxy.accepted();
+    proxy.blackhole();
+    crossing_both_ways(&bridge, 300).await?;
+    assert!(
+        proxy.accepted() > connections_before,
+        "capture connected again"
+    );
+    let written = load.finish().await?;
+    bridge.caught_up(WAIT).await?;
+    bridge.converged(WAIT).await?;
+    let always = ("-infinity".to_owned(), "infinity".to_owned());
+    check_both_ways_collapsing(
+        bridge.legacy(),
+        bridge.platform(),
+        &written,
+        [Some(always), None],
+    )
+    .await?;
+    bridge.stop().await
+}

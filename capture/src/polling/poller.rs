@@ -79,10 +79,12 @@ pub(super) async fn connect(connection: &Connection) -> Result<Client> {
     let mut pg = connection.pg_config().clone();
     pg.options(pg::session::OPTIONS);
     let connector = connection.tls.connector().map_err(CaptureError::Config)?;
-    let (client, driver) = pg
-        .connect(connector)
+    // Through the link with a response deadline, as every query connection:
+    // a link that stops answering mid-round fails the round, which is
+    // retried on a new connection.
+    let (client, driver) = runtime::link::connect(&pg, connector, connection.response_timeout)
         .await
-        .map_err(|e| CaptureError::postgres(format!("connect to {connection}"), e))?;
+        .map_err(|e| crate::slot::link_failed(connection, e))?;
     tokio::spawn(async move {
         if let Err(error) = driver.await {
             debug!(%error, "polling connection ended");
