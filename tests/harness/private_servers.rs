@@ -148,22 +148,15 @@ impl ThrowawayCluster {
     /// Stops the server at once, as a crash would (`-m immediate`: no
     /// shutdown checkpoint; the next start recovers from the WAL).
     pub fn crash(&self) -> Result<()> {
-        let stack = Stack::get();
-        run_program(
-            &stack.pg_bindir.join("pg_ctl").display().to_string(),
-            &[
-                "-D",
-                &self.data.display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-            stack.pg_run_as.as_deref(),
-        )
+        self.pg_ctl_stop("immediate")
     }
 
     pub fn stop(&self) -> Result<()> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// `pg_ctl stop -m <mode>`, waiting for the server to go.
+    fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
         let stack = Stack::get();
         run_program(
             &stack.pg_bindir.join("pg_ctl").display().to_string(),
@@ -171,7 +164,7 @@ impl ThrowawayCluster {
                 "-D",
                 &self.data.display().to_string(),
                 "-m",
-                "fast",
+                mode,
                 "-w",
                 "stop",
             ],
