@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::error::{ApplyError, Result};
 use crate::mapping::Side;
+use crate::sessions::{self, ServerSession};
 
 /// The advisory lock key: `(0x53594E43 ("SYNC"), 1)`.
 pub const LOCK_KEY: (i32, i32) = (0x5359_4E43, 1);
@@ -47,19 +48,10 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// How often a held lease checks that its connections are alive.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// One lock session: the server process holding the lock in one database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockSession {
-    side: Side,
-    pid: i32,
-    /// `backend_start`: with the pid, names the session for good.
-    started: String,
-}
-
 /// The locks on both databases, held while this value lives.
 pub struct Lease {
     clients: Vec<(Side, Arc<Client>)>,
-    sessions: Vec<LockSession>,
+    sessions: Vec<ServerSession>,
     lost: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
     fence: Fence,
@@ -116,7 +108,7 @@ impl Lease {
     }
 
     /// The server sessions holding this lease's locks.
-    pub fn sessions(&self) -> Vec<LockSession> {
+    pub fn sessions(&self) -> Vec<ServerSession> {
         self.sessions.clone()
     }
 }
@@ -135,7 +127,7 @@ impl Drop for Lease {
 pub async fn acquire(
     config: &Config,
     shutdown: &CancellationToken,
-    forsaken: &[LockSession],
+    forsaken: &[ServerSession],
 ) -> Result<Option<Lease>> {
     let mut waiting_logged = false;
     let mut failures = FailureLog::default();
@@ -233,7 +225,7 @@ enum Attempt {
     Taken(Side),
 }
 
-async fn try_acquire(config: &Config, forsaken: &[LockSession]) -> Result<Attempt> {
+async fn try_acquire(config: &Config, forsaken: &[ServerSession]) -> Result<Attempt> {
     let mut clients = Vec::new();
     // (database, server start time) of each database locked so far: when
     // both sides are schemas of one database, its one lock covers both.
@@ -271,54 +263,21 @@ async fn try_acquire(config: &Config, forsaken: &[LockSession]) -> Result<Attemp
     Ok(Attempt::Held(clients))
 }
 
-/// Ends the session holding the lock in `side`'s database when it is one
-/// of `forsaken`: this instance's own, of a lease it lost, whose server end
-/// lives on. The lock is free once the session has ended (a next attempt).
-async fn end_forsaken_holder(client: &Client, side: Side, forsaken: &[LockSession]) -> Result<()> {
-    if !forsaken.iter().any(|s| s.side == side) {
-        return Ok(());
-    }
-    let failed =
-        |e| ApplyError::postgres(side.as_str(), "look for the single-writer lock's holder", e);
-    let holders = client
-        .query(
-            "SELECT l.pid, a.backend_start::text FROM pg_catalog.pg_locks l \
-             JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-               AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
-               AND l.classid::int8 = $1 AND l.objid::int8 = $2",
-            &[&i64::from(LOCK_KEY.0), &i64::from(LOCK_KEY.1)],
-        )
-        .await
-        .map_err(failed)?;
-    for holder in holders {
-        let session = LockSession {
-            side,
-            pid: holder.get(0),
-            started: holder.get::<_, Option<String>>(1).unwrap_or_default(),
-        };
-        if !forsaken.contains(&session) {
-            continue;
-        }
-        let ended = client
-            .query_one(
-                "SELECT pg_catalog.pg_terminate_backend($1)",
-                &[&session.pid],
-            )
-            .await;
-        match ended {
-            Ok(_) => warn!(
-                database = side.as_str(),
-                pid = session.pid,
-                "ended this instance's own lock session, lost on its side while the server kept it and the lock"
-            ),
-            Err(error) => warn!(
-                database = side.as_str(),
-                pid = session.pid,
-                error = %runtime::error_chain(&error),
-                "cannot end this instance's own lost lock session; waiting for the server to drop it"
-            ),
-        }
+/// Ends those of `forsaken` (this instance's own lock sessions, of a lease
+/// it lost) on `side` that the server still runs: the one among them
+/// holding the lock kept it after its link was lost. The lock is free once
+/// the session has ended (a next attempt).
+async fn end_forsaken_holder(
+    client: &Client,
+    side: Side,
+    forsaken: &[ServerSession],
+) -> Result<()> {
+    for (pid, _) in sessions::end_running(side, client, forsaken).await? {
+        warn!(
+            database = side.as_str(),
+            pid,
+            "ended this instance's own lock session, lost on its side while the server kept it and the lock"
+        );
     }
     Ok(())
 }
@@ -328,19 +287,7 @@ async fn end_forsaken_holder(client: &Client, side: Side, forsaken: &[LockSessio
 async fn watch(clients: Vec<(Side, Client)>, generations: [i64; 2]) -> Result<Lease> {
     let mut sessions = Vec::with_capacity(clients.len());
     for (side, client) in &clients {
-        let row = client
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity \
-                 WHERE pid = pg_catalog.pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(side.as_str(), "read the lock session", e))?;
-        sessions.push(LockSession {
-            side: *side,
-            pid: row.get(0),
-            started: row.get::<_, Option<String>>(1).unwrap_or_default(),
-        });
+        sessions.push(ServerSession::of(*side, client).await?);
     }
     let clients: Vec<(Side, Arc<Client>)> = clients
         .into_iter()

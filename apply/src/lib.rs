@@ -33,6 +33,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod monitor;
 pub mod replay;
+pub mod sessions;
 pub mod stats;
 pub mod status;
 pub mod verify;
@@ -61,7 +62,7 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
     let mut forsaken = Vec::new();
     // The directions' server sessions, across leases: a session of a run
     // under the lease before can outlive it at the server.
-    let sessions = Arc::new(direction::sessions::OpenSessions::default());
+    let sessions = Arc::new(sessions::OpenSessions::default());
     loop {
         let Some(lease) = lease::acquire(&config, &shutdown, &forsaken).await? else {
             return Ok(());
@@ -101,7 +102,7 @@ async fn run_directions(
     config: Config,
     counters: Counters,
     fence: lease::Fence,
-    sessions: Arc<direction::sessions::OpenSessions>,
+    sessions: Arc<sessions::OpenSessions>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mapping = Arc::new(Mapping::load_dir(&config.apply.mapping_dir)?);

@@ -203,6 +203,47 @@ pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<()> {
         .map_err(|e| RuntimeError::kafka("flush", e))
 }
 
+/// A Kafka client whose closing never holds the caller's thread.
+///
+/// Dropping a consumer that has a `group.id` closes it, and librdkafka's
+/// close waits until the group coordinator has answered what is queued for
+/// it (offset commits): while the broker is unreachable, until it is
+/// reachable again. Done on an async worker, that wait stalls every task the
+/// worker runs (the lease watcher, the metrics endpoint, the other
+/// direction); with every worker closing a consumer, the whole process
+/// waits. A `Detached` client is dropped on a thread of its own instead; the
+/// process may exit while it still closes (nothing durable depends on the
+/// close: positions live in the target database).
+pub struct Detached<C: Send + 'static>(Option<C>);
+
+impl<C: Send + 'static> Detached<C> {
+    pub fn new(client: C) -> Detached<C> {
+        Detached(Some(client))
+    }
+}
+
+impl<C: Send + 'static> std::ops::Deref for Detached<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        self.0
+            .as_ref()
+            .expect("a detached client is taken only on drop")
+    }
+}
+
+impl<C: Send + 'static> Drop for Detached<C> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            // Should the thread not start, the client is dropped here, as
+            // any client would be.
+            let _ = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
 /// A consumer context that does not report reaching the end of a partition
 /// as a client error: for readers that set `enable.partition.eof` to find
 /// a topic's end, where it is what they wait for. Other client errors are

@@ -43,19 +43,33 @@ async fn arrived(db: &sync_bridge_tests::TestDb, from: Side) -> anyhow::Result<i
 /// Waits until at least `more` changes from each side arrived on the other
 /// beyond what had arrived when called: the bridge is carrying both ways.
 async fn crossing_both_ways(bridge: &Bridge, more: i64) -> anyhow::Result<()> {
-    let on_platform = arrived(bridge.platform(), Side::Legacy).await?;
-    let on_legacy = arrived(bridge.legacy(), Side::Platform).await?;
+    let legacy = arrived(bridge.platform(), Side::Legacy).await? + more;
+    let platform = arrived(bridge.legacy(), Side::Platform).await? + more;
+    crossed(bridge, legacy, platform).await
+}
+
+/// Waits until every change written on each side when called, and `more`
+/// written after them, arrived on the other: the bridge carries changes made
+/// after now, not only a backlog read before (a consumer's prefetched
+/// messages, a producer's queue).
+async fn crossing_past_what_was_written(bridge: &Bridge, more: i64) -> anyhow::Result<()> {
+    let legacy = written_on(bridge.legacy(), Side::Legacy).await? + more;
+    let platform = written_on(bridge.platform(), Side::Platform).await? + more;
+    crossed(bridge, legacy, platform).await
+}
+
+/// Waits until `legacy` legacy changes arrived on the platform and
+/// `platform` platform changes on legacy.
+async fn crossed(bridge: &Bridge, legacy: i64, platform: i64) -> anyhow::Result<()> {
     let waited = eventually("changes to cross both ways", WAIT, || async {
-        Ok(
-            (arrived(bridge.platform(), Side::Legacy).await? >= on_platform + more
-                && arrived(bridge.legacy(), Side::Platform).await? >= on_legacy + more)
-                .then_some(()),
-        )
+        Ok((arrived(bridge.platform(), Side::Legacy).await? >= legacy
+            && arrived(bridge.legacy(), Side::Platform).await? >= platform)
+            .then_some(()))
     })
     .await;
     if let Err(error) = waited {
         anyhow::bail!(
-            "{error:#}: {more} more wanted each way; legacy changes on the platform {on_platform} -> {}, platform changes on legacy {on_legacy} -> {}",
+            "{error:#}: wanted {legacy} legacy changes on the platform and {platform} platform changes on legacy; {} and {} arrived",
             arrived(bridge.platform(), Side::Legacy).await?,
             arrived(bridge.legacy(), Side::Platform).await?
         );
@@ -615,15 +629,14 @@ async fn a_failover_of_the_legacy_database_while_both_sides_write_loses_nothing(
 }
 
 /// Every link to the broker goes through a proxy (the broker tells its
-/// clients the proxy's address); the services are cut off from the broker
-/// while both sides write (their connections go silent, new ones are not
-/// answered), then can reach it again: the captures and apply take the
+/// clients the proxy's address). First the services are cut off from the
+/// broker while both sides write (their connections go silent, new ones are
+/// not answered) until they have tried it again, then they can reach it
+/// again; later every open link to it goes silent for good (a blackhole)
+/// while new ones are answered. Each time the captures and apply take the
 /// silent links for dead, connect again and go on, and every change lands
-/// once. (A blackhole that keeps the broker's socket ends open is not
-/// used: the broker then stalls on the responses it cannot send, for every
-/// client.)
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails now and then (issue 22): the bridge does not always cross again within 180 s once it can reach the broker again; with a blackhole instead of the cut-off it passed alone (126 s) and hung past 600 s in a full run, librdkafka's new connections timing out in ApiVersionRequest; run with --run-ignored"]
 async fn the_services_cut_off_from_the_broker_while_both_sides_write_lose_nothing(
 ) -> anyhow::Result<()> {
     let port = sync_bridge_tests::free_port()?;
@@ -638,13 +651,26 @@ async fn the_services_cut_off_from_the_broker_while_both_sides_write_lose_nothin
     crossing_both_ways(&bridge, 200).await?;
 
     proxy.partition();
+    let cut_off_at = proxy.accepted();
     both_sides_wrote(&bridge, 300).await?;
+    eventually("the services to try the broker again", WAIT, || async {
+        Ok((proxy.accepted() >= cut_off_at + 3).then_some(()))
+    })
+    .await?;
     let connections_before = proxy.accepted();
     proxy.heal();
-    crossing_both_ways(&bridge, 300).await?;
+    crossing_past_what_was_written(&bridge, 100).await?;
     assert!(
         proxy.accepted() > connections_before,
         "the services connected to the broker again"
+    );
+
+    let connections_before = proxy.accepted();
+    proxy.blackhole();
+    crossing_past_what_was_written(&bridge, 100).await?;
+    assert!(
+        proxy.accepted() > connections_before,
+        "the services left the silent links for new ones"
     );
     everything_crossed_once(&bridge, load).await?;
     bridge.stop().await

@@ -8,6 +8,7 @@ use std::time::Instant;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use runtime::continuity::{self, Next};
+use runtime::kafka::Detached;
 use tracing::{debug, error, info, warn};
 
 use super::Session;
@@ -32,7 +33,7 @@ pub(super) fn consumer(
     topic: &str,
     position: Position,
     group_id: &str,
-) -> Result<StreamConsumer> {
+) -> Result<Detached<StreamConsumer>> {
     let consumer: StreamConsumer = runtime::kafka::client_config_over(
         config.kafka.as_client(),
         &[
@@ -60,7 +61,9 @@ pub(super) fn consumer(
     consumer
         .assign(&assignment)
         .map_err(|e| ApplyError::kafka("assign", e))?;
-    Ok(consumer)
+    // A run ends, among other reasons, when the broker cannot be reached;
+    // the consumer then closes without holding the runtime.
+    Ok(Detached::new(consumer))
 }
 
 /// Where a session starts fetching: a little before the position, skipping

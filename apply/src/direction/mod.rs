@@ -60,7 +60,6 @@ mod consumer;
 mod failure;
 mod lanes;
 mod replaying;
-pub mod sessions;
 mod snapshots;
 mod tombstones;
 mod transaction;
@@ -109,7 +108,7 @@ pub struct Shared {
     pub fence: Option<crate::lease::Fence>,
     /// The server sessions each direction opened: a run ends those of the
     /// runs before it that the server kept (see [`sessions`]).
-    pub sessions: Arc<sessions::OpenSessions>,
+    pub sessions: Arc<crate::sessions::OpenSessions>,
 }
 
 impl Shared {

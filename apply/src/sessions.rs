@@ -1,6 +1,7 @@
-//! The server sessions each direction opened ([`OpenSessions`]), so that the
-//! next run of a direction can end those the server still runs
-//! ([`OpenSessions::end_forsaken`]).
+//! The server sessions apply opened ([`ServerSession`]): each direction's
+//! ([`OpenSessions`]), so that the next run of a direction can end those the
+//! server still runs ([`OpenSessions::end_forsaken`]), and the lease's lock
+//! sessions ([`crate::lease`]), ended the same way when the lease was lost.
 //!
 //! A link that stops forwarding (a dead peer, a firewall dropping the flow)
 //! ends apply's side of a connection at its response deadline, but the
@@ -34,6 +35,63 @@ pub struct ServerSession {
     pub started: String,
 }
 
+impl ServerSession {
+    /// The session `client` (on `side`) is connected to.
+    pub async fn of(side: Side, client: &Client) -> Result<ServerSession> {
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity \
+                 WHERE pid = pg_catalog.pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| ApplyError::postgres(side.as_str(), "identify the session", e))?;
+        Ok(ServerSession {
+            side,
+            pid: row.get(0),
+            started: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        })
+    }
+}
+
+/// Ends, through `client` (on `side`), those of `sessions` on that database
+/// that the server still runs; the pid and state of each one ended. A
+/// session is named by its pid and start time, so a pid the server gave to
+/// a newer session is left alone.
+pub async fn end_running(
+    side: Side,
+    client: &Client,
+    sessions: &[ServerSession],
+) -> Result<Vec<(i32, String)>> {
+    let (pids, starts): (Vec<i32>, Vec<&str>) = sessions
+        .iter()
+        .filter(|s| s.side == side)
+        .map(|s| (s.pid, s.started.as_str()))
+        .unzip();
+    if pids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ended = client
+        .query(
+            "SELECT a.pid, a.state, pg_catalog.pg_terminate_backend(a.pid) \
+             FROM pg_catalog.pg_stat_activity a \
+             JOIN unnest($1::int4[], $2::text[]) AS f(pid, started) \
+               ON a.pid = f.pid AND a.backend_start::text = f.started",
+            &[&pids, &starts],
+        )
+        .await
+        .map_err(|e| ApplyError::postgres(side.as_str(), "end sessions apply lost", e))?;
+    Ok(ended
+        .iter()
+        .map(|row| {
+            (
+                row.get::<_, i32>(0),
+                row.get::<_, Option<String>>(1).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
 /// The sessions each direction opened (by the side it reads from) and has
 /// not yet seen ended.
 #[derive(Debug, Default)]
@@ -58,19 +116,7 @@ impl OpenSessions {
     /// Records the session `client` (on `side`) is connected to as the
     /// direction `from`'s.
     pub async fn record(&self, from: Side, side: Side, client: &Client) -> Result<()> {
-        let row = client
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity \
-                 WHERE pid = pg_catalog.pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(|e| ApplyError::postgres(side.as_str(), "identify the session", e))?;
-        let session = ServerSession {
-            side,
-            pid: row.get(0),
-            started: row.get::<_, Option<String>>(1).unwrap_or_default(),
-        };
+        let session = ServerSession::of(side, client).await?;
         self.lock()[index(from)].push(session);
         Ok(())
     }
@@ -86,31 +132,14 @@ impl OpenSessions {
         client: &Client,
         forsaken: &[ServerSession],
     ) -> Result<()> {
-        let on_side: Vec<&ServerSession> = forsaken.iter().filter(|s| s.side == side).collect();
-        if !on_side.is_empty() {
-            let pids: Vec<i32> = on_side.iter().map(|s| s.pid).collect();
-            let starts: Vec<&str> = on_side.iter().map(|s| s.started.as_str()).collect();
-            let ended = client
-                .query(
-                    "SELECT a.pid, a.state, pg_catalog.pg_terminate_backend(a.pid) \
-                     FROM pg_catalog.pg_stat_activity a \
-                     JOIN unnest($1::int4[], $2::text[]) AS f(pid, started) \
-                       ON a.pid = f.pid AND a.backend_start::text = f.started",
-                    &[&pids, &starts],
-                )
-                .await
-                .map_err(|e| {
-                    ApplyError::postgres(side.as_str(), "end sessions of earlier runs", e)
-                })?;
-            for row in ended {
-                warn!(
-                    from = from.as_str(),
-                    database = side.as_str(),
-                    pid = row.get::<_, i32>(0),
-                    state = row.get::<_, Option<String>>(1).unwrap_or_default(),
-                    "ended a session of an earlier run that the server kept after apply lost its link"
-                );
-            }
+        for (pid, state) in end_running(side, client, forsaken).await? {
+            warn!(
+                from = from.as_str(),
+                database = side.as_str(),
+                pid,
+                state,
+                "ended a session of an earlier run that the server kept after apply lost its link"
+            );
         }
         self.lock()[index(from)].retain(|s| !(s.side == side && forsaken.contains(s)));
         Ok(())
