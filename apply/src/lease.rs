@@ -122,21 +122,28 @@ impl Drop for Lease {
 }
 
 /// Takes the lock on both databases, waiting while another instance holds
-/// it; a lock held by one of `forsaken` (this instance's own lock sessions
-/// of a lease it lost) is taken from it. `None` when `shutdown` came first.
+/// it. `forsaken` are sessions this instance opened whose use is over (the
+/// lock sessions of a lease it lost, the directions' sessions of runs under
+/// it): each attempt first ends those the server still runs, since a server
+/// end that outlived apply's may hold the lock, or rows the generation raise
+/// waits for. The sessions of an attempt that did not become the lease join
+/// them. `None` when `shutdown` came first.
 pub async fn acquire(
     config: &Config,
     shutdown: &CancellationToken,
     forsaken: &[ServerSession],
 ) -> Result<Option<Lease>> {
+    let mut forsaken = forsaken.to_vec();
     let mut waiting_logged = false;
     let mut failures = FailureLog::default();
     loop {
         // Taking the lock, then raising the generations: a database that
         // refuses writes for a while (read-only during a failover) fails the
         // second step, which is retried like the first (the locks go with
-        // the clients).
-        let attempt = match try_acquire(config, forsaken).await {
+        // the clients). An attempt cut off by its response deadline may
+        // leave its server end holding the lock: ended by the next.
+        let mut opened = Vec::new();
+        let attempt = match try_acquire(config, &mut forsaken, &mut opened).await {
             Ok(Attempt::Held(clients)) => hold(clients).await.map(Some),
             Ok(Attempt::Taken(side)) => {
                 if !waiting_logged {
@@ -151,6 +158,9 @@ pub async fn acquire(
             }
             Err(error) => Err(error),
         };
+        if !matches!(attempt, Ok(Some(_))) {
+            forsaken.extend(opened);
+        }
         match attempt {
             Ok(Some(lease)) => return Ok(Some(lease)),
             Ok(None) => {}
@@ -185,13 +195,15 @@ async fn hold(clients: Vec<(Side, Client)>) -> Result<Lease> {
 /// one-off command that must not run beside a running apply (see
 /// [`crate::checkpoint::reset`]). `None` when another instance holds it.
 pub async fn try_take(config: &Config) -> Result<Option<Lease>> {
-    Ok(match try_acquire(config, &[]).await? {
-        Attempt::Held(clients) => {
-            let generations = take_generations(&clients).await?;
-            Some(watch(clients, generations).await?)
-        }
-        Attempt::Taken(_) => None,
-    })
+    Ok(
+        match try_acquire(config, &mut Vec::new(), &mut Vec::new()).await? {
+            Attempt::Held(clients) => {
+                let generations = take_generations(&clients).await?;
+                Some(watch(clients, generations).await?)
+            }
+            Attempt::Taken(_) => None,
+        },
+    )
 }
 
 /// Raises the lease generation in each locked database and returns the new
@@ -225,13 +237,22 @@ enum Attempt {
     Taken(Side),
 }
 
-async fn try_acquire(config: &Config, forsaken: &[ServerSession]) -> Result<Attempt> {
+/// One attempt at the lock on both databases. On each, first ends those of
+/// `forsaken` the server still runs and forgets those on that database (they
+/// are ended or going); records in `opened` every session it opens.
+async fn try_acquire(
+    config: &Config,
+    forsaken: &mut Vec<ServerSession>,
+    opened: &mut Vec<ServerSession>,
+) -> Result<Attempt> {
     let mut clients = Vec::new();
     // (database, server start time) of each database locked so far: when
     // both sides are schemas of one database, its one lock covers both.
     let mut locked: Vec<(String, String)> = Vec::new();
     for side in [Side::Legacy, Side::Platform] {
         let client = config.connect(side).await?;
+        opened.push(ServerSession::of(side, &client).await?);
+        end_forsaken(&client, side, forsaken).await?;
         let failed = |e| ApplyError::postgres(side.as_str(), "take the single-writer lock", e);
         let row = client
             .query_one(
@@ -253,7 +274,6 @@ async fn try_acquire(config: &Config, forsaken: &[ServerSession]) -> Result<Atte
             .map_err(failed)?
             .get(0);
         if !taken {
-            end_forsaken_holder(&client, side, forsaken).await?;
             // Dropping `clients` releases the locks already taken.
             return Ok(Attempt::Taken(side));
         }
@@ -263,22 +283,24 @@ async fn try_acquire(config: &Config, forsaken: &[ServerSession]) -> Result<Atte
     Ok(Attempt::Held(clients))
 }
 
-/// Ends those of `forsaken` (this instance's own lock sessions, of a lease
-/// it lost) on `side` that the server still runs: the one among them
-/// holding the lock kept it after its link was lost. The lock is free once
-/// the session has ended (a next attempt).
-async fn end_forsaken_holder(
+/// Ends those of `forsaken` on `side` that the server still runs (one may
+/// hold the lock, or rows the generation raise waits for: its link was lost
+/// on apply's side only), and forgets every one on `side`. The lock is free
+/// once such a session has ended (a next attempt).
+async fn end_forsaken(
     client: &Client,
     side: Side,
-    forsaken: &[ServerSession],
+    forsaken: &mut Vec<ServerSession>,
 ) -> Result<()> {
-    for (pid, _) in sessions::end_running(side, client, forsaken).await? {
+    for (pid, state) in sessions::end_running(side, client, forsaken).await? {
         warn!(
             database = side.as_str(),
             pid,
-            "ended this instance's own lock session, lost on its side while the server kept it and the lock"
+            state,
+            "ended a session of this instance's that the server kept after apply lost its link"
         );
     }
+    forsaken.retain(|session| session.side != side);
     Ok(())
 }
 

@@ -57,8 +57,9 @@ pub use verify::check;
 /// Runs both directions until `shutdown` (Ok) or a definite error, once this
 /// instance holds the single-writer lock on both databases ([`lease`]).
 pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken) -> Result<()> {
-    // This instance's lock sessions of the lease it last lost: their
-    // server ends may live on, holding the locks.
+    // This instance's sessions whose use is over when it takes the lease
+    // again (the lost lease's lock sessions, the directions' sessions under
+    // it): their server ends may live on, holding the lock or rows.
     let mut forsaken = Vec::new();
     // The directions' server sessions, across leases: a session of a run
     // under the lease before can outlive it at the server.
@@ -89,6 +90,7 @@ pub async fn run(config: Config, counters: Counters, shutdown: CancellationToken
             // Stopped because the lock went away, or another instance took
             // it over: take it again first.
             forsaken = lease.sessions();
+            forsaken.extend(sessions.all());
             drop(lease);
             continue;
         }

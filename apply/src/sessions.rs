@@ -113,6 +113,13 @@ impl OpenSessions {
         self.lock()[index(from)].clone()
     }
 
+    /// Every session the directions opened and have not yet seen ended:
+    /// while no direction runs (the lease lost), all of them belong to runs
+    /// that are over.
+    pub fn all(&self) -> Vec<ServerSession> {
+        self.lock().concat()
+    }
+
     /// Records the session `client` (on `side`) is connected to as the
     /// direction `from`'s.
     pub async fn record(&self, from: Side, side: Side, client: &Client) -> Result<()> {
