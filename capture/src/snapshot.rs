@@ -200,10 +200,11 @@ pub async fn snapshot(
     pg.options(pg::session::OPTIONS);
     pg.application_name(format!("syncbridge-snapshot-{}", config.source.name));
     let connector = connection.tls.connector().map_err(CaptureError::Config)?;
-    let (client, conn) = pg
-        .connect(connector)
+    // Through the link with a response deadline, as every query connection:
+    // a link that stops answering fails the snapshot instead of hanging it.
+    let (client, conn) = runtime::link::connect(&pg, connector, connection.response_timeout)
         .await
-        .map_err(|e| CaptureError::postgres(format!("connect to {connection}"), e))?;
+        .map_err(|e| crate::slot::link_failed(&connection, e))?;
     let connection_task = tokio::spawn(async move {
         if let Err(error) = conn.await {
             debug!(%error, "snapshot connection closed");
