@@ -84,7 +84,7 @@ async fn unrestricted_writers_on_both_sides_converge_seed_3() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "diverges now and then (issue 26): converged in 6 of 7 runs after the polling fixes; the other ended with one user created on both sides with the same email in the same second, each side keeping its own version; run with --run-ignored"]
+#[ignore = "diverges now and then (issue 26): 8 of the latest 10 seeds converged; seeds 19 and 22 ended with a user legacy deleted still on the platform, holding an older legacy version under a clock later than the delete; run with --run-ignored and SYNC_BRIDGE_SEED"]
 async fn unrestricted_writers_on_both_sides_converge_when_both_sides_poll() -> anyhow::Result<()> {
     unrestricted_writers_converge_reading(
         "unrestricted_writers_on_both_sides_converge_when_both_sides_poll",
