@@ -220,6 +220,30 @@ async fn a_snapshot_row_carries_the_same_typed_values_as_its_streamed_insert() -
     setup.db.drop_slot(&setup.slot).await
 }
 
+/// A snapshot whose read the server keeps waiting without a word (here, for
+/// a lock an application holds) fails at its response deadline rather than
+/// hanging the command for as long as the lock is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_server_keeps_waiting_fails_at_its_response_deadline() -> anyhow::Result<()>
+{
+    let db = TestDb::create(Side::Legacy, "snaphung").await?;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);")
+        .await?;
+    let holder = connect(&db.url).await?;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let mut setup = CaptureSetup::new(db, &["public.t"]);
+    setup.source_options = "response_timeout = \"2s\"\n".into();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), snapshot(&setup, &[])).await;
+    holder.batch_execute("ROLLBACK").await?;
+    let Ok(outcome) = outcome else {
+        anyhow::bail!("the snapshot still waited after 60 s");
+    };
+    assert!(outcome.is_err(), "{outcome:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_kafka_cannot_take_fails_rather_than_reporting_success() -> anyhow::Result<()> {
     let db = TestDb::create(Side::Legacy, "snapnokafka").await?;
